@@ -1,0 +1,53 @@
+# Developer entry points: `make serve` runs the main job, `make test` runs the suite.
+# Override on the command line, e.g. `make test PYTHON=python3.12 VENV=/tmp/venv PYTEST_ARGS=-x`.
+
+PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
+VENV ?= .venv
+TORCH_VERSION ?= 2.13.0
+PYTEST_ARGS ?=
+SERVE_ARGS ?= --demo small
+BENCH_ARGS ?=
+
+VENV_PYTHON := $(VENV)/bin/python
+PIP := $(VENV_PYTHON) -m pip
+PIP_INSTALL := $(PIP) install --progress-bar off
+INSTALL_STAMP := $(VENV)/.installed
+
+.PHONY: install test serve bench clean distclean
+
+install: $(INSTALL_STAMP)
+
+$(VENV_PYTHON):
+	$(PYTHON) -m venv $(VENV)
+
+# torch goes in first and alone: pip then takes the CPU wheel on this machine's disk, whereas
+# resolving it as a dependency of something else could fetch the multi-GB CUDA build.
+$(INSTALL_STAMP): setup.cfg pyproject.toml | $(VENV_PYTHON)
+	$(PIP_INSTALL) --upgrade pip
+	$(PIP_INSTALL) torch==$(TORCH_VERSION)
+	$(PIP_INSTALL) -e '.[test]'
+	$(PIP) check
+	touch $@
+
+test: install
+	$(VENV_PYTHON) -m pytest -q $(PYTEST_ARGS)
+
+serve: install
+	@if [ -f runtime/__main__.py ]; then \
+		echo "$(VENV_PYTHON) -m runtime $(SERVE_ARGS)"; \
+		exec $(VENV_PYTHON) -m runtime $(SERVE_ARGS); \
+	else \
+		echo "The predictor server (python -m runtime) is not built yet; running the engine on the demo model:"; \
+		echo "$(VENV_PYTHON) -m runtime.engine $(SERVE_ARGS) --prompt \"Once upon a time\""; \
+		exec $(VENV_PYTHON) -m runtime.engine $(SERVE_ARGS) --prompt "Once upon a time"; \
+	fi
+
+bench: install
+	$(VENV_PYTHON) benchmarks/engine_throughput.py $(BENCH_ARGS)
+
+clean:
+	find . -path ./$(VENV) -prune -o -type d -name __pycache__ -exec rm -rf {} +
+	rm -rf .pytest_cache .hypothesis build dist
+
+distclean: clean
+	rm -rf $(VENV) *.egg-info

@@ -1,0 +1,1 @@
+"""The predictor: a KServe model server around the continuous-batching engine."""

@@ -1,0 +1,229 @@
+"""The embedded demo model: a seeded tiny Llama with random weights and a byte-level BPE tokenizer
+trained on Python's own docs, written as a normal Hugging Face checkpoint for offline use."""
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+from pydoc_data.topics import topics as PYDOC_TOPICS
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+logger = logging.getLogger(__name__)
+
+# Bump when the recipe changes, so stale caches are not reused.
+FORMAT_VERSION = 1
+CACHE_DIR_ENV = "KSERVE_LLM_CACHE"
+DEFAULT_CACHE_DIR = "~/.cache/kserve-llm-runtime"
+TOKENIZER_VOCAB_SIZE = 8192
+WEIGHTS_SEED = 0
+
+BOS_TOKEN = "<|begin_of_text|>"
+EOS_TOKEN = "<|end_of_text|>"
+IM_START_TOKEN = "<|im_start|>"
+IM_END_TOKEN = "<|im_end|>"
+SPECIAL_TOKENS = [BOS_TOKEN, EOS_TOKEN, IM_START_TOKEN, IM_END_TOKEN]
+
+CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+# LlamaConfig arguments of each size; vocab_size and the special token ids come from the tokenizer.
+DEMO_SIZES: dict[str, dict] = {
+    "small": dict(
+        hidden_size=256,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=688,
+        tie_word_embeddings=True,
+        max_position_embeddings=2048,
+        rope_theta=10000.0,
+        rms_norm_eps=1e-5,
+    ),
+    "large": dict(
+        hidden_size=512,
+        num_hidden_layers=8,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        intermediate_size=1376,
+        tie_word_embeddings=False,
+        max_position_embeddings=4096,
+        rope_theta=10000.0,
+        rms_norm_eps=1e-5,
+    ),
+}
+
+CHECKPOINT_FILES = (
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+)
+
+# Seeding works on torch's global generator, so two builds in one process must take turns.
+_seeded_init_lock = threading.Lock()
+
+
+def demo_model_dir(size: str, cache_dir: str | Path | None = None) -> Path:
+    """Where the demo model of `size` lives, whether or not it has been built yet."""
+    _check_size(size)
+    cache_root = cache_dir or os.environ.get(CACHE_DIR_ENV) or DEFAULT_CACHE_DIR
+    return Path(cache_root).expanduser().absolute() / f"demo-{size}-v{FORMAT_VERSION}"
+
+
+def build_demo_model(size: str = "small", cache_dir: str | Path | None = None) -> Path:
+    """Return the demo model's checkpoint directory, building it first if it is not complete."""
+    target = demo_model_dir(size, cache_dir)
+    if _is_complete(target):
+        logger.info("Using the cached %s demo model at %s", size, target)
+        return target
+    # Checked again: a concurrent build may have just moved a complete directory into place.
+    if target.exists() and not _is_complete(target):
+        logger.warning("Removing the incomplete demo model directory %s", target)
+        shutil.rmtree(target, ignore_errors=True)
+    logger.warning(
+        "Building the %s demo model in %s: its weights are random, so its text is gibberish",
+        size,
+        target,
+    )
+    started = time.perf_counter()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.building-", dir=target.parent))
+    try:
+        staging.chmod(0o755)
+        _write_checkpoint(size, staging)
+        _move_into_place(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    logger.info("Demo model ready at %s (%.1f s)", target, time.perf_counter() - started)
+    return target
+
+
+def _check_size(size: str) -> None:
+    if size not in DEMO_SIZES:
+        allowed = ", ".join(DEMO_SIZES)
+        raise ValueError(f"Unknown demo model size {size!r}; choose one of: {allowed}")
+
+
+def _is_complete(directory: Path) -> bool:
+    return all((directory / name).is_file() for name in CHECKPOINT_FILES)
+
+
+def _move_into_place(staging: Path, target: Path) -> None:
+    try:
+        os.rename(staging, target)
+    except OSError:
+        # Another process finished first; its files are byte-identical to ours.
+        if not _is_complete(target):
+            raise
+        logger.info("Another build of %s finished first; using it", target)
+
+
+def _write_checkpoint(size: str, directory: Path) -> None:
+    tokenizer = _train_tokenizer()
+    config = _model_config(size, tokenizer)
+    model = _random_model(config)
+    model.generation_config = _generation_config(tokenizer)
+    logger.info("Saving %s demo weights (%d parameters, float32)", size, model.num_parameters())
+    model.save_pretrained(directory)
+    tokenizer.save(str(directory / "tokenizer.json"))
+    _write_tokenizer_config(directory, config.max_position_embeddings)
+    # transformers writes the weights owner-only; the cache may be shared between users.
+    for path in directory.iterdir():
+        path.chmod(0o644)
+
+
+def _train_tokenizer() -> Tokenizer:
+    logger.info("Training a byte-level BPE tokenizer on %d pydoc topics", len(PYDOC_TOPICS))
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=TOKENIZER_VOCAB_SIZE,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    # Sorted keys give the trainer the same corpus in the same order on every build.
+    tokenizer.train_from_iterator((PYDOC_TOPICS[key] for key in sorted(PYDOC_TOPICS)), trainer)
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{BOS_TOKEN} $A",
+        pair=f"{BOS_TOKEN} $A {BOS_TOKEN} $B",
+        special_tokens=[(BOS_TOKEN, tokenizer.token_to_id(BOS_TOKEN))],
+    )
+    return tokenizer
+
+
+def _model_config(size: str, tokenizer: Tokenizer) -> LlamaConfig:
+    return LlamaConfig(
+        **DEMO_SIZES[size],
+        vocab_size=tokenizer.get_vocab_size(),
+        bos_token_id=tokenizer.token_to_id(BOS_TOKEN),
+        eos_token_id=tokenizer.token_to_id(EOS_TOKEN),
+        pad_token_id=tokenizer.token_to_id(EOS_TOKEN),
+        dtype="float32",
+        architectures=["LlamaForCausalLM"],
+    )
+
+
+def _random_model(config: LlamaConfig) -> LlamaForCausalLM:
+    logger.info("Initialising random weights with seed %d", WEIGHTS_SEED)
+    with _seeded_init_lock, torch.random.fork_rng(devices=[]):
+        torch.manual_seed(WEIGHTS_SEED)
+        return LlamaForCausalLM(config)
+
+
+def _generation_config(tokenizer: Tokenizer) -> GenerationConfig:
+    # A chat reply ends with <|im_end|>, a plain completion with <|end_of_text|>.
+    return GenerationConfig(
+        bos_token_id=tokenizer.token_to_id(BOS_TOKEN),
+        eos_token_id=[tokenizer.token_to_id(EOS_TOKEN), tokenizer.token_to_id(IM_END_TOKEN)],
+        pad_token_id=tokenizer.token_to_id(EOS_TOKEN),
+    )
+
+
+def _write_tokenizer_config(directory: Path, model_max_length: int) -> None:
+    tokenizer_config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": BOS_TOKEN,
+        "eos_token": EOS_TOKEN,
+        "pad_token": EOS_TOKEN,
+        "additional_special_tokens": [IM_START_TOKEN, IM_END_TOKEN],
+        "model_max_length": model_max_length,
+        "clean_up_tokenization_spaces": False,
+        "chat_template": CHAT_TEMPLATE,
+    }
+    text = json.dumps(tokenizer_config, indent=2, ensure_ascii=False) + "\n"
+    (directory / "tokenizer_config.json").write_text(text, encoding="utf-8")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Build the demo model and print its directory.")
+    parser.add_argument("--size", choices=list(DEMO_SIZES), default="small")
+    parser.add_argument(
+        "--cache_dir",
+        default=None,
+        help=f"cache root (default: ${CACHE_DIR_ENV}, else {DEFAULT_CACHE_DIR})",
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    print(build_demo_model(args.size, args.cache_dir))
+
+
+if __name__ == "__main__":
+    main()

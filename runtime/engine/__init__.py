@@ -1,0 +1,25 @@
+"""The continuous-batching engine: paged KV cache, iteration-level scheduling, chunked
+prefill, prefix caching, preemption and streaming. Knows nothing of HTTP or KServe."""
+
+from .async_engine import AsyncLLMEngine
+from .config import ConfigError, EngineConfig
+from .engine import EngineStats, LLMEngine
+from .errors import EngineDead, QueueFull, RequestRejected
+from .model_loader import ModelLoadError
+from .outputs import RequestMetrics, RequestOutput
+from .sampling import SamplingParams
+
+__all__ = [
+    "AsyncLLMEngine",
+    "ConfigError",
+    "EngineConfig",
+    "EngineDead",
+    "EngineStats",
+    "LLMEngine",
+    "ModelLoadError",
+    "QueueFull",
+    "RequestMetrics",
+    "RequestOutput",
+    "RequestRejected",
+    "SamplingParams",
+]

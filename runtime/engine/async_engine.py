@@ -1,0 +1,226 @@
+"""AsyncLLMEngine: the engine's step loop in one dedicated thread, results streamed to asyncio.
+
+The event loop never runs a model step: requests and aborts travel to the engine
+thread as commands, and each step's outputs come back with one
+`loop.call_soon_threadsafe` per event loop per step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import AsyncIterator
+
+from .config import EngineConfig
+from .engine import EngineStats, LLMEngine
+from .errors import EngineDead, QueueFull, RequestRejected
+from .outputs import RequestOutput
+from .sampling import SamplingParams
+from .sequence import FinishReason
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class _Stream:
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue
+
+
+@dataclass(slots=True)
+class _AddCommand:
+    request_id: str
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    priority: int
+
+
+@dataclass(slots=True)
+class _AbortCommand:
+    request_id: str
+
+
+class AsyncLLMEngine:
+    def __init__(self, config: EngineConfig | None = None, *, engine: LLMEngine | None = None) -> None:
+        if (config is None) == (engine is None):
+            raise ValueError("pass exactly one of config or engine")
+        self.engine = engine or LLMEngine(config)
+        self._streams: dict[str, _Stream] = {}
+        self._commands: list[_AddCommand | _AbortCommand] = []
+        self._wakeup = threading.Condition()
+        self._stopping = False
+        self._dead_reason: str | None = None
+        self._thread: threading.Thread | None = None
+        self.num_failed_steps = 0
+
+    # Lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._run, name="engine-loop", daemon=True)
+        self._thread.start()
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Stop the loop; requests still in flight end with finish_reason "abort"."""
+        with self._wakeup:
+            self._stopping = True
+            self._wakeup.notify()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    @property
+    def is_running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and not self._stopping
+
+    @property
+    def dead_reason(self) -> str | None:
+        return self._dead_reason
+
+    def stats(self) -> EngineStats:
+        return self.engine.stats()
+
+    # Requests -----------------------------------------------------------------------
+
+    async def stream(
+        self,
+        request_id: str,
+        prompt_token_ids: list[int],
+        params: SamplingParams | None = None,
+        priority: int = 0,
+    ) -> AsyncIterator[RequestOutput]:
+        """Yield an output per engine step that produced tokens, the last one finished.
+
+        Leaving the iteration early (break, cancellation, client gone) aborts the request
+        and frees its KV blocks.
+        """
+        params = params or SamplingParams()
+        stream = self._register(request_id, list(prompt_token_ids), params, priority)
+        finished = False
+        try:
+            while True:
+                item = await stream.queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                finished = item.finished
+                yield item
+                if finished:
+                    return
+        finally:
+            self._streams.pop(request_id, None)
+            if not finished:
+                self.abort(request_id)
+
+    async def generate(
+        self, request_id: str, prompt_token_ids: list[int], params: SamplingParams | None = None, priority: int = 0
+    ) -> RequestOutput:
+        """Run one request to completion and return its final output."""
+        final = None
+        async for output in self.stream(request_id, prompt_token_ids, params, priority):
+            final = output
+        return final
+
+    def abort(self, request_id: str) -> None:
+        self._submit(_AbortCommand(request_id))
+
+    def _register(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, priority: int) -> _Stream:
+        if self._dead_reason is not None:
+            raise EngineDead(f"the engine has stopped: {self._dead_reason}")
+        if not self.is_running:
+            raise EngineDead("the engine loop is not running; call start() first")
+        if request_id in self._streams:
+            raise RequestRejected(f"request id {request_id!r} is already in use")
+        self.engine.validate_request(prompt_token_ids, params)
+        limit = self.engine.config.max_queue_size
+        if limit is not None and self.num_waiting >= limit:
+            raise QueueFull(f"the waiting queue is full ({limit} requests); retry later")
+        stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
+        self._streams[request_id] = stream
+        self._submit(_AddCommand(request_id, prompt_token_ids, params, priority))
+        return stream
+
+    @property
+    def num_waiting(self) -> int:
+        """Requests not yet running: queued in the engine, or on their way to it."""
+        pending = sum(isinstance(command, _AddCommand) for command in self._commands)
+        return len(self.engine.scheduler.waiting) + pending
+
+    def _submit(self, command: _AddCommand | _AbortCommand) -> None:
+        with self._wakeup:
+            self._commands.append(command)
+            self._wakeup.notify()
+
+    # The engine thread --------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            while True:
+                commands = self._wait_for_work()
+                if commands is None:
+                    break
+                outputs = self._apply(commands)
+                if self.engine.has_unfinished_requests():
+                    outputs += self._step()
+                self._deliver(outputs)
+        except BaseException as exc:  # the loop must never die silently
+            logger.exception("engine loop died")
+            self._dead_reason = f"{type(exc).__name__}: {exc}"
+            self._deliver_error_to_all(EngineDead(f"the engine has stopped: {self._dead_reason}"))
+            return
+        self._deliver(self.engine.abort_all())
+
+    def _wait_for_work(self) -> list | None:
+        with self._wakeup:
+            while not self._commands and not self.engine.has_unfinished_requests() and not self._stopping:
+                self._wakeup.wait()
+            if self._stopping:
+                return None
+            commands, self._commands = self._commands, []
+            return commands
+
+    def _apply(self, commands: list) -> list[tuple[str, RequestOutput | BaseException]]:
+        outputs: list[tuple[str, RequestOutput | BaseException]] = []
+        for command in commands:
+            if isinstance(command, _AbortCommand):
+                final = self.engine.abort(command.request_id)
+                if final is not None:
+                    outputs.append((command.request_id, final))
+                continue
+            try:
+                self.engine.add_request(command.request_id, command.prompt_token_ids, command.params, command.priority)
+            except (RequestRejected, QueueFull) as exc:
+                outputs.append((command.request_id, exc))
+        return outputs
+
+    def _step(self) -> list[tuple[str, RequestOutput | BaseException]]:
+        try:
+            return [(output.request_id, output) for output in self.engine.step()]
+        except Exception as exc:
+            # A failed step must not take the server down: fail the requests it held, go on.
+            self.num_failed_steps += 1
+            logger.exception("engine step failed; failing the requests in flight")
+            message = f"engine step failed: {type(exc).__name__}"
+            return [(output.request_id, output) for output in self.engine.abort_all(FinishReason.ERROR, message)]
+
+    def _deliver(self, outputs: list[tuple[str, RequestOutput | BaseException]]) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list] = defaultdict(list)
+        for request_id, item in outputs:
+            stream = self._streams.get(request_id)
+            if stream is not None:
+                by_loop[stream.loop].append((stream.queue, item))
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_put_all, items)
+            except RuntimeError:
+                pass  # that event loop is closed; its streams are gone
+
+    def _deliver_error_to_all(self, error: BaseException) -> None:
+        self._deliver([(request_id, error) for request_id in list(self._streams)])
+
+
+def _put_all(items: list[tuple[asyncio.Queue, object]]) -> None:
+    for queue, item in items:
+        queue.put_nowait(item)

@@ -1,0 +1,72 @@
+"""Engine configuration: one validated dataclass that every engine part reads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class ConfigError(ValueError):
+    """An engine setting is out of range or inconsistent with another."""
+
+
+DTYPE_NAMES = ("auto", "float32", "float16", "bfloat16")
+DEVICE_NAMES = ("auto", "cpu", "cuda")
+
+
+@dataclass(slots=True)
+class EngineConfig:
+    """Settings of one engine instance.
+
+    KV cache size comes from, in order: `num_kv_blocks`; `kv_cache_memory_bytes`;
+    on a GPU, free memory x `gpu_memory_utilization` after a profiling pass;
+    on the CPU, `DEFAULT_CPU_KV_CACHE_BYTES`.
+    """
+
+    model: str
+    dtype: str = "auto"
+    device: str = "auto"
+    block_size: int = 16
+    num_kv_blocks: int | None = None
+    kv_cache_memory_bytes: int | None = None
+    gpu_memory_utilization: float = 0.9
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 2048
+    max_model_len: int | None = None
+    enable_prefix_caching: bool = True
+    # Bound on requests waiting to be scheduled; None means unbounded (a server sets it).
+    max_queue_size: int | None = None
+    trust_remote_code: bool = False
+    # Pickle checkpoints (.bin/.pt) can execute code when loaded: refused unless allowed.
+    allow_pickle_weights: bool = False
+    # torch intra-op threads for CPU inference; None keeps torch's default.
+    num_threads: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.model:
+            raise ConfigError("model must name a checkpoint directory")
+        _check_choice("dtype", self.dtype, DTYPE_NAMES)
+        _check_choice("device", self.device, DEVICE_NAMES)
+        _check_positive("block_size", self.block_size)
+        _check_positive("max_num_seqs", self.max_num_seqs)
+        _check_positive("max_num_batched_tokens", self.max_num_batched_tokens)
+        for name in ("num_kv_blocks", "kv_cache_memory_bytes", "max_model_len", "num_threads"):
+            value = getattr(self, name)
+            if value is not None:
+                _check_positive(name, value)
+        if self.max_queue_size is not None and self.max_queue_size < 0:
+            raise ConfigError(f"max_queue_size must be >= 0 or None, got {self.max_queue_size}")
+        if not 0.0 < self.gpu_memory_utilization <= 1.0:
+            raise ConfigError(
+                f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}"
+            )
+
+
+def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+def _check_positive(name: str, value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")

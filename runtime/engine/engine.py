@@ -1,0 +1,306 @@
+"""LLMEngine: the synchronous continuous-batching engine (add_request / step / abort / generate)."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from dataclasses import dataclass
+
+import torch
+
+from .block_manager import BlockManager
+from .config import EngineConfig
+from .errors import QueueFull, RequestRejected
+from .model_loader import load_model
+from .model_runner import ModelRunner
+from .outputs import RequestMetrics, RequestOutput
+from .sampler import SampleResult, Sampler
+from .sampling import SamplingParams
+from .scheduler import Scheduler
+from .sequence import FinishReason, Sequence, SequenceStatus
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CPU_KV_CACHE_BYTES = 1 << 30
+
+
+@dataclass(slots=True)
+class EngineStats:
+    """A snapshot for metrics and readiness (names follow vLLM's Prometheus metrics)."""
+
+    num_requests_running: int
+    num_requests_waiting: int
+    kv_cache_usage: float
+    num_kv_blocks: int
+    num_free_kv_blocks: int
+    num_preemptions: int
+    prefix_cache_queries: int
+    prefix_cache_hits: int
+
+
+class LLMEngine:
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        if config.num_threads is not None:
+            torch.set_num_threads(config.num_threads)
+        started = time.monotonic()
+        loaded = load_model(config)
+        self.device = loaded.device
+        self.dtype = loaded.dtype
+        self.vocab_size = loaded.vocab_size
+        self.eos_token_ids = loaded.eos_token_ids
+        self.runner = ModelRunner(loaded, config.block_size)
+        self.max_model_len = self._resolve_max_model_len(loaded.max_position_embeddings)
+        self.num_kv_blocks = self._resolve_num_kv_blocks()
+        self.runner.allocate_kv_cache(self.num_kv_blocks)
+        self.block_manager = BlockManager(self.num_kv_blocks, config.block_size, config.enable_prefix_caching)
+        self.scheduler = Scheduler(config, self.block_manager)
+        self.sampler = Sampler(self.eos_token_ids)
+        self._requests: dict[str, Sequence] = {}
+        self._arrival_counter = itertools.count()
+        kv_bytes = self.num_kv_blocks * self.runner.kv_bytes_per_block
+        logger.info(
+            "engine ready in %.1fs: model=%s dtype=%s device=%s kv_blocks=%d x %d tokens (%.1f MiB, %d tokens) "
+            "max_model_len=%d max_num_seqs=%d max_num_batched_tokens=%d prefix_caching=%s max_queue=%s",
+            time.monotonic() - started, config.model, str(self.dtype).removeprefix("torch."), self.device,
+            self.num_kv_blocks, config.block_size, kv_bytes / 2**20, self.num_kv_blocks * config.block_size,
+            self.max_model_len, config.max_num_seqs, config.max_num_batched_tokens,
+            "on" if config.enable_prefix_caching else "off", config.max_queue_size,
+        )
+
+    # Setup --------------------------------------------------------------------------
+
+    def _resolve_max_model_len(self, model_limit: int | None) -> int:
+        asked = self.config.max_model_len
+        if asked is None:
+            if model_limit is None:
+                raise RequestRejected("the model config states no context length; set max_model_len")
+            return model_limit
+        if model_limit is not None and asked > model_limit:
+            raise ValueError(f"max_model_len={asked} exceeds the model's context length {model_limit}")
+        return asked
+
+    def _resolve_num_kv_blocks(self) -> int:
+        config = self.config
+        per_block = self.runner.kv_bytes_per_block
+        if config.num_kv_blocks is not None:
+            return config.num_kv_blocks
+        if config.kv_cache_memory_bytes is not None:
+            budget = config.kv_cache_memory_bytes
+        elif self.device.type == "cuda":
+            budget = self._free_gpu_memory_for_kv()
+        else:
+            # Never more than every sequence at full length could use.
+            full_use = config.max_num_seqs * self.block_manager_blocks_for(self.max_model_len) * per_block
+            budget = min(DEFAULT_CPU_KV_CACHE_BYTES, full_use)
+        num_blocks = budget // per_block
+        if num_blocks < 1:
+            raise ValueError(f"the KV cache budget of {budget} bytes holds no block of {per_block} bytes")
+        return num_blocks
+
+    def block_manager_blocks_for(self, num_tokens: int) -> int:
+        return -(-num_tokens // self.config.block_size)
+
+    def _free_gpu_memory_for_kv(self) -> int:
+        peak = self.runner.profile_peak_memory(min(self.config.max_num_batched_tokens, self.max_model_len))
+        free, total = torch.cuda.mem_get_info(self.device)
+        used_outside_torch = total - free - torch.cuda.memory_reserved(self.device)
+        budget = int(total * self.config.gpu_memory_utilization) - used_outside_torch - peak
+        logger.info(
+            "GPU memory: total %.1f GiB, peak during profiling %.2f GiB, KV budget %.2f GiB",
+            total / 2**30, peak / 2**30, budget / 2**30,
+        )
+        return max(budget, 0)
+
+    # Requests -----------------------------------------------------------------------
+
+    def validate_request(self, prompt_token_ids: list[int], params: SamplingParams) -> None:
+        """Raise RequestRejected if this request could never be served. Reads only config."""
+        if not prompt_token_ids:
+            raise RequestRejected("the prompt is empty; send at least one token id")
+        if not all(isinstance(t, int) and not isinstance(t, bool) for t in prompt_token_ids):
+            raise RequestRejected("prompt token ids must be integers")
+        low, high = min(prompt_token_ids), max(prompt_token_ids)
+        if low < 0 or high >= self.vocab_size:
+            bad = low if low < 0 else high
+            raise RequestRejected(f"token id {bad} is outside the vocabulary [0, {self.vocab_size - 1}]")
+        total = len(prompt_token_ids) + params.max_tokens
+        if total > self.max_model_len:
+            raise RequestRejected(
+                f"prompt ({len(prompt_token_ids)} tokens) + max_tokens ({params.max_tokens}) = {total} "
+                f"exceeds max_model_len {self.max_model_len}"
+            )
+        needed = self.block_manager_blocks_for(total)
+        if needed > self.num_kv_blocks:
+            raise RequestRejected(
+                f"the request needs {needed} KV blocks at full length but the cache has {self.num_kv_blocks}; "
+                f"at most {self.num_kv_blocks * self.config.block_size} tokens fit"
+            )
+        for token in params.stop_token_ids:
+            if not 0 <= token < self.vocab_size:
+                raise RequestRejected(f"stop token id {token} is outside the vocabulary [0, {self.vocab_size - 1}]")
+
+    def add_request(
+        self,
+        request_id: str,
+        prompt_token_ids: list[int],
+        params: SamplingParams | None = None,
+        priority: int = 0,
+    ) -> None:
+        params = params or SamplingParams()
+        prompt_token_ids = list(prompt_token_ids)
+        if request_id in self._requests:
+            raise RequestRejected(f"request id {request_id!r} is already in use")
+        self.validate_request(prompt_token_ids, params)
+        limit = self.config.max_queue_size
+        if limit is not None and len(self.scheduler.waiting) >= limit:
+            raise QueueFull(f"the waiting queue is full ({limit} requests); retry later")
+        generator = None
+        if params.seed is not None:
+            generator = torch.Generator(device=self.device).manual_seed(params.seed)
+        seq = Sequence(
+            request_id=request_id,
+            prompt_token_ids=prompt_token_ids,
+            params=params,
+            arrival_order=next(self._arrival_counter),
+            priority=priority,
+            generator=generator,
+        )
+        self._requests[request_id] = seq
+        self.scheduler.add(seq)
+
+    def abort(self, request_id: str) -> RequestOutput | None:
+        """Stop a request now and free its blocks; returns its final output, or None if unknown."""
+        seq = self._requests.get(request_id)
+        if seq is None:
+            return None
+        return self._finish(seq, FinishReason.ABORT, new_token_ids=[])
+
+    def abort_all(self, reason: FinishReason = FinishReason.ABORT, error: str | None = None) -> list[RequestOutput]:
+        return [self._finish(seq, reason, new_token_ids=[], error=error) for seq in list(self._requests.values())]
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self._requests)
+
+    @property
+    def num_unfinished_requests(self) -> int:
+        return len(self._requests)
+
+    # Stepping -----------------------------------------------------------------------
+
+    def step(self) -> list[RequestOutput]:
+        """Schedule, run the model once, sample; returns outputs of requests that produced tokens."""
+        schedule = self.scheduler.schedule()
+        if schedule.is_empty:
+            return []
+        sampling_items, logits = self.runner.execute(schedule.scheduled)
+        seqs = [item.seq for item in sampling_items]
+        results = self.sampler(logits, seqs) if seqs else []
+        for item in schedule.scheduled:
+            item.seq.num_computed_tokens += item.num_new_tokens
+            self.block_manager.register_full_blocks(item.seq)
+        now = time.monotonic()
+        return [self._append_token(seq, result, now) for seq, result in zip(seqs, results)]
+
+    def _append_token(self, seq: Sequence, result: SampleResult, now: float) -> RequestOutput:
+        seq.output_token_ids.append(result.token_id)
+        if result.logprob is not None:
+            seq.output_logprobs.append(result.logprob)
+        if result.top_logprobs is not None:
+            seq.output_top_logprobs.append(result.top_logprobs)
+        if seq.first_token_time is None:
+            seq.first_token_time = now
+        seq.last_token_time = now
+        reason = self._stop_reason(seq, result.token_id)
+        if reason is not None:
+            return self._finish(seq, reason, new_token_ids=[result.token_id])
+        return self._make_output(seq, [result.token_id])
+
+    def _stop_reason(self, seq: Sequence, token_id: int) -> FinishReason | None:
+        params = seq.params
+        num_output = len(seq.output_token_ids)
+        if num_output >= params.min_tokens:
+            if token_id in params.stop_token_ids:
+                return FinishReason.STOP
+            if not params.ignore_eos and token_id in self.eos_token_ids:
+                return FinishReason.STOP
+        if num_output >= params.max_tokens or seq.num_tokens >= self.max_model_len:
+            return FinishReason.LENGTH
+        return None
+
+    def _finish(
+        self, seq: Sequence, reason: FinishReason, new_token_ids: list[int], error: str | None = None
+    ) -> RequestOutput:
+        self.scheduler.finish(seq, reason)
+        del self._requests[seq.request_id]
+        return self._make_output(seq, new_token_ids, error)
+
+    def _make_output(self, seq: Sequence, new_token_ids: list[int], error: str | None = None) -> RequestOutput:
+        wants_logprobs = seq.params.logprobs
+        num_new = len(new_token_ids)
+        return RequestOutput(
+            request_id=seq.request_id,
+            prompt_token_ids=seq.prompt_token_ids,
+            output_token_ids=list(seq.output_token_ids),
+            new_token_ids=new_token_ids,
+            finished=seq.is_finished,
+            finish_reason=seq.finish_reason.value if seq.finish_reason else None,
+            logprobs=list(seq.output_logprobs) if wants_logprobs else None,
+            new_logprobs=seq.output_logprobs[len(seq.output_logprobs) - num_new:] if wants_logprobs else None,
+            top_logprobs=list(seq.output_top_logprobs) if seq.params.top_logprobs else None,
+            num_cached_tokens=seq.num_cached_prompt_tokens,
+            metrics=RequestMetrics(
+                arrival_time=seq.arrival_time,
+                first_scheduled_time=seq.first_scheduled_time,
+                first_token_time=seq.first_token_time,
+                last_token_time=seq.last_token_time,
+                finished_time=seq.finished_time,
+                num_preemptions=seq.num_preemptions,
+            ),
+            error=error,
+        )
+
+    # Convenience --------------------------------------------------------------------
+
+    def generate(
+        self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams] | None = None
+    ) -> list[RequestOutput]:
+        """Run prompts to completion; outputs in input order."""
+        params_list = params if isinstance(params, list) else [params or SamplingParams()] * len(prompts)
+        if len(params_list) != len(prompts):
+            raise ValueError(f"got {len(prompts)} prompts but {len(params_list)} sampling params")
+        for prompt, request_params in zip(prompts, params_list):
+            self.validate_request(list(prompt), request_params)
+        batch_id = next(self._arrival_counter)
+        request_ids = [f"generate-{batch_id}-{index}" for index in range(len(prompts))]
+        for request_id, prompt, request_params in zip(request_ids, prompts, params_list):
+            self.add_request(request_id, prompt, request_params)
+        finished: dict[str, RequestOutput] = {}
+        while len(finished) < len(request_ids):
+            for output in self.step():
+                if output.finished:
+                    finished[output.request_id] = output
+        return [finished[request_id] for request_id in request_ids]
+
+    def stats(self) -> EngineStats:
+        return EngineStats(
+            num_requests_running=len(self.scheduler.running),
+            num_requests_waiting=len(self.scheduler.waiting),
+            kv_cache_usage=self.block_manager.usage,
+            num_kv_blocks=self.num_kv_blocks,
+            num_free_kv_blocks=self.block_manager.num_free_blocks,
+            num_preemptions=self.scheduler.num_preemptions,
+            prefix_cache_queries=self.block_manager.prefix_cache_queries,
+            prefix_cache_hits=self.block_manager.prefix_cache_hits,
+        )
+
+    def check_consistency(self) -> None:
+        """Raise RuntimeError if block accounting disagrees with the live requests (tests, debugging)."""
+        live = self.scheduler.live_sequences()
+        if {seq.request_id for seq in live} != set(self._requests):
+            raise RuntimeError("scheduler queues and the request table disagree")
+        for seq in live:
+            if seq.status is SequenceStatus.WAITING and seq.block_table:
+                raise RuntimeError(f"waiting request {seq.request_id} holds blocks")
+        self.block_manager.check_consistency(live)

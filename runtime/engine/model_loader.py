@@ -1,0 +1,142 @@
+"""Load a Hugging Face decoder checkpoint directory as a transformers model on our paged attention.
+
+Safe by default: only safetensors weights, no remote code, nothing downloaded.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig, PretrainedConfig
+
+from .attention import PAGED_ATTENTION
+from .config import EngineConfig
+
+logger = logging.getLogger(__name__)
+
+PICKLE_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class ModelLoadError(RuntimeError):
+    """The checkpoint cannot be loaded as asked (missing, unsafe, or unsupported)."""
+
+
+@dataclass(slots=True)
+class LoadedModel:
+    model: torch.nn.Module
+    hf_config: PretrainedConfig
+    device: torch.device
+    dtype: torch.dtype
+    vocab_size: int
+    eos_token_ids: tuple[int, ...]
+    max_position_embeddings: int | None
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("device 'cuda' was asked for but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name != "auto":
+        return DTYPES[name]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    # Reduced precision matmuls are slow on most CPUs; float32 is the fast path there.
+    return torch.float32
+
+
+def load_model(config: EngineConfig) -> LoadedModel:
+    path = Path(config.model)
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(f"{path} is not a Hugging Face checkpoint directory (no config.json)")
+    _check_weight_files(path, config.allow_pickle_weights)
+    device = resolve_device(config.device)
+    dtype = resolve_dtype(config.dtype, device)
+    hf_config = _load_config(path, config.trust_remote_code)
+    logger.info("loading %s (%s) as %s on %s", path, _architecture(hf_config), dtype, device)
+    model = AutoModelForCausalLM.from_pretrained(
+        path,
+        config=hf_config,
+        dtype=dtype,
+        attn_implementation=PAGED_ATTENTION,
+        use_safetensors=not config.allow_pickle_weights,
+        trust_remote_code=config.trust_remote_code,
+        local_files_only=True,
+    )
+    model.to(device).eval()
+    model.requires_grad_(False)
+    text_config = hf_config.get_text_config()
+    num_heads = text_config.num_attention_heads
+    return LoadedModel(
+        model=model,
+        hf_config=hf_config,
+        device=device,
+        dtype=dtype,
+        vocab_size=model.get_output_embeddings().weight.shape[0],
+        eos_token_ids=_eos_token_ids(path, text_config),
+        max_position_embeddings=_max_positions(text_config),
+        num_layers=text_config.num_hidden_layers,
+        num_kv_heads=getattr(text_config, "num_key_value_heads", None) or num_heads,
+        head_dim=getattr(text_config, "head_dim", None) or text_config.hidden_size // num_heads,
+    )
+
+
+def _check_weight_files(path: Path, allow_pickle: bool) -> None:
+    if any(path.glob("*.safetensors")):
+        return
+    pickles = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_WEIGHT_SUFFIXES)
+    if pickles and not allow_pickle:
+        raise ModelLoadError(
+            f"{path} has only pickle weights ({', '.join(pickles)}), which can run code when loaded; "
+            "convert them to safetensors, or allow them explicitly (allow_pickle_weights / --allow_pickle_weights)"
+        )
+    if not pickles:
+        raise ModelLoadError(f"{path} has no weight files (*.safetensors)")
+
+
+def _load_config(path: Path, trust_remote_code: bool) -> PretrainedConfig:
+    raw = json.loads((path / "config.json").read_text())
+    if "auto_map" in raw and not trust_remote_code:
+        raise ModelLoadError(
+            f"{path} needs custom code from the checkpoint (auto_map in config.json); "
+            "it is refused unless trust_remote_code is enabled (--trust_remote_code)"
+        )
+    try:
+        return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, local_files_only=True)
+    except (ValueError, KeyError) as exc:
+        raise ModelLoadError(f"transformers cannot build a model from {path}/config.json: {exc}") from exc
+
+
+def _architecture(hf_config: PretrainedConfig) -> str:
+    return ",".join(hf_config.architectures or [hf_config.model_type])
+
+
+def _eos_token_ids(path: Path, text_config: PretrainedConfig) -> tuple[int, ...]:
+    eos = None
+    if (path / "generation_config.json").is_file():
+        eos = GenerationConfig.from_pretrained(path, local_files_only=True).eos_token_id
+    if eos is None:
+        eos = text_config.eos_token_id
+    if eos is None:
+        return ()
+    return tuple(eos) if isinstance(eos, (list, tuple)) else (int(eos),)
+
+
+def _max_positions(text_config: PretrainedConfig) -> int | None:
+    for name in ("max_position_embeddings", "max_sequence_length", "n_positions", "seq_length"):
+        value = getattr(text_config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None

@@ -1,0 +1,131 @@
+"""Iteration-level scheduling: which requests run in the next step, and how many tokens each.
+
+Every step has a token budget (`max_num_batched_tokens`). Running requests go first,
+oldest first: a decode costs one token, an unfinished prefill takes the next chunk that
+fits the budget. When the KV cache cannot hold a running request's next tokens, the
+newest running request is preempted (its blocks freed, to be recomputed later) until it
+can. Waiting requests are admitted only in steps that preempted nothing, in priority
+then arrival order, while the budget, `max_num_seqs` and free blocks allow.
+"""
+
+from __future__ import annotations
+
+import bisect
+import time
+from dataclasses import dataclass, field
+
+from .block_manager import BlockManager
+from .config import EngineConfig
+from .sequence import FinishReason, Sequence, SequenceStatus
+
+
+@dataclass(slots=True)
+class ScheduledSequence:
+    seq: Sequence
+    num_new_tokens: int
+
+    @property
+    def completes_sequence(self) -> bool:
+        """After this chunk every known token is computed, so the step samples a new one."""
+        return self.seq.num_computed_tokens + self.num_new_tokens == self.seq.num_tokens
+
+
+@dataclass(slots=True)
+class SchedulerOutput:
+    scheduled: list[ScheduledSequence] = field(default_factory=list)
+    preempted: list[Sequence] = field(default_factory=list)
+
+    @property
+    def num_batched_tokens(self) -> int:
+        return sum(item.num_new_tokens for item in self.scheduled)
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.scheduled
+
+
+class Scheduler:
+    def __init__(self, config: EngineConfig, block_manager: BlockManager) -> None:
+        self.max_num_seqs = config.max_num_seqs
+        self.max_num_batched_tokens = config.max_num_batched_tokens
+        self.block_manager = block_manager
+        # Both lists stay sorted by Sequence.sort_key: the front is served first,
+        # the back of `running` is preempted first.
+        self.waiting: list[Sequence] = []
+        self.running: list[Sequence] = []
+        self.num_preemptions = 0
+
+    @property
+    def num_unfinished(self) -> int:
+        return len(self.waiting) + len(self.running)
+
+    def add(self, seq: Sequence) -> None:
+        seq.status = SequenceStatus.WAITING
+        bisect.insort(self.waiting, seq, key=lambda s: s.sort_key)
+
+    def schedule(self) -> SchedulerOutput:
+        output = SchedulerOutput()
+        budget = self.max_num_batched_tokens
+        budget = self._schedule_running(output, budget)
+        if not output.preempted:
+            self._schedule_waiting(output, budget)
+        return output
+
+    def _schedule_running(self, output: SchedulerOutput, budget: int) -> int:
+        index = 0
+        while index < len(self.running) and budget > 0:
+            seq = self.running[index]
+            num_new_tokens = min(seq.num_uncomputed_tokens, budget)
+            while not self.block_manager.can_allocate(seq, num_new_tokens):
+                victim = self.running[-1]
+                self._preempt(victim)
+                output.preempted.append(victim)
+                if victim is seq:
+                    break
+            if seq.status is not SequenceStatus.RUNNING:
+                break
+            self.block_manager.allocate_slots(seq, num_new_tokens)
+            output.scheduled.append(ScheduledSequence(seq, num_new_tokens))
+            budget -= num_new_tokens
+            index += 1
+        return budget
+
+    def _schedule_waiting(self, output: SchedulerOutput, budget: int) -> None:
+        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
+            seq = self.waiting[0]
+            cached_prefix = self.block_manager.find_cached_prefix(seq)
+            num_new_tokens = min(seq.num_tokens - len(cached_prefix) * self.block_manager.block_size, budget)
+            if not self.block_manager.can_allocate(seq, num_new_tokens, cached_prefix):
+                break
+            self.waiting.pop(0)
+            self.block_manager.take_cached_prefix(seq, cached_prefix)
+            self.block_manager.allocate_slots(seq, num_new_tokens)
+            seq.status = SequenceStatus.RUNNING
+            if seq.first_scheduled_time is None:
+                seq.first_scheduled_time = time.monotonic()
+            bisect.insort(self.running, seq, key=lambda s: s.sort_key)
+            output.scheduled.append(ScheduledSequence(seq, num_new_tokens))
+            budget -= num_new_tokens
+
+    def _preempt(self, seq: Sequence) -> None:
+        """Recompute preemption: drop the KV, keep the tokens, queue the request again."""
+        self.running.remove(seq)
+        self.block_manager.free(seq)
+        seq.num_computed_tokens = 0
+        seq.num_preemptions += 1
+        self.num_preemptions += 1
+        self.add(seq)
+
+    def finish(self, seq: Sequence, reason: FinishReason) -> None:
+        """Remove a request from whichever queue holds it and release its blocks."""
+        if seq.status is SequenceStatus.RUNNING:
+            self.running.remove(seq)
+        elif seq.status is SequenceStatus.WAITING:
+            self.waiting.remove(seq)
+        self.block_manager.free(seq)
+        seq.status = SequenceStatus.FINISHED
+        seq.finish_reason = reason
+        seq.finished_time = time.monotonic()
+
+    def live_sequences(self) -> list[Sequence]:
+        return self.running + self.waiting
