@@ -1,0 +1,29 @@
+"""Fixtures: tiny random-weight checkpoints, built once per test session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from .tiny_models import build_tiny_model
+
+
+@pytest.fixture(scope="session")
+def tiny_model_factory(tmp_path_factory):
+    """tiny_model_factory("qwen2") -> path of a checkpoint directory (cached per session)."""
+    built: dict[str, Path] = {}
+
+    def factory(architecture: str = "llama") -> Path:
+        if architecture not in built:
+            directory = tmp_path_factory.mktemp(f"tiny-{architecture}")
+            built[architecture] = build_tiny_model(directory, architecture)
+        return built[architecture]
+
+    return factory
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tiny_model_factory) -> Path:
+    return tiny_model_factory("llama")
+

@@ -1,0 +1,55 @@
+"""Tiny random-weight checkpoints of each supported architecture, and prompts for them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import transformers
+
+VOCAB_SIZE = 384
+
+COMMON = dict(
+    vocab_size=VOCAB_SIZE,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=1024,
+    bos_token_id=1,
+    eos_token_id=2,
+    pad_token_id=0,
+)
+
+# name -> (config class, model class, extra config fields)
+ARCHITECTURES = {
+    "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM, {}),
+    "llama_tied": (transformers.LlamaConfig, transformers.LlamaForCausalLM, {"tie_word_embeddings": True}),
+    "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM, {"sliding_window": 24}),
+    "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM, {}),
+    "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM, {"head_dim": 32}),
+}
+
+
+def build_tiny_model(directory: Path, architecture: str, seed: int = 0) -> Path:
+    config_class, model_class, extra = ARCHITECTURES[architecture]
+    config = config_class(**COMMON, **extra)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = model_class(config)
+        # Random init gives near-uniform logits; larger weights make greedy choices
+        # well separated, so float32 rounding differences cannot flip an argmax.
+        with torch.no_grad():
+            for parameter in model.parameters():
+                if parameter.dim() > 1:
+                    parameter.mul_(4.0)
+    model.save_pretrained(directory, safe_serialization=True)
+    return directory
+
+
+def random_prompts(count: int, min_len: int, max_len: int, seed: int = 0, vocab: int = VOCAB_SIZE) -> list[list[int]]:
+    generator = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(min_len, max_len + 1, (count,), generator=generator).tolist()
+    # Ids 0-2 are pad/bos/eos: keep prompts clear of them.
+    return [torch.randint(3, vocab, (n,), generator=generator).tolist() for n in lengths]
