@@ -139,7 +139,11 @@ class AsyncLLMEngine:
             raise QueueFull(f"the waiting queue is full ({limit} requests); retry later")
         stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
         self._streams[request_id] = stream
-        self._submit(_AddCommand(request_id, prompt_token_ids, params, priority))
+        try:
+            self._submit(_AddCommand(request_id, prompt_token_ids, params, priority))
+        except EngineDead:
+            del self._streams[request_id]
+            raise
         return stream
 
     @property
@@ -150,6 +154,8 @@ class AsyncLLMEngine:
 
     def _submit(self, command: _AddCommand | _AbortCommand) -> None:
         with self._wakeup:
+            if self._stopping and isinstance(command, _AddCommand):
+                raise EngineDead("the engine is shutting down")
             self._commands.append(command)
             self._wakeup.notify()
 
@@ -170,7 +176,13 @@ class AsyncLLMEngine:
             self._dead_reason = f"{type(exc).__name__}: {exc}"
             self._deliver_error_to_all(EngineDead(f"the engine has stopped: {self._dead_reason}"))
             return
-        self._deliver(self.engine.abort_all())
+        # Requests still on their way to the engine are added, then aborted with the rest,
+        # so every open stream ends.
+        with self._wakeup:
+            leftover, self._commands = self._commands, []
+        outputs = self._apply(leftover)
+        outputs += [(output.request_id, output) for output in self.engine.abort_all()]
+        self._deliver(outputs)
 
     def _wait_for_work(self) -> list | None:
         with self._wakeup:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from .block_manager import BlockManager
-from .config import EngineConfig
+from .config import ConfigError, EngineConfig
 from .errors import QueueFull, RequestRejected
 from .model_loader import load_model
 from .model_runner import ModelRunner
@@ -75,10 +75,10 @@ class LLMEngine:
         asked = self.config.max_model_len
         if asked is None:
             if model_limit is None:
-                raise RequestRejected("the model config states no context length; set max_model_len")
+                raise ConfigError("the model config states no context length; set max_model_len")
             return model_limit
         if model_limit is not None and asked > model_limit:
-            raise ValueError(f"max_model_len={asked} exceeds the model's context length {model_limit}")
+            raise ConfigError(f"max_model_len={asked} exceeds the model's context length {model_limit}")
         return asked
 
     def _resolve_num_kv_blocks(self) -> int:
@@ -96,7 +96,7 @@ class LLMEngine:
             budget = min(DEFAULT_CPU_KV_CACHE_BYTES, full_use)
         num_blocks = budget // per_block
         if num_blocks < 1:
-            raise ValueError(f"the KV cache budget of {budget} bytes holds no block of {per_block} bytes")
+            raise ConfigError(f"the KV cache budget of {budget} bytes holds no block of {per_block} bytes")
         return num_blocks
 
     def block_manager_blocks_for(self, num_tokens: int) -> int:

@@ -71,7 +71,8 @@ def load_model(config: EngineConfig) -> LoadedModel:
         config=hf_config,
         dtype=dtype,
         attn_implementation=PAGED_ATTENTION,
-        use_safetensors=not config.allow_pickle_weights,
+        # None lets transformers fall back to pickle files; True refuses them.
+        use_safetensors=None if config.allow_pickle_weights else True,
         trust_remote_code=config.trust_remote_code,
         local_files_only=True,
     )
