@@ -1,13 +1,16 @@
 """Paged KV blocks: a free list, reference counts, and prefix caching by chained block hashes.
 
-A full block is identified by hash(previous block's hash, its token ids), so equal
-hashes mean equal prefixes; the stored token ids are compared on every hit so a
-hash collision can never serve the wrong KV. Freed blocks keep their hash and stay
-reusable until the allocator evicts them, least recently freed first.
+A full block is identified by a 128-bit BLAKE2b hash of (previous block's hash, its
+token ids), so equal hashes mean equal prefixes. A hit is also checked against the
+block's stored token ids and parent hash, so neither a collision nor a crafted prompt
+can be served KV that was computed after a different prefix. Freed blocks keep their
+hash and stay reusable until the allocator evicts them, least recently freed first.
 """
 
 from __future__ import annotations
 
+import hashlib
+from array import array
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -18,7 +21,8 @@ from .sequence import Sequence
 class KVBlock:
     block_id: int
     ref_count: int = 0
-    block_hash: int | None = None
+    block_hash: bytes | None = None
+    parent_hash: bytes | None = None
     token_ids: tuple[int, ...] | None = None
 
 
@@ -30,7 +34,7 @@ class BlockManager:
         self.blocks = [KVBlock(i) for i in range(num_blocks)]
         # Blocks with ref_count 0, in eviction order (front is evicted first).
         self.free_blocks: OrderedDict[int, None] = OrderedDict((i, None) for i in range(num_blocks))
-        self.cached_blocks: dict[int, int] = {}
+        self.cached_blocks: dict[bytes, int] = {}
         self.prefix_cache_queries = 0
         self.prefix_cache_hits = 0
 
@@ -63,8 +67,10 @@ class BlockManager:
             block_id = self.cached_blocks.get(seq.block_hashes[index])
             if block_id is None:
                 break
+            block = self.blocks[block_id]
             start = index * self.block_size
-            if self.blocks[block_id].token_ids != tuple(seq.tokens(start, start + self.block_size)):
+            parent = seq.block_hashes[index - 1] if index else None
+            if block.parent_hash != parent or block.token_ids != tuple(seq.tokens(start, start + self.block_size)):
                 break
             hits.append(block_id)
         return hits
@@ -72,9 +78,10 @@ class BlockManager:
     def _extend_block_hashes(self, seq: Sequence, num_blocks: int) -> None:
         while len(seq.block_hashes) < num_blocks:
             index = len(seq.block_hashes)
-            parent = seq.block_hashes[-1] if index else None
+            parent = seq.block_hashes[-1] if index else b""
             start = index * self.block_size
-            seq.block_hashes.append(hash((parent, tuple(seq.tokens(start, start + self.block_size)))))
+            tokens = array("q", seq.tokens(start, start + self.block_size)).tobytes()
+            seq.block_hashes.append(hashlib.blake2b(parent + tokens, digest_size=16).digest())
 
     def register_full_blocks(self, seq: Sequence) -> None:
         """Publish blocks whose KV is now fully computed so later requests can share them."""
@@ -92,6 +99,7 @@ class BlockManager:
                 continue
             start = index * self.block_size
             block.block_hash = block_hash
+            block.parent_hash = seq.block_hashes[index - 1] if index else None
             block.token_ids = tuple(seq.tokens(start, start + self.block_size))
             self.cached_blocks[block_hash] = block.block_id
         seq.num_hashed_blocks = max(seq.num_hashed_blocks, num_full)
@@ -162,6 +170,7 @@ class BlockManager:
             if self.cached_blocks.get(block.block_hash) == block_id:
                 del self.cached_blocks[block.block_hash]
             block.block_hash = None
+            block.parent_hash = None
             block.token_ids = None
         block.ref_count = 1
         return block_id
@@ -171,6 +180,7 @@ class BlockManager:
         for block_id in list(self.cached_blocks.values()):
             block = self.blocks[block_id]
             block.block_hash = None
+            block.parent_hash = None
             block.token_ids = None
         self.cached_blocks.clear()
 

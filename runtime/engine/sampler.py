@@ -28,10 +28,10 @@ class Sampler:
     @torch.inference_mode()
     def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> list[SampleResult]:
         logits = logits.float()
-        self._suppress_early_stops(logits, seqs)
         raw_logprobs = None
         if any(seq.params.logprobs for seq in seqs):
             raw_logprobs = torch.log_softmax(logits, dim=-1)
+        self._suppress_early_stops(logits, seqs)
         if all(seq.params.greedy for seq in seqs):
             token_ids = logits.argmax(dim=-1)
         else:

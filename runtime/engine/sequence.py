@@ -43,7 +43,7 @@ class Sequence:
     num_cached_prompt_tokens: int = 0
     block_table: list[int] = field(default_factory=list)
     # Chained hashes of this sequence's full blocks, in order (prefix caching).
-    block_hashes: list[int] = field(default_factory=list)
+    block_hashes: list[bytes] = field(default_factory=list)
     # How many leading blocks of block_table are registered in the prefix cache.
     num_hashed_blocks: int = 0
     generator: torch.Generator | None = None
