@@ -11,6 +11,8 @@ class ConfigError(ValueError):
 
 DTYPE_NAMES = ("auto", "float32", "float16", "bfloat16")
 DEVICE_NAMES = ("auto", "cpu", "cuda")
+# Decode attention: "cpp" is the C++ CPU kernel (float32), "torch" gathers pages + SDPA.
+ATTENTION_BACKEND_NAMES = ("auto", "torch", "cpp")
 
 
 @dataclass(slots=True)
@@ -33,6 +35,7 @@ class EngineConfig:
     max_num_batched_tokens: int = 2048
     max_model_len: int | None = None
     enable_prefix_caching: bool = True
+    attention_backend: str = "auto"
     # Bound on requests waiting to be scheduled; None means unbounded (a server sets it).
     max_queue_size: int | None = None
     trust_remote_code: bool = False
@@ -47,6 +50,7 @@ class EngineConfig:
             raise ConfigError("model must name a checkpoint directory")
         _check_choice("dtype", self.dtype, DTYPE_NAMES)
         _check_choice("device", self.device, DEVICE_NAMES)
+        _check_choice("attention_backend", self.attention_backend, ATTENTION_BACKEND_NAMES)
         _check_positive("block_size", self.block_size)
         _check_positive("max_num_seqs", self.max_num_seqs)
         _check_positive("max_num_batched_tokens", self.max_num_batched_tokens)

@@ -50,7 +50,7 @@ class LLMEngine:
         self.dtype = loaded.dtype
         self.vocab_size = loaded.vocab_size
         self.eos_token_ids = loaded.eos_token_ids
-        self.runner = ModelRunner(loaded, config.block_size)
+        self.runner = ModelRunner(loaded, config.block_size, config.attention_backend)
         self.max_model_len = self._resolve_max_model_len(loaded.max_position_embeddings)
         self.num_kv_blocks = self._resolve_num_kv_blocks()
         self.runner.allocate_kv_cache(self.num_kv_blocks)
@@ -62,11 +62,13 @@ class LLMEngine:
         kv_bytes = self.num_kv_blocks * self.runner.kv_bytes_per_block
         logger.info(
             "engine ready in %.1fs: model=%s dtype=%s device=%s kv_blocks=%d x %d tokens (%.1f MiB, %d tokens) "
-            "max_model_len=%d max_num_seqs=%d max_num_batched_tokens=%d prefix_caching=%s max_queue=%s",
+            "max_model_len=%d max_num_seqs=%d max_num_batched_tokens=%d prefix_caching=%s max_queue=%s "
+            "attention=%s",
             time.monotonic() - started, config.model, str(self.dtype).removeprefix("torch."), self.device,
             self.num_kv_blocks, config.block_size, kv_bytes / 2**20, self.num_kv_blocks * config.block_size,
             self.max_model_len, config.max_num_seqs, config.max_num_batched_tokens,
             "on" if config.enable_prefix_caching else "off", config.max_queue_size,
+            self.runner.attention_backend,
         )
 
     # Setup --------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig, Pre
 
 from .attention import PAGED_ATTENTION
 from .config import EngineConfig
+from .layers import use_fast_cpu_layers
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +79,8 @@ def load_model(config: EngineConfig) -> LoadedModel:
     )
     model.to(device).eval()
     model.requires_grad_(False)
+    if device.type == "cpu":
+        use_fast_cpu_layers(model)
     text_config = hf_config.get_text_config()
     num_heads = text_config.num_attention_heads
     return LoadedModel(

@@ -12,7 +12,7 @@ import logging
 
 import torch
 
-from .attention import AttentionMetadata, PrefillChunk
+from .attention import AttentionMetadata, PrefillChunk, select_decode_attention
 from .model_loader import LoadedModel
 from .scheduler import ScheduledSequence
 
@@ -20,7 +20,7 @@ logger = logging.getLogger(__name__)
 
 
 class ModelRunner:
-    def __init__(self, loaded: LoadedModel, block_size: int) -> None:
+    def __init__(self, loaded: LoadedModel, block_size: int, attention_backend: str = "auto") -> None:
         self.model = loaded.model
         self.device = loaded.device
         self.dtype = loaded.dtype
@@ -29,6 +29,9 @@ class ModelRunner:
         self.num_kv_heads = loaded.num_kv_heads
         self.head_dim = loaded.head_dim
         self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.attention_backend, self.decode_attention = select_decode_attention(
+            attention_backend, self.device, self.dtype
+        )
 
     @property
     def kv_bytes_per_block(self) -> int:
@@ -58,6 +61,7 @@ class ModelRunner:
             decode_mask=None,
             decode_context_lens=None,
             prefills=[PrefillChunk(0, num_tokens, 0, None)],
+            decode_attention=self.decode_attention,
         )
         self._forward(ids, positions, meta, torch.tensor([num_tokens - 1], device=self.device))
         torch.cuda.synchronize(self.device)
@@ -145,4 +149,5 @@ class ModelRunner:
             decode_mask=decode_mask,
             decode_context_lens=decode_context_lens,
             prefills=chunks,
+            decode_attention=self.decode_attention,
         )

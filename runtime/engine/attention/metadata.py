@@ -7,6 +7,7 @@ packed into one row of tokens: single-token queries (decodes) first, then prefil
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -37,3 +38,6 @@ class AttentionMetadata:
     # Number of tokens (context + new) each decode row attends to, [num_decodes].
     decode_context_lens: torch.Tensor | None
     prefills: list[PrefillChunk]
+    # decode_attention(queries [rows, heads, head_dim], key_cache, value_cache, metadata,
+    # scale, sliding_window) -> [rows, heads, head_dim]: the backend the runner chose.
+    decode_attention: Callable

@@ -30,6 +30,8 @@ def paged_attention_forward(
     if attention_metadata is None:
         raise RuntimeError("paged attention needs attention_metadata; run the model through ModelRunner")
     meta = attention_metadata
+    if scaling is None:
+        scaling = query.shape[-1] ** -0.5
     key_cache, value_cache = meta.kv_caches[module.layer_idx]
     new_keys = key[0].transpose(0, 1)
     new_values = value[0].transpose(0, 1)
@@ -38,7 +40,7 @@ def paged_attention_forward(
     queries = query[0].transpose(0, 1)  # [tokens, heads, head_dim]
     output = torch.empty_like(queries)
     if meta.num_decode_tokens:
-        output[: meta.num_decode_tokens] = _decode_attention(
+        output[: meta.num_decode_tokens] = meta.decode_attention(
             queries[: meta.num_decode_tokens], key_cache, value_cache, meta, scaling, sliding_window
         )
     for chunk in meta.prefills:
@@ -69,14 +71,15 @@ def _gather_pages(cache: torch.Tensor, block_table: torch.Tensor) -> torch.Tenso
     return pages.view(rows, max_blocks * block_size, num_kv_heads, head_dim).transpose(1, 2)
 
 
-def _decode_attention(
+def torch_decode_attention(
     queries: torch.Tensor,
     key_cache: torch.Tensor,
     value_cache: torch.Tensor,
     meta: AttentionMetadata,
-    scaling: float | None,
+    scaling: float,
     sliding_window: int | None,
 ) -> torch.Tensor:
+    """Single-token queries: gather each row's pages into a padded batch, masked SDPA."""
     num_rows, num_heads, head_dim = queries.shape
     num_kv_heads = key_cache.shape[2]
     keys = _gather_pages(key_cache, meta.decode_block_tables)
@@ -100,7 +103,7 @@ def _prefill_attention(
     key_cache: torch.Tensor,
     value_cache: torch.Tensor,
     chunk: PrefillChunk,
-    scaling: float | None,
+    scaling: float,
     sliding_window: int | None,
 ) -> torch.Tensor:
     q = queries.transpose(0, 1).unsqueeze(0)  # [1, heads, n, head_dim]
@@ -131,7 +134,7 @@ def _causal_mask(chunk: PrefillChunk, total: int, sliding_window: int | None, de
 
 
 def _sdpa_gqa(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scaling: float | None
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scaling: float
 ) -> torch.Tensor:
     groups = q.shape[1] // k.shape[1]
     if groups > 1:
