@@ -11,6 +11,7 @@ import torch
 
 from .block_manager import BlockManager
 from .config import ConfigError, EngineConfig
+from .cpu_allocator import keep_freed_memory_mapped
 from .errors import QueueFull, RequestRejected
 from .model_loader import load_model
 from .model_runner import ModelRunner
@@ -48,6 +49,8 @@ class LLMEngine:
         loaded = load_model(config)
         self.device = loaded.device
         self.dtype = loaded.dtype
+        if self.device.type == "cpu":
+            keep_freed_memory_mapped()
         self.vocab_size = loaded.vocab_size
         self.eos_token_ids = loaded.eos_token_ids
         self.runner = ModelRunner(loaded, config.block_size, config.attention_backend)

@@ -14,6 +14,7 @@ import torch
 
 from .attention import AttentionMetadata, PrefillChunk, select_decode_attention
 from .model_loader import LoadedModel
+from .models import LlamaFamilyForward
 from .scheduler import ScheduledSequence
 
 logger = logging.getLogger(__name__)
@@ -22,6 +23,8 @@ logger = logging.getLogger(__name__)
 class ModelRunner:
     def __init__(self, loaded: LoadedModel, block_size: int, attention_backend: str = "auto") -> None:
         self.model = loaded.model
+        # Our own forward where we have one (faster); transformers' modules otherwise.
+        self.fast_forward = LlamaFamilyForward(loaded.model) if LlamaFamilyForward.supports(loaded.model) else None
         self.device = loaded.device
         self.dtype = loaded.dtype
         self.block_size = block_size
@@ -105,6 +108,8 @@ class ModelRunner:
     def _forward(
         self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata, logits_indices: torch.Tensor
     ) -> torch.Tensor:
+        if self.fast_forward is not None:
+            return self.fast_forward(input_ids, positions, meta, logits_indices)
         output = self.model(
             input_ids=input_ids.unsqueeze(0),
             position_ids=positions.unsqueeze(0),

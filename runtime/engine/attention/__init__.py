@@ -10,7 +10,7 @@ from transformers import AttentionInterface
 
 from .cpu_kernels import cpp_decode_attention, load_decode_kernel
 from .metadata import AttentionMetadata, PrefillChunk
-from .torch_backend import paged_attention_forward, torch_decode_attention
+from .torch_backend import paged_attention, paged_attention_forward, torch_decode_attention
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +38,7 @@ __all__ = [
     "PAGED_ATTENTION",
     "AttentionMetadata",
     "PrefillChunk",
+    "paged_attention",
     "paged_attention_forward",
     "select_decode_attention",
 ]

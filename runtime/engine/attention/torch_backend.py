@@ -29,15 +29,32 @@ def paged_attention_forward(
     key/value [1, kv_heads, tokens, head_dim]; returns [1, tokens, heads, head_dim]."""
     if attention_metadata is None:
         raise RuntimeError("paged attention needs attention_metadata; run the model through ModelRunner")
-    meta = attention_metadata
-    if scaling is None:
-        scaling = query.shape[-1] ** -0.5
-    key_cache, value_cache = meta.kv_caches[module.layer_idx]
-    new_keys = key[0].transpose(0, 1)
-    new_values = value[0].transpose(0, 1)
-    _write_kv(key_cache, value_cache, meta.slot_mapping, new_keys, new_values)
+    output = paged_attention(
+        query[0].transpose(0, 1),
+        key[0].transpose(0, 1),
+        value[0].transpose(0, 1),
+        module.layer_idx,
+        attention_metadata,
+        scaling if scaling is not None else query.shape[-1] ** -0.5,
+        sliding_window,
+    )
+    return output.unsqueeze(0), None
 
-    queries = query[0].transpose(0, 1)  # [tokens, heads, head_dim]
+
+def paged_attention(
+    queries: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    layer_index: int,
+    meta: AttentionMetadata,
+    scaling: float,
+    sliding_window: int | None,
+) -> torch.Tensor:
+    """One layer over the packed batch: queries [tokens, heads, head_dim], the new tokens'
+    keys/values [tokens, kv_heads, head_dim] (written to the cache here); returns
+    [tokens, heads, head_dim]."""
+    key_cache, value_cache = meta.kv_caches[layer_index]
+    _write_kv(key_cache, value_cache, meta.slot_mapping, keys, values)
     output = torch.empty_like(queries)
     if meta.num_decode_tokens:
         output[: meta.num_decode_tokens] = meta.decode_attention(
@@ -46,9 +63,9 @@ def paged_attention_forward(
     for chunk in meta.prefills:
         rows = slice(chunk.query_start, chunk.query_start + chunk.query_len)
         output[rows] = _prefill_attention(
-            queries[rows], new_keys[rows], new_values[rows], key_cache, value_cache, chunk, scaling, sliding_window
+            queries[rows], keys[rows], values[rows], key_cache, value_cache, chunk, scaling, sliding_window
         )
-    return output.unsqueeze(0), None
+    return output
 
 
 def _write_kv(
