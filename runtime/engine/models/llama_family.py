@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ..attention import AttentionMetadata, paged_attention
+from ..layers import skinny_if_cpu
 
 LLAMA_FAMILY_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 
@@ -79,12 +80,12 @@ class _Layer(torch.nn.Module):
         self.num_kv_heads = attention.k_proj.out_features // self.head_dim
         self.scaling = attention.scaling
         self.sliding_window = _sliding_window(attention)
-        self.qkv_proj = _fuse_linears(attention.q_proj, attention.k_proj, attention.v_proj)
-        self.o_proj = attention.o_proj
+        self.qkv_proj = skinny_if_cpu(_fuse_linears(attention.q_proj, attention.k_proj, attention.v_proj))
+        self.o_proj = skinny_if_cpu(attention.o_proj)
         self.q_norm = _rms_norm(getattr(attention, "q_norm", None))
         self.k_norm = _rms_norm(getattr(attention, "k_norm", None))
-        self.gate_up_proj = _fuse_linears(mlp.gate_proj, mlp.up_proj)
-        self.down_proj = mlp.down_proj
+        self.gate_up_proj = skinny_if_cpu(_fuse_linears(mlp.gate_proj, mlp.up_proj))
+        self.down_proj = skinny_if_cpu(mlp.down_proj)
         self.intermediate_size = mlp.gate_proj.out_features
         self.act_fn = mlp.act_fn
         self.input_norm = _rms_norm(hf_layer.input_layernorm)
@@ -112,7 +113,7 @@ class _Layer(torch.nn.Module):
         output = paged_attention(
             queries, keys, values, self.layer_index, meta, self.scaling, self.sliding_window
         )
-        return self.o_proj(output.view(num_tokens, q_size))
+        return self.o_proj(output.reshape(num_tokens, q_size))
 
     def _mlp(self, hidden: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up_proj(hidden).split(self.intermediate_size, dim=-1)
