@@ -57,6 +57,7 @@ class LLMEngine:
         self.max_model_len = self._resolve_max_model_len(loaded.max_position_embeddings)
         self.num_kv_blocks = self._resolve_num_kv_blocks()
         self.runner.allocate_kv_cache(self.num_kv_blocks)
+        self.runner.warm_up(min(config.max_num_batched_tokens, self.max_model_len))
         self.block_manager = BlockManager(self.num_kv_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(config, self.block_manager)
         self.sampler = Sampler(self.eos_token_ids)
