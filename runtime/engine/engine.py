@@ -13,7 +13,7 @@ from .block_manager import BlockManager
 from .config import ConfigError, EngineConfig
 from .cpu_allocator import keep_freed_memory_mapped
 from .errors import QueueFull, RequestRejected
-from .model_loader import load_model
+from .model_loader import ModelLoadError, load_model
 from .model_runner import ModelRunner
 from .outputs import RequestMetrics, RequestOutput
 from .sampler import SampleResult, Sampler
@@ -57,7 +57,10 @@ class LLMEngine:
         self.max_model_len = self._resolve_max_model_len(loaded.max_position_embeddings)
         self.num_kv_blocks = self._resolve_num_kv_blocks()
         self.runner.allocate_kv_cache(self.num_kv_blocks)
-        self.runner.warm_up(min(config.max_num_batched_tokens, self.max_model_len))
+        try:
+            self.runner.warm_up(min(config.max_num_batched_tokens, self.max_model_len))
+        except Exception as exc:
+            raise ModelLoadError(f"{config.model} does not run on the paged KV cache: {exc}") from exc
         self.block_manager = BlockManager(self.num_kv_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(config, self.block_manager)
         self.sampler = Sampler(self.eos_token_ids)

@@ -66,6 +66,11 @@ def load_model(config: EngineConfig) -> LoadedModel:
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
     hf_config = _load_config(path, config.trust_remote_code)
+    if getattr(hf_config.get_text_config(), "attn_logit_softcapping", None):
+        raise ModelLoadError(
+            f"{path} uses attention logit softcapping (Gemma 2 style), which the paged attention "
+            "backends do not implement yet"
+        )
     logger.info("loading %s (%s) as %s on %s", path, _architecture(hf_config), dtype, device)
     model = AutoModelForCausalLM.from_pretrained(
         path,

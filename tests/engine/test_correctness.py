@@ -10,7 +10,7 @@ import transformers
 
 from runtime.engine import EngineConfig, LLMEngine, SamplingParams
 
-from .tiny_models import ARCHITECTURES, random_prompts
+from .tiny_models import ARCHITECTURES, OWN_FORWARD_ARCHITECTURES, random_prompts
 
 MAX_TOKENS = 24
 GREEDY = SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0, ignore_eos=True)
@@ -51,6 +51,8 @@ def test_mixed_batch_matches_transformers(tiny_model_factory, architecture):
     model_dir = tiny_model_factory(architecture)
     prompts = random_prompts(12, 1, 70, seed=1)
     engine = make_engine(model_dir)
+    # Both model paths are covered: our own forward, and transformers' modules.
+    assert (engine.runner.fast_forward is not None) == (architecture in OWN_FORWARD_ARCHITECTURES)
     outputs = engine.generate(prompts, GREEDY)
     assert_same_tokens(outputs, reference_outputs(model_dir, prompts))
     engine.check_consistency()
@@ -107,3 +109,13 @@ def test_everything_at_once(tiny_model_factory):
     assert stats.prefix_cache_hits > 0
     assert_same_tokens(outputs, reference_outputs(model_dir, prompts))
     engine.check_consistency()
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpp"])
+@pytest.mark.parametrize("architecture", ["llama", "mistral", "gemma"])
+def test_each_decode_attention_backend_matches(tiny_model_factory, architecture, backend):
+    model_dir = tiny_model_factory(architecture)
+    prompts = random_prompts(8, 1, 60, seed=9)
+    engine = make_engine(model_dir, attention_backend=backend, num_kv_blocks=40, max_num_batched_tokens=64)
+    assert engine.runner.attention_backend == backend
+    assert_same_tokens(engine.generate(prompts, GREEDY), reference_outputs(model_dir, prompts))

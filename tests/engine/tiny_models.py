@@ -29,7 +29,11 @@ ARCHITECTURES = {
     "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM, {"sliding_window": 24}),
     "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM, {}),
     "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM, {"head_dim": 32}),
+    # Not in our own-forward family: these run transformers' modules on our paged attention.
+    "gemma": (transformers.GemmaConfig, transformers.GemmaForCausalLM, {"head_dim": 16}),
+    "phi3": (transformers.Phi3Config, transformers.Phi3ForCausalLM, {}),
 }
+OWN_FORWARD_ARCHITECTURES = {"llama", "llama_tied", "mistral", "qwen2", "qwen3"}
 
 
 def build_tiny_model(directory: Path, architecture: str, seed: int = 0) -> Path:
