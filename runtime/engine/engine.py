@@ -101,14 +101,14 @@ class LLMEngine:
             budget = self._free_gpu_memory_for_kv()
         else:
             # Never more than every sequence at full length could use.
-            full_use = config.max_num_seqs * self.block_manager_blocks_for(self.max_model_len) * per_block
+            full_use = config.max_num_seqs * self._blocks_for_tokens(self.max_model_len) * per_block
             budget = min(DEFAULT_CPU_KV_CACHE_BYTES, full_use)
         num_blocks = budget // per_block
         if num_blocks < 1:
             raise ConfigError(f"the KV cache budget of {budget} bytes holds no block of {per_block} bytes")
         return num_blocks
 
-    def block_manager_blocks_for(self, num_tokens: int) -> int:
+    def _blocks_for_tokens(self, num_tokens: int) -> int:
         return -(-num_tokens // self.config.block_size)
 
     def _free_gpu_memory_for_kv(self) -> int:
@@ -140,7 +140,7 @@ class LLMEngine:
                 f"prompt ({len(prompt_token_ids)} tokens) + max_tokens ({params.max_tokens}) = {total} "
                 f"exceeds max_model_len {self.max_model_len}"
             )
-        needed = self.block_manager_blocks_for(total)
+        needed = self._blocks_for_tokens(total)
         if needed > self.num_kv_blocks:
             raise RequestRejected(
                 f"the request needs {needed} KV blocks at full length but the cache has {self.num_kv_blocks}; "
