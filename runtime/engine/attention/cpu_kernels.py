@@ -34,12 +34,14 @@ def load_decode_kernel() -> Callable | None:
     capability = torch.backends.cpu.get_cpu_capability()
     isa = next((name for name in ISA_FLAGS if capability.startswith(name)), "DEFAULT")
     try:
-        from torch.utils.cpp_extension import load
+        from torch.utils.cpp_extension import load_inline
 
         logger.info("loading the C++ CPU attention kernel (%s); the first build takes about a minute", isa)
-        module = load(
+        # Inline source: torch writes it into its own build folder, so every checkout of the
+        # project shares one cached build instead of rebuilding when the path differs.
+        module = load_inline(
             name=f"kserve_llm_cpu_attention_{isa.lower()}",
-            sources=[str(SOURCE)],
+            cpp_sources=[SOURCE.read_text()],
             extra_cflags=["-O3", "-ffast-math", "-fopenmp", *ISA_FLAGS.get(isa, [])],
             extra_ldflags=["-fopenmp", "-lm"],
             verbose=False,
