@@ -191,3 +191,10 @@ def test_auto_device_and_dtype_resolve_to_cpu_float32(tiny_llama):
     engine = make_engine(tiny_llama, dtype="auto", device="auto")
     assert engine.device == torch.device("cpu")
     assert engine.dtype == torch.float32
+
+
+def test_attention_softcapping_is_refused_rather_than_ignored(tmp_path):
+    config = transformers.Gemma2Config(**{**COMMON, "head_dim": 16}, attn_logit_softcapping=50.0)
+    transformers.Gemma2ForCausalLM(config).save_pretrained(tmp_path)
+    with pytest.raises(ModelLoadError, match="softcapping"):
+        LLMEngine(EngineConfig(model=str(tmp_path), num_kv_blocks=8))
