@@ -11,8 +11,9 @@ class ConfigError(ValueError):
 
 DTYPE_NAMES = ("auto", "float32", "float16", "bfloat16")
 DEVICE_NAMES = ("auto", "cpu", "cuda")
-# Decode attention: "cpp" is the C++ CPU kernel (float32), "torch" gathers pages + SDPA.
-ATTENTION_BACKEND_NAMES = ("auto", "torch", "cpp")
+# Attention: "torch" gathers pages + SDPA (anywhere); "cpp" is the C++ CPU decode kernel
+# (float32); "triton" runs paged decode and prefill kernels on CUDA.
+ATTENTION_BACKEND_NAMES = ("auto", "torch", "cpp", "triton")
 
 
 @dataclass(slots=True)

@@ -8,12 +8,13 @@ import time
 from dataclasses import dataclass
 
 import torch
+from transformers import PreTrainedModel
 
 from .block_manager import BlockManager
 from .config import ConfigError, EngineConfig
 from .cpu_allocator import keep_freed_memory_mapped
 from .errors import QueueFull, RequestRejected
-from .model_loader import ModelLoadError, load_model
+from .model_loader import ModelLoadError, adopt_model, load_model
 from .model_runner import ModelRunner
 from .outputs import RequestMetrics, RequestOutput
 from .sampler import SampleResult, Sampler
@@ -41,12 +42,14 @@ class EngineStats:
 
 
 class LLMEngine:
-    def __init__(self, config: EngineConfig) -> None:
+    def __init__(self, config: EngineConfig, model: PreTrainedModel | None = None) -> None:
+        """Serve the checkpoint directory `config.model`; or, given `model`, that already-built
+        transformers causal LM (on its device, in its dtype; `config.model` then only names it)."""
         self.config = config
         if config.num_threads is not None:
             torch.set_num_threads(config.num_threads)
         started = time.monotonic()
-        loaded = load_model(config)
+        loaded = load_model(config) if model is None else adopt_model(model, config)
         self.device = loaded.device
         self.dtype = loaded.dtype
         if self.device.type == "cpu":
@@ -75,7 +78,7 @@ class LLMEngine:
             self.num_kv_blocks, config.block_size, kv_bytes / 2**20, self.num_kv_blocks * config.block_size,
             self.max_model_len, config.max_num_seqs, config.max_num_batched_tokens,
             "on" if config.enable_prefix_caching else "off", config.max_queue_size,
-            self.runner.attention_backend,
+            self.runner.attention_backend.name,
         )
 
     # Setup --------------------------------------------------------------------------

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig, PretrainedConfig
+from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig, PretrainedConfig, PreTrainedModel
 
 from .attention import PAGED_ATTENTION
-from .config import EngineConfig
+from .config import ConfigError, EngineConfig
 from .layers import use_fast_cpu_layers
 
 logger = logging.getLogger(__name__)
@@ -66,11 +66,7 @@ def load_model(config: EngineConfig) -> LoadedModel:
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
     hf_config = _load_config(path, config.trust_remote_code)
-    if getattr(hf_config.get_text_config(), "attn_logit_softcapping", None):
-        raise ModelLoadError(
-            f"{path} uses attention logit softcapping (Gemma 2 style), which the paged attention "
-            "backends do not implement yet"
-        )
+    _check_supported(hf_config, str(path))
     logger.info("loading %s (%s) as %s on %s", path, _architecture(hf_config), dtype, device)
     model = AutoModelForCausalLM.from_pretrained(
         path,
@@ -82,19 +78,54 @@ def load_model(config: EngineConfig) -> LoadedModel:
         trust_remote_code=config.trust_remote_code,
         local_files_only=True,
     )
-    model.to(device).eval()
+    model.to(device)
+    return _describe(model, device, dtype, _eos_token_ids(path, hf_config.get_text_config()))
+
+
+def adopt_model(model: PreTrainedModel, config: EngineConfig) -> LoadedModel:
+    """An already-built transformers causal LM (weights set, on its device) as the engine's
+    model, instead of loading `config.model` (which then only names it in logs). For
+    benchmarks and embedding. The model is adapted in place, as a loaded one is: switched
+    to the paged attention, and on the CPU given the faster LM head."""
+    parameter = next(model.parameters())
+    device, dtype = parameter.device, parameter.dtype
+    if config.device != "auto" and resolve_device(config.device).type != device.type:
+        raise ConfigError(f"device is {config.device!r} but the model is on {device}")
+    if config.dtype != "auto" and DTYPES[config.dtype] != dtype:
+        raise ConfigError(f"dtype is {config.dtype!r} but the model's weights are {dtype}")
+    _check_supported(model.config, config.model)
+    model.set_attn_implementation(PAGED_ATTENTION)
+    generation_config = getattr(model, "generation_config", None)
+    eos = generation_config.eos_token_id if generation_config is not None else None
+    if eos is None:
+        eos = model.config.get_text_config().eos_token_id
+    return _describe(model, device, dtype, _as_token_ids(eos))
+
+
+def _check_supported(hf_config: PretrainedConfig, name: str) -> None:
+    if getattr(hf_config.get_text_config(), "attn_logit_softcapping", None):
+        raise ModelLoadError(
+            f"{name} uses attention logit softcapping (Gemma 2 style), which the paged attention "
+            "backends do not implement yet"
+        )
+
+
+def _describe(
+    model: PreTrainedModel, device: torch.device, dtype: torch.dtype, eos_token_ids: tuple[int, ...]
+) -> LoadedModel:
+    model.eval()
     model.requires_grad_(False)
     if device.type == "cpu":
         use_fast_cpu_layers(model)
-    text_config = hf_config.get_text_config()
+    text_config = model.config.get_text_config()
     num_heads = text_config.num_attention_heads
     return LoadedModel(
         model=model,
-        hf_config=hf_config,
+        hf_config=model.config,
         device=device,
         dtype=dtype,
         vocab_size=model.get_output_embeddings().weight.shape[0],
-        eos_token_ids=_eos_token_ids(path, text_config),
+        eos_token_ids=eos_token_ids,
         max_position_embeddings=_max_positions(text_config),
         num_layers=text_config.num_hidden_layers,
         num_kv_heads=getattr(text_config, "num_key_value_heads", None) or num_heads,
@@ -138,6 +169,10 @@ def _eos_token_ids(path: Path, text_config: PretrainedConfig) -> tuple[int, ...]
         eos = GenerationConfig.from_pretrained(path, local_files_only=True).eos_token_id
     if eos is None:
         eos = text_config.eos_token_id
+    return _as_token_ids(eos)
+
+
+def _as_token_ids(eos: int | list[int] | None) -> tuple[int, ...]:
     if eos is None:
         return ()
     return tuple(eos) if isinstance(eos, (list, tuple)) else (int(eos),)

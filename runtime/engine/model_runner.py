@@ -8,11 +8,12 @@ token goes through the LM head.
 
 from __future__ import annotations
 
+import itertools
 import logging
 
 import torch
 
-from .attention import AttentionMetadata, PrefillChunk, select_decode_attention
+from .attention import AttentionMetadata, PrefillChunk, select_attention_backend
 from .model_loader import LoadedModel
 from .models import LlamaFamilyForward
 from .scheduler import ScheduledSequence
@@ -32,9 +33,7 @@ class ModelRunner:
         self.num_kv_heads = loaded.num_kv_heads
         self.head_dim = loaded.head_dim
         self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self.attention_backend, self.decode_attention = select_decode_attention(
-            attention_backend, self.device, self.dtype
-        )
+        self.attention_backend = select_attention_backend(attention_backend, self.device, self.dtype)
 
     @property
     def kv_bytes_per_block(self) -> int:
@@ -67,19 +66,12 @@ class ModelRunner:
         self._dummy_prefill(min(num_tokens, capacity))
 
     def _dummy_prefill(self, num_tokens: int) -> None:
-        positions = torch.arange(num_tokens, device=self.device)
-        meta = AttentionMetadata(
-            kv_caches=self.kv_caches,
-            slot_mapping=positions,
-            num_decode_tokens=0,
-            decode_block_tables=None,
-            decode_mask=None,
-            decode_context_lens=None,
-            prefills=[PrefillChunk(0, num_tokens, 0, None)],
-            decode_attention=self.decode_attention,
-        )
-        input_ids = torch.zeros(num_tokens, dtype=torch.long, device=self.device)
-        self._forward(input_ids, positions, meta, torch.tensor([num_tokens - 1], device=self.device))
+        block_table = list(range(self._blocks_for(num_tokens)))
+        meta = self._build_metadata(list(range(num_tokens)), [], [], [(block_table, 0, num_tokens)])
+        device = self.device
+        input_ids = torch.zeros(num_tokens, dtype=torch.long, device=device)
+        positions = torch.arange(num_tokens, device=device)
+        self._forward(input_ids, positions, meta, torch.tensor([num_tokens - 1], device=device))
 
     def execute(self, scheduled: list[ScheduledSequence]) -> tuple[list[ScheduledSequence], torch.Tensor]:
         """Run one step. Returns the items due for a new token, and their logits [n, vocab]."""
@@ -102,13 +94,17 @@ class ModelRunner:
             if item.completes_sequence:
                 sampling_items.append(item)
                 logits_indices.append(len(input_ids) - 1)
-        meta = self._build_metadata(decodes, prefills, slots)
-        device = self.device
+        meta = self._build_metadata(
+            slots,
+            [item.seq.block_table for item in decodes],
+            [item.seq.num_computed_tokens + 1 for item in decodes],
+            [(item.seq.block_table, item.seq.num_computed_tokens, item.num_new_tokens) for item in prefills],
+        )
         logits = self._forward(
-            torch.tensor(input_ids, dtype=torch.long, device=device),
-            torch.tensor(positions, dtype=torch.long, device=device),
+            self._to_device(input_ids, torch.long),
+            self._to_device(positions, torch.long),
             meta,
-            torch.tensor(logits_indices, dtype=torch.long, device=device),
+            self._to_device(logits_indices, torch.long),
         )
         return sampling_items, logits
 
@@ -128,39 +124,74 @@ class ModelRunner:
         return output.logits[0]
 
     def _build_metadata(
-        self, decodes: list[ScheduledSequence], prefills: list[ScheduledSequence], slots: list[int]
+        self,
+        slots: list[int],
+        decode_block_tables: list[list[int]],
+        decode_context_lens: list[int],
+        prefill_chunks: list[tuple[list[int], int, int]],
     ) -> AttentionMetadata:
-        device = self.device
-        decode_block_tables = decode_mask = decode_context_lens = None
-        if decodes:
-            max_blocks = max(len(item.seq.block_table) for item in decodes)
-            decode_block_tables = torch.tensor(
-                [item.seq.block_table + [0] * (max_blocks - len(item.seq.block_table)) for item in decodes],
-                dtype=torch.long,
-                device=device,
-            )
-            decode_context_lens = torch.tensor(
-                [item.seq.num_computed_tokens + 1 for item in decodes], dtype=torch.long, device=device
-            )
-            positions = torch.arange(max_blocks * self.block_size, device=device)
-            decode_mask = (positions.unsqueeze(0) < decode_context_lens.unsqueeze(1)).view(len(decodes), 1, 1, -1)
-        chunks = []
-        query_start = len(decodes)
-        for item in prefills:
-            seq = item.seq
-            block_table = None
-            if seq.num_computed_tokens:
-                num_blocks = -(-(seq.num_computed_tokens + item.num_new_tokens) // self.block_size)
-                block_table = torch.tensor(seq.block_table[:num_blocks], dtype=torch.long, device=device)
-            chunks.append(PrefillChunk(query_start, item.num_new_tokens, seq.num_computed_tokens, block_table))
-            query_start += item.num_new_tokens
-        return AttentionMetadata(
+        """Decode rows: their block tables and tokens attended (the new one included).
+        Prefill chunks: (block table, tokens already cached, chunk length) each, in batch order."""
+        meta = AttentionMetadata(
             kv_caches=self.kv_caches,
-            slot_mapping=torch.tensor(slots, dtype=torch.long, device=device),
-            num_decode_tokens=len(decodes),
-            decode_block_tables=decode_block_tables,
-            decode_mask=decode_mask,
-            decode_context_lens=decode_context_lens,
-            prefills=chunks,
-            decode_attention=self.decode_attention,
+            slot_mapping=self._to_device(slots, torch.long),
+            num_decode_tokens=len(decode_context_lens),
+            decode_block_tables=None,
+            decode_mask=None,
+            decode_context_lens=None,
+            decode_max_context_len=max(decode_context_lens, default=0),
+            prefills=[],
+            backend=self.attention_backend,
         )
+        if decode_context_lens:
+            self._add_decodes(meta, decode_block_tables, decode_context_lens)
+        if self.attention_backend.packed_prefill:
+            if prefill_chunks:
+                self._add_packed_prefills(meta, prefill_chunks)
+        else:
+            meta.prefills = self._prefill_chunk_list(prefill_chunks)
+        return meta
+
+    def _add_decodes(self, meta: AttentionMetadata, block_tables: list[list[int]], context_lens: list[int]) -> None:
+        max_blocks = max(len(table) for table in block_tables)
+        meta.decode_block_tables = self._to_device(_pad_rows(block_tables, max_blocks), torch.long)
+        meta.decode_context_lens = self._to_device(context_lens, torch.long)
+        positions = torch.arange(max_blocks * self.block_size, device=self.device)
+        meta.decode_mask = (positions.unsqueeze(0) < meta.decode_context_lens.unsqueeze(1)).view(
+            len(context_lens), 1, 1, -1
+        )
+
+    def _prefill_chunk_list(self, prefill_chunks: list[tuple[list[int], int, int]]) -> list[PrefillChunk]:
+        chunks = []
+        query_start = 0
+        for block_table, num_context, query_len in prefill_chunks:
+            table = None
+            if num_context:
+                table = self._to_device(block_table[: self._blocks_for(num_context + query_len)], torch.long)
+            chunks.append(PrefillChunk(query_start, query_len, num_context, table))
+            query_start += query_len
+        return chunks
+
+    def _add_packed_prefills(self, meta: AttentionMetadata, prefill_chunks: list[tuple[list[int], int, int]]) -> None:
+        tables = [block_table[: self._blocks_for(num_context + query_len)]
+                  for block_table, num_context, query_len in prefill_chunks]
+        query_lens = [query_len for _, _, query_len in prefill_chunks]
+        meta.prefill_block_tables = self._to_device(_pad_rows(tables, max(map(len, tables))), torch.int32)
+        meta.prefill_query_start_loc = self._to_device(list(itertools.accumulate(query_lens, initial=0)), torch.int32)
+        meta.prefill_context_lens = self._to_device([num_context for _, num_context, _ in prefill_chunks], torch.int32)
+        meta.max_prefill_query_len = max(query_lens)
+
+    def _blocks_for(self, num_tokens: int) -> int:
+        return -(-num_tokens // self.block_size)
+
+    def _to_device(self, values: list, dtype: torch.dtype) -> torch.Tensor:
+        """A host list as a tensor on the model's device. On CUDA the copy is queued from pinned
+        memory and does not wait for the GPU (torch keeps the pinned buffer until it is done)."""
+        tensor = torch.tensor(values, dtype=dtype)
+        if self.device.type == "cpu":
+            return tensor
+        return tensor.pin_memory().to(self.device, non_blocking=True)
+
+
+def _pad_rows(rows: list[list[int]], width: int) -> list[list[int]]:
+    return [row + [0] * (width - len(row)) for row in rows]

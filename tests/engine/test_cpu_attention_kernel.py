@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from runtime.engine.attention import AttentionMetadata
-from runtime.engine.attention.cpu_kernels import cpp_decode_attention, load_decode_kernel
+from runtime.engine.attention.cpu_kernels import CPP_BACKEND, cpp_decode_attention, load_decode_kernel
 from runtime.engine.attention.torch_backend import torch_decode_attention
 
 pytestmark = pytest.mark.skipif(load_decode_kernel() is None, reason="no C++ toolchain to build the kernel")
@@ -28,7 +28,8 @@ def decode_metadata(context_lens: list[int], block_size: int, num_blocks: int, g
         decode_mask=(positions.unsqueeze(0) < lens.unsqueeze(1)).view(len(context_lens), 1, 1, -1),
         decode_context_lens=lens,
         prefills=[],
-        decode_attention=cpp_decode_attention,
+        decode_max_context_len=max(context_lens),
+        backend=CPP_BACKEND,
     )
 
 

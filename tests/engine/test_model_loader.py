@@ -198,3 +198,20 @@ def test_attention_softcapping_is_refused_rather_than_ignored(tmp_path):
     transformers.Gemma2ForCausalLM(config).save_pretrained(tmp_path)
     with pytest.raises(ModelLoadError, match="softcapping"):
         LLMEngine(EngineConfig(model=str(tmp_path), num_kv_blocks=8))
+
+
+@pytest.mark.parametrize("architecture", ["llama", "gemma"])
+def test_an_already_built_model_serves_like_its_checkpoint(tiny_model_factory, architecture):
+    """Our own forward (llama) and transformers' modules on the paged attention (gemma)."""
+    model_dir = tiny_model_factory(architecture)
+    expected = make_engine(model_dir).generate(PROMPTS, GREEDY)
+    model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    config = EngineConfig(model=f"in-memory {architecture}", dtype="float32", device="cpu", num_kv_blocks=32)
+    outputs = LLMEngine(config, model=model).generate(PROMPTS, GREEDY)
+    assert [output.output_token_ids for output in outputs] == [output.output_token_ids for output in expected]
+
+
+def test_an_already_built_model_must_match_the_configured_dtype(tiny_llama):
+    model = transformers.AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32)
+    with pytest.raises(ConfigError, match="dtype is 'bfloat16' but the model's weights are torch.float32"):
+        LLMEngine(EngineConfig(model="in-memory", dtype="bfloat16", device="cpu"), model=model)

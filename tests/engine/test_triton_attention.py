@@ -3,37 +3,14 @@ there is a GPU, otherwise under Triton's CPU interpreter (fp32 only, small shape
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
 
-ON_CUDA = torch.cuda.is_available()
-if not ON_CUDA and "triton" not in sys.modules:
-    # Triton picks compiled or interpreted code as each @triton.jit runs, its own standard
-    # library (tl.sum, tl.max, ...) included, so this must come before triton's first import.
-    os.environ["TRITON_INTERPRET"] = "1"
-triton = pytest.importorskip("triton")
+from .triton_interpreter import ON_CUDA, needs_kernels, rerun_in_fresh_process, runs_in_fresh_process
 
-from runtime.engine.attention import triton_backend as backend  # noqa: E402
-
-
-def _interpreted() -> bool:
-    from triton.runtime.interpreter import InterpretedFunction
-
-    return isinstance(triton.language.sum, InterpretedFunction)
-
-
-# Without a GPU, a process that imported triton before this file cannot interpret kernels
-# (transformers' model code imports it, through torch._dynamo, so the conftest already has):
-# the file then reruns itself, once, in a fresh process.
-CHILD_PROCESS_FLAG = "TRITON_ATTENTION_TESTS_CHILD"
-RERUN_IN_SUBPROCESS = not ON_CUDA and not _interpreted() and CHILD_PROCESS_FLAG not in os.environ
-needs_kernels = pytest.mark.skipif(RERUN_IN_SUBPROCESS, reason="runs in a fresh process with TRITON_INTERPRET=1")
+# After .triton_interpreter, which must set up the interpreter before triton is imported.
+from runtime.engine.attention import triton_backend as backend
 
 DEVICE = torch.device("cuda" if ON_CUDA else "cpu")
 DTYPES = [torch.float32, torch.float16, torch.bfloat16] if ON_CUDA else [torch.float32]
@@ -42,17 +19,9 @@ GQA = [(2, 2), (4, 2), (8, 2)]  # (num_heads, num_kv_heads): group sizes 1, 2, 4
 CONTEXT_LENS = [1, 15, 16, 17, 100]
 
 
-@pytest.mark.skipif(not RERUN_IN_SUBPROCESS, reason="kernels run in this process")
+@runs_in_fresh_process
 def test_kernels_in_a_fresh_interpreter_process():
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
-        cwd=Path(__file__).resolve().parents[2],
-        env={**os.environ, "TRITON_INTERPRET": "1", CHILD_PROCESS_FLAG: "1"},
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    rerun_in_fresh_process(__file__)
 
 
 def make_paged_cache(seq_lens, block_size, num_kv_heads, head_dim, dtype, generator, table_dtype=torch.int32):

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import logging
-from typing import Callable
+import os
 
 import torch
 from transformers import AttentionInterface
 
-from .cpu_kernels import cpp_decode_attention, load_decode_kernel
-from .metadata import AttentionMetadata, PrefillChunk
-from .torch_backend import paged_attention, paged_attention_forward, torch_decode_attention
+from .cpu_kernels import CPP_BACKEND, load_decode_kernel
+from .layer import paged_attention, paged_attention_forward
+from .metadata import AttentionBackend, AttentionMetadata, PrefillChunk
+from .torch_backend import TORCH_BACKEND
 
 logger = logging.getLogger(__name__)
 
@@ -20,25 +21,53 @@ PAGED_ATTENTION = "kserve_paged"
 AttentionInterface.register(PAGED_ATTENTION, paged_attention_forward)
 
 
-
-def select_decode_attention(backend: str, device: torch.device, dtype: torch.dtype) -> tuple[str, Callable]:
-    """The decode-attention implementation for `backend` ("auto" picks the fastest that works here)."""
+def select_attention_backend(name: str, device: torch.device, dtype: torch.dtype) -> AttentionBackend:
+    """The attention implementation for `name`. "auto" picks the fastest that works here:
+    triton on CUDA (when triton imports), the C++ kernel for float32 on the CPU, else torch."""
+    if name == "triton" or (name == "auto" and device.type == "cuda"):
+        backend = _triton_backend(device, required=name == "triton")
+        if backend is not None:
+            return backend
     cpp_possible = device.type == "cpu" and dtype == torch.float32
-    if backend == "cpp" and not cpp_possible:
+    if name == "cpp" and not cpp_possible:
         raise ValueError("attention_backend 'cpp' runs float32 on the CPU only")
-    if backend in ("cpp", "auto") and cpp_possible:
+    if name in ("cpp", "auto") and cpp_possible:
         if load_decode_kernel() is not None:
-            return "cpp", cpp_decode_attention
-        if backend == "cpp":
+            return CPP_BACKEND
+        if name == "cpp":
             raise RuntimeError("attention_backend 'cpp' was asked for but the C++ kernel could not be built")
-    return "torch", torch_decode_attention
+    return TORCH_BACKEND
+
+
+def _triton_backend(device: torch.device, required: bool) -> AttentionBackend | None:
+    # On the CPU, Triton kernels only run in its interpreter: far too slow to serve, but it
+    # lets the engine's Triton path be tested end to end without a GPU.
+    interpreted = device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
+    if device.type != "cuda" and not interpreted:
+        raise ValueError(
+            "attention_backend 'triton' needs a CUDA device (on the CPU only under TRITON_INTERPRET=1, for tests)"
+        )
+    try:
+        from .triton_backend import TRITON_BACKEND, interpreter_active
+    except ImportError as exc:
+        if required:
+            raise RuntimeError(f"attention_backend 'triton' was asked for but triton does not import: {exc}") from exc
+        logger.warning("triton does not import (%s); using the torch attention backend", exc)
+        return None
+    if interpreted and not interpreter_active():
+        raise RuntimeError(
+            "TRITON_INTERPRET=1 was set after triton was imported in this process; "
+            "set it before the first import to run the Triton backend on the CPU"
+        )
+    return TRITON_BACKEND
 
 
 __all__ = [
     "PAGED_ATTENTION",
+    "AttentionBackend",
     "AttentionMetadata",
     "PrefillChunk",
     "paged_attention",
     "paged_attention_forward",
-    "select_decode_attention",
+    "select_attention_backend",
 ]

@@ -15,7 +15,8 @@ from typing import Callable
 
 import torch
 
-from .metadata import AttentionMetadata
+from .metadata import AttentionBackend, AttentionMetadata
+from .torch_backend import torch_prefill_attention
 
 logger = logging.getLogger(__name__)
 
@@ -65,3 +66,7 @@ def cpp_decode_attention(
     return kernel(
         queries, key_cache, value_cache, meta.decode_block_tables, meta.decode_context_lens, scaling, sliding_window or 0
     )
+
+
+# The kernel covers decodes; prefills (matmul-bound, few per step) stay on torch.
+CPP_BACKEND = AttentionBackend("cpp", cpp_decode_attention, torch_prefill_attention)

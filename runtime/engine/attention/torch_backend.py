@@ -1,83 +1,12 @@
 """Paged attention in plain torch (CPU, and the fallback everywhere): gather the pages a
-query needs, then scaled_dot_product_attention.
-
-Plugged into transformers models through their attention-function registry, so every
-architecture transformers builds runs on our paged KV cache unchanged.
-"""
+query needs, then scaled_dot_product_attention."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from .metadata import AttentionMetadata, PrefillChunk
-
-
-def paged_attention_forward(
-    module: torch.nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    scaling: float | None = None,
-    dropout: float = 0.0,
-    sliding_window: int | None = None,
-    attention_metadata: AttentionMetadata | None = None,
-    **kwargs,
-) -> tuple[torch.Tensor, None]:
-    """transformers' attention-function signature: query [1, heads, tokens, head_dim],
-    key/value [1, kv_heads, tokens, head_dim]; returns [1, tokens, heads, head_dim]."""
-    if attention_metadata is None:
-        raise RuntimeError("paged attention needs attention_metadata; run the model through ModelRunner")
-    output = paged_attention(
-        query[0].transpose(0, 1),
-        key[0].transpose(0, 1),
-        value[0].transpose(0, 1),
-        module.layer_idx,
-        attention_metadata,
-        scaling if scaling is not None else query.shape[-1] ** -0.5,
-        sliding_window,
-    )
-    return output.unsqueeze(0), None
-
-
-def paged_attention(
-    queries: torch.Tensor,
-    keys: torch.Tensor,
-    values: torch.Tensor,
-    layer_index: int,
-    meta: AttentionMetadata,
-    scaling: float,
-    sliding_window: int | None,
-) -> torch.Tensor:
-    """One layer over the packed batch: queries [tokens, heads, head_dim], the new tokens'
-    keys/values [tokens, kv_heads, head_dim] (written to the cache here); returns
-    [tokens, heads, head_dim]."""
-    key_cache, value_cache = meta.kv_caches[layer_index]
-    _write_kv(key_cache, value_cache, meta.slot_mapping, keys, values)
-    output = torch.empty_like(queries)
-    if meta.num_decode_tokens:
-        output[: meta.num_decode_tokens] = meta.decode_attention(
-            queries[: meta.num_decode_tokens], key_cache, value_cache, meta, scaling, sliding_window
-        )
-    for chunk in meta.prefills:
-        rows = slice(chunk.query_start, chunk.query_start + chunk.query_len)
-        output[rows] = _prefill_attention(
-            queries[rows], keys[rows], values[rows], key_cache, value_cache, chunk, scaling, sliding_window
-        )
-    return output
-
-
-def _write_kv(
-    key_cache: torch.Tensor,
-    value_cache: torch.Tensor,
-    slot_mapping: torch.Tensor,
-    keys: torch.Tensor,
-    values: torch.Tensor,
-) -> None:
-    num_kv_heads, head_dim = key_cache.shape[-2:]
-    key_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping, keys)
-    value_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping, values)
+from .metadata import AttentionBackend, AttentionMetadata, PrefillChunk
 
 
 def _gather_pages(cache: torch.Tensor, block_table: torch.Tensor) -> torch.Tensor:
@@ -111,6 +40,27 @@ def torch_decode_attention(
     grouped = queries.view(num_rows, num_kv_heads, num_heads // num_kv_heads, head_dim)
     out = F.scaled_dot_product_attention(grouped, keys, values, attn_mask=mask, scale=scaling)
     return out.reshape(num_rows, num_heads, head_dim)
+
+
+def torch_prefill_attention(
+    queries: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    meta: AttentionMetadata,
+    scaling: float,
+    sliding_window: int | None,
+) -> torch.Tensor:
+    """Prefill chunks one at a time: SDPA over the chunk's own K/V, or over its gathered
+    pages when it follows cached context."""
+    outputs = []
+    for chunk in meta.prefills:
+        rows = slice(chunk.query_start, chunk.query_start + chunk.query_len)
+        outputs.append(_prefill_attention(
+            queries[rows], keys[rows], values[rows], key_cache, value_cache, chunk, scaling, sliding_window
+        ))
+    return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
 
 
 def _prefill_attention(
@@ -159,3 +109,6 @@ def _sdpa_gqa(
         k = k.repeat_interleave(groups, dim=1)
         v = v.repeat_interleave(groups, dim=1)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, scale=scaling)
+
+
+TORCH_BACKEND = AttentionBackend("torch", torch_decode_attention, torch_prefill_attention)

@@ -15,6 +15,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .metadata import AttentionBackend, AttentionMetadata
+
 # Running maxima start here rather than at -inf so that a row with nothing visible yet
 # (a padded query head, an empty split) gives exp2(-inf - MIN) = 0 instead of NaN.
 _MAX_INIT = tl.constexpr(-1.0e30)
@@ -343,6 +345,50 @@ def paged_prefill_attention(
         USE_WINDOW=sliding_window is not None, DOT_PRECISION=_dot_precision(key_cache.dtype),
     )
     return out
+
+
+def triton_decode_attention(
+    queries: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    meta: AttentionMetadata,
+    scaling: float,
+    sliding_window: int | None,
+) -> torch.Tensor:
+    """The AttentionBackend decode signature around paged_decode_attention."""
+    return paged_decode_attention(
+        queries, key_cache, value_cache, meta.decode_block_tables, meta.decode_context_lens, scaling,
+        sliding_window, max_context_len=meta.decode_max_context_len,
+    )
+
+
+def triton_prefill_attention(
+    queries: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    meta: AttentionMetadata,
+    scaling: float,
+    sliding_window: int | None,
+) -> torch.Tensor:
+    """The AttentionBackend prefill signature around paged_prefill_attention: every chunk of
+    the step in one launch (the chunks' own K/V are read back from the cache)."""
+    return paged_prefill_attention(
+        queries, key_cache, value_cache, meta.prefill_block_tables, meta.prefill_query_start_loc,
+        meta.prefill_context_lens, scaling, meta.max_prefill_query_len, sliding_window,
+    )
+
+
+TRITON_BACKEND = AttentionBackend("triton", triton_decode_attention, triton_prefill_attention, packed_prefill=True)
+
+
+def interpreter_active() -> bool:
+    """Whether this process runs Triton kernels in its CPU interpreter (TRITON_INTERPRET=1 was
+    set before triton was first imported: triton.language's own functions are wrapped then)."""
+    from triton.runtime.interpreter import InterpretedFunction
+
+    return isinstance(tl.sum, InterpretedFunction)
 
 
 def _check_common(
