@@ -1,0 +1,140 @@
+"""The predictor: `python -m runtime --model_dir /mnt/models` (or `--demo small`) serves the engine
+through KServe's model server: v1 and v2 REST, v2 gRPC, the generate extension, /metrics."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+
+import kserve
+from kserve import logging as kserve_logging
+from kserve import model_server
+
+from runtime.demo import build_demo_model
+from runtime.engine import ConfigError, EngineConfig, ModelLoadError
+from runtime.errors import add_exception_handlers
+from runtime.generate import add_generate_routes
+from runtime.middleware import ClientConnectionMiddleware, RetryAfterMiddleware
+from runtime.model import LLMModel
+from runtime.shutdown import drain_on_signal
+
+logger = logging.getLogger("runtime")
+
+DEFAULT_MAX_QUEUE = 256
+DEFAULT_MAX_BODY_BYTES = 1 << 20
+DEFAULT_GRACE_PERIOD = 30
+_ENGINE_DEFAULTS = {field.name: field.default for field in dataclasses.fields(EngineConfig)}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m runtime",
+        description=__doc__.splitlines()[0],
+        parents=[model_server.parser],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--model_dir", default="/mnt/models", help="Hugging Face checkpoint directory")
+    source.add_argument("--demo", choices=("small", "large"), help="serve the embedded demo model (random weights)")
+    _add_engine_arguments(parser.add_argument_group("engine"))
+    limits = parser.add_argument_group("limits")
+    limits.add_argument("--max_queue", type=int, default=DEFAULT_MAX_QUEUE,
+                        help="requests that may wait for a batch slot; more get 503 (negative: unbounded)")
+    limits.add_argument("--request_timeout", type=float, default=None,
+                        help="seconds a request may take; past it, it is aborted with 504")
+    limits.add_argument("--max_body_bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
+                        help="largest request body; larger ones get 413")
+    limits.add_argument("--grace_period", type=int, default=DEFAULT_GRACE_PERIOD,
+                        help="seconds in-flight requests get to finish after SIGTERM")
+    return parser
+
+
+def _add_engine_arguments(group: argparse._ArgumentGroup) -> None:
+    defaults = _ENGINE_DEFAULTS
+    group.add_argument("--dtype", default=defaults["dtype"], help="auto, float32, float16 or bfloat16")
+    group.add_argument("--device", default=defaults["device"], help="auto, cpu or cuda")
+    group.add_argument("--block_size", type=int, default=defaults["block_size"], help="tokens per KV block")
+    group.add_argument("--num_gpu_blocks", type=int, default=None, help="KV blocks (overrides --kv_cache_memory)")
+    group.add_argument("--kv_cache_memory", type=int, default=None, help="KV cache size in bytes")
+    group.add_argument("--gpu_memory_utilization", type=float, default=defaults["gpu_memory_utilization"])
+    group.add_argument("--max_num_seqs", type=int, default=defaults["max_num_seqs"])
+    group.add_argument("--max_num_batched_tokens", type=int, default=defaults["max_num_batched_tokens"])
+    group.add_argument("--max_model_len", type=int, default=None, help="context length (unset: the model's)")
+    group.add_argument("--enable_prefix_caching", action=argparse.BooleanOptionalAction,
+                       default=defaults["enable_prefix_caching"])
+    group.add_argument("--attention_backend", default=defaults["attention_backend"],
+                       help="attention kernels (see EngineConfig.attention_backend)")
+    group.add_argument("--num_threads", type=int, default=None, help="torch CPU threads (unset: torch's choice)")
+    group.add_argument("--trust_remote_code", action="store_true")
+    group.add_argument("--allow_pickle_weights", action="store_true", help="load .bin/.pt checkpoints (runs pickle)")
+
+
+def engine_config(args: argparse.Namespace, model_dir: str) -> EngineConfig:
+    return EngineConfig(
+        model=model_dir,
+        dtype=args.dtype,
+        device=args.device,
+        block_size=args.block_size,
+        num_kv_blocks=args.num_gpu_blocks,
+        kv_cache_memory_bytes=args.kv_cache_memory,
+        gpu_memory_utilization=args.gpu_memory_utilization,
+        max_num_seqs=args.max_num_seqs,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+        max_model_len=args.max_model_len,
+        enable_prefix_caching=args.enable_prefix_caching,
+        attention_backend=args.attention_backend,
+        max_queue_size=args.max_queue if args.max_queue >= 0 else None,
+        trust_remote_code=args.trust_remote_code,
+        allow_pickle_weights=args.allow_pickle_weights,
+        num_threads=args.num_threads,
+    )
+
+
+def configure_logging(args: argparse.Namespace) -> None:
+    """KServe's logging setup, and its format for our loggers too (before the engine logs)."""
+    if not args.configure_logging:
+        return
+    kserve_logging.configure_logging(args.log_config_file)
+    kserve_logger = logging.getLogger(kserve_logging.KSERVE_LOGGER_NAME)
+    logger.handlers = list(kserve_logger.handlers)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
+def main() -> None:
+    parser = build_parser()
+    args = parser.parse_args()
+    if args.workers != 1:
+        parser.error("--workers must be 1: the engine lives in one process (scale with replicas)")
+    if args.max_body_bytes < 1:
+        parser.error("--max_body_bytes must be >= 1")
+    if args.request_timeout is not None and args.request_timeout <= 0:
+        parser.error("--request_timeout must be > 0")
+    configure_logging(args)
+    try:
+        model_dir = args.model_dir
+        if args.demo:
+            model_dir = str(build_demo_model(args.demo))
+        model = LLMModel(args.model_name, engine_config(args, model_dir), args.request_timeout, args.grace_period)
+        model.load()
+    except (ConfigError, ModelLoadError) as exc:
+        logger.error("cannot start the predictor: %s", exc)
+        sys.exit(2)
+    logger.info(
+        "serving model %r on http %d / grpc %d: max_queue=%s request_timeout=%s max_body_bytes=%d grace_period=%ds",
+        model.name, args.http_port, args.grpc_port, args.max_queue, args.request_timeout, args.max_body_bytes,
+        args.grace_period,
+    )
+    app = model_server.app
+    app.add_middleware(ClientConnectionMiddleware, max_body_bytes=args.max_body_bytes)
+    app.add_middleware(RetryAfterMiddleware)
+    add_exception_handlers(app)
+    add_generate_routes(app, model)
+    drain_on_signal(app, model)
+    kserve.ModelServer(grace_period=args.grace_period).start([model])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""ASGI middleware of the predictor: request bodies bounded in size (413), handlers cancelled when
+their client disconnects, and a Retry-After header on every 503 (KServe's own ones included)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from runtime.errors import RETRY_AFTER_SECONDS, PayloadTooLarge, error_response
+
+_DISCONNECT: Message = {"type": "http.disconnect"}
+
+
+class ClientConnectionMiddleware:
+    """Reads the request body within `max_body_bytes` (413 past it, by Content-Length when the
+    client sends one, by counting otherwise), then runs the app while watching the connection:
+    when the client leaves, the app's handler is cancelled. That aborts the engine request
+    wherever it is (queued, generating, streaming) and frees its KV blocks, on KServe's routes
+    as well as ours. The app still sees the disconnect on `receive`, as Starlette expects."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if _declared_length(scope) > self.max_body_bytes:
+            await self._refuse(scope, receive, send)
+            return
+        body = await self._read_body(receive)
+        if body is None:
+            await self._refuse(scope, receive, send)
+            return
+        await self._run_until_disconnect(scope, body, receive, send)
+
+    async def _read_body(self, receive: Receive) -> Message | None:
+        """The whole body as one message (or the disconnect that cut it short); None if too large."""
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return message
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+
+    async def _run_until_disconnect(self, scope: Scope, body: Message, receive: Receive, send: Send) -> None:
+        disconnected = asyncio.Event()
+        pending = [body]
+        response_complete = False
+
+        async def app_receive() -> Message:
+            if pending:
+                return pending.pop()
+            await disconnected.wait()
+            return _DISCONNECT
+
+        async def app_send(message: Message) -> None:
+            nonlocal response_complete
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                response_complete = True
+            await send(message)
+
+        async def watch_connection() -> None:
+            # uvicorn answers http.disconnect once the client is gone or the response is sent.
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            disconnected.set()
+
+        if body["type"] == "http.disconnect":
+            disconnected.set()
+        app = asyncio.create_task(self.app(scope, app_receive, app_send))
+        watcher = asyncio.create_task(watch_connection())
+        try:
+            await asyncio.wait({app, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            if not app.done() and not response_complete:
+                app.cancel()
+            await asyncio.wait({app})
+            if not app.cancelled():
+                app.result()  # re-raises what the app raised, for uvicorn to log
+        finally:
+            watcher.cancel()
+            app.cancel()
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # Close the connection: the rest of the body may still be on its way, unread.
+        response = error_response(PayloadTooLarge(self.max_body_bytes))
+        response.headers["connection"] = "close"
+        await response(scope, receive, send)
+
+
+def _declared_length(scope: Scope) -> int:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return 0
+    return 0
+
+
+class RetryAfterMiddleware:
+    """Adds Retry-After to every 503 that lacks one."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_retry_after(message: Message) -> None:
+            if message["type"] == "http.response.start" and message["status"] == 503:
+                headers = list(message.get("headers", []))
+                if not any(name.lower() == b"retry-after" for name, _ in headers):
+                    headers.append((b"retry-after", str(RETRY_AFTER_SECONDS).encode()))
+                    message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_retry_after)

@@ -1,0 +1,259 @@
+"""LLMModel: the kserve.Model around the engine. KServe's v1 and v2 (REST and gRPC) routes call
+`predict`; the generate extension calls `generate` and `open_stream`. Every request goes through
+`stream`, which admits it, enforces the deadline, feeds the metrics and translates errors."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
+
+import kserve
+from kserve.errors import InferenceError, InvalidInput
+from kserve.protocol.infer_type import InferRequest, InferResponse
+
+from runtime.engine import AsyncLLMEngine, EngineConfig, RequestOutput, SamplingParams
+from runtime.errors import RequestTimeout, ServiceUnavailable, translate_errors
+from runtime.metrics import RequestTracker, register_engine_stats, unregister_engine_stats
+from runtime.schemas import Prediction, PredictRequest, PredictStreamChunk, sampling_fields_from_v2
+from runtime.tensors import INPUT_METADATA, OUTPUT_METADATA, decode_prompts, encode_outputs, unwrap_parameters
+
+logger = logging.getLogger(__name__)
+
+# Errors whose message is meant for the client; anything else is reported by its type only.
+CLIENT_ERRORS = (InvalidInput, ServiceUnavailable, RequestTimeout, InferenceError)
+
+
+class LLMModel(kserve.Model):
+    def __init__(
+        self,
+        name: str,
+        engine_config: EngineConfig,
+        request_timeout: float | None = None,
+        grace_period: float = 30.0,
+    ) -> None:
+        super().__init__(name)
+        self.engine_config = engine_config
+        self.request_timeout = request_timeout
+        self.grace_period = grace_period
+        # Our engine; KServe's `self.engine` is only the flag that makes it call start_engine().
+        self.llm: AsyncLLMEngine | None = None
+        self.draining = False
+        self.num_in_flight = 0
+        self._stats_collector = None
+
+    # Lifecycle ----------------------------------------------------------------------
+
+    def load(self) -> bool:
+        # KServe calls load() again whenever healthy() is false (e.g. while draining): build once.
+        if self.llm is None:
+            self.llm = AsyncLLMEngine(self.engine_config)
+            self._stats_collector = register_engine_stats(self.name, self.llm.stats)
+            self.engine = True
+            self.ready = True
+        return self.ready
+
+    async def start_engine(self) -> None:
+        self.llm.start()
+        self.ready = True
+
+    async def healthy(self) -> bool:
+        return self.ready and not self.draining and self.llm is not None and self.llm.is_running
+
+    def start_draining(self) -> None:
+        """Refuse new requests (503) from now on; those in flight go on."""
+        if not self.draining:
+            logger.info("draining: refusing new requests, %d in flight", self.num_in_flight)
+        self.draining = True
+
+    def stop_engine(self) -> None:
+        """KServe calls this on shutdown, after uvicorn has drained HTTP. Requests still in
+        flight (gRPC) get up to the grace period, then the engine loop stops."""
+        self.start_draining()
+        self.ready = False
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is None or self.num_in_flight == 0:
+            self._shutdown()
+        else:
+            loop.create_task(self._shutdown_when_idle())
+
+    async def _shutdown_when_idle(self) -> None:
+        deadline = asyncio.get_running_loop().time() + self.grace_period
+        while self.num_in_flight and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        self._shutdown()
+
+    def _shutdown(self) -> None:
+        if self.llm is not None:
+            self.llm.shutdown()
+        if self._stats_collector is not None:
+            unregister_engine_stats(self._stats_collector)
+            self._stats_collector = None
+        logger.info("engine stopped")
+
+    # Metadata -----------------------------------------------------------------------
+
+    def get_input_types(self) -> list[dict]:
+        return INPUT_METADATA
+
+    def get_output_types(self) -> list[dict]:
+        return OUTPUT_METADATA
+
+    # Requests -----------------------------------------------------------------------
+
+    async def stream(self, prompt_token_ids: list[int], params: SamplingParams) -> AsyncIterator[RequestOutput]:
+        """One engine request, an output per step. Leaving the iteration early aborts it."""
+        self._check_admitting()
+        tracker = RequestTracker(self.name)
+        deadline = None if self.request_timeout is None else asyncio.get_running_loop().time() + self.request_timeout
+        refused = False
+        self.num_in_flight += 1
+        try:
+            with translate_errors(self.name):
+                async with aclosing(self.llm.stream(uuid.uuid4().hex, prompt_token_ids, params)) as outputs:
+                    while (output := await self._next_output(outputs, deadline)) is not None:
+                        tracker.observe(output)
+                        if output.error is not None:
+                            raise InferenceError(output.error)
+                        yield output
+        except (InvalidInput, ServiceUnavailable):
+            refused = True
+            raise
+        finally:
+            self.num_in_flight -= 1
+            if not refused:
+                tracker.close()
+
+    async def _next_output(self, outputs: AsyncIterator[RequestOutput], deadline: float | None) -> RequestOutput | None:
+        """The next output, or None at the end; past the deadline the engine request is aborted
+        (cancelling the engine's stream does that) and RequestTimeout raised."""
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await anext(outputs, None)
+        except TimeoutError:
+            raise RequestTimeout(self.request_timeout) from None
+
+    def _check_admitting(self) -> None:
+        if self.draining:
+            raise ServiceUnavailable(self.name, "the server is shutting down; retry on another replica")
+        if self.llm is None or not self.llm.is_running:
+            reason = self.llm.dead_reason if self.llm is not None else None
+            raise ServiceUnavailable(self.name, f"the engine is not running{f': {reason}' if reason else ''}")
+
+    async def generate(self, prompt_token_ids: list[int], params: SamplingParams) -> RequestOutput:
+        """Run one request to completion; its final output."""
+        final = None
+        async for output in self.stream(prompt_token_ids, params):
+            final = output
+        return final
+
+    async def generate_batch(self, prompts: list[list[int]], params: list[SamplingParams]) -> list[RequestOutput]:
+        """Run requests concurrently (the engine batches them); if one fails, the rest are aborted."""
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(self.generate(prompt, p)) for prompt, p in zip(prompts, params)]
+        except ExceptionGroup as failures:
+            raise failures.exceptions[0] from None
+        return [task.result() for task in tasks]
+
+    async def open_stream(self, prompt_token_ids: list[int], params: SamplingParams) -> AsyncIterator[RequestOutput]:
+        """Start a stream and wait for its first output, so that a refused request fails with its
+        own status code before any response has started."""
+        outputs = self.stream(prompt_token_ids, params)
+        try:
+            first = await anext(outputs)
+        except BaseException:
+            await outputs.aclose()
+            raise
+        return _prepend(first, outputs)
+
+    # KServe's handlers -----------------------------------------------------------------
+
+    async def predict(
+        self, payload: dict | InferRequest, headers: dict[str, str] | None = None
+    ) -> dict | InferResponse | AsyncIterator[bytes]:
+        if isinstance(payload, InferRequest):
+            return await self._infer_v2(payload)
+        return await self._predict_v1(payload)
+
+    async def _infer_v2(self, request: InferRequest) -> InferResponse:
+        with translate_errors(self.name):
+            params = sampling_fields_from_v2(unwrap_parameters(request.parameters)).to_sampling_params()
+        prompts = decode_prompts(request)
+        outputs = await self.generate_batch(prompts, [params] * len(prompts))
+        return InferResponse(
+            response_id=request.id or uuid.uuid4().hex,
+            model_name=self.name,
+            infer_outputs=encode_outputs(outputs, with_logprobs=params.logprobs),
+            use_binary_outputs=request.use_binary_outputs,
+            requested_outputs=request.request_outputs,
+        )
+
+    async def _predict_v1(self, payload: dict) -> dict | AsyncIterator[bytes]:
+        with translate_errors(self.name):
+            request = PredictRequest.model_validate(payload)
+            # Logprobs are always computed: `confidence` is the least likely token's.
+            params = [instance.to_sampling_params(logprobs=True) for instance in request.instances]
+        wants_logprobs = [bool(instance.logprobs or instance.top_logprobs) for instance in request.instances]
+        prompts = [instance.input_ids for instance in request.instances]
+        if request.stream:
+            if len(prompts) != 1:
+                raise InvalidInput(f"a streamed predict takes exactly one instance, got {len(prompts)}")
+            outputs = await self.open_stream(prompts[0], params[0])
+            return json_lines(stream_messages(outputs, lambda output: _predict_chunk(output, wants_logprobs[0])))
+        outputs = await self.generate_batch(prompts, params)
+        return {"predictions": [_prediction(output, wants) for output, wants in zip(outputs, wants_logprobs)]}
+
+
+def _prediction(output: RequestOutput, with_logprobs: bool) -> dict:
+    logprobs = output.logprobs or []
+    prediction = Prediction(
+        output_ids=output.output_token_ids,
+        finish_reason=output.finish_reason,
+        confidence=min(logprobs) if logprobs else None,
+    )
+    if with_logprobs:
+        prediction.logprobs = logprobs
+    return prediction.model_dump(exclude_unset=True)
+
+
+def _predict_chunk(output: RequestOutput, with_logprobs: bool) -> dict:
+    chunk = PredictStreamChunk(output_ids=output.new_token_ids, finish_reason=output.finish_reason)
+    if with_logprobs:
+        chunk.logprobs = output.new_logprobs
+    return chunk.model_dump(exclude_unset=True)
+
+
+async def _prepend(first: RequestOutput, rest: AsyncIterator[RequestOutput]) -> AsyncIterator[RequestOutput]:
+    async with aclosing(rest):
+        yield first
+        async for output in rest:
+            yield output
+
+
+async def stream_messages(
+    outputs: AsyncIterator[RequestOutput], to_message: Callable[[RequestOutput], dict]
+) -> AsyncIterator[dict]:
+    """A message per output; a failure once the response has started becomes a last
+    `{"error": ...}` message, since the status code is already sent."""
+    async with aclosing(outputs):
+        try:
+            async for output in outputs:
+                yield to_message(output)
+        except CLIENT_ERRORS as exc:
+            yield {"error": str(exc)}
+        except Exception as exc:
+            logger.exception("stream failed")
+            yield {"error": f"internal error: {type(exc).__name__}"}
+
+
+async def json_lines(messages: AsyncIterator[dict]) -> AsyncIterator[bytes]:
+    async with aclosing(messages):
+        async for message in messages:
+            yield json.dumps(message).encode() + b"\n"

@@ -1,0 +1,115 @@
+"""Wire formats of the predictor (v1 instances, v2 request parameters, the generate extension),
+validated at the edge, and their conversion to the engine's SamplingParams."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
+
+from runtime.engine import SamplingParams
+
+
+class SamplingFields(BaseModel):
+    """Sampling fields a request may set; anything left out takes SamplingParams' default.
+
+    Lax types on purpose: gRPC parameters carry numbers as strings ("0.7"), and JSON clients
+    send 1.0 for 1. `stop_token_ids` may also be a comma-separated string, since v2 parameters
+    hold no lists.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    seed: int | None = None
+    stop_token_ids: list[StrictInt] | None = None
+    ignore_eos: bool | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    min_tokens: int | None = None
+
+    @field_validator("stop_token_ids", mode="before")
+    @classmethod
+    def _split_token_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            try:
+                return [int(part) for part in value.split(",") if part.strip()]
+            except ValueError:
+                raise ValueError("must be a list of token ids or a comma-separated string of them") from None
+        if isinstance(value, int) and not isinstance(value, bool):
+            return [value]
+        return value
+
+    def to_sampling_params(self, *, logprobs: bool = False) -> SamplingParams:
+        """Build SamplingParams (which checks ranges and raises ValueError with the allowed one);
+        `logprobs=True` computes them whatever the request asked."""
+        fields = self.model_dump(include=set(SamplingFields.model_fields), exclude_none=True)
+        if "stop_token_ids" in fields:
+            fields["stop_token_ids"] = tuple(fields["stop_token_ids"])
+        if logprobs:
+            fields["logprobs"] = True
+        return SamplingParams(**fields)
+
+
+# v2 request parameters KServe or its clients set for the protocol itself, not for sampling.
+V2_PROTOCOL_PARAMETERS = frozenset({"binary_data_output"})
+
+
+def sampling_fields_from_v2(parameters: dict) -> SamplingFields:
+    """The sampling fields of a v2 request's (already unwrapped) parameters."""
+    return SamplingFields.model_validate({k: v for k, v in parameters.items() if k not in V2_PROTOCOL_PARAMETERS})
+
+
+class PredictInstance(SamplingFields):
+    """One v1 instance: `{"input_ids": [...], "max_tokens": 16, ...}`."""
+
+    input_ids: list[StrictInt]
+
+
+class PredictRequest(BaseModel):
+    """A v1 predict body; `stream` answers with JSON lines, one per engine step."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    instances: list[PredictInstance] = Field(min_length=1)
+    stream: bool = False
+
+
+class Prediction(BaseModel):
+    output_ids: list[int]
+    finish_reason: str
+    # The least likely sampled token's log-probability: low means the model was unsure.
+    confidence: float | None
+    logprobs: list[float] | None = None
+
+
+class PredictStreamChunk(BaseModel):
+    output_ids: list[int]
+    finish_reason: str | None
+    logprobs: list[float] | None = None
+
+
+class GenerateRequest(BaseModel):
+    """Body of /v2/models/{name}/generate and /generate_stream."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input_ids: list[StrictInt]
+    parameters: SamplingFields = Field(default_factory=SamplingFields)
+
+
+class GenerateResponse(BaseModel):
+    model_name: str
+    output_ids: list[int]
+    finish_reason: str
+    logprobs: list[float] | None = None
+
+
+class GenerateStreamEvent(BaseModel):
+    """One server-sent event: the ids new since the previous event; finish_reason on the last."""
+
+    model_name: str
+    output_ids: list[int]
+    finish_reason: str | None
+    logprobs: list[float] | None = None

@@ -1,0 +1,82 @@
+"""The generate extension through a real server: /generate, /generate_stream as server-sent
+events, and a client leaving mid-stream aborts its request and frees its KV blocks."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+
+from .conftest import MODEL_NAME, PROMPTS, REFERENCE_MAX_TOKENS, parse_sse
+
+GENERATE = f"/v2/models/{MODEL_NAME}/generate"
+GENERATE_STREAM = f"/v2/models/{MODEL_NAME}/generate_stream"
+GREEDY = {"max_tokens": REFERENCE_MAX_TOKENS, "temperature": 0, "ignore_eos": True}
+
+
+def test_generate(http, reference_outputs):
+    response = http.post(GENERATE, json={"input_ids": PROMPTS[11], "parameters": GREEDY})
+    assert response.status_code == 200, response.text
+    assert response.json() == {"model_name": MODEL_NAME, "output_ids": reference_outputs[11],
+                               "finish_reason": "length"}
+
+
+def test_generate_with_logprobs_and_defaults(http):
+    response = http.post(GENERATE, json={"input_ids": [5, 6, 7], "parameters": {"max_tokens": 4, "logprobs": True}})
+    body = response.json()
+    assert len(body["output_ids"]) == len(body["logprobs"]) <= 4
+    assert http.post(GENERATE, json={"input_ids": [5, 6, 7]}).status_code == 200
+
+
+def test_generate_stream_sends_one_event_per_step(http, reference_outputs):
+    body = {"input_ids": PROMPTS[12], "parameters": GREEDY}
+    with http.stream("POST", GENERATE_STREAM, json=body) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        events = parse_sse(list(response.iter_lines()))
+    assert len(events) == REFERENCE_MAX_TOKENS
+    assert all(event["model_name"] == MODEL_NAME for event in events)
+    assert [token for event in events for token in event["output_ids"]] == reference_outputs[12]
+    assert [event["finish_reason"] for event in events] == [None] * (len(events) - 1) + ["length"]
+
+
+def test_generate_stream_refuses_bad_input_before_streaming(http):
+    response = http.post(GENERATE_STREAM, json={"input_ids": [1, 2], "parameters": {"temperature": -1}})
+    assert response.status_code == 400
+    assert "temperature" in response.json()["error"]
+
+
+def test_unknown_model_is_404(http):
+    for route in ("generate", "generate_stream"):
+        response = http.post(f"/v2/models/nobody/{route}", json={"input_ids": [1, 2]})
+        assert response.status_code == 404
+        assert "nobody" in response.json()["error"]
+
+
+def test_client_leaving_mid_stream_aborts_the_request(server, http):
+    body = {"input_ids": [3, 4, 5, 6], "parameters": {"max_tokens": 1500, "ignore_eos": True}}
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        with client.stream("POST", GENERATE_STREAM, json=body) as response:
+            lines = response.iter_lines()
+            events = []
+            while len(events) < 2:
+                events += parse_sse([next(lines)])
+            assert server.metric("vllm:num_requests_running") == 1
+            assert server.metric("vllm:kv_cache_usage_perc") > 0
+        # Leaving the `with` closes the connection mid-stream.
+    closed = time.monotonic()
+    assert server.wait_for_metric("vllm:num_requests_running", lambda value: value == 0, timeout=2.0) == 0
+    assert server.wait_for_metric("vllm:kv_cache_usage_perc", lambda value: value == 0, timeout=2.0) == 0
+    assert time.monotonic() - closed < 2.5
+    assert http.get(f"/v2/models/{MODEL_NAME}/ready").status_code == 200
+
+
+def test_client_leaving_a_non_streamed_request_aborts_it(server):
+    body = {"input_ids": [3, 4, 5, 6], "parameters": {"max_tokens": 1500, "ignore_eos": True}}
+    with httpx.Client(base_url=server.url, timeout=0.5) as client:
+        try:
+            client.post(GENERATE, json=body)
+        except httpx.ReadTimeout:
+            pass  # the client gives up and closes its connection
+    assert server.wait_for_metric("vllm:num_requests_running", lambda value: value == 0, timeout=2.0) == 0
+    assert server.wait_for_metric("vllm:kv_cache_usage_perc", lambda value: value == 0, timeout=2.0) == 0

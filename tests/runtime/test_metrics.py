@@ -1,0 +1,45 @@
+"""/metrics carries vLLM's metric names, labelled model_name, and they move with traffic."""
+
+from __future__ import annotations
+
+from .conftest import MODEL_NAME, metric_names
+
+EXPECTED = {
+    "vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc",
+    "vllm:prompt_tokens_total", "vllm:generation_tokens_total",
+    "vllm:time_to_first_token_seconds_bucket", "vllm:inter_token_latency_seconds_bucket",
+    "vllm:e2e_request_latency_seconds_bucket", "vllm:request_queue_time_seconds_bucket",
+    "vllm:num_preemptions_total", "vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total",
+    "vllm:request_success_total",
+}
+
+
+def test_metric_names_are_present(http):
+    http.post(f"/v2/models/{MODEL_NAME}/generate", json={"input_ids": [1, 2], "parameters": {"max_tokens": 2}})
+    text = http.get("/metrics").text
+    assert EXPECTED <= metric_names(text)
+    for line in text.splitlines():
+        if line.startswith("vllm:"):
+            assert f'model_name="{MODEL_NAME}"' in line
+
+
+def test_counters_and_histograms_move(server, http):
+    before = {name: server.metric(name) for name in (
+        "vllm:prompt_tokens_total", "vllm:generation_tokens_total", "vllm:time_to_first_token_seconds_count",
+        "vllm:inter_token_latency_seconds_count", "vllm:e2e_request_latency_seconds_count",
+        "vllm:request_queue_time_seconds_count", "vllm:prefix_cache_queries_total")}
+    success_before = server.metric("vllm:request_success_total", 'finished_reason="length"')
+    prompt = [11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28]
+    body = {"input_ids": prompt, "parameters": {"max_tokens": 5, "ignore_eos": True}}
+    for _ in range(2):
+        assert http.post(f"/v2/models/{MODEL_NAME}/generate", json=body).status_code == 200
+    after = {name: server.metric(name) for name in before}
+    assert after["vllm:prompt_tokens_total"] - before["vllm:prompt_tokens_total"] == 2 * len(prompt)
+    assert after["vllm:generation_tokens_total"] - before["vllm:generation_tokens_total"] == 10
+    assert after["vllm:time_to_first_token_seconds_count"] - before["vllm:time_to_first_token_seconds_count"] == 2
+    assert after["vllm:inter_token_latency_seconds_count"] - before["vllm:inter_token_latency_seconds_count"] == 8
+    assert after["vllm:e2e_request_latency_seconds_count"] - before["vllm:e2e_request_latency_seconds_count"] == 2
+    assert after["vllm:request_queue_time_seconds_count"] - before["vllm:request_queue_time_seconds_count"] == 2
+    assert after["vllm:prefix_cache_queries_total"] > before["vllm:prefix_cache_queries_total"]
+    assert server.metric("vllm:request_success_total", 'finished_reason="length"') - success_before == 2
+    assert server.metric("vllm:num_requests_running") == 0
