@@ -8,6 +8,7 @@ thread as commands, and each step's outputs come back with one
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import threading
 from collections import defaultdict
@@ -81,7 +82,8 @@ class AsyncLLMEngine:
         return self._dead_reason
 
     def stats(self) -> EngineStats:
-        return self.engine.stats()
+        """The engine's counters; waiting includes requests still on their way to the engine thread."""
+        return dataclasses.replace(self.engine.stats(), num_requests_waiting=self.num_waiting)
 
     # Requests -----------------------------------------------------------------------
 
