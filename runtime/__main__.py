@@ -16,7 +16,7 @@ from runtime.demo import build_demo_model
 from runtime.engine import ConfigError, EngineConfig, ModelLoadError
 from runtime.errors import add_exception_handlers
 from runtime.generate import add_generate_routes
-from runtime.middleware import ClientConnectionMiddleware, RetryAfterMiddleware
+from runtime.middleware import ClientConnectionMiddleware, DefaultJSONContentTypeMiddleware, RetryAfterMiddleware
 from runtime.model import LLMModel
 from runtime.shutdown import drain_on_signal
 
@@ -48,6 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="largest request body; larger ones get 413")
     limits.add_argument("--grace_period", type=int, default=DEFAULT_GRACE_PERIOD,
                         help="seconds in-flight requests get to finish after SIGTERM")
+    ray = parser.add_argument_group("ray (scale-out)")
+    ray.add_argument("--ray_replicas", type=int, default=0,
+                     help="engine replicas as a Ray Serve deployment (0: one engine in this process)")
+    ray.add_argument("--ray_address", default=None, help="Ray cluster to join (unset: start a local Ray)")
+    ray.add_argument("--ray_num_cpus", type=int, default=None, help="CPUs of the local Ray (unset: all)")
+    ray.add_argument("--ray_replica_cpus", type=float, default=1.0, help="CPUs each replica reserves")
     return parser
 
 
@@ -103,6 +109,16 @@ def configure_logging(args: argparse.Namespace) -> None:
     logger.propagate = False
 
 
+def build_model(args: argparse.Namespace, config: EngineConfig) -> LLMModel:
+    if not args.ray_replicas:
+        return LLMModel(args.model_name, config, args.request_timeout, args.grace_period)
+    # Imported here: Ray is only needed (and only paid for) when serving on it.
+    from runtime.ray_serving import RayLLMModel, RayOptions
+
+    options = RayOptions(args.ray_replicas, args.ray_address, args.ray_num_cpus, args.ray_replica_cpus)
+    return RayLLMModel(args.model_name, config, options, args.request_timeout, args.grace_period)
+
+
 def main() -> None:
     parser = build_parser()
     args = parser.parse_args()
@@ -112,12 +128,14 @@ def main() -> None:
         parser.error("--max_body_bytes must be >= 1")
     if args.request_timeout is not None and args.request_timeout <= 0:
         parser.error("--request_timeout must be > 0")
+    if args.ray_replicas < 0:
+        parser.error("--ray_replicas must be >= 0")
     configure_logging(args)
     try:
         model_dir = args.model_dir
         if args.demo:
             model_dir = str(build_demo_model(args.demo))
-        model = LLMModel(args.model_name, engine_config(args, model_dir), args.request_timeout, args.grace_period)
+        model = build_model(args, engine_config(args, model_dir))
         model.load()
     except (ConfigError, ModelLoadError) as exc:
         logger.error("cannot start the predictor: %s", exc)
@@ -130,6 +148,7 @@ def main() -> None:
     app = model_server.app
     app.add_middleware(ClientConnectionMiddleware, max_body_bytes=args.max_body_bytes)
     app.add_middleware(RetryAfterMiddleware)
+    app.add_middleware(DefaultJSONContentTypeMiddleware)
     add_exception_handlers(app)
     add_generate_routes(app, model)
     drain_on_signal(app, model)

@@ -1,15 +1,18 @@
 """ASGI middleware of the predictor: request bodies bounded in size (413), handlers cancelled when
-their client disconnects, and a Retry-After header on every 503 (KServe's own ones included)."""
+their client disconnects, a Retry-After header on every 503 (KServe's own ones included), and
+JSON assumed for v2 infer requests that name no content type."""
 
 from __future__ import annotations
 
 import asyncio
 
+from kserve.constants.constants import INFERENCE_CONTENT_LENGTH_HEADER
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from runtime.errors import RETRY_AFTER_SECONDS, PayloadTooLarge, error_response
 
 _DISCONNECT: Message = {"type": "http.disconnect"}
+INFERENCE_HEADER_CONTENT_LENGTH = INFERENCE_CONTENT_LENGTH_HEADER.encode()
 
 
 class ClientConnectionMiddleware:
@@ -127,3 +130,24 @@ class RetryAfterMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_retry_after)
+
+
+class DefaultJSONContentTypeMiddleware:
+    """Marks a v2 infer request without Content-Type as JSON. Clients such as tritonclient send
+    none; FastAPI then hands KServe the raw bytes, which it takes for binary tensors and refuses
+    for lack of an Inference-Header-Content-Length. Requests that carry that header are binary
+    and pass untouched."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and _is_v2_infer(scope):
+            names = {name for name, _ in scope["headers"]}
+            if b"content-type" not in names and INFERENCE_HEADER_CONTENT_LENGTH not in names:
+                scope = {**scope, "headers": [*scope["headers"], (b"content-type", b"application/json")]}
+        await self.app(scope, receive, send)
+
+
+def _is_v2_infer(scope: Scope) -> bool:
+    return scope["method"] == "POST" and scope["path"].startswith("/v2/models/") and scope["path"].endswith("/infer")

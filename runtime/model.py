@@ -50,11 +50,14 @@ class LLMModel(kserve.Model):
     def load(self) -> bool:
         # KServe calls load() again whenever healthy() is false (e.g. while draining): build once.
         if self.llm is None:
-            self.llm = AsyncLLMEngine(self.engine_config)
+            self.llm = self.build_engine()
             self._stats_collector = register_engine_stats(self.name, self.llm.stats)
             self.engine = True
             self.ready = True
         return self.ready
+
+    def build_engine(self) -> AsyncLLMEngine:
+        return AsyncLLMEngine(self.engine_config)
 
     async def start_engine(self) -> None:
         self.llm.start()

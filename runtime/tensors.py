@@ -34,14 +34,19 @@ _EXPECTED = f"this model takes {INPUT_IDS} INT64 [B, N] and optionally {INPUT_LE
 
 def unwrap_parameters(parameters: object) -> dict:
     """Request parameters as plain values: gRPC hands KServe's predict a map of InferParameter
-    protos (bool, int64 or string), REST a dict of JSON values."""
+    protos (bool, int64 or string), REST a dict of JSON values. A proto with none of those set
+    carries a type KServe's proto lacks (tritonclient sends a float as a double): refused rather
+    than silently dropped."""
     if not parameters:
         return {}
     plain = {}
     for key, value in parameters.items():
         if isinstance(value, InferParameter):
             choice = value.WhichOneof("parameter_choice")
-            value = getattr(value, choice) if choice else None
+            if choice is None:
+                raise InvalidInput(f"parameter {key!r}: gRPC parameters are bool, int64 or string; "
+                                   'send a float as a string ("0.7")')
+            value = getattr(value, choice)
         plain[key] = value
     return plain
 

@@ -89,14 +89,16 @@ class Server:
             time.sleep(0.02)
 
 
-def start_server(log_dir: Path, *extra_args: str) -> Server:
+def start_server(log_dir: Path, *extra_args: str, new_session: bool = False) -> Server:
+    """`new_session`: the server leads a session of its own, so that what it spawns can be found."""
     http_port, grpc_port = free_port(), free_port()
     log_path = log_dir / f"server-{http_port}.log"
     env = dict(os.environ, KSERVE_LLM_CPU_KERNELS="0", PYTHONUNBUFFERED="1")
     command = [sys.executable, "-m", "runtime", *SERVER_ARGS, "--http_port", str(http_port),
                "--grpc_port", str(grpc_port), *extra_args]
     with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
+        process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                   start_new_session=new_session)
     server = Server(process, http_port, grpc_port, log_path)
     try:
         _wait_until_ready(server)
