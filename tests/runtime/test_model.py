@@ -169,3 +169,22 @@ async def test_sixteen_concurrent_requests_equal_the_engine(server, reference_ou
     async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
         results = await asyncio.gather(*(one(client, index) for index in range(16)))
     assert results == reference_outputs
+
+
+async def test_a_greedy_request_among_64_others_returns_the_same_tokens(server, reference_outputs):
+    """The engine batches concurrent HTTP requests; what shares a batch (sampled requests of
+    other lengths, preemption if the cache runs short) must not change a greedy result."""
+    async def generate(client: httpx.AsyncClient, prompt: list[int], parameters: dict) -> list[int]:
+        response = await client.post(f"/v2/models/{MODEL_NAME}/generate",
+                                     json={"input_ids": prompt, "parameters": parameters})
+        assert response.status_code == 200, response.text
+        return response.json()["output_ids"]
+
+    async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
+        others = [
+            generate(client, PROMPTS[index % len(PROMPTS)][: 1 + index % 7],
+                     {"max_tokens": 1 + index % 9, "temperature": 1.0, "seed": index})
+            for index in range(64)
+        ]
+        target, *_ = await asyncio.gather(generate(client, PROMPTS[0], GREEDY), *others)
+    assert target == reference_outputs[0]
