@@ -17,6 +17,11 @@ from dataclasses import dataclass
 from .sequence import Sequence
 
 
+def blocks_for_tokens(num_tokens: int, block_size: int) -> int:
+    """KV blocks that hold `num_tokens` tokens."""
+    return -(-num_tokens // block_size)
+
+
 @dataclass(slots=True)
 class KVBlock:
     block_id: int
@@ -48,7 +53,7 @@ class BlockManager:
         return 1.0 - self.num_free_blocks / self.num_blocks
 
     def blocks_for_tokens(self, num_tokens: int) -> int:
-        return -(-num_tokens // self.block_size)
+        return blocks_for_tokens(num_tokens, self.block_size)
 
     # Prefix caching -------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel
 
-from .block_manager import BlockManager
+from .block_manager import BlockManager, blocks_for_tokens
 from .config import ConfigError, EngineConfig
 from .cpu_allocator import keep_freed_memory_mapped
 from .errors import QueueFull, RequestRejected
@@ -104,15 +104,12 @@ class LLMEngine:
             budget = self._free_gpu_memory_for_kv()
         else:
             # Never more than every sequence at full length could use.
-            full_use = config.max_num_seqs * self._blocks_for_tokens(self.max_model_len) * per_block
+            full_use = config.max_num_seqs * blocks_for_tokens(self.max_model_len, config.block_size) * per_block
             budget = min(DEFAULT_CPU_KV_CACHE_BYTES, full_use)
         num_blocks = budget // per_block
         if num_blocks < 1:
             raise ConfigError(f"the KV cache budget of {budget} bytes holds no block of {per_block} bytes")
         return num_blocks
-
-    def _blocks_for_tokens(self, num_tokens: int) -> int:
-        return -(-num_tokens // self.config.block_size)
 
     def _free_gpu_memory_for_kv(self) -> int:
         peak = self.runner.profile_peak_memory(min(self.config.max_num_batched_tokens, self.max_model_len))
@@ -143,7 +140,7 @@ class LLMEngine:
                 f"prompt ({len(prompt_token_ids)} tokens) + max_tokens ({params.max_tokens}) = {total} "
                 f"exceeds max_model_len {self.max_model_len}"
             )
-        needed = self._blocks_for_tokens(total)
+        needed = blocks_for_tokens(total, self.config.block_size)
         if needed > self.num_kv_blocks:
             raise RequestRejected(
                 f"the request needs {needed} KV blocks at full length but the cache has {self.num_kv_blocks}; "

@@ -14,6 +14,7 @@ import logging
 import torch
 
 from .attention import AttentionMetadata, PrefillChunk, select_attention_backend
+from .block_manager import blocks_for_tokens
 from .model_loader import LoadedModel
 from .models import LlamaFamilyForward
 from .scheduler import ScheduledSequence
@@ -49,7 +50,7 @@ class ModelRunner:
 
     def profile_peak_memory(self, num_tokens: int) -> int:
         """Peak bytes allocated by a forward pass of `num_tokens` prompt tokens (CUDA only)."""
-        self.allocate_kv_cache(-(-num_tokens // self.block_size))
+        self.allocate_kv_cache(blocks_for_tokens(num_tokens, self.block_size))
         torch.cuda.reset_peak_memory_stats(self.device)
         self._dummy_prefill(num_tokens)
         torch.cuda.synchronize(self.device)
@@ -66,7 +67,7 @@ class ModelRunner:
         self._dummy_prefill(min(num_tokens, capacity))
 
     def _dummy_prefill(self, num_tokens: int) -> None:
-        block_table = list(range(self._blocks_for(num_tokens)))
+        block_table = list(range(blocks_for_tokens(num_tokens, self.block_size)))
         meta = self._build_metadata(list(range(num_tokens)), [], [], [(block_table, 0, num_tokens)])
         device = self.device
         input_ids = torch.zeros(num_tokens, dtype=torch.long, device=device)
@@ -156,10 +157,6 @@ class ModelRunner:
         max_blocks = max(len(table) for table in block_tables)
         meta.decode_block_tables = self._to_device(_pad_rows(block_tables, max_blocks), torch.long)
         meta.decode_context_lens = self._to_device(context_lens, torch.long)
-        positions = torch.arange(max_blocks * self.block_size, device=self.device)
-        meta.decode_mask = (positions.unsqueeze(0) < meta.decode_context_lens.unsqueeze(1)).view(
-            len(context_lens), 1, 1, -1
-        )
 
     def _prefill_chunk_list(self, prefill_chunks: list[tuple[list[int], int, int]]) -> list[PrefillChunk]:
         chunks = []
@@ -167,22 +164,20 @@ class ModelRunner:
         for block_table, num_context, query_len in prefill_chunks:
             table = None
             if num_context:
-                table = self._to_device(block_table[: self._blocks_for(num_context + query_len)], torch.long)
+                num_blocks = blocks_for_tokens(num_context + query_len, self.block_size)
+                table = self._to_device(block_table[:num_blocks], torch.long)
             chunks.append(PrefillChunk(query_start, query_len, num_context, table))
             query_start += query_len
         return chunks
 
     def _add_packed_prefills(self, meta: AttentionMetadata, prefill_chunks: list[tuple[list[int], int, int]]) -> None:
-        tables = [block_table[: self._blocks_for(num_context + query_len)]
+        tables = [block_table[: blocks_for_tokens(num_context + query_len, self.block_size)]
                   for block_table, num_context, query_len in prefill_chunks]
         query_lens = [query_len for _, _, query_len in prefill_chunks]
         meta.prefill_block_tables = self._to_device(_pad_rows(tables, max(map(len, tables))), torch.int32)
         meta.prefill_query_start_loc = self._to_device(list(itertools.accumulate(query_lens, initial=0)), torch.int32)
         meta.prefill_context_lens = self._to_device([num_context for _, num_context, _ in prefill_chunks], torch.int32)
         meta.max_prefill_query_len = max(query_lens)
-
-    def _blocks_for(self, num_tokens: int) -> int:
-        return -(-num_tokens // self.block_size)
 
     def _to_device(self, values: list, dtype: torch.dtype) -> torch.Tensor:
         """A host list as a tensor on the model's device. On CUDA the copy is queued from pinned

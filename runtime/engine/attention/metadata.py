@@ -52,7 +52,8 @@ class AttentionMetadata:
     num_decode_tokens: int
     # Decode rows: [num_decodes, max_blocks] block ids (int64, padded with 0) ...
     decode_block_tables: torch.Tensor | None
-    # ... and which of the gathered positions each row may attend, [num_decodes, 1, 1, max_len].
+    # ... and which of the gathered positions each row may attend, [num_decodes, 1, 1, max_len]:
+    # only the torch backend needs it, so it builds it on first use in a step (None until then).
     decode_mask: torch.Tensor | None
     # Number of tokens (context + new) each decode row attends to, [num_decodes] int64 ...
     decode_context_lens: torch.Tensor | None

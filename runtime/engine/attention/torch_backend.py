@@ -30,7 +30,7 @@ def torch_decode_attention(
     num_kv_heads = key_cache.shape[2]
     keys = _gather_pages(key_cache, meta.decode_block_tables)
     values = _gather_pages(value_cache, meta.decode_block_tables)
-    mask = meta.decode_mask
+    mask = _decode_mask(meta, keys.shape[2])
     if sliding_window is not None:
         positions = torch.arange(mask.shape[-1], device=mask.device)
         first_visible = (meta.decode_context_lens - sliding_window).view(-1, 1, 1, 1)
@@ -40,6 +40,14 @@ def torch_decode_attention(
     grouped = queries.view(num_rows, num_kv_heads, num_heads // num_kv_heads, head_dim)
     out = F.scaled_dot_product_attention(grouped, keys, values, attn_mask=mask, scale=scaling)
     return out.reshape(num_rows, num_heads, head_dim)
+
+
+def _decode_mask(meta: AttentionMetadata, max_len: int) -> torch.Tensor:
+    """Which gathered positions each decode row attends; built once per step, shared by layers."""
+    if meta.decode_mask is None:
+        positions = torch.arange(max_len, device=meta.decode_context_lens.device)
+        meta.decode_mask = (positions.unsqueeze(0) < meta.decode_context_lens.unsqueeze(1)).view(-1, 1, 1, max_len)
+    return meta.decode_mask
 
 
 def torch_prefill_attention(
