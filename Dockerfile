@@ -14,6 +14,7 @@ COPY setup.cfg pyproject.toml README.md ./
 COPY runtime ./runtime
 COPY transformer ./transformer
 COPY router ./router
+COPY serving ./serving
 RUN pip install . && pip check
 
 RUN useradd --create-home --uid 1000 app

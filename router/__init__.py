@@ -1,1 +1,1 @@
-"""The cost/capability router and the local InferenceGraph runner (its own issue)."""
+"""The cost/capability router and the local InferenceGraph runner."""

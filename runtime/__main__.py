@@ -14,11 +14,11 @@ from kserve import model_server
 
 from runtime.demo import build_demo_model
 from runtime.engine import ConfigError, EngineConfig, ModelLoadError
-from runtime.errors import add_exception_handlers
 from runtime.generate import add_generate_routes
-from runtime.middleware import ClientConnectionMiddleware, DefaultJSONContentTypeMiddleware, RetryAfterMiddleware
 from runtime.model import LLMModel
-from runtime.shutdown import drain_on_signal
+from serving.errors import add_exception_handlers
+from serving.middleware import ClientConnectionMiddleware, DefaultJSONContentTypeMiddleware, RetryAfterMiddleware
+from serving.shutdown import drain_on_signal
 
 logger = logging.getLogger("runtime")
 

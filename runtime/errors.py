@@ -1,66 +1,20 @@
-"""The predictor's errors in one place: engine errors become KServe's exception types, and each
-type gets its HTTP status (KServe's handlers cover the rest) and its gRPC status."""
+"""What the engine, SamplingParams and our pydantic models raise, as KServe's exception types
+(whose status codes serving.errors and KServe's handlers map)."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http import HTTPStatus
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from grpc_interceptor.exceptions import DeadlineExceeded
-from kserve.errors import InvalidInput, ModelNotReady
+from kserve.errors import InvalidInput
 from pydantic import ValidationError
 
 from runtime.engine import EngineDead, QueueFull, RequestRejected
-
-logger = logging.getLogger(__name__)
-
-# Seconds a client should wait before retrying a 503 (full queue, draining, not ready).
-RETRY_AFTER_SECONDS = 1
-
-
-class ServiceUnavailable(ModelNotReady):
-    """The model cannot take this request now (full queue, draining, engine stopped): 503 with
-    Retry-After over REST, UNAVAILABLE over gRPC (KServe's interceptor maps ModelNotReady)."""
-
-    def __init__(self, model_name: str, reason: str) -> None:
-        super().__init__(model_name, reason)
-        # KServe's gRPC interceptor reads `reason`, which ModelNotReady lacks.
-        self.reason = reason
-
-    def __str__(self) -> str:
-        return self.reason
-
-
-class RequestTimeout(DeadlineExceeded):
-    """The request ran past --request_timeout and was aborted: 504 over REST,
-    DEADLINE_EXCEEDED over gRPC."""
-
-    def __init__(self, timeout: float) -> None:
-        super().__init__(f"the request exceeded the server's request timeout of {timeout:g} s and was aborted")
-        self.reason = self.details
-
-    def __str__(self) -> str:
-        return self.reason
-
-
-class PayloadTooLarge(Exception):
-    """The request body is over --max_body_bytes: 413."""
-
-    def __init__(self, limit: int) -> None:
-        self.reason = f"the request body is larger than the server's limit of {limit} bytes"
-
-    def __str__(self) -> str:
-        return self.reason
+from serving.errors import ServiceUnavailable, describe_validation_errors
 
 
 @contextmanager
 def translate_errors(model_name: str) -> Iterator[None]:
-    """Turn what the engine, SamplingParams and our pydantic models raise into KServe's types."""
     try:
         yield
     except (QueueFull, EngineDead) as exc:
@@ -69,52 +23,3 @@ def translate_errors(model_name: str) -> Iterator[None]:
         raise InvalidInput(describe_validation_errors(exc.errors())) from None
     except (RequestRejected, ValueError) as exc:
         raise InvalidInput(str(exc)) from None
-
-
-def error_body(exc: BaseException) -> dict:
-    """The JSON body of an error response (KServe's shape); never a stack trace."""
-    return {"error": str(exc)}
-
-
-# Status codes of our own exception types; KServe's handlers cover its types (InvalidInput 400,
-# ModelNotFound 404, ModelNotReady 503, ...).
-_STATUS_CODES: dict[type[Exception], HTTPStatus] = {
-    ServiceUnavailable: HTTPStatus.SERVICE_UNAVAILABLE,
-    RequestTimeout: HTTPStatus.GATEWAY_TIMEOUT,
-    PayloadTooLarge: HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-}
-
-
-def error_response(exc: Exception) -> JSONResponse:
-    """The REST response for one of our exception types."""
-    status = _STATUS_CODES[type(exc)]
-    logger.warning("%d: %s", status, exc)
-    return JSONResponse(error_body(exc), status_code=status)
-
-
-async def _handle(_: Request, exc: Exception) -> JSONResponse:
-    return error_response(exc)
-
-
-async def _request_validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-    return JSONResponse({"error": describe_validation_errors(exc.errors())}, status_code=HTTPStatus.BAD_REQUEST)
-
-
-def describe_validation_errors(errors: list[dict] | tuple[dict, ...]) -> str:
-    """One readable line per pydantic/FastAPI error: where, and what was wrong."""
-    messages = []
-    for error in errors:
-        if error.get("type") == "json_invalid":
-            detail = (error.get("ctx") or {}).get("error", error.get("msg", ""))
-            messages.append(f"malformed JSON body: {detail}")
-            continue
-        location = ".".join(str(part) for part in error.get("loc", ()) if part != "body")
-        messages.append(f"{location or 'body'}: {error.get('msg', 'invalid value')}")
-    return "; ".join(messages) or "invalid request"
-
-
-def add_exception_handlers(app: FastAPI) -> None:
-    """Register our status codes on the app; malformed or invalid bodies get 400, not 422."""
-    for exception_type in _STATUS_CODES:
-        app.add_exception_handler(exception_type, _handle)
-    app.add_exception_handler(RequestValidationError, _request_validation)

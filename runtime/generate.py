@@ -5,10 +5,6 @@ engine's stream aborts it."""
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator
-from contextlib import aclosing
-
 from fastapi import APIRouter, FastAPI
 from fastapi.responses import StreamingResponse
 from kserve.errors import ModelNotFound
@@ -17,8 +13,7 @@ from runtime.engine import RequestOutput
 from runtime.errors import translate_errors
 from runtime.model import LLMModel, stream_messages
 from runtime.schemas import GenerateRequest, GenerateResponse, GenerateStreamEvent
-
-SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+from serving.sse import SSE_HEADERS, server_sent_events
 
 
 def add_generate_routes(app: FastAPI, model: LLMModel) -> None:
@@ -62,8 +57,3 @@ def _check_model_name(model: LLMModel, model_name: str) -> None:
     if model_name != model.name:
         raise ModelNotFound(model_name)
 
-
-async def server_sent_events(messages: AsyncIterator[dict]) -> AsyncIterator[bytes]:
-    async with aclosing(messages):
-        async for message in messages:
-            yield b"data: " + json.dumps(message).encode() + b"\n\n"

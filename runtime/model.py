@@ -16,7 +16,8 @@ from kserve.errors import InferenceError, InvalidInput
 from kserve.protocol.infer_type import InferRequest, InferResponse
 
 from runtime.engine import AsyncLLMEngine, EngineConfig, RequestOutput, SamplingParams
-from runtime.errors import RequestTimeout, ServiceUnavailable, translate_errors
+from runtime.errors import translate_errors
+from serving.errors import RequestTimeout, ServiceUnavailable
 from runtime.metrics import RequestTracker, register_engine_stats, unregister_engine_stats
 from runtime.schemas import Prediction, PredictRequest, PredictStreamChunk, sampling_fields_from_v2
 from runtime.tensors import INPUT_METADATA, OUTPUT_METADATA, decode_prompts, encode_outputs, unwrap_parameters

@@ -1,1 +1,1 @@
-"""The KServe transformer: tokenization, chat templates, detokenization and the OpenAI API (its own issue)."""
+"""The tokenizer transformer: text <-> token ids, chat templates, the OpenAI-compatible API."""

@@ -10,15 +10,19 @@ import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from types import FrameType
+from typing import Protocol
 
 from fastapi import FastAPI
-
-from runtime.model import LLMModel
 
 DRAIN_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
-def drain_on_signal(app: FastAPI, model: LLMModel) -> None:
+class Drainable(Protocol):
+    def start_draining(self) -> None:
+        """Refuse new requests (503) from now on; those in flight go on."""
+
+
+def drain_on_signal(app: FastAPI, model: Drainable) -> None:
     """Install the hook at the app's startup, which runs once uvicorn has taken the signals."""
     serve_app = app.router.lifespan_context
 
@@ -32,7 +36,7 @@ def drain_on_signal(app: FastAPI, model: LLMModel) -> None:
     app.router.lifespan_context = lifespan
 
 
-def _chain_handler(sig: signal.Signals, model: LLMModel) -> None:
+def _chain_handler(sig: signal.Signals, model: Drainable) -> None:
     previous = signal.getsignal(sig)
     if not callable(previous):
         return

@@ -1,4 +1,4 @@
-"""ASGI middleware of the predictor: request bodies bounded in size (413), handlers cancelled when
+"""ASGI middleware of every component: request bodies bounded in size (413), handlers cancelled when
 their client disconnects, a Retry-After header on every 503 (KServe's own ones included), and
 JSON assumed for v2 infer requests that name no content type."""
 
@@ -9,7 +9,7 @@ import asyncio
 from kserve.constants.constants import INFERENCE_CONTENT_LENGTH_HEADER
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from runtime.errors import RETRY_AFTER_SECONDS, PayloadTooLarge, error_response
+from serving.errors import RETRY_AFTER_SECONDS, PayloadTooLarge, error_response
 
 _DISCONNECT: Message = {"type": "http.disconnect"}
 INFERENCE_HEADER_CONTENT_LENGTH = INFERENCE_CONTENT_LENGTH_HEADER.encode()
