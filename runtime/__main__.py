@@ -9,15 +9,13 @@ import logging
 import sys
 
 import kserve
-from kserve import logging as kserve_logging
 from kserve import model_server
 
 from runtime.demo import build_demo_model
 from runtime.engine import ConfigError, EngineConfig, ModelLoadError
 from runtime.generate import add_generate_routes
 from runtime.model import LLMModel
-from serving.errors import add_exception_handlers
-from serving.middleware import ClientConnectionMiddleware, DefaultJSONContentTypeMiddleware, RetryAfterMiddleware
+from serving.server import configure_logging, install_http_layers
 from serving.shutdown import drain_on_signal
 
 logger = logging.getLogger("runtime")
@@ -98,17 +96,6 @@ def engine_config(args: argparse.Namespace, model_dir: str) -> EngineConfig:
     )
 
 
-def configure_logging(args: argparse.Namespace) -> None:
-    """KServe's logging setup, and its format for our loggers too (before the engine logs)."""
-    if not args.configure_logging:
-        return
-    kserve_logging.configure_logging(args.log_config_file)
-    kserve_logger = logging.getLogger(kserve_logging.KSERVE_LOGGER_NAME)
-    logger.handlers = list(kserve_logger.handlers)
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
-
-
 def build_model(args: argparse.Namespace, config: EngineConfig) -> LLMModel:
     if not args.ray_replicas:
         return LLMModel(args.model_name, config, args.request_timeout, args.grace_period)
@@ -130,7 +117,7 @@ def main() -> None:
         parser.error("--request_timeout must be > 0")
     if args.ray_replicas < 0:
         parser.error("--ray_replicas must be >= 0")
-    configure_logging(args)
+    configure_logging(args, "runtime")
     try:
         model_dir = args.model_dir
         if args.demo:
@@ -146,10 +133,7 @@ def main() -> None:
         args.grace_period,
     )
     app = model_server.app
-    app.add_middleware(ClientConnectionMiddleware, max_body_bytes=args.max_body_bytes)
-    app.add_middleware(RetryAfterMiddleware)
-    app.add_middleware(DefaultJSONContentTypeMiddleware)
-    add_exception_handlers(app)
+    install_http_layers(app, args.max_body_bytes)
     add_generate_routes(app, model)
     drain_on_signal(app, model)
     kserve.ModelServer(grace_period=args.grace_period).start([model])

@@ -1,5 +1,10 @@
 """The embedded demo model: a seeded tiny Llama with random weights and a byte-level BPE tokenizer
-trained on Python's own docs, written as a normal Hugging Face checkpoint for offline use."""
+trained on Python's own docs, written as a normal Hugging Face checkpoint for offline use.
+
+torch and transformers' model classes are imported only to build it: finding a cached build (all
+the transformer needs, for its tokenizer) stays light."""
+
+from __future__ import annotations
 
 import argparse
 import json
@@ -11,10 +16,13 @@ import threading
 import time
 from pathlib import Path
 
-import torch
+from typing import TYPE_CHECKING
+
 from pydoc_data.topics import topics as PYDOC_TOPICS
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+if TYPE_CHECKING:
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
 logger = logging.getLogger(__name__)
 
@@ -168,6 +176,8 @@ def _train_tokenizer() -> Tokenizer:
 
 
 def _model_config(size: str, tokenizer: Tokenizer) -> LlamaConfig:
+    from transformers import LlamaConfig
+
     return LlamaConfig(
         **DEMO_SIZES[size],
         vocab_size=tokenizer.get_vocab_size(),
@@ -180,6 +190,9 @@ def _model_config(size: str, tokenizer: Tokenizer) -> LlamaConfig:
 
 
 def _random_model(config: LlamaConfig) -> LlamaForCausalLM:
+    import torch
+    from transformers import LlamaForCausalLM
+
     logger.info("Initialising random weights with seed %d", WEIGHTS_SEED)
     with _seeded_init_lock, torch.random.fork_rng(devices=[]):
         torch.manual_seed(WEIGHTS_SEED)
@@ -187,6 +200,8 @@ def _random_model(config: LlamaConfig) -> LlamaForCausalLM:
 
 
 def _generation_config(tokenizer: Tokenizer) -> GenerationConfig:
+    from transformers import GenerationConfig
+
     # A chat reply ends with <|im_end|>, a plain completion with <|end_of_text|>.
     return GenerationConfig(
         bos_token_id=tokenizer.token_to_id(BOS_TOKEN),

@@ -11,9 +11,9 @@ from kserve.errors import ModelNotFound
 
 from runtime.engine import RequestOutput
 from runtime.errors import translate_errors
-from runtime.model import LLMModel, stream_messages
+from runtime.model import LLMModel
 from runtime.schemas import GenerateRequest, GenerateResponse, GenerateStreamEvent
-from serving.sse import SSE_HEADERS, server_sent_events
+from serving.streaming import SSE_HEADERS, server_sent_events, stream_messages
 
 
 def add_generate_routes(app: FastAPI, model: LLMModel) -> None:
@@ -30,6 +30,8 @@ def add_generate_routes(app: FastAPI, model: LLMModel) -> None:
         )
         if params.logprobs:
             response.logprobs = output.logprobs
+        if params.top_logprobs:
+            response.top_logprobs = output.top_logprobs
         return response
 
     @router.post("/generate_stream", response_class=StreamingResponse)
@@ -45,6 +47,8 @@ def add_generate_routes(app: FastAPI, model: LLMModel) -> None:
             )
             if params.logprobs:
                 event.logprobs = output.new_logprobs
+            if params.top_logprobs:
+                event.top_logprobs = output.top_logprobs[len(output.top_logprobs) - len(output.new_token_ids):]
             return event.model_dump(exclude_unset=True)
 
         events = server_sent_events(stream_messages(outputs, to_event))

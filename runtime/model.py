@@ -5,10 +5,9 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import aclosing
 
 import kserve
@@ -18,14 +17,12 @@ from kserve.protocol.infer_type import InferRequest, InferResponse
 from runtime.engine import AsyncLLMEngine, EngineConfig, RequestOutput, SamplingParams
 from runtime.errors import translate_errors
 from serving.errors import RequestTimeout, ServiceUnavailable
+from serving.streaming import json_lines, stream_messages
 from runtime.metrics import RequestTracker, register_engine_stats, unregister_engine_stats
 from runtime.schemas import Prediction, PredictRequest, PredictStreamChunk, sampling_fields_from_v2
 from runtime.tensors import INPUT_METADATA, OUTPUT_METADATA, decode_prompts, encode_outputs, unwrap_parameters
 
 logger = logging.getLogger(__name__)
-
-# Errors whose message is meant for the client; anything else is reported by its type only.
-CLIENT_ERRORS = (InvalidInput, ServiceUnavailable, RequestTimeout, InferenceError)
 
 
 class LLMModel(kserve.Model):
@@ -141,7 +138,7 @@ class LLMModel(kserve.Model):
             async with asyncio.timeout_at(deadline):
                 return await anext(outputs, None)
         except TimeoutError:
-            raise RequestTimeout(self.request_timeout) from None
+            raise RequestTimeout.after(self.request_timeout) from None
 
     def _check_admitting(self) -> None:
         if self.draining:
@@ -239,25 +236,3 @@ async def _prepend(first: RequestOutput, rest: AsyncIterator[RequestOutput]) -> 
         yield first
         async for output in rest:
             yield output
-
-
-async def stream_messages(
-    outputs: AsyncIterator[RequestOutput], to_message: Callable[[RequestOutput], dict]
-) -> AsyncIterator[dict]:
-    """A message per output; a failure once the response has started becomes a last
-    `{"error": ...}` message, since the status code is already sent."""
-    async with aclosing(outputs):
-        try:
-            async for output in outputs:
-                yield to_message(output)
-        except CLIENT_ERRORS as exc:
-            yield {"error": str(exc)}
-        except Exception as exc:
-            logger.exception("stream failed")
-            yield {"error": f"internal error: {type(exc).__name__}"}
-
-
-async def json_lines(messages: AsyncIterator[dict]) -> AsyncIterator[bytes]:
-    async with aclosing(messages):
-        async for message in messages:
-            yield json.dumps(message).encode() + b"\n"

@@ -104,6 +104,8 @@ class GenerateResponse(BaseModel):
     output_ids: list[int]
     finish_reason: str
     logprobs: list[float] | None = None
+    # Per output token, the `top_logprobs` most likely tokens: {token id: log-probability}.
+    top_logprobs: list[dict[int, float]] | None = None
 
 
 class GenerateStreamEvent(BaseModel):
@@ -113,3 +115,4 @@ class GenerateStreamEvent(BaseModel):
     output_ids: list[int]
     finish_reason: str | None
     logprobs: list[float] | None = None
+    top_logprobs: list[dict[int, float]] | None = None

@@ -11,7 +11,9 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from grpc_interceptor.exceptions import DeadlineExceeded
-from kserve.errors import ModelNotReady
+from kserve.errors import InferenceError, InvalidInput, ModelNotFound, ModelNotReady
+
+from serving.openai_protocol import openai_error_body
 
 logger = logging.getLogger(__name__)
 
@@ -37,9 +39,23 @@ class RequestTimeout(DeadlineExceeded):
     """The request ran past its time limit and was aborted: 504 over REST, DEADLINE_EXCEEDED
     over gRPC."""
 
-    def __init__(self, timeout: float, what: str = "the server's request timeout") -> None:
-        super().__init__(f"the request exceeded {what} of {timeout:g} s and was aborted")
-        self.reason = self.details
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.reason = message
+
+    @classmethod
+    def after(cls, timeout: float, what: str = "the server's request timeout") -> RequestTimeout:
+        return cls(f"the request exceeded {what} of {timeout:g} s and was aborted")
+
+    def __str__(self) -> str:
+        return self.reason
+
+
+class BadGateway(Exception):
+    """An upstream server answered something this server cannot pass on: 502."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
 
     def __str__(self) -> str:
         return self.reason
@@ -66,26 +82,72 @@ STATUS_CODES: dict[type[Exception], HTTPStatus] = {
     ServiceUnavailable: HTTPStatus.SERVICE_UNAVAILABLE,
     RequestTimeout: HTTPStatus.GATEWAY_TIMEOUT,
     PayloadTooLarge: HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+    BadGateway: HTTPStatus.BAD_GATEWAY,
 }
 
 
-def status_of(exc: Exception) -> HTTPStatus:
-    return STATUS_CODES[type(exc)]
+# KServe's own types, as its handlers answer them.
+KSERVE_STATUS_CODES: dict[type[Exception], HTTPStatus] = {
+    InvalidInput: HTTPStatus.BAD_REQUEST,
+    ModelNotFound: HTTPStatus.NOT_FOUND,
+    ModelNotReady: HTTPStatus.SERVICE_UNAVAILABLE,
+    NotImplementedError: HTTPStatus.NOT_IMPLEMENTED,
+    InferenceError: HTTPStatus.INTERNAL_SERVER_ERROR,
+}
+# Routes under this prefix answer errors in OpenAI's shape.
+OPENAI_PATH_PREFIX = "/openai/"
 
 
-def error_response(exc: Exception) -> JSONResponse:
-    """The REST response for one of our exception types."""
+def status_of(exc: BaseException) -> HTTPStatus:
+    if type(exc) in STATUS_CODES:
+        return STATUS_CODES[type(exc)]
+    for exception_type, status in KSERVE_STATUS_CODES.items():
+        if isinstance(exc, exception_type):
+            return status
+    return HTTPStatus.INTERNAL_SERVER_ERROR
+
+
+def openai_error_response(exc: BaseException) -> JSONResponse:
+    """Any exception as an OpenAI-shaped error; unexpected ones are logged and reported by type
+    only (no stack trace, no internals, in the response)."""
+    status = status_of(exc)
+    if status == HTTPStatus.INTERNAL_SERVER_ERROR:
+        logger.error("internal error", exc_info=exc)
+        message = f"internal error ({type(exc).__name__})"
+    else:
+        logger.warning("%d: %s", status, exc)
+        message = str(exc)
+    code = "model_not_found" if isinstance(exc, ModelNotFound) else None
+    return JSONResponse(openai_error_body(status, message, code=code), status_code=status)
+
+
+def error_response(exc: Exception, path: str = "") -> JSONResponse:
+    """The REST response for one of our exception types, shaped for the route at `path`."""
+    if path.startswith(OPENAI_PATH_PREFIX):
+        return openai_error_response(exc)
     status = status_of(exc)
     logger.warning("%d: %s", status, exc)
     return JSONResponse(error_body(exc), status_code=status)
 
 
-async def _handle(_: Request, exc: Exception) -> JSONResponse:
-    return error_response(exc)
+async def _handle(request: Request, exc: Exception) -> JSONResponse:
+    return error_response(exc, request.url.path)
 
 
-async def _request_validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-    return JSONResponse({"error": describe_validation_errors(exc.errors())}, status_code=HTTPStatus.BAD_REQUEST)
+async def _request_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+    message = describe_validation_errors(exc.errors())
+    if request.url.path.startswith(OPENAI_PATH_PREFIX):
+        body = openai_error_body(HTTPStatus.BAD_REQUEST, message, param=_first_field(exc.errors()))
+        return JSONResponse(body, status_code=HTTPStatus.BAD_REQUEST)
+    return JSONResponse({"error": message}, status_code=HTTPStatus.BAD_REQUEST)
+
+
+def _first_field(errors: list[dict] | tuple[dict, ...]) -> str | None:
+    for error in errors:
+        location = [str(part) for part in error.get("loc", ()) if part != "body"]
+        if location:
+            return ".".join(location)
+    return None
 
 
 def describe_validation_errors(errors: list[dict] | tuple[dict, ...]) -> str:

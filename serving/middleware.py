@@ -95,7 +95,7 @@ class ClientConnectionMiddleware:
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         # Close the connection: the rest of the body may still be on its way, unread.
-        response = error_response(PayloadTooLarge(self.max_body_bytes))
+        response = error_response(PayloadTooLarge(self.max_body_bytes), scope.get("path", ""))
         response.headers["connection"] = "close"
         await response(scope, receive, send)
 

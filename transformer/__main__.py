@@ -1,0 +1,103 @@
+"""The transformer: `python -m transformer --model_name llm --tokenizer_dir /mnt/models
+--predictor_host HOST:PORT --predictor_protocol v2|grpc-v2` (or `--demo small`) turns text into
+token ids for the predictor and back: KServe v1 and v2, the text generate extension, and the
+OpenAI-compatible API under /openai/v1."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import kserve
+from kserve import model_server
+
+from runtime.demo import build_demo_model
+from serving.server import configure_logging, install_http_layers
+from serving.shutdown import drain_on_signal
+from transformer.generate import add_generate_routes
+from transformer.model import TextModel
+from transformer.openai_api import add_openai_routes
+from transformer.predictor_client import PROTOCOLS, PredictorSettings
+from transformer.tokenizer import TextTokenizer, TokenizerLoadError
+
+logger = logging.getLogger("transformer")
+
+DEFAULT_MAX_BODY_BYTES = 1 << 20
+DEFAULT_GRACE_PERIOD = 30
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m transformer",
+        description=__doc__.splitlines()[0],
+        parents=[model_server.parser],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    # KServe's default is v1, which our predictor serves for clients, not for token streams.
+    parser.set_defaults(predictor_protocol="v2")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--tokenizer_dir", default="/mnt/models",
+                        help="checkpoint directory with tokenizer.json / tokenizer_config.json")
+    source.add_argument("--demo", choices=("small", "large"), help="the embedded demo model's tokenizer")
+    parser.add_argument("--max_model_len", type=int, default=None,
+                        help="context length prompts are checked against (unset: the checkpoint's)")
+    parser.add_argument("--predictor_rest_host", default=None,
+                        help="host:port of the predictor's REST server, for streams when the protocol is "
+                             "grpc-v2 (unset: the predictor host on port 8080)")
+    limits = parser.add_argument_group("limits")
+    limits.add_argument("--max_body_bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
+                        help="largest request body; larger ones get 413")
+    limits.add_argument("--grace_period", type=int, default=DEFAULT_GRACE_PERIOD,
+                        help="seconds in-flight requests get to finish after SIGTERM")
+    return parser
+
+
+def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.predictor_protocol not in PROTOCOLS:
+        parser.error(f"--predictor_protocol must be one of {', '.join(PROTOCOLS)} (token ids travel over v2)")
+    if not args.predictor_host:
+        parser.error("--predictor_host is required (host:port of the predictor)")
+    if args.max_body_bytes < 1:
+        parser.error("--max_body_bytes must be >= 1")
+    if args.max_model_len is not None and args.max_model_len < 2:
+        parser.error("--max_model_len must be >= 2")
+
+
+def predictor_settings(args: argparse.Namespace) -> PredictorSettings:
+    return PredictorSettings(
+        host=args.predictor_host,
+        protocol=args.predictor_protocol,
+        rest_host=args.predictor_rest_host,
+        use_ssl=args.predictor_use_ssl,
+        timeout_seconds=args.predictor_request_timeout_seconds,
+        retries=args.predictor_request_retries,
+        check_ready=args.enable_predictor_health_check,
+    )
+
+
+def main() -> None:
+    parser = build_parser()
+    args = parser.parse_args()
+    check_arguments(parser, args)
+    configure_logging(args, "transformer")
+    try:
+        tokenizer_dir = str(build_demo_model(args.demo)) if args.demo else args.tokenizer_dir
+        tokenizer = TextTokenizer(tokenizer_dir, args.max_model_len)
+    except TokenizerLoadError as exc:
+        logger.error("cannot start the transformer: %s", exc)
+        sys.exit(2)
+    model = TextModel(args.model_name, tokenizer, predictor_settings(args))
+    model.load()
+    logger.info("serving model %r on http %d: max_body_bytes=%d grace_period=%ds",
+                model.name, args.http_port, args.max_body_bytes, args.grace_period)
+    app = model_server.app
+    install_http_layers(app, args.max_body_bytes)
+    add_openai_routes(app, model)
+    add_generate_routes(app, model)
+    drain_on_signal(app, model)
+    kserve.ModelServer(grace_period=args.grace_period).start([model])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,273 @@
+"""TextModel: the kserve.Model of the transformer. It holds a tokenizer, not a model: prompts are
+tokenized and checked against the context limit here, generation happens in the predictor, and
+text comes back detokenized. KServe's v1 and v2 routes call `predict`; the OpenAI routes and the
+text generate extension call `prompt_ids` and `generator`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+
+import kserve
+import numpy as np
+from kserve.errors import InvalidInput
+from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
+from pydantic import ValidationError
+
+from serving.errors import ServiceUnavailable, describe_validation_errors
+from serving.openai_protocol import ChatMessage
+from serving.streaming import json_lines, stream_messages
+from transformer.generation import TextChunk, TextGenerator, TextRequest, TextResult
+from transformer.predictor_client import PredictorClient, PredictorSettings
+from transformer.schemas import Prediction, PredictInstance, PredictRequest, TextSamplingFields
+from transformer.tokenizer import ChatTemplateError, ConversationTurn, TextTokenizer
+
+logger = logging.getLogger(__name__)
+
+TEXT_INPUT = "text_input"
+INPUT_METADATA = [{"name": TEXT_INPUT, "datatype": "BYTES", "shape": [-1]}]
+OUTPUT_METADATA = [
+    {"name": "text_output", "datatype": "BYTES", "shape": [-1]},
+    {"name": "finish_reason", "datatype": "BYTES", "shape": [-1]},
+    {"name": "prompt_tokens", "datatype": "INT64", "shape": [-1]},
+    {"name": "completion_tokens", "datatype": "INT64", "shape": [-1]},
+    {"name": "confidence", "datatype": "FP32", "shape": [-1]},
+]
+# v2 request parameters KServe or its clients set for the protocol itself, not for sampling.
+V2_PROTOCOL_PARAMETERS = frozenset({"binary_data_output"})
+
+
+class TextModel(kserve.Model):
+    def __init__(self, name: str, tokenizer: TextTokenizer, predictor: PredictorSettings) -> None:
+        super().__init__(name)
+        self.tokenizer = tokenizer
+        self.predictor_settings = predictor
+        self.generator: TextGenerator | None = None
+        self.draining = False
+
+    # Lifecycle ----------------------------------------------------------------------
+
+    def load(self) -> bool:
+        if self.generator is None:
+            client = PredictorClient(self.name, self.predictor_settings)
+            self.generator = TextGenerator(self.tokenizer, client)
+            logger.info("model %r: generation by the predictor over %s", self.name, client.describe())
+        self.ready = True
+        return self.ready
+
+    async def healthy(self) -> bool:
+        if not self.ready or self.draining:
+            return False
+        return not self.predictor_settings.check_ready or await self.generator.predictor.ready()
+
+    def start_draining(self) -> None:
+        """Refuse new requests (503) from now on; those in flight go on."""
+        self.draining = True
+
+    def check_admitting(self) -> None:
+        if self.draining:
+            raise ServiceUnavailable(self.name, "the server is shutting down; retry on another replica")
+
+    def get_input_types(self) -> list[dict]:
+        return INPUT_METADATA
+
+    def get_output_types(self) -> list[dict]:
+        return OUTPUT_METADATA
+
+    # Prompts ------------------------------------------------------------------------
+
+    async def prompt_ids(self, prompt: str | list[int] | None = None, messages: list[ChatMessage] | None = None,
+                         add_generation_prompt: bool = True) -> list[int]:
+        """Token ids of a text prompt, pre-tokenized ids, or chat messages."""
+        if messages is not None:
+            conversation = [ConversationTurn(message.role, message.text) for message in messages]
+            try:
+                return await self.tokenizer.encode_chat_async(conversation, add_generation_prompt)
+            except ChatTemplateError as exc:
+                raise InvalidInput(str(exc)) from None
+        if isinstance(prompt, list):
+            self._check_token_ids(prompt)
+            return prompt
+        return await self.tokenizer.encode_async(prompt)
+
+    def check_context(self, prompt_ids: list[int], max_tokens: int | None) -> int:
+        """Refuse a prompt that does not leave room for its output; returns max_tokens, or the
+        room left when the request set none."""
+        limit = self.tokenizer.max_model_len
+        num_prompt = len(prompt_ids)
+        if num_prompt == 0:
+            raise InvalidInput("the prompt is empty (0 tokens)")
+        if num_prompt >= limit:
+            raise InvalidInput(
+                f"the prompt has {num_prompt} tokens, but this model's context is {limit} tokens "
+                "(prompt and output together); shorten the prompt"
+            )
+        if max_tokens is not None and num_prompt + max_tokens > limit:
+            raise InvalidInput(
+                f"the prompt has {num_prompt} tokens and max_tokens asks for {max_tokens} more, "
+                f"over this model's context of {limit} tokens; lower max_tokens to at most {limit - num_prompt}"
+            )
+        return max_tokens if max_tokens is not None else limit - num_prompt
+
+    def _check_token_ids(self, token_ids: list[int]) -> None:
+        vocabulary = self.tokenizer.vocab_size
+        bad = [token for token in token_ids if not 0 <= token < vocabulary]
+        if bad:
+            raise InvalidInput(f"token ids must be in [0, {vocabulary}); got {bad[:5]}")
+
+    async def text_request(self, prompt_ids: list[int], fields: TextSamplingFields, *, logprobs: bool) -> TextRequest:
+        max_tokens = self.check_context(prompt_ids, fields.max_tokens)
+        parameters = fields.predictor_parameters(logprobs=logprobs)
+        parameters["max_tokens"] = max_tokens
+        return TextRequest(prompt_ids, parameters, fields.stop_strings)
+
+    # KServe's handlers -----------------------------------------------------------------
+
+    async def predict(
+        self, payload: dict | InferRequest, headers: dict[str, str] | None = None
+    ) -> dict | InferResponse | AsyncIterator[bytes]:
+        self.check_admitting()
+        headers = headers or {}
+        if isinstance(payload, InferRequest):
+            return await self._infer_v2(payload, headers)
+        return await self._predict_v1(payload, headers)
+
+    async def _predict_v1(self, payload: dict, headers: dict[str, str]) -> dict | AsyncIterator[bytes]:
+        request = _validate(PredictRequest, payload)
+        texts = [await self._instance_request(instance) for instance in request.instances]
+        if request.stream:
+            if len(texts) != 1:
+                raise InvalidInput(f"a streamed predict takes exactly one instance, got {len(texts)}")
+            return await self._predict_v1_stream(texts[0], headers)
+        results = await self.generate_all(texts, headers)
+        predictions = [
+            _prediction(result, bool(instance.logprobs)) for result, instance in zip(results, request.instances)
+        ]
+        return {"predictions": predictions}
+
+    async def _predict_v1_stream(self, request: TextRequest, headers: dict[str, str]) -> AsyncIterator[bytes]:
+        """JSON lines of text deltas (KServe streams an iterator returned by predict). The first
+        chunk is awaited here, so a refused request fails with its own status code."""
+        chunks = await self.open_stream(request, headers)
+        return json_lines(stream_messages(chunks, lambda chunk: {"text": chunk.text, "finish_reason": chunk.finish_reason}))
+
+    async def open_stream(self, request: TextRequest, headers: dict[str, str]) -> AsyncIterator[TextChunk]:
+        """Start a stream and wait for its first chunk, so that errors before any output (bad
+        input, overload) surface while the response status can still say so."""
+        chunks = self.generator.stream(request, headers)
+        try:
+            first = await anext(chunks)
+        except BaseException:
+            await chunks.aclose()
+            raise
+        return _prepend(first, chunks)
+
+    async def _instance_request(self, instance: PredictInstance) -> TextRequest:
+        prompt_ids = await self.prompt_ids(instance.prompt, instance.messages)
+        return await self.text_request(prompt_ids, instance, logprobs=True)
+
+    async def _infer_v2(self, request: InferRequest, headers: dict[str, str]) -> InferResponse:
+        prompts = _text_inputs(request)
+        fields = _validate(TextSamplingFields, _v2_parameters(request.parameters))
+        texts = [await self.text_request(await self.prompt_ids(prompt), fields, logprobs=True) for prompt in prompts]
+        results = await self.generate_all(texts, headers)
+        return InferResponse(
+            response_id=request.id or "",
+            model_name=self.name,
+            infer_outputs=_v2_outputs(results),
+            use_binary_outputs=request.use_binary_outputs,
+            requested_outputs=request.request_outputs,
+        )
+
+    async def generate_all(self, requests: list[TextRequest], headers: dict[str, str]) -> list[TextResult]:
+        """Run generations concurrently (the predictor batches them); if one fails, the rest are
+        cancelled, which aborts them in the predictor."""
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(self.generator.generate(request, headers)) for request in requests]
+        except ExceptionGroup as failures:
+            raise failures.exceptions[0] from None
+        return [task.result() for task in tasks]
+
+
+def _validate(model: type, payload: object):
+    try:
+        return model.model_validate(payload)
+    except ValidationError as exc:
+        raise InvalidInput(describe_validation_errors(exc.errors())) from None
+
+
+def _prediction(result: TextResult, with_logprobs: bool) -> dict:
+    prediction = Prediction(
+        text=result.text,
+        finish_reason=result.finish_reason,
+        confidence=result.confidence,
+        prompt_tokens=result.num_prompt_tokens,
+        completion_tokens=len(result.token_ids),
+    )
+    if with_logprobs:
+        prediction.logprobs = result.logprobs or []
+    return prediction.model_dump(exclude_unset=True)
+
+
+def _text_inputs(request: InferRequest) -> list[str]:
+    inputs = {tensor.name: tensor for tensor in request.inputs}
+    expected = f"this model takes {TEXT_INPUT} BYTES [B] (one prompt per row)"
+    if set(inputs) != {TEXT_INPUT}:
+        raise InvalidInput(f"unexpected input tensors {sorted(inputs)}; {expected}")
+    tensor = inputs[TEXT_INPUT]
+    if tensor.datatype != "BYTES":
+        raise InvalidInput(f"{TEXT_INPUT} must be BYTES, got {tensor.datatype}; {expected}")
+    values = tensor.as_numpy().reshape(-1)
+    if values.size == 0:
+        raise InvalidInput(f"{TEXT_INPUT} is empty; {expected}")
+    try:
+        return [value.decode() if isinstance(value, bytes) else str(value) for value in values]
+    except UnicodeDecodeError:
+        raise InvalidInput(f"{TEXT_INPUT} must be UTF-8 text") from None
+
+
+def _v2_parameters(parameters: object) -> dict:
+    """Request parameters as plain values (gRPC hands InferParameter protos)."""
+    plain = {}
+    for key, value in (parameters or {}).items():
+        if key in V2_PROTOCOL_PARAMETERS:
+            continue
+        if hasattr(value, "WhichOneof"):
+            choice = value.WhichOneof("parameter_choice")
+            if choice is None:
+                raise InvalidInput(f"parameter {key!r}: gRPC parameters are bool, int64 or string; "
+                                   'send a float as a string ("0.7")')
+            value = getattr(value, choice)
+        plain[key] = value
+    return plain
+
+
+def _v2_outputs(results: list[TextResult]) -> list[InferOutput]:
+    columns = [
+        ("text_output", "BYTES", np.array([result.text.encode() for result in results], dtype=np.object_)),
+        ("finish_reason", "BYTES", np.array([result.finish_reason.encode() for result in results], dtype=np.object_)),
+        ("prompt_tokens", "INT64", np.array([result.num_prompt_tokens for result in results], dtype=np.int64)),
+        ("completion_tokens", "INT64", np.array([len(result.token_ids) for result in results], dtype=np.int64)),
+        ("confidence", "FP32", np.array([_or_nan(result.confidence) for result in results], dtype=np.float32)),
+    ]
+    outputs = []
+    for name, datatype, array in columns:
+        tensor = InferOutput(name=name, shape=list(array.shape), datatype=datatype)
+        tensor.set_data_from_numpy(array, binary_data=False)
+        outputs.append(tensor)
+    return outputs
+
+
+def _or_nan(value: float | None) -> float:
+    return float("nan") if value is None else value
+
+
+async def _prepend(first: TextChunk, rest: AsyncIterator[TextChunk]) -> AsyncIterator[TextChunk]:
+    async with aclosing(rest):
+        yield first
+        async for chunk in rest:
+            yield chunk
+

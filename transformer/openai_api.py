@@ -1,0 +1,362 @@
+"""The OpenAI-compatible API: /openai/v1/models, /completions and /chat/completions, streamed
+(server-sent events ending in `data: [DONE]`) or not. KServe's own OpenAI layer needs vLLM, so
+these routes are ours. Errors are OpenAI-shaped: {"error": {"message", "type", "param", "code"}}."""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
+from dataclasses import dataclass
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import StreamingResponse
+from kserve.errors import ModelNotFound
+
+from serving.errors import openai_error_response, status_of
+from serving.openai_protocol import (
+    AssistantMessage,
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatDelta,
+    ChatLogprobs,
+    CompletionChoice,
+    CompletionLogprobs,
+    CompletionRequest,
+    CompletionResponse,
+    ModelCard,
+    ModelList,
+    TokenLogprob,
+    TopLogprob,
+    Usage,
+    new_id,
+    now,
+    openai_error_body,
+)
+from serving.streaming import CLIENT_ERRORS, SSE_HEADERS
+from transformer.choices import merge_streams
+from transformer.generation import TextChunk, TextRequest, TextResult
+from transformer.model import TextModel
+from transformer.schemas import TextSamplingFields
+from transformer.tokenizer import TextTokenizer
+
+OWNER = "kserve-llm-runtime"
+DONE_EVENT = b"data: [DONE]\n\n"
+
+
+@dataclass(slots=True)
+class Choice:
+    """One generation of a request: its index among the response's choices and its prompt."""
+
+    index: int
+    prompt_index: int
+    request: TextRequest
+
+
+def add_openai_routes(app: FastAPI, model: TextModel) -> None:
+    router = APIRouter(prefix="/openai/v1", tags=["OpenAI"])
+    started = now()
+
+    @router.get("/models")
+    async def list_models() -> ModelList:
+        card = ModelCard(id=model.name, created=started, owned_by=OWNER, max_model_len=model.tokenizer.max_model_len)
+        return ModelList(data=[card])
+
+    @router.get("/models/{model_name}")
+    @_openai_errors
+    async def get_model(model_name: str) -> ModelCard:
+        _check_model(model, model_name)
+        return ModelCard(id=model.name, created=started, owned_by=OWNER, max_model_len=model.tokenizer.max_model_len)
+
+    @router.post("/completions")
+    @_openai_errors
+    async def completions(body: CompletionRequest, request: Request):
+        model.check_admitting()
+        _check_model(model, body.model)
+        prompts = await _completion_prompts(model, body)
+        choices = await _choices(model, prompts, body, _completion_fields(body))
+        headers = dict(request.headers)
+        if body.stream:
+            return await _stream_response(model, choices, headers, CompletionStream(model, body, prompts))
+        results = await model.generate_all([choice.request for choice in choices], headers)
+        return _completion_response(model, body, choices, results, prompts)
+
+    @router.post("/chat/completions")
+    @_openai_errors
+    async def chat_completions(body: ChatCompletionRequest, request: Request):
+        model.check_admitting()
+        _check_model(model, body.model)
+        prompt_ids = await model.prompt_ids(messages=body.messages, add_generation_prompt=body.add_generation_prompt)
+        choices = await _choices(model, [prompt_ids], body, _chat_fields(body))
+        headers = dict(request.headers)
+        if body.stream:
+            return await _stream_response(model, choices, headers, ChatStream(model, body, len(prompt_ids)))
+        results = await model.generate_all([choice.request for choice in choices], headers)
+        return _chat_response(model, body, choices, results)
+
+    app.include_router(router)
+
+
+def _openai_errors(handler: Callable[..., Awaitable]) -> Callable[..., Awaitable]:
+    """Answer any failure of the handler in OpenAI's error shape (KServe's handlers, registered
+    app-wide, would answer in KServe's)."""
+
+    @functools.wraps(handler)
+    async def answer_errors(*args, **kwargs):
+        try:
+            return await handler(*args, **kwargs)
+        except Exception as exc:
+            return openai_error_response(exc)
+
+    return answer_errors
+
+
+def _check_model(model: TextModel, name: str) -> None:
+    if name != model.name:
+        raise ModelNotFound(name)
+
+
+# Requests -------------------------------------------------------------------------------
+
+
+async def _completion_prompts(model: TextModel, body: CompletionRequest) -> list[list[int]]:
+    prompt = body.prompt
+    if isinstance(prompt, str) or (prompt and isinstance(prompt[0], int)):
+        return [await model.prompt_ids(prompt)]
+    return [await model.prompt_ids(item) for item in prompt]
+
+
+def _completion_fields(body: CompletionRequest) -> TextSamplingFields:
+    return _sampling_fields(body, body.max_tokens, body.logprobs is not None, body.logprobs or 0)
+
+
+def _chat_fields(body: ChatCompletionRequest) -> TextSamplingFields:
+    return _sampling_fields(body, body.requested_max_tokens, body.logprobs, body.top_logprobs or 0)
+
+
+def _sampling_fields(body, max_tokens: int | None, logprobs: bool, top_logprobs: int) -> TextSamplingFields:
+    return TextSamplingFields(
+        max_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p, top_k=body.top_k, seed=body.seed,
+        min_tokens=body.min_tokens, ignore_eos=body.ignore_eos, stop=body.stop_strings or None,
+        logprobs=logprobs or None, top_logprobs=top_logprobs or None,
+    )
+
+
+async def _choices(model: TextModel, prompts: list[list[int]], body, fields: TextSamplingFields) -> list[Choice]:
+    """`n` choices per prompt, in OpenAI's order. With a seed, choice i samples with seed + i, so
+    the choices differ and each is reproducible."""
+    choices = []
+    for prompt_index, prompt_ids in enumerate(prompts):
+        for sample in range(body.n):
+            sample_fields = fields if body.seed is None else fields.model_copy(update={"seed": body.seed + sample})
+            request = await model.text_request(prompt_ids, sample_fields, logprobs=bool(fields.logprobs))
+            choices.append(Choice(len(choices), prompt_index, request))
+    return choices
+
+
+# Whole responses ------------------------------------------------------------------------
+
+
+def _completion_response(model: TextModel, body: CompletionRequest, choices: list[Choice], results: list[TextResult],
+                         prompts: list[list[int]]) -> CompletionResponse:
+    echo = body.prompt if body.echo else ""
+    return CompletionResponse(
+        id=new_id("cmpl"),
+        created=now(),
+        model=model.name,
+        choices=[
+            CompletionChoice(
+                index=choice.index,
+                text=echo + result.text,
+                logprobs=_completion_logprobs(model.tokenizer, result.token_ids, result.logprobs, result.top_logprobs,
+                                              len(echo)) if body.logprobs is not None else None,
+                finish_reason=result.finish_reason,
+            )
+            for choice, result in zip(choices, results)
+        ],
+        usage=_usage(prompts, results),
+    )
+
+
+def _chat_response(model: TextModel, body: ChatCompletionRequest, choices: list[Choice],
+                   results: list[TextResult]) -> ChatCompletionResponse:
+    return ChatCompletionResponse(
+        id=new_id("chatcmpl"),
+        created=now(),
+        model=model.name,
+        choices=[
+            ChatChoice(
+                index=choice.index,
+                message=AssistantMessage(content=result.text),
+                logprobs=_chat_logprobs(model.tokenizer, result.token_ids, result.logprobs, result.top_logprobs)
+                if body.logprobs else None,
+                finish_reason=result.finish_reason,
+            )
+            for choice, result in zip(choices, results)
+        ],
+        usage=_usage([choices[0].request.prompt_ids], results),
+    )
+
+
+def _usage(prompts: list[list[int]], results: list[TextResult]) -> Usage:
+    # As OpenAI counts: each prompt once, however many choices it has.
+    return Usage.of(sum(map(len, prompts)), sum(len(result.token_ids) for result in results))
+
+
+def _completion_logprobs(tokenizer: TextTokenizer, token_ids: list[int], logprobs: list[float] | None,
+                         top_logprobs: list[dict[int, float]] | None, text_offset: int) -> CompletionLogprobs:
+    tokens = [tokenizer.token_text(token) for token in token_ids]
+    offsets = []
+    for token in tokens:
+        offsets.append(text_offset)
+        text_offset += len(token)
+    return CompletionLogprobs(
+        tokens=tokens,
+        token_logprobs=list(logprobs or []),
+        top_logprobs=[{tokenizer.token_text(token): value for token, value in row.items()} for row in top_logprobs]
+        if top_logprobs else None,
+        text_offset=offsets,
+    )
+
+
+def _chat_logprobs(tokenizer: TextTokenizer, token_ids: list[int], logprobs: list[float] | None,
+                   top_logprobs: list[dict[int, float]] | None) -> ChatLogprobs:
+    content = []
+    for position, (token, value) in enumerate(zip(token_ids, logprobs or [])):
+        top = top_logprobs[position] if top_logprobs and position < len(top_logprobs) else {}
+        content.append(TokenLogprob(**_top_logprob(tokenizer, token, value).model_dump(),
+                                    top_logprobs=[_top_logprob(tokenizer, alt, alt_value)
+                                                  for alt, alt_value in top.items()]))
+    return ChatLogprobs(content=content)
+
+
+def _top_logprob(tokenizer: TextTokenizer, token: int, value: float) -> TopLogprob:
+    text = tokenizer.token_text(token)
+    return TopLogprob(token=text, logprob=value, bytes=list(text.encode()))
+
+
+# Streams --------------------------------------------------------------------------------
+
+
+class CompletionStream:
+    """The chunks of a streamed completion."""
+
+    def __init__(self, model: TextModel, body: CompletionRequest, prompts: list[list[int]]) -> None:
+        self.tokenizer = model.tokenizer
+        self.body = body
+        self.id = new_id("cmpl")
+        self.created = now()
+        self.model_name = model.name
+        self.num_prompt_tokens = sum(map(len, prompts))
+        self.echo = body.prompt if body.echo else ""
+        self._text_offsets: dict[int, int] = {}
+
+    def start(self, choices: list[Choice]) -> list[dict]:
+        if not self.echo:
+            return []
+        return [self._chunk(CompletionChoice(index=choice.index, text=self.echo)) for choice in choices]
+
+    def delta(self, index: int, chunk: TextChunk) -> dict | None:
+        wants_logprobs = self.body.logprobs is not None
+        if not (chunk.text or chunk.finish_reason or (wants_logprobs and chunk.token_ids)):
+            return None
+        logprobs = None
+        if wants_logprobs:
+            offset = self._text_offsets.get(index, len(self.echo))
+            logprobs = _completion_logprobs(self.tokenizer, chunk.token_ids, chunk.logprobs, chunk.top_logprobs, offset)
+            self._text_offsets[index] = offset + sum(len(token) for token in logprobs.tokens)
+        return self._chunk(CompletionChoice(index=index, text=chunk.text, logprobs=logprobs,
+                                            finish_reason=chunk.finish_reason))
+
+    def usage(self, completion_tokens: int) -> dict:
+        return CompletionResponse(id=self.id, created=self.created, model=self.model_name, choices=[],
+                                  usage=Usage.of(self.num_prompt_tokens, completion_tokens)).model_dump()
+
+    def _chunk(self, choice: CompletionChoice) -> dict:
+        return CompletionResponse(id=self.id, created=self.created, model=self.model_name,
+                                  choices=[choice]).model_dump(exclude={"usage"})
+
+
+class ChatStream:
+    """The chunks of a streamed chat completion: the role first, then content, then the finish."""
+
+    def __init__(self, model: TextModel, body: ChatCompletionRequest, num_prompt_tokens: int) -> None:
+        self.tokenizer = model.tokenizer
+        self.body = body
+        self.id = new_id("chatcmpl")
+        self.created = now()
+        self.model_name = model.name
+        self.num_prompt_tokens = num_prompt_tokens
+
+    def start(self, choices: list[Choice]) -> list[dict]:
+        return [self._chunk(ChatChunkChoice(index=choice.index, delta=ChatDelta(role="assistant", content="")))
+                for choice in choices]
+
+    def delta(self, index: int, chunk: TextChunk) -> dict | None:
+        wants_logprobs = self.body.logprobs
+        if not (chunk.text or chunk.finish_reason or (wants_logprobs and chunk.token_ids)):
+            return None
+        logprobs = None
+        if wants_logprobs:
+            logprobs = _chat_logprobs(self.tokenizer, chunk.token_ids, chunk.logprobs, chunk.top_logprobs)
+        delta = ChatDelta(content=chunk.text) if chunk.text else ChatDelta()
+        return self._chunk(ChatChunkChoice(index=index, delta=delta, logprobs=logprobs,
+                                           finish_reason=chunk.finish_reason))
+
+    def usage(self, completion_tokens: int) -> dict:
+        return ChatCompletionChunk(id=self.id, created=self.created, model=self.model_name, choices=[],
+                                   usage=Usage.of(self.num_prompt_tokens, completion_tokens)).model_dump()
+
+    def _chunk(self, choice: ChatChunkChoice) -> dict:
+        message = ChatCompletionChunk(id=self.id, created=self.created, model=self.model_name,
+                                      choices=[choice]).model_dump(exclude={"usage"})
+        # OpenAI sends only the fields a delta sets (the role on the first one only).
+        message["choices"][0]["delta"] = choice.delta.model_dump(exclude_none=True)
+        return message
+
+
+async def _stream_response(model: TextModel, choices: list[Choice], headers: dict[str, str],
+                           stream: CompletionStream | ChatStream) -> StreamingResponse:
+    """Open every choice's stream first (so that a refused request gets its status code), then
+    answer with their chunks as server-sent events."""
+    opened = []
+    try:
+        for choice in choices:
+            opened.append(await model.open_stream(choice.request, headers))
+    except BaseException:
+        for chunks in opened:
+            await chunks.aclose()
+        raise
+    events = _events(merge_streams(opened), choices, stream)
+    return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+async def _events(merged: AsyncIterator[tuple[int, TextChunk]], choices: list[Choice],
+                  stream: CompletionStream | ChatStream) -> AsyncIterator[bytes]:
+    completion_tokens = 0
+    async with aclosing(merged):
+        try:
+            for message in stream.start(choices):
+                yield _event(message)
+            async for index, chunk in merged:
+                completion_tokens += len(chunk.token_ids)
+                message = stream.delta(choices[index].index, chunk)
+                if message is not None:
+                    yield _event(message)
+            if stream.body.include_usage:
+                yield _event(stream.usage(completion_tokens))
+        except CLIENT_ERRORS as exc:
+            yield _event(openai_error_body(status_of(exc), str(exc)))
+        except Exception as exc:
+            openai_error_response(exc)  # logs it
+            yield _event(openai_error_body(500, f"internal error ({type(exc).__name__})"))
+    yield DONE_EVENT
+
+
+def _event(message: dict) -> bytes:
+    return b"data: " + json.dumps(message, separators=(",", ":")).encode() + b"\n\n"
+

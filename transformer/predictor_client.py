@@ -1,0 +1,211 @@
+"""Calls to the predictor. Streams (and requests that need top logprobs) go over its generate_stream
+route (server-sent events); one-shot generations go over the configured protocol: the REST
+generate route for `v2`, ModelInfer for `grpc-v2`. Failures become our error types: 400 stays
+400, an overloaded or unreachable predictor is 503, a timeout 504, anything else 502."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import grpc
+import httpx
+import numpy as np
+from kserve import InferenceGRPCClient, InferInput, InferRequest
+from kserve.errors import InvalidInput
+
+from serving.errors import BadGateway, RequestTimeout, ServiceUnavailable
+
+logger = logging.getLogger(__name__)
+
+PROTOCOLS = ("v2", "grpc-v2")
+CONNECT_TIMEOUT_SECONDS = 5.0
+# Idle keep-alive connections kept to the predictor: new connections cost a handshake per request.
+MAX_KEEPALIVE_CONNECTIONS = 256
+
+
+@dataclass(slots=True)
+class Generated:
+    """Tokens the predictor produced since the last chunk (all of them for a one-shot call)."""
+
+    token_ids: list[int]
+    finish_reason: str | None
+    logprobs: list[float] | None = None
+    top_logprobs: list[dict[int, float]] | None = None
+
+
+@dataclass(slots=True)
+class PredictorSettings:
+    host: str
+    protocol: str = "v2"
+    # Host:port of the predictor's REST server, for streams when the protocol is grpc-v2.
+    rest_host: str | None = None
+    use_ssl: bool = False
+    timeout_seconds: float = 600.0
+    retries: int = 0
+    # Readiness also asks the predictor whether it is ready (KServe's --enable_predictor_health_check).
+    check_ready: bool = False
+    # Headers passed on to the predictor (auth and tracing), as KServe's transformer does.
+    forwarded_headers: tuple[str, ...] = field(default=("authorization", "x-request-id", "x-b3-traceid"))
+
+    def __post_init__(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"predictor protocol must be one of {', '.join(PROTOCOLS)}, got {self.protocol!r}")
+        if self.rest_host is None:
+            self.rest_host = self.host if self.protocol == "v2" else _default_rest_host(self.host)
+
+
+class PredictorClient:
+    def __init__(self, model_name: str, settings: PredictorSettings) -> None:
+        self.model_name = model_name
+        self.settings = settings
+        scheme = "https" if settings.use_ssl else "http"
+        self._rest_base = f"{scheme}://{settings.rest_host}/v2/models/{model_name}"
+        self._http = httpx.AsyncClient(
+            timeout=httpx.Timeout(settings.timeout_seconds, connect=CONNECT_TIMEOUT_SECONDS),
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=MAX_KEEPALIVE_CONNECTIONS),
+            transport=httpx.AsyncHTTPTransport(retries=settings.retries),
+        )
+        self._grpc = None
+        if settings.protocol == "grpc-v2":
+            self._grpc = InferenceGRPCClient(
+                settings.host, use_ssl=settings.use_ssl, timeout=settings.timeout_seconds, retries=settings.retries
+            )
+
+    async def close(self) -> None:
+        await self._http.aclose()
+        if self._grpc is not None:
+            await self._grpc.close()
+
+    def describe(self) -> str:
+        if self._grpc is None:
+            return f"v2 REST at {self.settings.host}"
+        return f"v2 gRPC at {self.settings.host} (streams over REST at {self.settings.rest_host})"
+
+    async def ready(self) -> bool:
+        """Whether the predictor says it can serve this model."""
+        try:
+            response = await self._http.get(f"{self._rest_base}/ready")
+        except httpx.HTTPError:
+            return False
+        return response.status_code == 200
+
+    async def generate(self, prompt_ids: list[int], parameters: dict, headers: dict[str, str]) -> Generated:
+        """One generation to the end, over the configured protocol."""
+        if self._grpc is not None and not parameters.get("top_logprobs"):
+            return await self._infer_grpc(prompt_ids, parameters, headers)
+        body = {"input_ids": prompt_ids, "parameters": parameters}
+        with self._translate_errors():
+            response = await self._http.post(f"{self._rest_base}/generate", json=body, headers=self._pass_on(headers))
+        _raise_for_status(response.status_code, response.content)
+        return _generated(response.json())
+
+    async def stream(self, prompt_ids: list[int], parameters: dict, headers: dict[str, str]) -> AsyncIterator[Generated]:
+        """The predictor's tokens as they come. Leaving the iteration early closes the stream,
+        which makes the predictor abort the request and free its KV blocks."""
+        body = {"input_ids": prompt_ids, "parameters": parameters}
+        request = self._http.build_request(
+            "POST", f"{self._rest_base}/generate_stream", json=body, headers=self._pass_on(headers)
+        )
+        with self._translate_errors():
+            response = await self._http.send(request, stream=True)
+        try:
+            with self._translate_errors():
+                if response.status_code != 200:
+                    await response.aread()
+                    _raise_for_status(response.status_code, response.content)
+                async for line in response.aiter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    message = json.loads(line[5:])
+                    if "error" in message:
+                        raise BadGateway(f"the predictor failed mid-stream: {message['error']}")
+                    yield _generated(message)
+        finally:
+            await response.aclose()
+
+    async def _infer_grpc(self, prompt_ids: list[int], parameters: dict, headers: dict[str, str]) -> Generated:
+        tensor = InferInput("input_ids", [1, len(prompt_ids)], "INT64")
+        tensor.set_data_from_numpy(np.array([prompt_ids], dtype=np.int64))
+        # KServe's gRPC parameters hold bool, int64 or string: floats travel as strings.
+        grpc_parameters = {key: str(value) if isinstance(value, float) else value for key, value in parameters.items()}
+        request = InferRequest(model_name=self.model_name, infer_inputs=[tensor], parameters=grpc_parameters)
+        try:
+            response = await self._grpc.infer(request, headers=tuple(self._pass_on(headers).items()))
+        except grpc.aio.AioRpcError as exc:
+            raise _grpc_error(exc, self.settings) from None
+        outputs = {output.name: output for output in response.outputs}
+        length = int(outputs["output_lengths"].as_numpy()[0])
+        logprobs = outputs["logprobs"].as_numpy()[0][:length].tolist() if "logprobs" in outputs else None
+        return Generated(
+            token_ids=outputs["output_ids"].as_numpy()[0][:length].tolist(),
+            finish_reason=_as_text(outputs["finish_reason"].as_numpy()[0]),
+            logprobs=logprobs,
+        )
+
+    def _pass_on(self, headers: dict[str, str]) -> dict[str, str]:
+        return {name: headers[name] for name in self.settings.forwarded_headers if name in headers}
+
+    @contextmanager
+    def _translate_errors(self) -> Iterator[None]:
+        try:
+            yield
+        except httpx.TimeoutException:
+            raise RequestTimeout.after(self.settings.timeout_seconds, "the time limit for the predictor's answer") from None
+        except httpx.TransportError as exc:
+            raise ServiceUnavailable(
+                self.model_name, f"the predictor at {self.settings.rest_host} is unreachable ({type(exc).__name__})"
+            ) from None
+
+
+def _generated(message: dict) -> Generated:
+    top = message.get("top_logprobs")
+    return Generated(
+        token_ids=message["output_ids"],
+        finish_reason=message.get("finish_reason"),
+        logprobs=message.get("logprobs"),
+        top_logprobs=[{int(token): value for token, value in row.items()} for row in top] if top else None,
+    )
+
+
+def _raise_for_status(status: int, content: bytes) -> None:
+    if status == 200:
+        return
+    try:
+        message = json.loads(content)["error"]
+    except (ValueError, KeyError, TypeError):
+        message = content[:200].decode(errors="replace")
+    if status == 400:
+        raise InvalidInput(str(message))
+    if status in (429, 503):
+        raise ServiceUnavailable("predictor", f"the predictor is overloaded or not ready: {message}")
+    if status == 504:
+        raise RequestTimeout(f"the predictor timed out: {message}")
+    raise BadGateway(f"the predictor answered {status}: {message}")
+
+
+_GRPC_UNAVAILABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
+
+
+def _grpc_error(exc: grpc.aio.AioRpcError, settings: PredictorSettings) -> Exception:
+    code, details = exc.code(), exc.details()
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return InvalidInput(details)
+    if code in _GRPC_UNAVAILABLE:
+        return ServiceUnavailable("predictor", f"the predictor at {settings.host} is overloaded or unreachable: {details}")
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return RequestTimeout.after(settings.timeout_seconds, "the time limit for the predictor's answer")
+    return BadGateway(f"the predictor answered {code.name}: {details}")
+
+
+def _as_text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _default_rest_host(grpc_host: str) -> str:
+    """KServe's predictor serves REST on 8080 beside gRPC on 8081."""
+    hostname = grpc_host.rsplit(":", 1)[0] if ":" in grpc_host else grpc_host
+    return f"{hostname}:8080"

@@ -1,0 +1,113 @@
+"""Wire formats of the transformer's KServe routes (v1 instances, v2 parameters, the text generate
+extension), validated at the edge, and their conversion to a TextRequest for the predictor."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
+
+from serving.openai_protocol import MAX_STOP_STRING_CHARS, MAX_STOP_STRINGS, MAX_TOP_LOGPROBS, ChatMessage
+
+
+class TextSamplingFields(BaseModel):
+    """Sampling fields a request may set; anything left out takes the predictor's default.
+
+    Lax number types on purpose: gRPC parameters carry numbers as strings ("0.7"). `stop` is a
+    string or a list of them; v2 parameters hold no lists, so there it is one string.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    temperature: Annotated[float, Field(ge=0.0)] | None = None
+    top_p: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
+    top_k: Annotated[int, Field(ge=-1)] | None = None
+    seed: int | None = None
+    min_tokens: Annotated[int, Field(ge=0)] | None = None
+    ignore_eos: bool | None = None
+    stop_token_ids: list[StrictInt] | None = None
+    stop: str | Annotated[list[str], Field(max_length=MAX_STOP_STRINGS)] | None = None
+    logprobs: bool | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _check_stop(cls, stop: str | list[str] | None) -> str | list[str] | None:
+        for string in [stop] if isinstance(stop, str) else stop or []:
+            if not string or len(string) > MAX_STOP_STRING_CHARS:
+                raise ValueError(f"each stop string must have 1 to {MAX_STOP_STRING_CHARS} characters")
+        return stop
+
+    @property
+    def stop_strings(self) -> list[str]:
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+
+    def predictor_parameters(self, *, logprobs: bool = False) -> dict:
+        """The fields the predictor takes (all but `stop`, which the transformer applies);
+        `logprobs=True` asks for them whatever the request said (for `confidence`)."""
+        parameters = self.model_dump(include=set(TextSamplingFields.model_fields) - {"stop"}, exclude_none=True)
+        if logprobs:
+            parameters["logprobs"] = True
+        return parameters
+
+
+class PredictInstance(TextSamplingFields):
+    """One v1 instance: a completion `prompt` or chat `messages`, plus sampling fields."""
+
+    prompt: str | None = None
+    messages: Annotated[list[ChatMessage], Field(min_length=1)] | None = None
+
+    @model_validator(mode="after")
+    def _one_input(self) -> PredictInstance:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("each instance needs exactly one of `prompt` (text) or `messages` (chat)")
+        return self
+
+
+class PredictRequest(BaseModel):
+    """A v1 predict body. Other top-level keys are ignored rather than refused: an InferenceGraph
+    router step adds its decision (`route`, `route_score`) to the request it passes on."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    instances: Annotated[list[PredictInstance], Field(min_length=1)]
+    stream: bool = False
+
+
+class Prediction(BaseModel):
+    text: str
+    finish_reason: str
+    # The least likely generated token's log-probability: low means the model was unsure
+    # (an InferenceGraph cascade escalates on it).
+    confidence: float | None
+    prompt_tokens: int
+    completion_tokens: int
+    logprobs: list[float] | None = None
+
+
+class TextGenerateRequest(BaseModel):
+    """Body of the text generate extension: /v2/models/{name}/generate and /generate_stream."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text_input: str
+    parameters: TextSamplingFields = Field(default_factory=TextSamplingFields)
+
+
+class TextGenerateResponse(BaseModel):
+    model_name: str
+    text_output: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    logprobs: list[float] | None = None
+
+
+class TextGenerateEvent(BaseModel):
+    """One server-sent event: the text new since the previous one; finish_reason on the last."""
+
+    model_name: str
+    text_output: str
+    finish_reason: str | None
+    logprobs: list[float] | None = None

@@ -1,0 +1,110 @@
+"""The checkpoint's tokenizer and chat template, loaded offline and without torch (the transformer
+holds no model), plus the context limit that prompts are checked against before anything reaches
+the predictor."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from transformers import PreTrainedTokenizerFast
+
+logger = logging.getLogger(__name__)
+
+# Texts longer than this are tokenized in a worker thread, so a huge prompt does not stall every
+# other stream on the event loop; shorter ones cost less than the thread hop.
+INLINE_TOKENIZE_CHARS = 16_384
+# tokenizer_config.json's model_max_length is a huge sentinel when the checkpoint does not set it.
+UNSET_MODEL_MAX_LENGTH = 10**9
+
+
+class TokenizerLoadError(RuntimeError):
+    """The directory holds no usable tokenizer."""
+
+
+class ChatTemplateError(ValueError):
+    """The messages cannot be rendered: no template, or the template refused them."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationTurn:
+    """A chat message reduced to what a chat template reads."""
+
+    role: str
+    content: str
+
+
+class TextTokenizer:
+    """Text <-> token ids for one checkpoint directory."""
+
+    def __init__(self, directory: str | Path, max_model_len: int | None = None) -> None:
+        directory = Path(directory)
+        if not (directory / "tokenizer.json").is_file():
+            raise TokenizerLoadError(f"no tokenizer.json in {directory} (a fast tokenizer is required)")
+        try:
+            self._tokenizer = PreTrainedTokenizerFast.from_pretrained(str(directory), local_files_only=True)
+        except (OSError, ValueError) as exc:
+            raise TokenizerLoadError(f"cannot load the tokenizer in {directory}: {exc}") from None
+        self.max_model_len = max_model_len or _context_limit(directory, self._tokenizer.model_max_length)
+        self.has_chat_template = bool(self._tokenizer.chat_template)
+        logger.info(
+            "tokenizer from %s: vocabulary %d, context limit %d tokens, chat template %s",
+            directory, len(self._tokenizer), self.max_model_len, "yes" if self.has_chat_template else "no",
+        )
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self._tokenizer)
+
+    def encode(self, text: str) -> list[int]:
+        """A completion prompt's ids, with the special tokens the tokenizer adds (e.g. BOS)."""
+        return self._tokenizer.encode(text, add_special_tokens=True)
+
+    def encode_chat(self, messages: list[ConversationTurn], add_generation_prompt: bool = True) -> list[int]:
+        """A conversation rendered by the checkpoint's chat template. The template writes its own
+        special tokens, so none are added on top (that would double the BOS)."""
+        if not self.has_chat_template:
+            raise ChatTemplateError("this model has no chat template; use the completions API with a plain prompt")
+        conversation = [{"role": message.role, "content": message.content} for message in messages]
+        try:
+            text = self._tokenizer.apply_chat_template(
+                conversation, add_generation_prompt=add_generation_prompt, tokenize=False
+            )
+        except Exception as exc:  # jinja2 raises TemplateError subclasses, and raise_exception() in templates
+            raise ChatTemplateError(f"the chat template refused these messages: {exc}") from None
+        return self._tokenizer.encode(text, add_special_tokens=False)
+
+    async def encode_async(self, text: str) -> list[int]:
+        if len(text) <= INLINE_TOKENIZE_CHARS:
+            return self.encode(text)
+        return await asyncio.to_thread(self.encode, text)
+
+    async def encode_chat_async(self, messages: list[ConversationTurn], add_generation_prompt: bool = True) -> list[int]:
+        if sum(len(message.content) for message in messages) <= INLINE_TOKENIZE_CHARS:
+            return self.encode_chat(messages, add_generation_prompt)
+        return await asyncio.to_thread(self.encode_chat, messages, add_generation_prompt)
+
+    def decode(self, token_ids: list[int]) -> str:
+        """Text of the ids, special tokens skipped (what a client reads)."""
+        return self._tokenizer.decode(token_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+    def token_text(self, token_id: int) -> str:
+        """One token on its own, as OpenAI's logprobs show it (special tokens included)."""
+        return self._tokenizer.decode([token_id], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+
+def _context_limit(directory: Path, tokenizer_limit: int) -> int:
+    """The checkpoint's context length: config.json's max_position_embeddings (what the predictor
+    uses too), else the tokenizer's model_max_length."""
+    config_path = directory / "config.json"
+    if config_path.is_file():
+        config = json.loads(config_path.read_text())
+        for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+            if isinstance(config.get(key), int) and config[key] > 0:
+                return config[key]
+    if 0 < tokenizer_limit < UNSET_MODEL_MAX_LENGTH:
+        return tokenizer_limit
+    raise TokenizerLoadError(f"cannot tell the context length of the model in {directory}: pass --max_model_len")
