@@ -76,6 +76,16 @@ def error_body(exc: BaseException) -> dict:
     return {"error": str(exc)}
 
 
+class InternalError(Exception):
+    """Something failed that the client cannot fix: 500, reported by the failure's type only."""
+
+    def __init__(self, cause: BaseException) -> None:
+        self.reason = f"internal error ({type(cause).__name__})"
+
+    def __str__(self) -> str:
+        return self.reason
+
+
 # Status codes of our own exception types; KServe's handlers cover its types (InvalidInput 400,
 # ModelNotFound 404, ModelNotReady 503, ...).
 STATUS_CODES: dict[type[Exception], HTTPStatus] = {
@@ -83,6 +93,7 @@ STATUS_CODES: dict[type[Exception], HTTPStatus] = {
     RequestTimeout: HTTPStatus.GATEWAY_TIMEOUT,
     PayloadTooLarge: HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
     BadGateway: HTTPStatus.BAD_GATEWAY,
+    InternalError: HTTPStatus.INTERNAL_SERVER_ERROR,
 }
 
 
@@ -111,9 +122,9 @@ def openai_error_response(exc: BaseException) -> JSONResponse:
     """Any exception as an OpenAI-shaped error; unexpected ones are logged and reported by type
     only (no stack trace, no internals, in the response)."""
     status = status_of(exc)
-    if status == HTTPStatus.INTERNAL_SERVER_ERROR:
+    if status == HTTPStatus.INTERNAL_SERVER_ERROR and not isinstance(exc, InternalError):
         logger.error("internal error", exc_info=exc)
-        message = f"internal error ({type(exc).__name__})"
+        message = str(InternalError(exc))
     else:
         logger.warning("%d: %s", status, exc)
         message = str(exc)

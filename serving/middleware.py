@@ -5,11 +5,14 @@ JSON assumed for v2 infer requests that name no content type."""
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from kserve.constants.constants import INFERENCE_CONTENT_LENGTH_HEADER
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from serving.errors import RETRY_AFTER_SECONDS, PayloadTooLarge, error_response
+from serving.errors import RETRY_AFTER_SECONDS, InternalError, PayloadTooLarge, error_response
+
+logger = logging.getLogger(__name__)
 
 _DISCONNECT: Message = {"type": "http.disconnect"}
 INFERENCE_HEADER_CONTENT_LENGTH = INFERENCE_CONTENT_LENGTH_HEADER.encode()
@@ -58,7 +61,7 @@ class ClientConnectionMiddleware:
     async def _run_until_disconnect(self, scope: Scope, body: Message, receive: Receive, send: Send) -> None:
         disconnected = asyncio.Event()
         pending = [body]
-        response_complete = False
+        response_started = response_complete = False
 
         async def app_receive() -> Message:
             if pending:
@@ -67,7 +70,8 @@ class ClientConnectionMiddleware:
             return _DISCONNECT
 
         async def app_send(message: Message) -> None:
-            nonlocal response_complete
+            nonlocal response_started, response_complete
+            response_started = True
             if message["type"] == "http.response.body" and not message.get("more_body", False):
                 response_complete = True
             await send(message)
@@ -87,17 +91,32 @@ class ClientConnectionMiddleware:
             if not app.done() and not response_complete:
                 app.cancel()
             await asyncio.wait({app})
-            if not app.cancelled():
-                app.result()  # re-raises what the app raised, for uvicorn to log
+            if not app.cancelled() and app.exception() is not None:
+                await self._internal_error(scope, app.exception(), response_started, send)
         finally:
             watcher.cancel()
             app.cancel()
+
+    @staticmethod
+    async def _internal_error(scope: Scope, exc: BaseException, response_started: bool, send: Send) -> None:
+        """An unexpected failure: logged with its stack trace, answered as a 500 that names only
+        its type (KServe's own handler would put the exception's text, internals included, in the
+        body). If the response has already started, the connection is dropped instead."""
+        if response_started:
+            raise exc
+        logger.error("internal error on %s", scope.get("path", ""), exc_info=exc)
+        response = error_response(InternalError(exc), scope.get("path", ""))
+        await response(scope, _no_receive, send)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         # Close the connection: the rest of the body may still be on its way, unread.
         response = error_response(PayloadTooLarge(self.max_body_bytes), scope.get("path", ""))
         response.headers["connection"] = "close"
         await response(scope, receive, send)
+
+
+async def _no_receive() -> Message:
+    return _DISCONNECT
 
 
 def _declared_length(scope: Scope) -> int:

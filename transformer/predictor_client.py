@@ -69,11 +69,8 @@ class PredictorClient:
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=MAX_KEEPALIVE_CONNECTIONS),
             transport=httpx.AsyncHTTPTransport(retries=settings.retries),
         )
-        self._grpc = None
-        if settings.protocol == "grpc-v2":
-            self._grpc = InferenceGRPCClient(
-                settings.host, use_ssl=settings.use_ssl, timeout=settings.timeout_seconds, retries=settings.retries
-            )
+        # Made on first use: a gRPC aio channel belongs to the event loop it was made on.
+        self._grpc: InferenceGRPCClient | None = None
 
     async def close(self) -> None:
         await self._http.aclose()
@@ -81,7 +78,7 @@ class PredictorClient:
             await self._grpc.close()
 
     def describe(self) -> str:
-        if self._grpc is None:
+        if self.settings.protocol == "v2":
             return f"v2 REST at {self.settings.host}"
         return f"v2 gRPC at {self.settings.host} (streams over REST at {self.settings.rest_host})"
 
@@ -95,7 +92,7 @@ class PredictorClient:
 
     async def generate(self, prompt_ids: list[int], parameters: dict, headers: dict[str, str]) -> Generated:
         """One generation to the end, over the configured protocol."""
-        if self._grpc is not None and not parameters.get("top_logprobs"):
+        if self.settings.protocol == "grpc-v2" and not parameters.get("top_logprobs"):
             return await self._infer_grpc(prompt_ids, parameters, headers)
         body = {"input_ids": prompt_ids, "parameters": parameters}
         with self._translate_errors():
@@ -133,6 +130,11 @@ class PredictorClient:
         # KServe's gRPC parameters hold bool, int64 or string: floats travel as strings.
         grpc_parameters = {key: str(value) if isinstance(value, float) else value for key, value in parameters.items()}
         request = InferRequest(model_name=self.model_name, infer_inputs=[tensor], parameters=grpc_parameters)
+        if self._grpc is None:
+            settings = self.settings
+            self._grpc = InferenceGRPCClient(
+                settings.host, use_ssl=settings.use_ssl, timeout=settings.timeout_seconds, retries=settings.retries
+            )
         try:
             response = await self._grpc.infer(request, headers=tuple(self._pass_on(headers).items()))
         except grpc.aio.AioRpcError as exc:

@@ -12,7 +12,7 @@ class StopStringMatcher:
 
     def feed(self, text: str) -> str:
         """The part of `text` (after what was held back) that is safe to emit. Once a stop string
-        appears, returns the text before it and sets `stopped`; the stop string is not emitted."""
+        is complete, returns the text before it and sets `stopped`; the stop string is not emitted."""
         if self.stopped:
             return ""
         buffer = self._held + text
@@ -31,8 +31,11 @@ class StopStringMatcher:
         return "" if self.stopped else held
 
     def _earliest_match(self, buffer: str) -> int | None:
-        positions = [index for string in self._stop if (index := buffer.find(string)) >= 0]
-        return min(positions, default=None)
+        """Where the stop string that completes first begins (of two completing at the same
+        character, the longer). Completion order is what a stream sees, so the answer does not
+        depend on how the text was cut into chunks."""
+        matches = [(index + len(string), index) for string in self._stop if (index := buffer.find(string)) >= 0]
+        return min(matches)[1] if matches else None
 
     def _partial_match_length(self, buffer: str) -> int:
         """Length of the longest end of `buffer` that begins some stop string."""

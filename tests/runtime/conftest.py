@@ -4,15 +4,8 @@ ports, stopped after use, and reference outputs of the engine itself on the same
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -24,12 +17,9 @@ from kserve import InferenceGRPCClient, InferInput, InferRequest, InferResponse
 from runtime.demo import build_demo_model
 from runtime.engine import EngineConfig, LLMEngine, SamplingParams
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-MODEL_NAME = "demo"
+from tests.servers import MODEL_NAME, REPO_ROOT, Server, free_port, start_process  # noqa: F401 (re-exported)
+
 NUM_KV_BLOCKS = 128
-# The first start on a fresh machine may build the demo model.
-START_TIMEOUT = 180.0
-STOP_TIMEOUT = 30.0
 # Small, CPU-only, one thread per server: several servers share 2 cores during the suite.
 SERVER_ARGS = [
     "--demo", "small", "--model_name", MODEL_NAME, "--device", "cpu", "--dtype", "float32",
@@ -38,88 +28,9 @@ SERVER_ARGS = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@dataclass
-class Server:
-    process: subprocess.Popen
-    http_port: int
-    grpc_port: int
-    log_path: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
-
-    @property
-    def grpc_url(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
-
-    def metric(self, name: str, labels: str = "") -> float:
-        """The value of one sample on /metrics (`labels` e.g. 'finished_reason="length"')."""
-        text = httpx.get(f"{self.url}/metrics", timeout=10).text
-        for line in text.splitlines():
-            if line.startswith(name + "{") and f'model_name="{MODEL_NAME}"' in line and labels in line:
-                return float(line.rsplit(" ", 1)[1])
-        return 0.0
-
-    def wait_for_metric(self, name: str, predicate: Callable[[float], bool], timeout: float = 10.0) -> float:
-        deadline = time.monotonic() + timeout
-        while True:
-            value = self.metric(name)
-            if predicate(value) or time.monotonic() > deadline:
-                return value
-            time.sleep(0.02)
-
-
 def start_server(log_dir: Path, *extra_args: str, new_session: bool = False) -> Server:
-    """`new_session`: the server leads a session of its own, so that what it spawns can be found."""
-    http_port, grpc_port = free_port(), free_port()
-    log_path = log_dir / f"server-{http_port}.log"
-    env = dict(os.environ, KSERVE_LLM_CPU_KERNELS="0", PYTHONUNBUFFERED="1")
-    command = [sys.executable, "-m", "runtime", *SERVER_ARGS, "--http_port", str(http_port),
-               "--grpc_port", str(grpc_port), *extra_args]
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                   start_new_session=new_session)
-    server = Server(process, http_port, grpc_port, log_path)
-    try:
-        _wait_until_ready(server)
-    except BaseException:
-        server.stop()
-        raise
-    return server
-
-
-def _wait_until_ready(server: Server) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise RuntimeError(f"the server exited with {server.process.returncode}:\n{server.log()[-3000:]}")
-        try:
-            if httpx.get(f"{server.url}/v2/models/{MODEL_NAME}/ready", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"the server was not ready within {START_TIMEOUT} s:\n{server.log()[-3000:]}")
+    """A predictor on the demo model with the suite's settings, plus `extra_args`."""
+    return start_process("runtime", log_dir, [*SERVER_ARGS, *extra_args], new_session)
 
 
 @pytest.fixture(scope="session")

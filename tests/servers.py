@@ -1,0 +1,106 @@
+"""Real server processes for the tests: started on 127.0.0.1 with free ports, waited for until
+ready, stopped (SIGTERM, then SIGKILL) after use."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+MODEL_NAME = "demo"
+# The first start on a fresh machine may build the demo model.
+START_TIMEOUT = 180.0
+STOP_TIMEOUT = 30.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen
+    http_port: int
+    grpc_port: int
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+    def metric(self, name: str, labels: str = "") -> float:
+        """The value of one sample on /metrics (`labels` e.g. 'finished_reason="length"')."""
+        text = httpx.get(f"{self.url}/metrics", timeout=10).text
+        for line in text.splitlines():
+            if line.startswith(name + "{") and f'model_name="{MODEL_NAME}"' in line and labels in line:
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    def wait_for_metric(self, name: str, predicate: Callable[[float], bool], timeout: float = 10.0) -> float:
+        deadline = time.monotonic() + timeout
+        while True:
+            value = self.metric(name)
+            if predicate(value) or time.monotonic() > deadline:
+                return value
+            time.sleep(0.02)
+
+
+def start_process(module: str, log_dir: Path, args: list[str], new_session: bool = False) -> Server:
+    """`python -m module *args` with free HTTP and gRPC ports, once its model is ready.
+    `new_session`: the server leads a session of its own, so that what it spawns can be found."""
+    http_port, grpc_port = free_port(), free_port()
+    log_path = log_dir / f"{module}-{http_port}.log"
+    env = dict(os.environ, KSERVE_LLM_CPU_KERNELS="0", PYTHONUNBUFFERED="1")
+    command = [sys.executable, "-m", module, *args, "--http_port", str(http_port), "--grpc_port", str(grpc_port)]
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                   start_new_session=new_session)
+    server = Server(process, http_port, grpc_port, log_path)
+    try:
+        _wait_until_ready(server)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def _wait_until_ready(server: Server) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"the server exited with {server.process.returncode}:\n{server.log()[-3000:]}")
+        try:
+            if httpx.get(f"{server.url}/v2/models/{MODEL_NAME}/ready", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"the server was not ready within {START_TIMEOUT} s:\n{server.log()[-3000:]}")

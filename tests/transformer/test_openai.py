@@ -1,0 +1,161 @@
+"""The OpenAI-compatible API, driven by the official `openai` client (sync, async, streaming)
+against a real transformer in front of a real predictor."""
+
+from __future__ import annotations
+
+import openai
+import pytest
+
+from tests.servers import MODEL_NAME
+
+SEEDED = dict(temperature=1.0, seed=1234)
+
+
+@pytest.fixture
+def client(transformer) -> openai.OpenAI:
+    with openai.OpenAI(base_url=f"{transformer.url}/openai/v1", api_key="unused", max_retries=0) as client:
+        yield client
+
+
+def test_models_lists_the_served_model(client):
+    models = client.models.list()
+    assert [model.id for model in models.data] == [MODEL_NAME]
+    assert client.models.retrieve(MODEL_NAME).id == MODEL_NAME
+
+
+def test_completion(client):
+    completion = client.completions.create(model=MODEL_NAME, prompt="The history of", max_tokens=8, **SEEDED)
+    choice = completion.choices[0]
+    assert completion.object == "text_completion" and choice.finish_reason == "length"
+    assert completion.usage.completion_tokens == 8 and completion.usage.prompt_tokens > 0
+    assert completion.usage.total_tokens == completion.usage.prompt_tokens + 8
+    assert choice.text
+
+
+def test_streamed_completion_concatenates_to_the_whole_text(client):
+    whole = client.completions.create(model=MODEL_NAME, prompt="Once upon a time", max_tokens=24, **SEEDED)
+    chunks = list(client.completions.create(model=MODEL_NAME, prompt="Once upon a time", max_tokens=24, stream=True,
+                                            stream_options={"include_usage": True}, **SEEDED))
+    text = "".join(chunk.choices[0].text for chunk in chunks if chunk.choices)
+    assert text == whole.choices[0].text
+    assert [chunk.choices[0].finish_reason for chunk in chunks if chunk.choices][-1] == "length"
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 24
+
+
+def test_chat_completion_and_its_stream_agree(client):
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is a list?"}]
+    whole = client.chat.completions.create(model=MODEL_NAME, messages=messages, max_tokens=20, **SEEDED)
+    assert whole.choices[0].message.role == "assistant"
+    stream = client.chat.completions.create(model=MODEL_NAME, messages=messages, max_tokens=20, stream=True,
+                                            **SEEDED)
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in chunks)
+    assert text == whole.choices[0].message.content
+    assert chunks[-1].choices[0].finish_reason == whole.choices[0].finish_reason
+
+
+def test_max_completion_tokens_and_extensions_reach_the_predictor(client):
+    completion = client.chat.completions.create(
+        model=MODEL_NAME, messages=[{"role": "user", "content": "hi"}], temperature=0,
+        extra_body={"min_tokens": 30, "ignore_eos": True}, max_completion_tokens=30,
+    )
+    assert completion.usage.completion_tokens == 30
+    assert completion.choices[0].finish_reason == "length"
+
+
+def test_stop_string_across_tokens_ends_the_request_early(client, transformer, predictor):
+    prompt = "Classes and instances"
+    free = client.completions.create(model=MODEL_NAME, prompt=prompt, max_tokens=40, logprobs=0, **SEEDED)
+    tokens = free.choices[0].logprobs.tokens
+    # A stop string made of the end of one token and the start of the next.
+    position = next(i for i in range(5, len(tokens) - 1) if len(tokens[i].strip()) >= 2 and len(tokens[i + 1]) >= 2)
+    stop = tokens[position][-2:] + tokens[position + 1][:2]
+    expected = free.choices[0].text[: free.choices[0].text.find(stop)]
+    generated_before = predictor.metric("vllm:generation_tokens_total")
+
+    stopped = client.completions.create(model=MODEL_NAME, prompt=prompt, max_tokens=40, stop=[stop], **SEEDED)
+
+    assert stopped.choices[0].text == expected and stop not in stopped.choices[0].text
+    assert stopped.choices[0].finish_reason == "stop"
+    assert stopped.usage.completion_tokens <= position + 2
+    # The predictor was told at once: it did not run on to max_tokens.
+    assert predictor.metric("vllm:generation_tokens_total") - generated_before < 40
+    streamed = client.completions.create(model=MODEL_NAME, prompt=prompt, max_tokens=40, stop=stop, stream=True,
+                                         **SEEDED)
+    assert "".join(chunk.choices[0].text for chunk in streamed) == expected
+
+
+def test_n_choices_differ_and_stream_by_index(client):
+    whole = client.completions.create(model=MODEL_NAME, prompt="Modules", max_tokens=10, n=3, **SEEDED)
+    texts = [choice.text for choice in sorted(whole.choices, key=lambda choice: choice.index)]
+    assert len(set(texts)) == 3
+    assert whole.usage.completion_tokens == 30
+    streamed = {0: "", 1: "", 2: ""}
+    for chunk in client.completions.create(model=MODEL_NAME, prompt="Modules", max_tokens=10, n=3, stream=True,
+                                           **SEEDED):
+        for choice in chunk.choices:
+            streamed[choice.index] += choice.text
+    assert [streamed[index] for index in range(3)] == texts
+
+
+def test_chat_logprobs_with_alternatives(client):
+    completion = client.chat.completions.create(
+        model=MODEL_NAME, messages=[{"role": "user", "content": "Name a number"}], max_tokens=5, logprobs=True,
+        top_logprobs=3, temperature=0,
+    )
+    content = completion.choices[0].logprobs.content
+    assert len(content) == 5
+    for entry in content:
+        assert len(entry.top_logprobs) == 3
+        # Greedy: the chosen token is the most likely one.
+        assert entry.logprob == pytest.approx(max(alt.logprob for alt in entry.top_logprobs), abs=1e-4)
+        assert bytes(entry.bytes).decode(errors="replace") == entry.token
+
+
+def test_completion_logprobs(client):
+    completion = client.completions.create(model=MODEL_NAME, prompt="import", max_tokens=4, logprobs=2, temperature=0)
+    logprobs = completion.choices[0].logprobs
+    assert len(logprobs.tokens) == len(logprobs.token_logprobs) == len(logprobs.top_logprobs) == 4
+    assert all(len(top) <= 2 for top in logprobs.top_logprobs)
+    assert all(value <= 0 for value in logprobs.token_logprobs)
+
+
+async def test_async_client_streams(transformer):
+    async with openai.AsyncOpenAI(base_url=f"{transformer.url}/openai/v1", api_key="unused", max_retries=0) as client:
+        stream = await client.chat.completions.create(
+            model=MODEL_NAME, messages=[{"role": "user", "content": "Count"}], max_tokens=6, stream=True, **SEEDED
+        )
+        deltas = [chunk.choices[0].delta.content async for chunk in stream if chunk.choices]
+        whole = await client.chat.completions.create(
+            model=MODEL_NAME, messages=[{"role": "user", "content": "Count"}], max_tokens=6, **SEEDED
+        )
+    assert "".join(delta or "" for delta in deltas) == whole.choices[0].message.content
+
+
+def test_openai_errors(client):
+    with pytest.raises(openai.NotFoundError) as not_found:
+        client.completions.create(model="no-such-model", prompt="x")
+    assert not_found.value.body["code"] == "model_not_found"
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.completions.create(model=MODEL_NAME, prompt="x", temperature=7)
+    assert bad.value.body["param"] == "temperature" and bad.value.body["type"] == "invalid_request_error"
+    with pytest.raises(openai.BadRequestError) as unsupported:
+        client.chat.completions.create(model=MODEL_NAME, messages=[{"role": "user", "content": "x"}],
+                                       tools=[{"type": "function", "function": {"name": "f"}}])
+    assert "tools" in unsupported.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as too_many_stops:
+        client.completions.create(model=MODEL_NAME, prompt="x", stop=["a", "b", "c", "d", "e"])
+    assert "stop" in too_many_stops.value.body["message"]
+
+
+def test_prompt_too_long_is_refused_before_the_predictor(client, predictor):
+    prompts_before = predictor.metric("vllm:prompt_tokens_total")
+    with pytest.raises(openai.BadRequestError) as too_long:
+        client.completions.create(model=MODEL_NAME, prompt="hello world " * 2000, max_tokens=4)
+    message = too_long.value.body["message"]
+    assert "2048" in message and "tokens" in message
+    with pytest.raises(openai.BadRequestError) as no_room:
+        client.completions.create(model=MODEL_NAME, prompt="hello", max_tokens=4000)
+    assert "at most" in no_room.value.body["message"]
+    assert predictor.metric("vllm:prompt_tokens_total") == prompts_before
