@@ -32,15 +32,9 @@ $(INSTALL_STAMP): setup.cfg pyproject.toml | $(VENV_PYTHON)
 test: install
 	$(VENV_PYTHON) -m pytest -q $(PYTEST_ARGS)
 
+# The predictor and the transformer on the demo model, as local processes (ports in the table it prints).
 serve: install
-	@if [ -f runtime/__main__.py ]; then \
-		echo "$(VENV_PYTHON) -m runtime $(SERVE_ARGS)"; \
-		exec $(VENV_PYTHON) -m runtime $(SERVE_ARGS); \
-	else \
-		echo "The predictor server (python -m runtime) is not built yet; running the engine on the demo model:"; \
-		echo "$(VENV_PYTHON) -m runtime.engine $(SERVE_ARGS) --prompt \"Once upon a time\""; \
-		exec $(VENV_PYTHON) -m runtime.engine $(SERVE_ARGS) --prompt "Once upon a time"; \
-	fi
+	exec $(VENV_PYTHON) -m serving.local_stack $(SERVE_ARGS)
 
 bench: install
 	$(VENV_PYTHON) benchmarks/engine_throughput.py $(BENCH_ARGS)

@@ -114,12 +114,18 @@ class PredictorClient:
                 if response.status_code != 200:
                     await response.aread()
                     _raise_for_status(response.status_code, response.content)
-                async for line in response.aiter_lines():
+                lines = response.aiter_lines()
+                async for line in lines:
                     if not line.startswith("data:"):
                         continue
                     message = json.loads(line[5:])
                     if "error" in message:
                         raise BadGateway(f"the predictor failed mid-stream: {message['error']}")
+                    if message.get("finish_reason") is not None:
+                        # Read the body's end before handing over the last event, so that the
+                        # connection goes back to the pool instead of being closed half-read.
+                        async for _ in lines:
+                            pass
                     yield _generated(message)
         finally:
             await response.aclose()
