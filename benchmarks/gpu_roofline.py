@@ -2,10 +2,11 @@
 bf16 weights, as a fraction of the HBM roofline, against transformers' `generate_batch`.
 
 For each batch size, requests with ~`--context_len`-token prompts are prefilled, then
-`--decode_steps` engine steps (every request decoding) are timed. The roofline of a step is
-the bytes it must read, weights + the KV cache of every sequence, over the memory bandwidth
-measured in the same run (a large device-to-device copy). The model is built in memory on
-the device (`LLMEngine(config, model=...)`), so nothing is written to disk.
+`--decode_steps` engine steps (every request decoding) are timed, once with decode steps
+replayed as CUDA graphs and once eagerly (`--modes`; graphs need the triton attention backend).
+The roofline of a step is the bytes it must read, weights + the KV cache of every sequence,
+over the memory bandwidth measured in the same run (a large device-to-device copy). The model
+is built in memory on the device (`LLMEngine(config, model=...)`), so nothing is written to disk.
 
 Usage (GPU): PYTHONPATH=. python benchmarks/gpu_roofline.py --json $OUT/gpu_roofline.json
 CPU check of the logic: PYTHONPATH=. python benchmarks/gpu_roofline.py --tiny --device cpu
@@ -34,6 +35,8 @@ logger = logging.getLogger(__name__)
 FULL_SHAPE = dict(hidden=4096, num_layers=32, num_heads=32, num_kv_heads=8, intermediate=14336, vocab=128256)
 TINY_SHAPE = dict(hidden=256, num_layers=2, num_heads=4, num_kv_heads=2, intermediate=512, vocab=1024)
 WARMUP_DECODE_STEPS = 3
+# How the engine runs decode steps: replaying captured CUDA graphs, or eagerly (enforce_eager).
+ENGINE_MODES = ("cuda_graphs", "eager")
 # Each request may decode this many tokens while the others are still being prefilled.
 TOKEN_HEADROOM = 256
 BANDWIDTH_BYTES = {"cuda": 4 << 30, "cpu": 256 << 20}
@@ -68,6 +71,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--decode_steps", type=int, default=None, help="timed steps (default 32; tiny 4)")
     parser.add_argument("--attention_backends", default=None,
                         help="comma-separated engine backends (default triton,torch on cuda; torch on cpu)")
+    parser.add_argument("--modes", default=None,
+                        help=f"comma-separated engine modes, each run with every backend: {', '.join(ENGINE_MODES)} "
+                             "(default both on cuda; eager on cpu)")
     parser.add_argument("--max_num_batched_tokens", type=int, default=8192, help="engine prefill budget per step")
     parser.add_argument("--hf_batch", type=int, default=None, help="generate_batch batch size (default 64; 0 skips)")
     parser.add_argument("--hf_decode_steps", type=int, default=None,
@@ -88,12 +94,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.context_len = args.context_len or (64 if args.tiny else 1024)
     args.decode_steps = args.decode_steps or (4 if args.tiny else 32)
     args.attention_backends = (args.attention_backends or ("triton,torch" if on_cuda else "torch")).split(",")
+    args.modes = (args.modes or (",".join(ENGINE_MODES) if on_cuda else "eager")).split(",")
     args.hf_batch = (4 if args.tiny else 64) if args.hf_batch is None else args.hf_batch
     args.hf_decode_steps = args.hf_decode_steps or (32 if args.tiny else 128)
     if on_cuda and not torch.cuda.is_available():
         parser.error("--device cuda but torch sees no GPU (use --device cpu --tiny for a logic check)")
     if min(args.batch_sizes) < 1 or min(args.context_len, args.decode_steps, args.hf_decode_steps) < 1:
         parser.error("batch sizes, --context_len and the decode steps must be >= 1")
+    unknown_modes = set(args.modes) - set(ENGINE_MODES)
+    if unknown_modes:
+        parser.error(f"unknown --modes {', '.join(sorted(unknown_modes))}; choose from {', '.join(ENGINE_MODES)}")
     return args
 
 
@@ -213,7 +223,14 @@ def record_lengths(outputs, num_tokens: dict[str, int]) -> None:
         num_tokens[output.request_id] = len(output.prompt_token_ids) + len(output.output_token_ids)
 
 
-def run_engine(model: torch.nn.Module, backend: str, args: argparse.Namespace, roofline) -> list[DecodeResult]:
+def system_name(backend: str, mode: str) -> str:
+    return f"ours/{backend}/{mode}"
+
+
+def run_engine(
+    model: torch.nn.Module, backend: str, mode: str, args: argparse.Namespace, roofline
+) -> list[DecodeResult]:
+    system = system_name(backend, mode)
     max_batch = max(args.batch_sizes)
     max_model_len = args.context_len + TOKEN_HEADROOM + WARMUP_DECODE_STEPS + args.decode_steps
     block_size = 16
@@ -227,6 +244,7 @@ def run_engine(model: torch.nn.Module, backend: str, args: argparse.Namespace, r
         max_num_batched_tokens=max(args.max_num_batched_tokens, max_batch),
         max_model_len=max_model_len,
         attention_backend=backend,
+        enforce_eager=mode == "eager",
     )
     engine = LLMEngine(config, model=model)
     actual = engine.runner.attention_backend.name
@@ -235,12 +253,15 @@ def run_engine(model: torch.nn.Module, backend: str, args: argparse.Namespace, r
     rng = random.Random(args.seed)
     results = []
     try:
+        if mode == "cuda_graphs" and engine.runner.decode_graphs is None:
+            args.not_measured[system] = f"no CUDA graphs: {engine.runner.decode_graph_blocker()}"
+            logger.warning("%s not measured: %s", system, args.not_measured[system])
+            return results
         for batch in args.batch_sizes:
-            if over_budget(args, f"ours/{backend} batch {batch}"):
+            if over_budget(args, f"{system} batch {batch}"):
                 continue
             tokens_per_second, mean_context = measure_engine_decode(engine, batch, args, rng)
-            results.append(make_result(f"ours/{backend}", batch, args.decode_steps, tokens_per_second, mean_context,
-                                       roofline))
+            results.append(make_result(system, batch, args.decode_steps, tokens_per_second, mean_context, roofline))
             logger.info("%s", results[-1])
     finally:
         del engine
@@ -328,6 +349,8 @@ def print_table(summary: dict) -> None:
         print(f"{name}: FAILED: {error}")
     for measurement in summary["skipped_for_time"]:
         print(f"{measurement}: SKIPPED (time budget)")
+    for system, reason in summary["not_measured"].items():
+        print(f"{system}: NOT MEASURED ({reason})")
     hf = summary["transformers_generate_batch"]
     if hf and "error" in hf:
         print(f"transformers generate_batch did not run: {hf}")
@@ -338,6 +361,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args.started = started = time.perf_counter()
     args.skipped = []
+    args.not_measured = {}
     device = torch.device(args.device)
     note = shape_note(args)
     logger.info("building the model (%s) on %s", note, device)
@@ -353,14 +377,16 @@ def main(argv: list[str] | None = None) -> None:
     results: list[DecodeResult] = []
     errors: dict[str, str] = {}
     for backend in args.attention_backends:
-        if over_budget(args, f"ours/{backend}"):
-            continue
-        try:
-            results += run_engine(model, backend, args, roofline)
-        except Exception as exc:
-            logger.exception("engine with attention backend %s failed", backend)
-            errors[f"ours/{backend}"] = f"{type(exc).__name__}: {exc}"[:500]
-            release_memory(args.device)
+        for mode in args.modes:
+            system = system_name(backend, mode)
+            if over_budget(args, system):
+                continue
+            try:
+                results += run_engine(model, backend, mode, args, roofline)
+            except Exception as exc:
+                logger.exception("%s failed", system)
+                errors[system] = f"{type(exc).__name__}: {exc}"[:500]
+                release_memory(args.device)
     hf_report = None
     if args.hf_batch and not over_budget(args, "transformers generate_batch"):
         try:
@@ -383,6 +409,7 @@ def main(argv: list[str] | None = None) -> None:
         "results": [asdict(result) for result in results],
         "errors": errors,
         "skipped_for_time": args.skipped,
+        "not_measured": args.not_measured,
         "transformers_generate_batch": hf_report,
         "seconds": time.perf_counter() - started,
     }

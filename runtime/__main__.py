@@ -71,6 +71,11 @@ def _add_engine_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--attention_backend", default=defaults["attention_backend"],
                        help="attention kernels (see EngineConfig.attention_backend)")
     group.add_argument("--num_threads", type=int, default=None, help="torch CPU threads (unset: torch's choice)")
+    group.add_argument("--enforce_eager", action="store_true",
+                       help="run every step eagerly: no CUDA graphs for decode steps")
+    group.add_argument("--cuda_graph_batch_sizes", type=int, nargs="+", default=None,
+                       help="decode batch sizes captured as CUDA graphs, e.g. 1 2 4 8 (unset: the engine's "
+                            "list up to max_num_seqs, see EngineConfig)")
     group.add_argument("--trust_remote_code", action="store_true")
     group.add_argument("--allow_pickle_weights", action="store_true", help="load .bin/.pt checkpoints (runs pickle)")
 
@@ -93,6 +98,8 @@ def engine_config(args: argparse.Namespace, model_dir: str) -> EngineConfig:
         trust_remote_code=args.trust_remote_code,
         allow_pickle_weights=args.allow_pickle_weights,
         num_threads=args.num_threads,
+        enforce_eager=args.enforce_eager,
+        cuda_graph_batch_sizes=args.cuda_graph_batch_sizes,
     )
 
 

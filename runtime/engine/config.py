@@ -14,6 +14,10 @@ DEVICE_NAMES = ("auto", "cpu", "cuda")
 # Attention: "torch" gathers pages + SDPA (anywhere); "cpp" is the C++ CPU decode kernel
 # (float32); "triton" runs paged decode and prefill kernels on CUDA.
 ATTENTION_BACKEND_NAMES = ("auto", "torch", "cpp", "triton")
+# Decode batch sizes captured as CUDA graphs by default (those up to max_num_seqs, plus
+# max_num_seqs itself when it falls between two): dense where padding would double a
+# small batch, every 16 rows above 32, where a padding row costs little.
+DEFAULT_CUDA_GRAPH_BATCH_SIZES = (1, 2, 4, 8, 16, 24, 32, *range(48, 257, 16))
 
 
 @dataclass(slots=True)
@@ -23,6 +27,10 @@ class EngineConfig:
     KV cache size comes from, in order: `num_kv_blocks`; `kv_cache_memory_bytes`;
     on a GPU, free memory x `gpu_memory_utilization` after a profiling pass;
     on the CPU, `DEFAULT_CPU_KV_CACHE_BYTES`.
+
+    Decode steps run as CUDA graphs (one per size in `cuda_graph_batch_sizes`, a step padded
+    to the next captured size) on CUDA with the triton attention backend, unless
+    `enforce_eager`; prefill and mixed steps, and larger batches, always run eagerly.
     """
 
     model: str
@@ -45,6 +53,9 @@ class EngineConfig:
     # torch intra-op threads for CPU inference; None keeps torch's default.
     num_threads: int | None = None
     seed: int = 0
+    enforce_eager: bool = False
+    # None: DEFAULT_CUDA_GRAPH_BATCH_SIZES up to max_num_seqs (a sorted tuple after validation).
+    cuda_graph_batch_sizes: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -65,6 +76,28 @@ class EngineConfig:
             raise ConfigError(
                 f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}"
             )
+        if not isinstance(self.enforce_eager, bool):
+            raise ConfigError(f"enforce_eager must be true or false, got {self.enforce_eager!r}")
+        self.cuda_graph_batch_sizes = self._graph_batch_sizes()
+
+    def _graph_batch_sizes(self) -> tuple[int, ...]:
+        if self.cuda_graph_batch_sizes is None:
+            sizes = {size for size in DEFAULT_CUDA_GRAPH_BATCH_SIZES if size <= self.max_num_seqs}
+            if self.max_num_seqs <= DEFAULT_CUDA_GRAPH_BATCH_SIZES[-1]:
+                sizes.add(self.max_num_seqs)
+            return tuple(sorted(sizes))
+        if not isinstance(self.cuda_graph_batch_sizes, (list, tuple)) or not self.cuda_graph_batch_sizes:
+            raise ConfigError(
+                f"cuda_graph_batch_sizes must be a non-empty list of batch sizes, got {self.cuda_graph_batch_sizes!r}"
+            )
+        for size in self.cuda_graph_batch_sizes:
+            _check_positive("each of cuda_graph_batch_sizes", size)
+        largest = max(self.cuda_graph_batch_sizes)
+        if largest > self.max_num_seqs:
+            raise ConfigError(
+                f"cuda_graph_batch_sizes go up to {largest}, but a step holds at most max_num_seqs={self.max_num_seqs}"
+            )
+        return tuple(sorted(set(self.cuda_graph_batch_sizes)))
 
 
 def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:

@@ -13,6 +13,7 @@ from transformers import PreTrainedModel
 from .block_manager import BlockManager, blocks_for_tokens
 from .config import ConfigError, EngineConfig
 from .cpu_allocator import keep_freed_memory_mapped
+from .cuda_graphs import CudaGraphCapture, GraphCapture
 from .errors import QueueFull, RequestRejected
 from .model_loader import ModelLoadError, adopt_model, load_model
 from .model_runner import ModelRunner
@@ -58,12 +59,21 @@ class LLMEngine:
         self.eos_token_ids = loaded.eos_token_ids
         self.runner = ModelRunner(loaded, config.block_size, config.attention_backend)
         self.max_model_len = self._resolve_max_model_len(loaded.max_position_embeddings)
-        self.num_kv_blocks = self._resolve_num_kv_blocks()
-        self.runner.allocate_kv_cache(self.num_kv_blocks)
+        graph_capture = self._decode_graph_capture()
+        uses_graphs = graph_capture is not None
+        # Decode graphs keep one cache block for their padding rows, outside the block manager.
+        self.num_kv_blocks = self._resolve_num_kv_blocks(num_reserved_blocks=1 if uses_graphs else 0)
+        self.runner.allocate_kv_cache(self.num_kv_blocks, padding_block=uses_graphs)
         try:
             self.runner.warm_up(min(config.max_num_batched_tokens, self.max_model_len))
         except Exception as exc:
             raise ModelLoadError(f"{config.model} does not run on the paged KV cache: {exc}") from exc
+        if uses_graphs:
+            try:
+                self.runner.capture_decode_graphs(config.cuda_graph_batch_sizes, self.max_model_len, graph_capture)
+            except Exception as exc:
+                raise ModelLoadError(f"capturing decode steps as CUDA graphs failed ({exc}); enforce_eager "
+                                     "runs without them") from exc
         self.block_manager = BlockManager(self.num_kv_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(config, self.block_manager)
         self.sampler = Sampler(self.eos_token_ids)
@@ -73,12 +83,12 @@ class LLMEngine:
         logger.info(
             "engine ready in %.1fs: model=%s dtype=%s device=%s kv_blocks=%d x %d tokens (%.1f MiB, %d tokens) "
             "max_model_len=%d max_num_seqs=%d max_num_batched_tokens=%d prefix_caching=%s max_queue=%s "
-            "attention=%s",
+            "attention=%s decode_graphs=%s",
             time.monotonic() - started, config.model, str(self.dtype).removeprefix("torch."), self.device,
             self.num_kv_blocks, config.block_size, kv_bytes / 2**20, self.num_kv_blocks * config.block_size,
             self.max_model_len, config.max_num_seqs, config.max_num_batched_tokens,
             "on" if config.enable_prefix_caching else "off", config.max_queue_size,
-            self.runner.attention_backend.name,
+            self.runner.attention_backend.name, self._decode_graph_summary(),
         )
 
     # Setup --------------------------------------------------------------------------
@@ -93,7 +103,23 @@ class LLMEngine:
             raise ConfigError(f"max_model_len={asked} exceeds the model's context length {model_limit}")
         return asked
 
-    def _resolve_num_kv_blocks(self) -> int:
+    def _decode_graph_capture(self) -> GraphCapture | None:
+        """How decode steps are captured as graphs; None when they run eagerly."""
+        return None if self._eager_decode_reason() else CudaGraphCapture()
+
+    def _eager_decode_reason(self) -> str | None:
+        return "enforce_eager" if self.config.enforce_eager else self.runner.decode_graph_blocker()
+
+    def _decode_graph_summary(self) -> str:
+        graphs = self.runner.decode_graphs
+        if graphs is None:
+            return f"off ({self._eager_decode_reason()})"
+        sizes = ",".join(map(str, graphs.batch_sizes))
+        return f"{sizes} (captured in {graphs.capture_seconds:.1f}s)"
+
+    def _resolve_num_kv_blocks(self, num_reserved_blocks: int) -> int:
+        """Blocks for requests: `num_kv_blocks` as given, or what the memory budget holds after
+        `num_reserved_blocks` that the runner keeps for itself."""
         config = self.config
         per_block = self.runner.kv_bytes_per_block
         if config.num_kv_blocks is not None:
@@ -106,9 +132,9 @@ class LLMEngine:
             # Never more than every sequence at full length could use.
             full_use = config.max_num_seqs * blocks_for_tokens(self.max_model_len, config.block_size) * per_block
             budget = min(DEFAULT_CPU_KV_CACHE_BYTES, full_use)
-        num_blocks = budget // per_block
+        num_blocks = budget // per_block - num_reserved_blocks
         if num_blocks < 1:
-            raise ConfigError(f"the KV cache budget of {budget} bytes holds no block of {per_block} bytes")
+            raise ConfigError(f"the KV cache budget of {budget} bytes holds no block of {per_block} bytes for requests")
         return num_blocks
 
     def _free_gpu_memory_for_kv(self) -> int:

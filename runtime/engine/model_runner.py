@@ -3,7 +3,8 @@
 The batch is a single row of tokens (no padding): decodes first, then prefill chunks,
 with their positions, the cache slot of every new token, and the block tables the
 attention layers read. Only the last token of each sequence that is due for a new
-token goes through the LM head.
+token goes through the LM head. A step of decodes only that fits a captured batch size
+replays a CUDA graph instead (cuda_graphs.py).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 
 from .attention import AttentionMetadata, PrefillChunk, select_attention_backend
 from .block_manager import blocks_for_tokens
+from .cuda_graphs import DecodeGraphs, GraphCapture
 from .model_loader import LoadedModel
 from .models import LlamaFamilyForward
 from .scheduler import ScheduledSequence
@@ -34,15 +36,22 @@ class ModelRunner:
         self.num_kv_heads = loaded.num_kv_heads
         self.head_dim = loaded.head_dim
         self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = []
+        # A cache block past the block manager's range, for decode graphs' padding rows.
+        self.padding_block: int | None = None
         self.attention_backend = select_attention_backend(attention_backend, self.device, self.dtype)
+        self.decode_graphs: DecodeGraphs | None = None
 
     @property
     def kv_bytes_per_block(self) -> int:
         element_size = torch.empty((), dtype=self.dtype).element_size()
         return 2 * self.num_layers * self.block_size * self.num_kv_heads * self.head_dim * element_size
 
-    def allocate_kv_cache(self, num_blocks: int) -> None:
-        shape = (2, self.num_layers, num_blocks, self.block_size, self.num_kv_heads, self.head_dim)
+    def allocate_kv_cache(self, num_blocks: int, padding_block: bool = False) -> None:
+        """Blocks 0 .. num_blocks - 1 for requests, and with `padding_block` one more, owned by
+        none, that decode graphs' padding rows write to."""
+        self.padding_block = num_blocks if padding_block else None
+        num_cache_blocks = num_blocks + 1 if padding_block else num_blocks
+        shape = (2, self.num_layers, num_cache_blocks, self.block_size, self.num_kv_heads, self.head_dim)
         # Zeroed, not empty: attention gathers whole pages and masks the unused tail,
         # and a masked NaN from uninitialised memory would still poison the output.
         cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
@@ -72,7 +81,30 @@ class ModelRunner:
         device = self.device
         input_ids = torch.zeros(num_tokens, dtype=torch.long, device=device)
         positions = torch.arange(num_tokens, device=device)
-        self._forward(input_ids, positions, meta, torch.tensor([num_tokens - 1], device=device))
+        self._forward(input_ids, positions, meta, self._to_device([num_tokens - 1], torch.long))
+
+    def decode_graph_blocker(self) -> str | None:
+        """Why decode steps cannot be captured as CUDA graphs here; None when they can."""
+        if self.device.type != "cuda":
+            return "CUDA graphs need a CUDA device"
+        if self.attention_backend.name != "triton":
+            # The torch backend's gather would be sized for max_model_len under a graph.
+            return f"only the triton attention backend is captured, not {self.attention_backend.name}"
+        if self.fast_forward is None:
+            return "graphs cover the llama-family forward; this model runs on transformers' modules"
+        if self.fast_forward.rope_depends_on_longest_position:
+            return "the model's RoPE scaling picks its frequencies from the longest position, on the host"
+        return None
+
+    def capture_decode_graphs(self, batch_sizes: tuple[int, ...], max_model_len: int, capture: GraphCapture) -> None:
+        """Record a decode step at each batch size (after allocate_kv_cache(..., padding_block=True)):
+        later all-decode steps that fit one replay it."""
+        if self.padding_block is None:
+            raise RuntimeError("decode graphs need a KV cache allocated with a padding block")
+        self.decode_graphs = DecodeGraphs(
+            self._forward, self.kv_caches, self.attention_backend, self.block_size, max_model_len,
+            self.padding_block, batch_sizes, capture,
+        )
 
     def execute(self, scheduled: list[ScheduledSequence]) -> tuple[list[ScheduledSequence], torch.Tensor]:
         """Run one step. Returns the items due for a new token, and their logits [n, vocab]."""
@@ -95,10 +127,16 @@ class ModelRunner:
             if item.completes_sequence:
                 sampling_items.append(item)
                 logits_indices.append(len(input_ids) - 1)
+        decode_tables = [item.seq.block_table for item in decodes]
+        decode_context_lens = [item.seq.num_computed_tokens + 1 for item in decodes]
+        graphs = self.decode_graphs
+        if not prefills and graphs is not None and graphs.captured_size(len(decodes)) is not None:
+            logits = graphs.run(input_ids, positions, slots, decode_tables, decode_context_lens)
+            return sampling_items, self._sampled_rows(logits, logits_indices)
         meta = self._build_metadata(
             slots,
-            [item.seq.block_table for item in decodes],
-            [item.seq.num_computed_tokens + 1 for item in decodes],
+            decode_tables,
+            decode_context_lens,
             [(item.seq.block_table, item.seq.num_computed_tokens, item.num_new_tokens) for item in prefills],
         )
         logits = self._forward(
@@ -108,6 +146,13 @@ class ModelRunner:
             self._to_device(logits_indices, torch.long),
         )
         return sampling_items, logits
+
+    def _sampled_rows(self, logits: torch.Tensor, logits_indices: list[int]) -> torch.Tensor:
+        """A graph computes logits for every row; keep those of the sequences due for a token
+        (all of them, unless a prompt's one-token chunk is not its last)."""
+        if len(logits_indices) == logits.shape[0]:
+            return logits
+        return logits[self._to_device(logits_indices, torch.long)]
 
     @torch.inference_mode()
     def _forward(

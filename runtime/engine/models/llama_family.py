@@ -9,12 +9,14 @@ a CPU decode step at small batch is bound by.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from ..attention import AttentionMetadata, paged_attention
 from ..layers import skinny_if_cpu
 
 LLAMA_FAMILY_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+# transformers' RoPE variants that choose frequencies from the batch's longest position
+# (with a host-side comparison in some transformers versions).
+LONGEST_POSITION_ROPE_TYPES = ("dynamic", "longrope")
 
 
 def _fuse_linears(*linears: torch.nn.Linear) -> torch.nn.Linear:
@@ -142,6 +144,13 @@ class LlamaFamilyForward(torch.nn.Module):
         return getattr(config, "hidden_act", "silu") in ("silu", "gelu", "gelu_pytorch_tanh") and all(
             hasattr(layer.self_attn, name) for name in ("q_proj", "k_proj", "v_proj", "o_proj", "scaling")
         ) and all(hasattr(layer.mlp, name) for name in ("gate_proj", "up_proj", "down_proj", "act_fn"))
+
+    @property
+    def rope_depends_on_longest_position(self) -> bool:
+        """Whether RoPE picks its frequencies from the batch's positions, which some transformers
+        versions decide on the host: a sync that a CUDA graph cannot hold."""
+        rope_type = str(getattr(self.rotary_emb, "rope_type", "default"))
+        return any(name in rope_type for name in LONGEST_POSITION_ROPE_TYPES)
 
     def forward(
         self,
