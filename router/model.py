@@ -1,0 +1,167 @@
+"""RouterModel: the router as a kserve.Model, a step of an InferenceGraph. Its predict returns the
+request with the decision added - top-level `route` ("small" | "large") and `route_score` - so
+that a Switch node can branch on it, and `route_decisions`, each instance's decision with the
+features that drove it.
+
+KServe's Switch evaluates GJSON conditions against the whole JSON body, and a bare `route=="large"`
+is not a GJSON query (it looks up a key of that name): the condition that works is
+`[@this].#(route=="large")`. The Switch then sends that same body to the chosen target, so the
+answer has to be a request the target takes:
+- v1 `:predict` returns the body it got, with the three fields added; a `route` hint in it is
+  overwritten by the decision (which follows the hint).
+- v2 REST `/infer` returns the request echoed as v2 JSON (`id`, `inputs`, `parameters` without
+  the router's own `route`) plus the three fields. It is sent as raw JSON bytes: a v2 response
+  object has `outputs` instead of `inputs` and KServe would drop the added fields.
+- v2 gRPC (which no graph uses) answers a plain response with outputs `route` BYTES [1] and
+  `route_score` FP32 [1].
+
+A batch is routed as one request, to where its most demanding instance needs (the highest
+score); hints (`x-route: small|large` header, else `route` in the body or v2 parameters) apply to
+the whole batch and override the policy."""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from typing import TypeVar
+
+import kserve
+import numpy as np
+from kserve.errors import InvalidInput
+from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
+from pydantic import BaseModel, ValidationError
+
+from router.config import RouterConfig
+from router.features import RoutingRequest, TokenCounter
+from router.metrics import record_decision
+from router.policy import Decision, Hint, RoutingPolicy, batch_decision, parse_hint
+from router.schemas import ROUTER_PARAMETERS, InferParameters, PredictRequest
+from router.tensors import INPUT_METADATA, echo_request, prompts_of, request_parameters
+from serving.errors import ServiceUnavailable, describe_validation_errors
+
+logger = logging.getLogger(__name__)
+
+ROUTE_HEADER = "x-route"
+OUTPUT_METADATA = [
+    {"name": "route", "datatype": "BYTES", "shape": [1]},
+    {"name": "route_score", "datatype": "FP32", "shape": [1]},
+]
+
+
+class RouterModel(kserve.Model):
+    def __init__(self, name: str, config: RouterConfig, tokenizer_dir: str | None = None) -> None:
+        super().__init__(name)
+        self.config = config
+        self.tokenizer_dir = tokenizer_dir
+        self.policy: RoutingPolicy | None = None
+        self.draining = False
+
+    # Lifecycle ----------------------------------------------------------------------
+
+    def load(self) -> bool:
+        # KServe calls load() again whenever healthy() is false (e.g. while draining): build once.
+        if self.policy is None:
+            counter = TokenCounter(self.tokenizer_dir)
+            self.policy = RoutingPolicy(self.config.policy.threshold, self.config.policy.weights, counter)
+            logger.info("router %r: threshold %.4g, prompt tokens counted by %s, targets small=%s large=%s",
+                        self.name, self.policy.threshold, counter.method, self.config.targets.small.model,
+                        self.config.targets.large.model)
+        self.ready = True
+        return self.ready
+
+    async def healthy(self) -> bool:
+        return self.ready and not self.draining
+
+    def start_draining(self) -> None:
+        """Refuse new requests (503) from now on."""
+        if not self.draining:
+            logger.info("draining: refusing new requests")
+        self.draining = True
+
+    # Metadata -----------------------------------------------------------------------
+
+    def get_input_types(self) -> list[dict]:
+        return INPUT_METADATA
+
+    def get_output_types(self) -> list[dict]:
+        return OUTPUT_METADATA
+
+    # Decisions ----------------------------------------------------------------------
+
+    def decide(self, requests: list[RoutingRequest], hint: Hint | None) -> tuple[Decision, list[Decision]]:
+        """The batch's decision and each request's; counted in the metrics."""
+        if self.draining:
+            raise ServiceUnavailable(self.name, "the router is shutting down; retry on another replica")
+        decisions = [self.policy.decide(request, hint) for request in requests]
+        decision = batch_decision(decisions)
+        record_decision(self.name, decision, hinted=hint is not None)
+        return decision, decisions
+
+    # KServe's handlers -----------------------------------------------------------------
+
+    def predict(
+        self, payload: dict | InferRequest, headers: dict[str, str] | None = None
+    ) -> dict | bytes | InferResponse:
+        if isinstance(payload, InferRequest):
+            return self._route_v2(payload, headers or {})
+        return self._route_v1(payload, headers or {})
+
+    def _route_v1(self, payload: object, headers: dict[str, str]) -> dict:
+        if not isinstance(payload, dict):
+            raise InvalidInput('the body must be a JSON object (content-type: application/json): '
+                               '{"instances": [{"prompt": "..."} or {"messages": [...]}]}')
+        request = _validated(PredictRequest, payload)
+        hint = _hint(headers, request.route, "`route` in the body")
+        decision, decisions = self.decide([instance.routing_request() for instance in request.instances], hint)
+        return {**payload, **routing_fields(decision, decisions)}
+
+    def _route_v2(self, request: InferRequest, headers: dict[str, str]) -> bytes | InferResponse:
+        parameters = _validated(InferParameters, request_parameters(request))
+        hint = _hint(headers, parameters.route, "the `route` parameter")
+        prompts = prompts_of(request)
+        requests = [RoutingRequest(prompt, 1, parameters.max_tokens) for prompt in prompts]
+        decision, decisions = self.decide(requests, hint)
+        if request.from_grpc:
+            return self._grpc_response(request, decision)
+        echoed = {**echo_request(request, ROUTER_PARAMETERS), **routing_fields(decision, decisions)}
+        return json.dumps(echoed).encode()
+
+    def _grpc_response(self, request: InferRequest, decision: Decision) -> InferResponse:
+        route = InferOutput("route", [1], "BYTES")
+        route.set_data_from_numpy(np.array([decision.route.value.encode()], dtype=np.object_), binary_data=False)
+        score = InferOutput("route_score", [1], "FP32")
+        score.set_data_from_numpy(np.array([decision.score], dtype=np.float32), binary_data=False)
+        return InferResponse(response_id=request.id or uuid.uuid4().hex, model_name=self.name,
+                             infer_outputs=[route, score])
+
+
+def routing_fields(decision: Decision, decisions: list[Decision]) -> dict:
+    """What the router adds to a request."""
+    return {
+        "route": decision.route.value,
+        "route_score": decision.score,
+        "route_decisions": [each.as_dict() for each in decisions],
+    }
+
+
+def _hint(headers: dict[str, str], body_route: str | None, body_source: str) -> Hint | None:
+    """The header wins over the body: it is what a gateway or an operator sets."""
+    try:
+        if (header := headers.get(ROUTE_HEADER)) is not None:
+            return parse_hint(header, f"the {ROUTE_HEADER} header")
+        if body_route is not None:
+            return parse_hint(body_route, body_source)
+    except ValueError as exc:
+        raise InvalidInput(str(exc)) from None
+    return None
+
+
+Schema = TypeVar("Schema", bound=BaseModel)
+
+
+def _validated(schema: type[Schema], data: dict) -> Schema:
+    try:
+        return schema.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidInput(describe_validation_errors(exc.errors())) from None

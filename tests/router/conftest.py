@@ -1,0 +1,55 @@
+"""Fixtures: a real router process (`python -m router --config ...`, through tests.servers) and a
+small Hugging Face tokenizer directory built here (nothing downloaded)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.servers import MODEL_NAME, REPO_ROOT, Server, start_process
+
+EXAMPLE_CONFIG = REPO_ROOT / "router" / "router.yaml"
+SHIPPED_PROMPTS = REPO_ROOT / "router" / "data" / "calibration_prompts.jsonl"
+# tests.servers waits for the model of this name to be ready.
+ROUTER_NAME = MODEL_NAME
+
+
+def write_config(path: Path, **overrides: object) -> Path:
+    """The example config with top-level sections replaced by `overrides`."""
+    config = yaml.safe_load(EXAMPLE_CONFIG.read_text())
+    config.update(overrides)
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def run_python(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
+    """`python args...` to completion, e.g. run_python("-m", "router.calibrate", ...)."""
+    return subprocess.run([sys.executable, *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
+                          env=dict(os.environ, PYTHONUNBUFFERED="1"))
+
+
+def start_router(config: Path, log_dir: Path, *extra_args: str) -> Server:
+    return start_process("router", log_dir, ["--config", str(config), "--model_name", ROUTER_NAME,
+                                             "--enable_latency_logging", "false", *extra_args])
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory) -> Path:
+    """A byte-level BPE tokenizer trained on a few lines, saved as a Hugging Face directory."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(vocab_size=400, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    corpus = ["def routing_policy(request): return score", "What is the capital of Australia?",
+              "Prove that the square root of 2 is irrational."] * 20
+    tokenizer.train_from_iterator(corpus, trainer)
+    directory = tmp_path_factory.mktemp("tokenizer")
+    PreTrainedTokenizerFast(tokenizer_object=tokenizer).save_pretrained(str(directory))
+    return directory

@@ -1,0 +1,74 @@
+"""The router's YAML config: the shipped example loads; a wrong file is refused with a message that
+names the field, both by load_config and by `python -m router` at start-up."""
+
+from __future__ import annotations
+
+import pytest
+
+from router.config import ConfigError, RouterConfig, load_config, parse_config
+from router.policy import Route
+
+from .conftest import EXAMPLE_CONFIG, run_python
+
+TARGETS = {
+    "small": {"model": "llm-small", "urls": ["http://127.0.0.1:9001"]},
+    "large": {"model": "llm-large", "urls": ["http://127.0.0.1:9002/", "https://large-2.example:8443"]},
+}
+
+
+def test_the_example_config_loads():
+    config = load_config(EXAMPLE_CONFIG)
+    assert config.model_name == "router"
+    assert config.targets.of(Route.SMALL).model == "llm-small"
+    assert config.targets.of(Route.LARGE).urls == ["http://127.0.0.1:9002"]
+    assert 0.0 <= config.policy.threshold <= 1.0 and config.policy.weights == {}
+    assert config.cascade.enabled and config.cascade.min_confidence == -2.5
+    assert (config.timeouts.connect_seconds, config.timeouts.request_seconds) == (5, 600)
+
+
+def test_only_targets_are_required_and_urls_lose_their_trailing_slash():
+    config = parse_config({"targets": TARGETS})
+    assert config == RouterConfig.model_validate({"targets": TARGETS})
+    assert config.policy.threshold == 0.5 and config.timeouts.request_seconds == 600
+    assert config.targets.large.urls == ["http://127.0.0.1:9002", "https://large-2.example:8443"]
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"target": {}}, "target: Extra inputs are not permitted"),
+    ({"policy": {"threshold": 1.5}}, "policy.threshold: Input should be less than or equal to 1"),
+    ({"policy": {"treshold": 0.4}}, "policy.treshold: Extra inputs are not permitted"),
+    ({"policy": {"weights": {"cod": 0.3}}}, "policy.weights: .*unknown feature.*cod; the features are prompt_tokens"),
+    ({"policy": {"weights": {"code": -1}}}, "policy.weights: .*weights must be >= 0"),
+    ({"cascade": {"min_confidence": 0.5}}, "cascade.min_confidence: Input should be less than or equal to 0"),
+    ({"timeouts": {"connect_seconds": 0}}, "timeouts.connect_seconds: Input should be greater than 0"),
+    ({"targets": {"small": TARGETS["small"]}}, "targets.large: Field required"),
+    ({"targets": {**TARGETS, "medium": TARGETS["small"]}}, "targets.medium: Extra inputs are not permitted"),
+    ({"targets": {**TARGETS, "small": {"model": "s", "urls": []}}}, "targets.small.urls: List should have at least 1"),
+    ({"targets": {**TARGETS, "small": {"model": "s", "urls": ["localhost:9001"]}}},
+     "targets.small.urls: .*must be http:// or https:// URLs with a host, got 'localhost:9001'"),
+])
+def test_a_wrong_field_is_named_in_the_error(change, message):
+    with pytest.raises(ConfigError, match=f"^router.yaml: {message}"):
+        parse_config({"targets": TARGETS, **change}, "router.yaml")
+
+
+def test_files_that_are_missing_or_not_yaml_mappings_are_refused(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read the router config"):
+        load_config(tmp_path / "missing.yaml")
+    (tmp_path / "broken.yaml").write_text("targets: [unclosed\n")
+    with pytest.raises(ConfigError, match="broken.yaml: not valid YAML"):
+        load_config(tmp_path / "broken.yaml")
+    (tmp_path / "list.yaml").write_text("- small\n- large\n")
+    with pytest.raises(ConfigError, match="list.yaml: must be a YAML mapping with at least `targets`, got list"):
+        load_config(tmp_path / "list.yaml")
+
+
+# KServe, parsing sys.argv as it is imported, would take `--config` for its `--configure_logging`.
+@pytest.mark.parametrize("spelling", ["--config PATH", "--config=PATH"])
+def test_the_router_does_not_start_on_a_bad_config(tmp_path, spelling):
+    config = tmp_path / "router.yaml"
+    config.write_text(EXAMPLE_CONFIG.read_text().replace("threshold: ", "threshold: 7 #"))
+    finished = run_python("-m", "router", *spelling.replace("PATH", str(config)).split())
+    assert finished.returncode == 2
+    assert f"cannot start the router: {config}: policy.threshold: Input should be less than or equal to 1" \
+        in finished.stdout + finished.stderr
