@@ -1,6 +1,9 @@
-"""`make serve`: the serving stack as local processes on the embedded demo model, on fixed ports,
-each component's log lines prefixed with its name. Ctrl-C (or SIGTERM) stops everything, each
-component draining as it would in a pod; if one component dies, the others are stopped too."""
+"""`make serve`: the whole serving stack as local processes on the embedded demo models, on fixed
+ports - for the small and the large model each a predictor and its transformer, the router (OpenAI
+edge and KServe predict) in front of them, and the InferenceGraph runner serving
+manifests/graphs/route.yaml over them. Each component's log lines are prefixed with its name.
+Ctrl-C (or SIGTERM) stops everything, each component draining as it would in a pod; if one
+component dies, the others are stopped too."""
 
 from __future__ import annotations
 
@@ -9,17 +12,55 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import httpx
+import yaml
+
+from runtime.demo import build_demo_model
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 START_TIMEOUT = 300.0
 STOP_TIMEOUT = 40.0
-MODEL_NAME = "llm"
+SIZES = ("small", "large")
+ROUTER_NAME = "router"
+ROUTER_CONFIG = REPO_ROOT / "router" / "router.yaml"
+ROUTE_GRAPH = REPO_ROOT / "manifests" / "graphs" / "route.yaml"
+GRAPH_READY_PATH = "/readyz"
+GRPC_PORT_OFFSET = 10
+# KServe logs two trace lines per request otherwise.
+QUIET = ["--enable_latency_logging", "false"]
+
+
+def model_name(size: str) -> str:
+    return f"llm-{size}"
+
+
+@dataclass(frozen=True, slots=True)
+class Ports:
+    """HTTP ports: transformers on base+1 (small) and base+2 (large), their predictors on base+3
+    and base+4; KServe servers take gRPC on their HTTP port + 10."""
+
+    base: int = 9000
+    router: int = 8000
+    graph: int = 8080
+
+    def transformer(self, size: str) -> int:
+        return self.base + 1 + SIZES.index(size)
+
+    def predictor(self, size: str) -> int:
+        return self.base + 3 + SIZES.index(size)
+
+
+def local_url(port: int) -> str:
+    return f"http://127.0.0.1:{port}"
 
 
 @dataclass
@@ -28,64 +69,110 @@ class Component:
     module: str
     args: list[str]
     http_port: int
-    grpc_port: int
+    grpc_port: int | None
     ready_path: str
     process: subprocess.Popen | None = field(default=None, repr=False)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        return local_url(self.http_port)
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", self.module, *self.args, "--http_port", str(self.http_port),
-                "--grpc_port", str(self.grpc_port)]
+        return [sys.executable, "-m", self.module, *self.args]
 
 
-def demo_components(demo: str, base_port: int) -> list[Component]:
-    predictor_port, transformer_port = base_port + 1, base_port + 2
-    quiet = ["--enable_latency_logging", "false"]  # KServe logs two trace lines per request otherwise
+def kserve_component(name: str, module: str, args: Sequence[str], http_port: int, served_model: str) -> Component:
+    grpc_port = http_port + GRPC_PORT_OFFSET
+    return Component(name, module, [*args, *QUIET, "--http_port", str(http_port), "--grpc_port", str(grpc_port)],
+                     http_port, grpc_port, f"/v2/models/{served_model}/ready")
+
+
+def predictor(size: str, ports: Ports, extra_args: Sequence[str] = ()) -> Component:
+    return kserve_component(f"predictor-{size}", "runtime", ["--demo", size, "--model_name", model_name(size),
+                                                             *extra_args], ports.predictor(size), model_name(size))
+
+
+def transformer(size: str, ports: Ports) -> Component:
+    args = ["--demo", size, "--model_name", model_name(size), "--predictor_host", f"127.0.0.1:{ports.predictor(size)}",
+            "--predictor_protocol", "v2"]
+    return kserve_component(f"transformer-{size}", "transformer", args, ports.transformer(size), model_name(size))
+
+
+def router(name: str, port: int, config: Path) -> Component:
+    """A router whose config names the KServe model ROUTER_NAME (as router/router.yaml does)."""
+    return kserve_component(name, "router", ["--config", str(config)], port, ROUTER_NAME)
+
+
+def graph_runner(name: str, port: int, graph: Path, services: Mapping[str, str], *extra_args: str) -> Component:
+    args = [str(graph), "--port", str(port), *extra_args]
+    for service, url in services.items():
+        args += ["--service", f"{service}={url}"]
+    return Component(name, "router.graph", args, port, None, GRAPH_READY_PATH)
+
+
+def service_urls(ports: Ports) -> dict[str, str]:
+    """The services an InferenceGraph of manifests/graphs names: the router and each model's
+    transformer (KServe's graph calls an InferenceService's transformer when it has one)."""
+    return {ROUTER_NAME: local_url(ports.router),
+            **{model_name(size): local_url(ports.transformer(size)) for size in SIZES}}
+
+
+def write_router_config(path: Path, ports: Ports, **sections: object) -> Path:
+    """router/router.yaml with its targets on these ports (each replica's load read from its
+    predictor's metrics) and top-level `sections` replaced."""
+    config = yaml.safe_load(ROUTER_CONFIG.read_text())
+    config["targets"] = {
+        size: {"model": model_name(size), "urls": [{"url": local_url(ports.transformer(size)),
+                                                   "metrics_url": local_url(ports.predictor(size)) + "/metrics"}]}
+        for size in SIZES
+    }
+    config.update(sections)
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def stack_components(ports: Ports, router_config: Path, predictor_args: Sequence[str] = ()) -> list[Component]:
+    """The stack, front components first."""
     return [
-        Component("predictor", "runtime", ["--demo", demo, "--model_name", MODEL_NAME, *quiet],
-                  predictor_port, predictor_port + 10, f"/v2/models/{MODEL_NAME}/ready"),
-        Component("transformer", "transformer",
-                  ["--demo", demo, "--model_name", MODEL_NAME, "--predictor_host", f"127.0.0.1:{predictor_port}",
-                   "--predictor_protocol", "v2", *quiet],
-                  transformer_port, transformer_port + 10, f"/v2/models/{MODEL_NAME}/ready"),
-    ]
-
-
-def example_calls(components: list[Component]) -> list[str]:
-    transformer = next(component for component in components if component.name == "transformer")
-    predictor = next(component for component in components if component.name == "predictor")
-    return [
-        f"curl -s {transformer.url}/openai/v1/chat/completions -H content-type:application/json "
-        f"-d '{{\"model\": \"{MODEL_NAME}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello\"}}], "
-        f"\"max_tokens\": 16}}'",
-        f"curl -s {transformer.url}/v1/models/{MODEL_NAME}:predict -H content-type:application/json "
-        f"-d '{{\"instances\": [{{\"prompt\": \"Hello\", \"max_tokens\": 16}}]}}'",
-        f"curl -s {predictor.url}/v2/models/{MODEL_NAME}/generate -H content-type:application/json "
-        f"-d '{{\"input_ids\": [1, 2, 3], \"parameters\": {{\"max_tokens\": 8}}}}'",
+        graph_runner("graph", ports.graph, ROUTE_GRAPH, service_urls(ports)),
+        router("router", ports.router, router_config),
+        *(transformer(size, ports) for size in SIZES),
+        *(predictor(size, ports, predictor_args) for size in SIZES),
     ]
 
 
 class Stack:
-    def __init__(self, components: list[Component]) -> None:
+    """Components run as processes; their output goes to stdout, each line prefixed with the
+    component's name, or with `log_dir` to a file per component."""
+
+    def __init__(self, components: list[Component], log_dir: Path | None = None) -> None:
         self.components = components
+        self.log_dir = log_dir
         self._stopping = threading.Event()
 
+    def component(self, name: str) -> Component:
+        return next(component for component in self.components if component.name == name)
+
     def start(self) -> bool:
-        """Start the components in order, each once the previous is ready; False if stopped meanwhile."""
+        """Start every component, then wait until all are ready; False if stopped meanwhile. The
+        demo models must be built first: every component would build them at once otherwise."""
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         for component in self.components:
-            if self._stopping.is_set():
-                return False
-            component.process = subprocess.Popen(
-                component.command(), cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                start_new_session=True,  # Ctrl-C reaches the stack only; it stops each component in turn
-            )
-            threading.Thread(target=_relay_output, args=(component,), daemon=True).start()
+            with self._output_of(component) as output:
+                component.process = subprocess.Popen(
+                    component.command(), cwd=REPO_ROOT, env=env, stdout=output, stderr=subprocess.STDOUT,
+                    start_new_session=True,  # Ctrl-C reaches the stack only; it stops each component in turn
+                )
+            if self.log_dir is None:
+                threading.Thread(target=_relay_output, args=(component,), daemon=True).start()
+        for component in self.components:
             self._wait_ready(component)
         return not self._stopping.is_set()
+
+    def _output_of(self, component: Component) -> AbstractContextManager[IO[bytes] | int]:
+        if self.log_dir is None:
+            return nullcontext(subprocess.PIPE)
+        return open(self.log_dir / f"{component.name}.log", "ab")
 
     def _wait_ready(self, component: Component) -> None:
         deadline = time.monotonic() + START_TIMEOUT
@@ -113,21 +200,26 @@ class Stack:
         return 0
 
     def stop(self) -> None:
-        """SIGTERM everyone, front components first (they stop taking requests), then wait."""
         self._stopping.set()
-        running = [component for component in reversed(self.components)
-                   if component.process is not None and component.process.poll() is None]
-        for component in running:
-            component.process.send_signal(signal.SIGTERM)
-        for component in running:
-            try:
-                component.process.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                component.process.kill()
-                component.process.wait()
+        stop_components(self.components)
 
     def request_stop(self, *_: object) -> None:
         self._stopping.set()
+
+
+def stop_components(components: Iterable[Component]) -> None:
+    """SIGTERM each running component in the order given (front ones stop taking requests first),
+    then wait for them all; those still running after STOP_TIMEOUT are killed."""
+    running = [component for component in components
+               if component.process is not None and component.process.poll() is None]
+    for component in running:
+        component.process.send_signal(signal.SIGTERM)
+    for component in running:
+        try:
+            component.process.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            component.process.kill()
+            component.process.wait()
 
 
 def _relay_output(component: Component) -> None:
@@ -137,38 +229,71 @@ def _relay_output(component: Component) -> None:
         sys.stdout.buffer.flush()
 
 
-def print_table(components: list[Component]) -> None:
-    print("\n[stack] ready (demo model: random weights, so the text is gibberish):", flush=True)
-    print(f"  {'component':<14}{'http':>8}{'grpc':>8}  command")
+def example_calls(ports: Ports) -> list[str]:
+    chat = ('{"model": "auto", "messages": [{"role": "user", "content": "Write a Python function that merges two '
+            'sorted lists"}], "max_tokens": 16}')
+    predict = '{"instances": [{"prompt": "How are you today?", "max_tokens": 16}]}'
+    small = model_name("small")
+    direct = f'{{"model": "{small}", "prompt": "Hello", "max_tokens": 16}}'
+    json_body = "-H content-type:application/json -d"
+    return [
+        "# the router's OpenAI edge (model auto: the policy picks; -i shows the x-route headers):",
+        f"curl -si {local_url(ports.router)}/openai/v1/chat/completions {json_body} '{chat}'",
+        f"python examples/router_openai_client.py --url {local_url(ports.router)}",
+        "# the route graph: the router decides, a Switch calls that model's transformer (v1 predict):",
+        f"curl -s {local_url(ports.graph)} {json_body} '{predict}'",
+        f"python examples/graph_client.py --url {local_url(ports.graph)}",
+        "# a transformer directly (OpenAI API, KServe v1/v2):",
+        f"curl -s {local_url(ports.transformer('small'))}/openai/v1/completions {json_body} '{direct}'",
+    ]
+
+
+def print_table(components: list[Component], ports: Ports) -> None:
+    print("\n[stack] ready (demo models: random weights, so the text is gibberish):", flush=True)
+    print(f"  {'component':<20}{'http':>6}{'grpc':>6}  command")
     for component in components:
-        print(f"  {component.name:<14}{component.http_port:>8}{component.grpc_port:>8}  "
-              f"python -m {component.module} {' '.join(component.args)}")
+        grpc = str(component.grpc_port) if component.grpc_port is not None else "-"
+        print(f"  {component.name:<20}{component.http_port:>6}{grpc:>6}  python -m {component.module} "
+              f"{' '.join(component.args)}")
     print("\n[stack] try:")
-    for call in example_calls(components):
+    for call in example_calls(ports):
         print(f"  {call}")
     print("\n[stack] Ctrl-C stops everything.\n", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
+    defaults = Ports()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--demo", choices=("small", "large"), default="small", help="demo model size")
-    parser.add_argument("--base_port", type=int, default=9000,
-                        help="the predictor listens on base+1, the transformer on base+2 (gRPC: +10)")
+    parser.add_argument("--base_port", type=int, default=defaults.base,
+                        help="transformers on base+1 (small) and base+2 (large), predictors on base+3 and base+4 "
+                             "(gRPC: +10)")
+    parser.add_argument("--router_port", type=int, default=defaults.router,
+                        help="the router: OpenAI edge and KServe predict (gRPC: +10)")
+    parser.add_argument("--graph_port", type=int, default=defaults.graph, help="the route graph's runner")
     args = parser.parse_args(argv)
-    stack = Stack(demo_components(args.demo, args.base_port))
+    ports = Ports(args.base_port, args.router_port, args.graph_port)
+    for size in SIZES:
+        build_demo_model(size)
+    with tempfile.TemporaryDirectory(prefix="kserve-llm-stack-") as directory:
+        router_config = write_router_config(Path(directory) / "router.yaml", ports)
+        sys.exit(run(Stack(stack_components(ports, router_config)), ports))
+
+
+def run(stack: Stack, ports: Ports) -> int:
+    """Serve until Ctrl-C or a component exits; the exit code."""
     signal.signal(signal.SIGINT, stack.request_stop)
     signal.signal(signal.SIGTERM, stack.request_stop)
     code = 0
     try:
         if stack.start():
-            print_table(stack.components)
+            print_table(stack.components, ports)
             code = stack.wait()
     except RuntimeError as exc:
         print(f"[stack] {exc}", flush=True)
         code = 1
     finally:
         stack.stop()
-    sys.exit(code)
+    return code
 
 
 if __name__ == "__main__":

@@ -1,14 +1,17 @@
 """What every component's `__main__` does the same way: KServe's logging format for our loggers,
-and the HTTP layers (bounded bodies, disconnect cancellation, Retry-After, JSON by default, our
-error statuses) on KServe's app."""
+the HTTP layers (bounded bodies, disconnect cancellation, Retry-After, JSON by default, our error
+statuses) on KServe's app, and no per-request timing work when latency logging is off."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 
 from fastapi import FastAPI
 from kserve import logging as kserve_logging
+from kserve.protocol.rest import server as kserve_rest_server
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from serving.errors import add_exception_handlers
 from serving.middleware import ClientConnectionMiddleware, DefaultJSONContentTypeMiddleware, RetryAfterMiddleware
@@ -24,6 +27,41 @@ def configure_logging(args: argparse.Namespace, logger_name: str) -> None:
     logger.handlers = list(kserve_logger.handlers)
     logger.setLevel(logging.INFO)
     logger.propagate = False
+
+
+class _NoTiming:
+    """Stands in for KServe's TimingMiddleware, which on every request calls getrusage() twice
+    (a quarter of a millisecond each in a process with many threads) and logs two lines."""
+
+    def __init__(self, app: ASGIApp, **_: object) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app(scope, receive, send)
+
+
+def skip_request_timing(args: argparse.Namespace) -> None:
+    """With --enable_latency_logging false, drop KServe's per-request timing middleware as well
+    as its latency lines (KServe adds the middleware when the server starts, from this name)."""
+    if not args.enable_latency_logging:
+        kserve_rest_server.TimingMiddleware = _NoTiming
+
+
+def use_requested_event_loop(args: argparse.Namespace) -> None:
+    """Honour KServe's --event_loop: its server runs under asyncio.run(), where uvicorn's own
+    loop setting never applies, so the default ('auto': uvloop if installed) would silently be
+    plain asyncio. uvloop halves the event loop's share of each request."""
+    if args.event_loop == "asyncio":
+        return
+    try:
+        import uvloop
+    except ImportError:
+        if args.event_loop == "uvloop":
+            raise SystemExit("--event_loop uvloop: uvloop is not installed") from None
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    # KServe asks for the current loop before asyncio.run(); uvloop's policy makes none implicitly.
+    asyncio.set_event_loop(asyncio.new_event_loop())
 
 
 def install_http_layers(app: FastAPI, max_body_bytes: int) -> None:

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
+import aiohttp
 import grpc
-import httpx
 import numpy as np
 from kserve import InferenceGRPCClient, InferInput, InferRequest
 from kserve.errors import InvalidInput
@@ -23,8 +23,6 @@ logger = logging.getLogger(__name__)
 
 PROTOCOLS = ("v2", "grpc-v2")
 CONNECT_TIMEOUT_SECONDS = 5.0
-# Idle keep-alive connections kept to the predictor: new connections cost a handshake per request.
-MAX_KEEPALIVE_CONNECTIONS = 256
 
 
 @dataclass(slots=True)
@@ -64,16 +62,15 @@ class PredictorClient:
         self.settings = settings
         scheme = "https" if settings.use_ssl else "http"
         self._rest_base = f"{scheme}://{settings.rest_host}/v2/models/{model_name}"
-        self._http = httpx.AsyncClient(
-            timeout=httpx.Timeout(settings.timeout_seconds, connect=CONNECT_TIMEOUT_SECONDS),
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=MAX_KEEPALIVE_CONNECTIONS),
-            transport=httpx.AsyncHTTPTransport(retries=settings.retries),
-        )
-        # Made on first use: a gRPC aio channel belongs to the event loop it was made on.
+        # Both are made on first use, on the server's event loop, which they belong to.
+        # aiohttp rather than httpx: it costs about a millisecond less per request, and this hop
+        # is on every request's time to first token.
+        self._http: aiohttp.ClientSession | None = None
         self._grpc: InferenceGRPCClient | None = None
 
     async def close(self) -> None:
-        await self._http.aclose()
+        if self._http is not None:
+            await self._http.close()
         if self._grpc is not None:
             await self._grpc.close()
 
@@ -85,50 +82,64 @@ class PredictorClient:
     async def ready(self) -> bool:
         """Whether the predictor says it can serve this model."""
         try:
-            response = await self._http.get(f"{self._rest_base}/ready")
-        except httpx.HTTPError:
+            async with self._session().get(f"{self._rest_base}/ready") as response:
+                return response.status == 200
+        except (aiohttp.ClientError, TimeoutError):
             return False
-        return response.status_code == 200
 
     async def generate(self, prompt_ids: list[int], parameters: dict, headers: dict[str, str]) -> Generated:
         """One generation to the end, over the configured protocol."""
         if self.settings.protocol == "grpc-v2" and not parameters.get("top_logprobs"):
             return await self._infer_grpc(prompt_ids, parameters, headers)
         body = {"input_ids": prompt_ids, "parameters": parameters}
-        with self._translate_errors():
-            response = await self._http.post(f"{self._rest_base}/generate", json=body, headers=self._pass_on(headers))
-        _raise_for_status(response.status_code, response.content)
-        return _generated(response.json())
+        async with self._translate_errors():
+            async with await self._post("generate", body, headers) as response:
+                content = await response.read()
+        _raise_for_status(response.status, content)
+        return _generated(json.loads(content))
 
     async def stream(self, prompt_ids: list[int], parameters: dict, headers: dict[str, str]) -> AsyncIterator[Generated]:
         """The predictor's tokens as they come. Leaving the iteration early closes the stream,
         which makes the predictor abort the request and free its KV blocks."""
         body = {"input_ids": prompt_ids, "parameters": parameters}
-        request = self._http.build_request(
-            "POST", f"{self._rest_base}/generate_stream", json=body, headers=self._pass_on(headers)
-        )
-        with self._translate_errors():
-            response = await self._http.send(request, stream=True)
-        try:
-            with self._translate_errors():
-                if response.status_code != 200:
-                    await response.aread()
-                    _raise_for_status(response.status_code, response.content)
-                lines = response.aiter_lines()
-                async for line in lines:
-                    if not line.startswith("data:"):
+        async with self._translate_errors():
+            # Leaving this block early releases a half-read response, which closes its connection.
+            async with await self._post("generate_stream", body, headers) as response:
+                if response.status != 200:
+                    _raise_for_status(response.status, await response.read())
+                async for line in response.content:
+                    if not line.startswith(b"data:"):
                         continue
                     message = json.loads(line[5:])
                     if "error" in message:
                         raise BadGateway(f"the predictor failed mid-stream: {message['error']}")
                     if message.get("finish_reason") is not None:
                         # Read the body's end before handing over the last event, so that the
-                        # connection goes back to the pool instead of being closed half-read.
-                        async for _ in lines:
-                            pass
+                        # connection goes back to the pool instead of being closed.
+                        await response.read()
                     yield _generated(message)
-        finally:
-            await response.aclose()
+
+    async def _post(self, route: str, body: dict, headers: dict[str, str]) -> aiohttp.ClientResponse:
+        """POST, retrying (--predictor_request_retries times) only when no connection could be made,
+        so that a request is never sent twice."""
+        attempts_left = self.settings.retries + 1
+        while True:
+            attempts_left -= 1
+            try:
+                return await self._session().post(
+                    f"{self._rest_base}/{route}", json=body, headers=self._pass_on(headers)
+                )
+            except aiohttp.ClientConnectorError:
+                if not attempts_left:
+                    raise
+
+    def _session(self) -> aiohttp.ClientSession:
+        if self._http is None:
+            timeout = aiohttp.ClientTimeout(sock_connect=CONNECT_TIMEOUT_SECONDS, sock_read=self.settings.timeout_seconds)
+            self._http = aiohttp.ClientSession(
+                timeout=timeout, connector=aiohttp.TCPConnector(limit=0, limit_per_host=0), raise_for_status=False
+            )
+        return self._http
 
     async def _infer_grpc(self, prompt_ids: list[int], parameters: dict, headers: dict[str, str]) -> Generated:
         tensor = InferInput("input_ids", [1, len(prompt_ids)], "INT64")
@@ -157,13 +168,15 @@ class PredictorClient:
     def _pass_on(self, headers: dict[str, str]) -> dict[str, str]:
         return {name: headers[name] for name in self.settings.forwarded_headers if name in headers}
 
-    @contextmanager
-    def _translate_errors(self) -> Iterator[None]:
+    @asynccontextmanager
+    async def _translate_errors(self) -> AsyncIterator[None]:
         try:
             yield
-        except httpx.TimeoutException:
+        except TimeoutError:
             raise RequestTimeout.after(self.settings.timeout_seconds, "the time limit for the predictor's answer") from None
-        except httpx.TransportError as exc:
+        except aiohttp.ClientConnectionError as exc:
+            if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
+                raise BadGateway(f"the predictor closed the connection mid-answer ({type(exc).__name__})") from None
             raise ServiceUnavailable(
                 self.model_name, f"the predictor at {self.settings.rest_host} is unreachable ({type(exc).__name__})"
             ) from None
