@@ -5,7 +5,7 @@ PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
 VENV ?= .venv
 TORCH_VERSION ?= 2.13.0
 PYTEST_ARGS ?=
-SERVE_ARGS ?= --demo small
+SERVE_ARGS ?=
 BENCH_ARGS ?=
 
 VENV_PYTHON := $(VENV)/bin/python
@@ -32,7 +32,8 @@ $(INSTALL_STAMP): setup.cfg pyproject.toml | $(VENV_PYTHON)
 test: install
 	$(VENV_PYTHON) -m pytest -q $(PYTEST_ARGS)
 
-# The predictor and the transformer on the demo model, as local processes (ports in the table it prints).
+# The whole stack on the demo models as local processes: predictors, transformers, the router and the
+# route graph (ports in the table it prints; override with SERVE_ARGS="--router_port 8001 ...").
 serve: install
 	exec $(VENV_PYTHON) -m serving.local_stack $(SERVE_ARGS)
 

@@ -1,7 +1,7 @@
 """The transformer's OpenAI-compatible API with the official `openai` client: a chat completion,
 then the same conversation streamed, text printed as it arrives.
 
-    python examples/openai_chat_client.py --url http://localhost:9002 --model llm --prompt "Hello"
+    python examples/openai_chat_client.py --url http://localhost:9001 --model llm-small --prompt "Hello"
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from openai import OpenAI
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--url", default="http://localhost:9002", help="the transformer's HTTP address")
-    parser.add_argument("--model", default="llm", help="the served model's name")
+    parser.add_argument("--url", default="http://localhost:9001", help="the transformer's HTTP address")
+    parser.add_argument("--model", default="llm-small", help="the served model's name")
     parser.add_argument("--prompt", default="Write a haiku about paged attention.")
     parser.add_argument("--max_tokens", type=int, default=32)
     parser.add_argument("--temperature", type=float, default=0.7)

@@ -1,5 +1,6 @@
 """The router: `python -m router --config router.yaml` serves the routing decision as a KServe
-model (v1/v2 predict, for an InferenceGraph's Switch), with /metrics."""
+model (v1/v2 predict, for an InferenceGraph's Switch) and an OpenAI-compatible edge that routes,
+streams and falls back (/openai/v1), with /metrics."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ with config_flag_hidden_from_kserve():
     from router.config import ConfigError, RouterConfig, load_config
     from router.features import TokenizerError
     from router.model import RouterModel
+    from router.openai_edge import OpenAIEdge, add_openai_edge
     from serving.server import configure_logging, install_http_layers
     from serving.shutdown import drain_on_signal
 
@@ -52,9 +54,10 @@ def build_model(args: argparse.Namespace, config: RouterConfig) -> RouterModel:
 
 
 def install_routes(app: FastAPI, model: RouterModel, args: argparse.Namespace) -> None:
-    """Everything the router adds to KServe's app: the shared HTTP layers and SIGTERM draining.
-    The OpenAI edge's routes are added here too."""
-    install_http_layers(app, args.max_body_bytes)
+    """Everything the router adds to KServe's app: the shared HTTP layers, the OpenAI edge and
+    SIGTERM draining."""
+    install_http_layers(app, args)
+    add_openai_edge(app, OpenAIEdge(model))
     drain_on_signal(app, model)
 
 

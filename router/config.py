@@ -1,16 +1,21 @@
-"""The router's YAML configuration: its targets (the small and the large model), the policy's
-threshold and weights, the cascade and the timeouts. Unknown fields are errors, and every error
-names the field and what it allows."""
+"""The router's YAML configuration: its targets (the small and the large model, each with one or
+more replicas), the policy's threshold and weights, the cascade, the timeouts and how replicas
+are balanced. Unknown fields are errors, and every error names the field and what it allows."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
 from router.policy import Route, check_weights
 from serving.errors import describe_validation_errors
+
+
+# The model name that asks the OpenAI edge to choose the target.
+AUTO_MODEL = "auto"
 
 
 class ConfigError(Exception):
@@ -21,22 +26,62 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
 
+def _http_url(url: str) -> str:
+    """`url` without its trailing slash; ValueError unless it is an http(s) URL with a host."""
+    if not url.startswith(("http://", "https://")) or len(url.split("://", 1)[1].strip("/")) == 0:
+        raise ValueError(f"must be http:// or https:// URLs with a host, got {url!r}")
+    return url.rstrip("/")
+
+
+class Replica(_Section):
+    """One replica of a target: the base URL of its transformer and, for least-loaded picking,
+    the URL of its predictor's Prometheus metrics (`vllm:num_requests_waiting`, ...)."""
+
+    url: str
+    metrics_url: str | None = Field(None, description="the predictor's /metrics (unset: load unknown)")
+
+    @field_validator("url", "metrics_url")
+    @classmethod
+    def _http_urls(cls, url: str | None) -> str | None:
+        return None if url is None else _http_url(url)
+
+
+def _entry_kind(entry: object) -> str:
+    return "url" if isinstance(entry, str) else "replica"
+
+
+# A replica is a plain URL or a mapping; the tag keeps a wrong mapping's errors to the mapping's own.
+ReplicaEntry = Annotated[Annotated[str, Tag("url")] | Annotated[Replica, Tag("replica")], Discriminator(_entry_kind)]
+
+
 class Target(_Section):
     model: str = Field(min_length=1, description="the model name the target serves (OpenAI `model`, KServe name)")
-    urls: list[str] = Field(min_length=1, description="base URLs of the target's replicas")
+    urls: list[ReplicaEntry] = Field(
+        min_length=1, description="the target's replicas: base URLs, or {url, metrics_url} mappings"
+    )
 
     @field_validator("urls")
     @classmethod
-    def _http_urls(cls, urls: list[str]) -> list[str]:
-        for url in urls:
-            if not url.startswith(("http://", "https://")) or len(url.split("://", 1)[1].strip("/")) == 0:
-                raise ValueError(f"must be http:// or https:// URLs with a host, got {url!r}")
-        return [url.rstrip("/") for url in urls]
+    def _http_urls(cls, urls: list[str | Replica]) -> list[str | Replica]:
+        return [_http_url(url) if isinstance(url, str) else url for url in urls]
+
+    @property
+    def replicas(self) -> list[Replica]:
+        return [Replica(url=url) if isinstance(url, str) else url for url in self.urls]
 
 
 class Targets(_Section):
     small: Target
     large: Target
+
+    @model_validator(mode="after")
+    def _models_tell_targets_apart(self) -> Targets:
+        # The OpenAI edge sends a request to the target whose model it names.
+        if self.small.model == self.large.model:
+            raise ValueError(f"small and large serve the same model {self.small.model!r}: give each its own name")
+        if AUTO_MODEL in (self.small.model, self.large.model):
+            raise ValueError(f"{AUTO_MODEL!r} asks the OpenAI edge to choose: no target's model may be named so")
+        return self
 
     def of(self, route: Route) -> Target:
         return self.small if route is Route.SMALL else self.large
@@ -64,12 +109,20 @@ class TimeoutsConfig(_Section):
     request_seconds: float = Field(600.0, gt=0)
 
 
+class LoadBalancingConfig(_Section):
+    # vLLM's metrics move within a second under load; the Gateway API's endpoint picker polls faster
+    # still. Each poll is bounded by the interval, so a slow replica cannot hold up the others.
+    metrics_interval_seconds: float = Field(1.0, gt=0, description="how often replicas' metrics are polled")
+    down_seconds: float = Field(5.0, ge=0, description="how long a replica that refused a connection is skipped")
+
+
 class RouterConfig(_Section):
     model_name: str = Field("router", min_length=1, description="the KServe model name of the router itself")
     targets: Targets
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     cascade: CascadeConfig = Field(default_factory=CascadeConfig)
     timeouts: TimeoutsConfig = Field(default_factory=TimeoutsConfig)
+    load_balancing: LoadBalancingConfig = Field(default_factory=LoadBalancingConfig)
 
 
 def parse_config(data: object, source: str = "the router config") -> RouterConfig:

@@ -71,11 +71,12 @@ MULTI_STEP_MARKERS = {
 @dataclass(frozen=True, slots=True)
 class RoutingRequest:
     """The part of a request the policy looks at: all its text, how many user turns it has, and
-    the output length it asks for."""
+    the output length it asks for. A prompt sent as token ids has no text, only its length."""
 
     text: str
     user_turns: int = 1
     max_tokens: int | None = None
+    prompt_tokens: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,8 +129,11 @@ def log_ramp(value: float, floor: float, ceiling: float) -> float:
 
 
 def measure_prompt_tokens(request: RoutingRequest, counter: TokenCounter) -> Measurement:
-    tokens = counter.count(request.text)
-    return Measurement(tokens, log_ramp(tokens, LENGTH_FLOOR_TOKENS, LENGTH_CEILING_TOKENS), counter.method)
+    if request.prompt_tokens is not None:
+        tokens, method = request.prompt_tokens, "token ids"
+    else:
+        tokens, method = counter.count(request.text), counter.method
+    return Measurement(tokens, log_ramp(tokens, LENGTH_FLOOR_TOKENS, LENGTH_CEILING_TOKENS), method)
 
 
 def measure_max_tokens(request: RoutingRequest) -> Measurement:

@@ -2,16 +2,19 @@
 follow Prometheus' conventions for instrumented code (snake_case, `_total` on counters); every
 series carries `model_name`, as the predictor's do.
 
-- `router_requests_total{model_name, route, decided_by}`: requests routed, by the route taken
-  (`small`, `large`) and what chose it (`policy`, `hint`).
+- `router_requests_total{model_name, route, decided_by}`: requests routed, by the route chosen
+  (`small`, `large`) and what chose it (`policy`, or `hint`: an `x-route` header, a `route` field,
+  or a concrete model name on the OpenAI edge).
 - `router_route_score{model_name}` (histogram): the policy's scores; hinted requests have none.
 - `router_escalations_total{model_name, reason}`: cascade escalations from the small to the large
   model, by router.cascade.Verdict (`empty`, `length`, `low_confidence`).
-- `router_fallbacks_total{model_name, from_route, reason}`: requests sent to the other target
-  because the chosen one was overloaded (`overloaded`, a 503) or could not be reached (`down`).
+- `router_fallbacks_total{model_name, from_route, reason}`: requests the other target served because
+  the one chosen failed before answering, by router.upstream.Failure (`unavailable`: it answered
+  503, `down`: it refused or dropped the connection, `timeout`: no answer in time or a 504).
+- `router_routing_latency_seconds{model_name}` (histogram): the OpenAI edge's time to decide and to
+  pick a replica, before the request leaves.
 
-The OpenAI edge counts escalations and fallbacks; predict only decides, so it counts requests and
-scores."""
+The OpenAI edge counts all of them; predict only decides, so it counts requests and scores."""
 
 from __future__ import annotations
 
@@ -33,8 +36,13 @@ ESCALATIONS = Counter(
     ["model_name", "reason"],
 )
 FALLBACKS = Counter(
-    "router_fallbacks", "Requests sent to the other target because the chosen one was overloaded or down.",
+    "router_fallbacks", "Requests the other target served because the chosen one was unavailable, down or slow.",
     ["model_name", "from_route", "reason"],
+)
+# Deciding is pure Python over the prompt's text: tens of microseconds, a millisecond for long prompts.
+ROUTING_LATENCY = Histogram(
+    "router_routing_latency_seconds", "Time to decide a request's route and pick a replica.", ["model_name"],
+    buckets=[0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1],
 )
 
 

@@ -32,9 +32,14 @@ class Instance(_PassThrough):
     def routing_request(self) -> RoutingRequest:
         if self.messages is None:
             return RoutingRequest(self.prompt, 1, self.max_tokens)
-        text = "\n".join(message.text for message in self.messages)
-        user_turns = sum(message.role == "user" for message in self.messages)
-        return RoutingRequest(text, user_turns, self.max_tokens)
+        return chat_routing_request(self.messages, self.max_tokens)
+
+
+def chat_routing_request(messages: list[ChatMessage], max_tokens: int | None) -> RoutingRequest:
+    """A conversation as the policy sees it: every message's text, and its number of user turns."""
+    text = "\n".join(message.text for message in messages)
+    user_turns = sum(message.role == "user" for message in messages)
+    return RoutingRequest(text, user_turns, max_tokens)
 
 
 class PredictRequest(_PassThrough):

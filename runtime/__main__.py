@@ -15,7 +15,7 @@ from runtime.demo import build_demo_model
 from runtime.engine import ConfigError, EngineConfig, ModelLoadError
 from runtime.generate import add_generate_routes
 from runtime.model import LLMModel
-from serving.server import configure_logging, install_http_layers, skip_request_timing, use_requested_event_loop
+from serving.server import configure_logging, install_http_layers
 from serving.shutdown import drain_on_signal
 
 logger = logging.getLogger("runtime")
@@ -140,9 +140,7 @@ def main() -> None:
         args.grace_period,
     )
     app = model_server.app
-    install_http_layers(app, args.max_body_bytes)
-    skip_request_timing(args)
-    use_requested_event_loop(args)
+    install_http_layers(app, args)
     add_generate_routes(app, model)
     drain_on_signal(app, model)
     kserve.ModelServer(grace_period=args.grace_period).start([model])

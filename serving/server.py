@@ -64,8 +64,12 @@ def use_requested_event_loop(args: argparse.Namespace) -> None:
     asyncio.set_event_loop(asyncio.new_event_loop())
 
 
-def install_http_layers(app: FastAPI, max_body_bytes: int) -> None:
-    app.add_middleware(ClientConnectionMiddleware, max_body_bytes=max_body_bytes)
+def install_http_layers(app: FastAPI, args: argparse.Namespace) -> None:
+    """Our middleware and error handlers on KServe's app, and the server settings above; call it
+    before `kserve.ModelServer(...).start()`."""
+    app.add_middleware(ClientConnectionMiddleware, max_body_bytes=args.max_body_bytes)
     app.add_middleware(RetryAfterMiddleware)
     app.add_middleware(DefaultJSONContentTypeMiddleware)
     add_exception_handlers(app)
+    skip_request_timing(args)
+    use_requested_event_loop(args)

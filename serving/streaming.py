@@ -18,6 +18,8 @@ logger = logging.getLogger(__name__)
 
 # Proxies must pass each event on at once rather than buffer the response.
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+# The event that ends an OpenAI stream.
+OPENAI_DONE_EVENT = b"data: [DONE]\n\n"
 # Errors whose message is meant for the client; anything else is reported by its type only.
 CLIENT_ERRORS = (InvalidInput, ServiceUnavailable, RequestTimeout, InferenceError, BadGateway)
 

@@ -13,7 +13,7 @@ import kserve
 from kserve import model_server
 
 from runtime.demo import build_demo_model
-from serving.server import configure_logging, install_http_layers, skip_request_timing, use_requested_event_loop
+from serving.server import configure_logging, install_http_layers
 from serving.shutdown import drain_on_signal
 from transformer.generate import add_generate_routes
 from transformer.model import TextModel
@@ -92,9 +92,7 @@ def main() -> None:
     logger.info("serving model %r on http %d: max_body_bytes=%d grace_period=%ds",
                 model.name, args.http_port, args.max_body_bytes, args.grace_period)
     app = model_server.app
-    install_http_layers(app, args.max_body_bytes)
-    skip_request_timing(args)
-    use_requested_event_loop(args)
+    install_http_layers(app, args)
     add_openai_routes(app, model)
     add_generate_routes(app, model)
     drain_on_signal(app, model)

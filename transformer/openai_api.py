@@ -37,7 +37,7 @@ from serving.openai_protocol import (
     now,
     openai_error_body,
 )
-from serving.streaming import CLIENT_ERRORS, SSE_HEADERS
+from serving.streaming import CLIENT_ERRORS, OPENAI_DONE_EVENT, SSE_HEADERS
 from transformer.choices import merge_streams
 from transformer.generation import TextChunk, TextRequest, TextResult
 from transformer.model import TextModel
@@ -45,7 +45,6 @@ from transformer.schemas import TextSamplingFields
 from transformer.tokenizer import TextTokenizer
 
 OWNER = "kserve-llm-runtime"
-DONE_EVENT = b"data: [DONE]\n\n"
 
 
 @dataclass(slots=True)
@@ -354,7 +353,7 @@ async def _events(merged: AsyncIterator[tuple[int, TextChunk]], choices: list[Ch
         except Exception as exc:
             openai_error_response(exc)  # logs it
             yield _event(openai_error_body(500, f"internal error ({type(exc).__name__})"))
-    yield DONE_EVENT
+    yield OPENAI_DONE_EVENT
 
 
 def _event(message: dict) -> bytes:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from router.config import ConfigError, RouterConfig, load_config, parse_config
+from router.config import ConfigError, Replica, RouterConfig, load_config, parse_config
 from router.policy import Route
 
 from .conftest import EXAMPLE_CONFIG, run_python
@@ -20,10 +20,12 @@ def test_the_example_config_loads():
     config = load_config(EXAMPLE_CONFIG)
     assert config.model_name == "router"
     assert config.targets.of(Route.SMALL).model == "llm-small"
-    assert config.targets.of(Route.LARGE).urls == ["http://127.0.0.1:9002"]
+    assert config.targets.of(Route.LARGE).replicas == [
+        Replica(url="http://127.0.0.1:9002", metrics_url="http://127.0.0.1:9004/metrics")]
     assert 0.0 <= config.policy.threshold <= 1.0 and config.policy.weights == {}
     assert config.cascade.enabled and config.cascade.min_confidence == -2.5
     assert (config.timeouts.connect_seconds, config.timeouts.request_seconds) == (5, 600)
+    assert (config.load_balancing.metrics_interval_seconds, config.load_balancing.down_seconds) == (1, 5)
 
 
 def test_only_targets_are_required_and_urls_lose_their_trailing_slash():
@@ -31,6 +33,17 @@ def test_only_targets_are_required_and_urls_lose_their_trailing_slash():
     assert config == RouterConfig.model_validate({"targets": TARGETS})
     assert config.policy.threshold == 0.5 and config.timeouts.request_seconds == 600
     assert config.targets.large.urls == ["http://127.0.0.1:9002", "https://large-2.example:8443"]
+    assert config.targets.large.replicas == [Replica(url="http://127.0.0.1:9002"),
+                                             Replica(url="https://large-2.example:8443")]
+
+
+def test_a_replica_is_a_url_or_a_url_with_its_predictors_metrics():
+    urls = ["http://127.0.0.1:9001/", {"url": "http://10.0.0.7:8080/", "metrics_url": "http://10.0.0.7:8082/metrics"}]
+    config = parse_config({"targets": {**TARGETS, "small": {"model": "llm-small", "urls": urls}}})
+    assert config.targets.small.replicas == [
+        Replica(url="http://127.0.0.1:9001"),
+        Replica(url="http://10.0.0.7:8080", metrics_url="http://10.0.0.7:8082/metrics"),
+    ]
 
 
 @pytest.mark.parametrize(("change", "message"), [
@@ -46,6 +59,15 @@ def test_only_targets_are_required_and_urls_lose_their_trailing_slash():
     ({"targets": {**TARGETS, "small": {"model": "s", "urls": []}}}, "targets.small.urls: List should have at least 1"),
     ({"targets": {**TARGETS, "small": {"model": "s", "urls": ["localhost:9001"]}}},
      "targets.small.urls: .*must be http:// or https:// URLs with a host, got 'localhost:9001'"),
+    ({"targets": {**TARGETS, "small": {"model": "s", "urls": [{"url": "http://a", "metrics_url": "a:9/metrics"}]}}},
+     "targets.small.urls.0.replica.metrics_url: .*must be http:// or https:// URLs with a host, got 'a:9/metrics'"),
+    ({"targets": {**TARGETS, "small": {"model": "s", "urls": [{"url": "http://a", "metrics": "http://a"}]}}},
+     "targets.small.urls.0.replica.metrics: Extra inputs are not permitted"),
+    ({"targets": {**TARGETS, "small": {"model": "llm-large", "urls": ["http://a"]}}},
+     "targets: .*small and large serve the same model 'llm-large'"),
+    ({"targets": {**TARGETS, "small": {"model": "auto", "urls": ["http://a"]}}}, "targets: .*'auto' asks the OpenAI"),
+    ({"load_balancing": {"metrics_interval_seconds": 0}},
+     "load_balancing.metrics_interval_seconds: Input should be greater than 0"),
 ])
 def test_a_wrong_field_is_named_in_the_error(change, message):
     with pytest.raises(ConfigError, match=f"^router.yaml: {message}"):

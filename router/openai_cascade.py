@@ -1,0 +1,50 @@
+"""The cascade on the OpenAI edge, in OpenAI's wire format: the small model is asked for its tokens'
+log-probabilities (chat `logprobs: true`, completions `logprobs: 0`) so that router.cascade can
+judge each choice's confidence, and they are taken out of the answer again when the client did
+not ask for them."""
+
+from __future__ import annotations
+
+from router.cascade import SmallAnswer, Verdict, confidence_of, should_escalate
+from router.config import CascadeConfig
+
+
+def ask_for_logprobs(payload: dict, chat: bool) -> tuple[dict, bool]:
+    """The payload asking for token log-probabilities, and whether it did not already."""
+    if chat:
+        if payload.get("logprobs"):
+            return payload, False
+        return {**payload, "logprobs": True}, True
+    if payload.get("logprobs") is not None:
+        return payload, False
+    return {**payload, "logprobs": 0}, True
+
+
+def small_answers(response: dict, chat: bool) -> list[SmallAnswer]:
+    """Each choice of a (chat) completion as the cascade judges it."""
+    answers = []
+    for choice in response["choices"]:
+        logprobs = choice.get("logprobs") or {}
+        if chat:
+            text = choice["message"].get("content") or ""
+            token_logprobs = [token["logprob"] for token in logprobs.get("content") or []]
+        else:
+            text = choice["text"]
+            token_logprobs = logprobs.get("token_logprobs") or []
+        answers.append(SmallAnswer(text, choice.get("finish_reason"), confidence_of(token_logprobs)))
+    return answers
+
+
+def judge(answers: list[SmallAnswer], cascade: CascadeConfig) -> tuple[bool, Verdict]:
+    """Whether to ask the large model, and why: one choice that needs it is enough, since the large
+    model answers the whole request again."""
+    verdict = Verdict.ACCEPTED
+    for answer in answers:
+        escalate, verdict = should_escalate(answer, cascade)
+        if escalate:
+            return True, verdict
+    return False, verdict
+
+
+def without_logprobs(response: dict) -> dict:
+    return {**response, "choices": [{**choice, "logprobs": None} for choice in response["choices"]]}

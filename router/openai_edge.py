@@ -1,0 +1,260 @@
+"""The router's OpenAI-compatible edge, beside its KServe routes: /openai/v1/models, /completions and
+/chat/completions. `model: "auto"` is routed by the policy (an `x-route: small|large` request header
+overrides it) and falls back to the other model when the chosen one cannot answer; a target's
+model name goes to that target only. Streams pass through byte for byte (KServe's graph router
+cannot stream), and a client that leaves closes the target's stream. A whole answer the policy
+sent to the small model may be escalated by the cascade. Bodies are validated here, so a bad one
+gets an OpenAI-shaped 400 before any target is called.
+
+Response headers say what happened: `x-route` (the model that answered: small | large),
+`x-route-score` (the policy's score, when the policy decided), `x-route-fallback`
+(`<route>:<failure>`: the model that could not answer, and why) and `x-route-escalated` (the
+cascade's reason). Answers keep the `model` name of the target that wrote them, as OpenAI's name
+the snapshot behind an alias."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from http import HTTPStatus
+
+import httpx
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import Response, StreamingResponse
+from kserve.errors import InvalidInput, ModelNotFound
+from starlette.types import Receive, Scope, Send
+
+from router.config import AUTO_MODEL
+from router.features import RoutingRequest
+from router.load_metrics import LoadPoller
+from router.metrics import ESCALATIONS, ROUTING_LATENCY
+from router.model import ROUTE_HEADER, RouterModel
+from router.openai_cascade import ask_for_logprobs, judge, small_answers, without_logprobs
+from router.policy import Decision, Hint, Route, parse_hint
+from router.replicas import ReplicaSet
+from router.schemas import chat_routing_request
+from router.upstream import Answer, Call, Fallback, Plan, TargetFailed, Upstream
+from serving.errors import openai_error_response
+from serving.openai_protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList, now
+from serving.streaming import SSE_HEADERS
+
+logger = logging.getLogger(__name__)
+
+OWNER = "kserve-llm-runtime"
+COMPLETIONS_PATH = "/openai/v1/completions"
+CHAT_PATH = "/openai/v1/chat/completions"
+SCORE_HEADER = "x-route-score"
+FALLBACK_HEADER = "x-route-fallback"
+ESCALATED_HEADER = "x-route-escalated"
+# Idle keep-alive connections kept to the transformers: a new connection costs a handshake per request.
+MAX_KEEPALIVE_CONNECTIONS = 256
+
+OpenAIRequest = CompletionRequest | ChatCompletionRequest
+
+
+@dataclass(frozen=True, slots=True)
+class Routing:
+    """A request's decision; `by_policy`: no hint or model name chose for it; `auto`: the router
+    may send it to the other model if the chosen one fails."""
+
+    decision: Decision
+    by_policy: bool
+    auto: bool
+
+    @property
+    def route(self) -> Route:
+        return self.decision.route
+
+
+class OpenAIEdge:
+    """The edge of one router: its policy (through the RouterModel), its targets' replicas, and
+    one HTTP client for the transformers and their predictors' metrics."""
+
+    def __init__(self, model: RouterModel) -> None:
+        config = model.config
+        self.model = model
+        self.cascade = config.cascade
+        self.replica_sets = {route: ReplicaSet(route, config.targets.of(route), config.load_balancing.down_seconds)
+                             for route in Route}
+        timeouts = config.timeouts
+        self.client = httpx.AsyncClient(
+            timeout=httpx.Timeout(timeouts.request_seconds, connect=timeouts.connect_seconds),
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=MAX_KEEPALIVE_CONNECTIONS),
+            trust_env=False,
+        )
+        self.upstream = Upstream(model.name, self.replica_sets, self.client)
+        self.poller = LoadPoller(self.client, self.replica_sets.values(),
+                                 config.load_balancing.metrics_interval_seconds)
+        self.created = now()
+
+    async def start(self) -> None:
+        for route, replicas in self.replica_sets.items():
+            logger.info("OpenAI edge: %s model %r at %s", route, replicas.model, replicas.describe())
+        cascade = f"min_confidence {self.cascade.min_confidence:g}" if self.cascade.enabled else "disabled"
+        logger.info("OpenAI edge: cascade %s, fallback for model %r", cascade, AUTO_MODEL)
+        self.poller.start()
+
+    async def stop(self) -> None:
+        await self.poller.stop()
+        await self.client.aclose()
+
+    def model_cards(self) -> list[ModelCard]:
+        names = [AUTO_MODEL, *(self.replica_sets[route].model for route in Route)]
+        return [ModelCard(id=name, created=self.created, owned_by=OWNER) for name in names]
+
+    async def answer(self, path: str, body: OpenAIRequest, requests: list[RoutingRequest],
+                     headers: Mapping[str, str]) -> Response:
+        """Route the request, send it on, and answer with what came back (errors OpenAI-shaped)."""
+        try:
+            started = time.perf_counter()
+            routing = self.route(body.model, requests, headers)
+            plan = Plan(routing.route, self.replica_sets[routing.route].ranked(),
+                        _other(routing.route) if routing.auto else None)
+            ROUTING_LATENCY.labels(self.model.name).observe(time.perf_counter() - started)
+            call = Call.of(path, body.model_dump(mode="json", exclude_unset=True, exclude={"model"}), headers,
+                           body.stream)
+            if self.cascade.enabled and routing.by_policy and routing.route is Route.SMALL and not body.stream:
+                answer, escalated = await self._cascade(plan, call, chat=path == CHAT_PATH)
+            else:
+                answer, escalated = await self.upstream.send(plan, call), None
+            return _response(answer, routing, escalated)
+        except Exception as exc:
+            return openai_error_response(exc)
+
+    def route(self, requested_model: str, requests: list[RoutingRequest], headers: Mapping[str, str]) -> Routing:
+        hint = self._hint(requested_model, headers)
+        decision, _ = self.model.decide(requests, hint)
+        return Routing(decision, by_policy=hint is None, auto=requested_model == AUTO_MODEL)
+
+    def _hint(self, requested_model: str, headers: Mapping[str, str]) -> Hint | None:
+        if requested_model != AUTO_MODEL:
+            for route, replicas in self.replica_sets.items():
+                if replicas.model == requested_model:
+                    return Hint(route, "the request's `model`")
+            raise ModelNotFound(requested_model)
+        if (header := headers.get(ROUTE_HEADER)) is None:
+            return None
+        try:
+            return parse_hint(header, f"the {ROUTE_HEADER} header")
+        except ValueError as exc:
+            raise InvalidInput(str(exc)) from None
+
+    async def _cascade(self, plan: Plan, call: Call, chat: bool) -> tuple[Answer, str | None]:
+        """The small model answers first, with logprobs; the large one answers again only when the
+        small one was unsure. If the large one then fails, the small one's answer stands."""
+        payload, added = ask_for_logprobs(call.payload, chat)
+        small = await self.upstream.send(plan, dataclasses.replace(call, payload=payload))
+        if small.status != HTTPStatus.OK or small.route is not Route.SMALL:
+            return _stripped(small, added), None
+        escalate, verdict = judge(small_answers(small.json(), chat), self.cascade)
+        if not escalate:
+            return _stripped(small, added), None
+        ESCALATIONS.labels(self.model.name, verdict.value).inc()
+        try:
+            return await self.upstream.send_to(Route.LARGE, self.replica_sets[Route.LARGE].ranked(), call), verdict
+        except TargetFailed as failed:
+            self.upstream.count_fallback(failed)
+            small.fallback = Fallback(failed.route, failed.failure)
+            return _stripped(small, added), verdict
+
+
+def _other(route: Route) -> Route:
+    return Route.LARGE if route is Route.SMALL else Route.SMALL
+
+
+def _stripped(answer: Answer, added_logprobs: bool) -> Answer:
+    """The answer without the logprobs the cascade asked for and the client did not."""
+    if added_logprobs and answer.status == HTTPStatus.OK:
+        answer.body = json.dumps(without_logprobs(answer.json())).encode()
+    return answer
+
+
+def _route_headers(answer: Answer, routing: Routing, escalated: str | None) -> dict[str, str]:
+    headers = {ROUTE_HEADER: answer.route.value}
+    if routing.by_policy:
+        headers[SCORE_HEADER] = f"{routing.decision.score:g}"
+    if answer.fallback is not None:
+        headers[FALLBACK_HEADER] = str(answer.fallback)
+    if escalated is not None:
+        headers[ESCALATED_HEADER] = escalated
+    return headers
+
+
+def _response(answer: Answer, routing: Routing, escalated: str | None) -> Response:
+    headers = _route_headers(answer, routing, escalated)
+    if answer.is_stream:
+        return UpstreamStreamResponse(answer, headers)
+    return Response(answer.body, status_code=answer.status, media_type=answer.content_type, headers=headers)
+
+
+class UpstreamStreamResponse(StreamingResponse):
+    """A target's stream passed on as it comes. However the response ends - finished, failed, or
+    cancelled because the client left - the target's stream is closed, which aborts its request
+    (Starlette leaves an unfinished body iterator to the garbage collector)."""
+
+    def __init__(self, answer: Answer, headers: dict[str, str]) -> None:
+        super().__init__(answer.chunks(), status_code=answer.status, headers={**SSE_HEADERS, **headers},
+                         media_type=answer.content_type)
+        self.answer = answer
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.answer.close()
+
+
+def completion_routing_requests(body: CompletionRequest) -> list[RoutingRequest]:
+    """Each prompt of a completion request; token-id prompts count by their length only."""
+    prompt = body.prompt
+    prompts = [prompt] if isinstance(prompt, str) or not prompt or isinstance(prompt[0], int) else prompt
+    return [RoutingRequest(each, 1, body.max_tokens) if isinstance(each, str)
+            else RoutingRequest("", 1, body.max_tokens, prompt_tokens=len(each)) for each in prompts]
+
+
+def add_openai_edge(app: FastAPI, edge: OpenAIEdge) -> None:
+    """The edge's routes on `app`; its client and load poller live as long as the app serves."""
+    router = APIRouter(prefix="/openai/v1", tags=["OpenAI"])
+
+    @router.get("/models")
+    async def list_models() -> ModelList:
+        return ModelList(data=edge.model_cards())
+
+    @router.get("/models/{model_name}")
+    async def get_model(model_name: str) -> Response:
+        for card in edge.model_cards():
+            if card.id == model_name:
+                return Response(card.model_dump_json(), media_type="application/json")
+        return openai_error_response(ModelNotFound(model_name))
+
+    @router.post("/completions")
+    async def completions(body: CompletionRequest, request: Request) -> Response:
+        return await edge.answer(COMPLETIONS_PATH, body, completion_routing_requests(body), request.headers)
+
+    @router.post("/chat/completions")
+    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+        routing_request = chat_routing_request(body.messages, body.requested_max_tokens)
+        return await edge.answer(CHAT_PATH, body, [routing_request], request.headers)
+
+    app.include_router(router)
+    _run_with_app(app, edge)
+
+
+def _run_with_app(app: FastAPI, edge: OpenAIEdge) -> None:
+    serve_app = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(app_: FastAPI) -> AsyncIterator[object]:
+        await edge.start()
+        try:
+            async with serve_app(app_) as state:
+                yield state
+        finally:
+            await edge.stop()
+
+    app.router.lifespan_context = lifespan

@@ -1,0 +1,225 @@
+"""Sending an OpenAI request on to a target's transformers, with fallback: the chosen target's
+replicas in their order of preference, then the other target's when the router was free to choose.
+A failure moves on only before any byte of the answer has gone to the client: a refused or
+dropped connection, a 503 or 504, or no answer (for a stream: no first chunk) in time. Any other
+answer, errors included, is the target's to give."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import StrEnum
+from http import HTTPStatus
+
+import httpx
+
+from router.metrics import FALLBACKS
+from router.policy import Route
+from router.replicas import Endpoint, ReplicaSet
+from serving.errors import RequestTimeout, ServiceUnavailable
+from serving.openai_protocol import openai_error_body
+from serving.streaming import OPENAI_DONE_EVENT
+
+logger = logging.getLogger(__name__)
+
+# Passed on to the transformers, as KServe's transformer passes them on to its predictor.
+FORWARDED_HEADERS = ("authorization", "x-request-id", "x-b3-traceid")
+EVENT_END = b"\n\n"
+
+
+class Failure(StrEnum):
+    """Why a target did not answer; also the `reason` label of router_fallbacks_total."""
+
+    UNAVAILABLE = "unavailable"  # it answered 503 (queue full, draining, its predictor down)
+    DOWN = "down"  # it refused or dropped the connection
+    TIMEOUT = "timeout"  # no answer in time, or a 504
+
+    @classmethod
+    def of_status(cls, status: int) -> Failure | None:
+        return {HTTPStatus.SERVICE_UNAVAILABLE: cls.UNAVAILABLE, HTTPStatus.GATEWAY_TIMEOUT: cls.TIMEOUT}.get(status)
+
+
+@dataclass(frozen=True, slots=True)
+class Fallback:
+    """The target chosen first, and why it did not serve."""
+
+    from_route: Route
+    failure: Failure
+
+    def __str__(self) -> str:
+        return f"{self.from_route}:{self.failure}"
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One OpenAI request to send: `payload` lacks `model`, which each target gets its own of."""
+
+    path: str
+    payload: dict
+    headers: dict[str, str]
+    stream: bool
+
+    @classmethod
+    def of(cls, path: str, payload: dict, request_headers: Mapping[str, str], stream: bool) -> Call:
+        headers = {name: request_headers[name] for name in FORWARDED_HEADERS if name in request_headers}
+        return cls(path, payload, headers, stream)
+
+
+@dataclass(slots=True)
+class Plan:
+    """Where a request goes: the chosen target's replicas in order, and the target that serves
+    if they all fail (None: the client named the model, so no other may answer)."""
+
+    route: Route
+    endpoints: list[Endpoint]
+    fallback: Route | None
+
+
+@dataclass(slots=True)
+class Answer:
+    """A target's answer, its body whole - or for a stream, its first chunk with the rest to come."""
+
+    route: Route
+    status: int
+    content_type: str | None
+    body: bytes
+    rest: AsyncIterator[bytes] | None = None
+    response: httpx.Response | None = None
+    fallback: Fallback | None = None
+
+    @property
+    def is_stream(self) -> bool:
+        return self.rest is not None
+
+    def json(self) -> object:
+        return json.loads(self.body)
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The stream's bytes as they come. If the target fails mid-stream between two events, the
+        client gets an OpenAI error event and `[DONE]`; mid-event, the connection is dropped."""
+        yield self.body
+        at_event_end = self.body.endswith(EVENT_END)
+        try:
+            async for chunk in self.rest:
+                yield chunk
+                at_event_end = chunk.endswith(EVENT_END)
+        except httpx.HTTPError as exc:
+            logger.warning("the %s target failed mid-stream: %s", self.route, type(exc).__name__)
+            if not at_event_end:
+                raise
+            message = openai_error_body(HTTPStatus.BAD_GATEWAY, f"the {self.route} model failed mid-stream")
+            yield b"data: " + json.dumps(message).encode() + EVENT_END + OPENAI_DONE_EVENT
+
+    async def close(self) -> None:
+        if self.response is not None:
+            await self.response.aclose()
+
+
+class TargetFailed(Exception):
+    """Every replica of a target failed; `answer` is the last one's 503 or 504, if it gave one."""
+
+    def __init__(self, route: Route, failure: Failure, reason: str, answer: Answer | None = None) -> None:
+        super().__init__(reason)
+        self.route = route
+        self.failure = failure
+        self.reason = reason
+        self.answer = answer
+
+
+class Upstream:
+    def __init__(self, model_name: str, replica_sets: Mapping[Route, ReplicaSet], client: httpx.AsyncClient) -> None:
+        self.model_name = model_name
+        self.replica_sets = replica_sets
+        self.client = client
+
+    async def send(self, plan: Plan, call: Call) -> Answer:
+        """The chosen target's answer, else the fallback's (saying so). When none answers: 503;
+        without a fallback, the target's own 503 or 504 if it gave one, else 503 (504 for a timeout)."""
+        try:
+            return await self.send_to(plan.route, plan.endpoints, call)
+        except TargetFailed as failed:
+            if plan.fallback is None:
+                return _answer_of(failed)
+            self.count_fallback(failed)
+            fallback, first_failure = Fallback(failed.route, failed.failure), str(failed)
+        try:
+            answer = await self.send_to(plan.fallback, self.replica_sets[plan.fallback].ranked(), call)
+        except TargetFailed as failed:
+            raise ServiceUnavailable(self.model_name, f"no model could answer: {first_failure}; {failed}") from None
+        answer.fallback = fallback
+        return answer
+
+    def count_fallback(self, failed: TargetFailed) -> None:
+        FALLBACKS.labels(self.model_name, failed.route.value, failed.failure.value).inc()
+        logger.warning("falling back from the %s model: %s", failed.route, failed)
+
+    async def send_to(self, route: Route, endpoints: list[Endpoint], call: Call) -> Answer:
+        """The first answer of `endpoints` (each tried once, in order); TargetFailed if none answers."""
+        model = self.replica_sets[route].model
+        if not endpoints:
+            raise TargetFailed(route, Failure.DOWN, f"every {model} replica is skipped after refusing connections")
+        for endpoint in endpoints:
+            try:
+                return await self._attempt(route, endpoint, call)
+            except _AttemptFailed as failed:
+                last = failed
+        raise TargetFailed(route, last.failure, f"{model} at {endpoint.url}: {last.reason}", last.answer)
+
+    async def _attempt(self, route: Route, endpoint: Endpoint, call: Call) -> Answer:
+        payload = {**call.payload, "model": self.replica_sets[route].model}
+        request = self.client.build_request("POST", endpoint.url + call.path, json=payload, headers=call.headers)
+        with self._failures(route, endpoint):
+            response = await self.client.send(request, stream=True)
+        try:
+            with self._failures(route, endpoint):
+                return await _read(route, response, call.stream)
+        except BaseException:
+            await response.aclose()
+            raise
+
+    @contextmanager
+    def _failures(self, route: Route, endpoint: Endpoint) -> Iterator[None]:
+        try:
+            yield
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            self.replica_sets[route].mark_down(endpoint)
+            raise _AttemptFailed(Failure.DOWN, f"connection refused ({type(exc).__name__})") from None
+        except httpx.TimeoutException as exc:
+            raise _AttemptFailed(Failure.TIMEOUT, f"no answer in time ({type(exc).__name__})") from None
+        except httpx.TransportError as exc:
+            raise _AttemptFailed(Failure.DOWN, f"connection lost ({type(exc).__name__})") from None
+
+
+class _AttemptFailed(Exception):
+    def __init__(self, failure: Failure, reason: str, answer: Answer | None = None) -> None:
+        self.failure = failure
+        self.reason = reason
+        self.answer = answer
+
+
+async def _read(route: Route, response: httpx.Response, stream: bool) -> Answer:
+    """The answer of an open response: a 200 stream up to its first chunk, anything else whole."""
+    content_type = response.headers.get("content-type")
+    if stream and response.status_code == HTTPStatus.OK:
+        rest = response.aiter_raw()
+        first = await anext(rest, b"")
+        return Answer(route, response.status_code, content_type, first, rest, response)
+    body = await response.aread()
+    await response.aclose()
+    answer = Answer(route, response.status_code, content_type, body)
+    failure = Failure.of_status(response.status_code)
+    if failure is not None:
+        raise _AttemptFailed(failure, f"answered {response.status_code}", answer)
+    return answer
+
+
+def _answer_of(failed: TargetFailed) -> Answer:
+    """What a client that named its model gets when that model's target failed."""
+    if failed.answer is not None:
+        return failed.answer
+    if failed.failure is Failure.TIMEOUT:
+        raise RequestTimeout(f"the {failed.route} model did not answer in time: {failed.reason}")
+    raise ServiceUnavailable(failed.route.value, f"the {failed.route} model cannot be reached: {failed.reason}")

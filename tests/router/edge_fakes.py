@@ -1,0 +1,118 @@
+"""A fake transformer for the OpenAI edge's tests: OpenAI completions and chat completions (whole or
+streamed) whose status, delay, token logprobs and finish reason a test sets, and a predictor-style
+/metrics with the load a test sets. Served on a real socket in a background thread."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from tests.router.graph_fakes import serve_in_thread
+
+STREAM_EVENT_SECONDS = 0.05
+
+
+@dataclass
+class FakeTransformer:
+    name: str
+    status: int = 200
+    delay: float = 0.0
+    token_logprobs: list[float] = field(default_factory=lambda: [-0.1, -0.2])
+    finish_reason: str = "stop"
+    stream_events: int = 3
+    stream_breaks: bool = False  # the connection drops after the stream's events, before [DONE]
+    waiting: float | None = None  # the load /metrics reports; None: /metrics answers 404
+    kv_cache_usage: float = 0.0
+    received: list[dict] = field(default_factory=list)
+    abandoned_streams: int = 0
+    url: str = ""
+
+    def reset(self) -> None:
+        defaults = FakeTransformer(self.name)
+        for name in ("status", "delay", "token_logprobs", "finish_reason", "stream_events", "stream_breaks",
+                     "waiting", "kv_cache_usage"):
+            setattr(self, name, getattr(defaults, name))
+        self.received.clear()
+        self.abandoned_streams = 0
+
+    @property
+    def text(self) -> str:
+        return f"{self.name} answers"
+
+    def app(self) -> Starlette:
+        return Starlette(routes=[
+            Route("/openai/v1/completions", self._complete, methods=["POST"]),
+            Route("/openai/v1/chat/completions", self._complete, methods=["POST"]),
+            Route("/metrics", self._metrics, methods=["GET"]),
+        ])
+
+    async def _complete(self, request: Request) -> Response:
+        body = await request.json()
+        self.received.append({"path": request.url.path, "headers": dict(request.headers), "body": body})
+        await asyncio.sleep(self.delay)
+        if self.status != 200:
+            error = {"error": {"message": f"{self.name} answered {self.status}", "type": "server_error",
+                               "param": None, "code": None}}
+            return JSONResponse(error, status_code=self.status)
+        chat = request.url.path.endswith("/chat/completions")
+        if body.get("stream"):
+            return StreamingResponse(self._events(body, chat), media_type="text/event-stream")
+        return JSONResponse(self._completion(body, chat))
+
+    def _completion(self, body: dict, chat: bool) -> dict:
+        wants_logprobs = body.get("logprobs") if chat else body.get("logprobs") is not None
+        if chat:
+            logprobs = {"content": [{"token": "x", "logprob": value, "bytes": [120], "top_logprobs": []}
+                                    for value in self.token_logprobs]} if wants_logprobs else None
+            choice = {"index": 0, "message": {"role": "assistant", "content": self.text}, "logprobs": logprobs,
+                      "finish_reason": self.finish_reason}
+        else:
+            logprobs = {"tokens": ["x"] * len(self.token_logprobs), "token_logprobs": self.token_logprobs,
+                        "top_logprobs": None, "text_offset": list(range(len(self.token_logprobs)))}
+            choice = {"index": 0, "text": self.text, "logprobs": logprobs if wants_logprobs else None,
+                      "finish_reason": self.finish_reason}
+        usage = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+        return {"id": "cmpl-1", "object": "chat.completion" if chat else "text_completion", "created": 0,
+                "model": body["model"], "choices": [choice], "usage": usage}
+
+    async def _events(self, body: dict, chat: bool) -> AsyncIterator[bytes]:
+        finished = False
+        try:
+            for index in range(self.stream_events):
+                delta = {"delta": {"content": f"{index} "}} if chat else {"text": f"{index} "}
+                event = {"id": "cmpl-1", "model": body["model"], "choices": [{"index": 0, **delta}]}
+                yield b"data: " + json.dumps(event).encode() + b"\n\n"
+                await asyncio.sleep(STREAM_EVENT_SECONDS)
+            if self.stream_breaks:
+                raise ConnectionAbortedError("the fake transformer breaks its stream")
+            yield b"data: [DONE]\n\n"
+            finished = True
+        finally:
+            # Starlette cancels the stream when its client disconnects.
+            if not finished:
+                self.abandoned_streams += 1
+
+    async def _metrics(self, request: Request) -> Response:
+        if self.waiting is None:
+            return PlainTextResponse("no metrics here", status_code=404)
+        labels = f'{{model_name="{self.name.rsplit("-", 1)[0]}"}}'
+        return PlainTextResponse(f"vllm:num_requests_waiting{labels} {self.waiting}\n"
+                                 f"vllm:kv_cache_usage_perc{labels} {self.kv_cache_usage}\n")
+
+
+@contextmanager
+def running_transformers(*names: str) -> Iterator[dict[str, FakeTransformer]]:
+    """Fake transformers by name (`llm-small-a` serves model `llm-small`), each on its own port."""
+    fakes = {name: FakeTransformer(name) for name in names}
+    with ExitStack() as servers:
+        for fake in fakes.values():
+            fake.url = servers.enter_context(serve_in_thread(fake.app()))
+        yield fakes

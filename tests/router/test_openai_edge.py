@@ -1,0 +1,330 @@
+"""The router's OpenAI edge, through a real `python -m router` process in front of fake transformers:
+routing by policy, hint or model name; bodies checked before any call; streams passed through
+byte for byte and closed when the client leaves; fallback to the other model on 503, refused
+connections and timeouts; the cascade; least-loaded replicas; and the metrics of it all."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.servers import Server, free_port
+
+from .conftest import start_router, write_config
+from .edge_fakes import FakeTransformer, running_transformers
+
+THRESHOLD = 0.3
+CHIT_CHAT = "How are you doing today?"
+DEMANDING = ("Here is my Python code:\n```python\ndef mean(values):\n    return sum(values) / len(values)\n```\n"
+             "Explain why it fails on an empty list, then rewrite it step by step, and prove the new version "
+             "never divides by zero.")
+COMPLETIONS = "/openai/v1/completions"
+CHAT = "/openai/v1/chat/completions"
+REQUEST_SECONDS = 1.0
+METRICS_INTERVAL = 0.1
+
+
+def edge_config(path: Path, small_urls: list, large_urls: list) -> Path:
+    return write_config(
+        path,
+        targets={"small": {"model": "llm-small", "urls": small_urls},
+                 "large": {"model": "llm-large", "urls": large_urls}},
+        policy={"threshold": THRESHOLD},
+        cascade={"enabled": True, "min_confidence": -2.5},
+        timeouts={"connect_seconds": 1, "request_seconds": REQUEST_SECONDS},
+        load_balancing={"metrics_interval_seconds": METRICS_INTERVAL, "down_seconds": 0.5},
+    )
+
+
+def replica(fake: FakeTransformer) -> dict:
+    return {"url": fake.url, "metrics_url": fake.url + "/metrics"}
+
+
+@pytest.fixture(scope="module")
+def fakes() -> Iterator[dict[str, FakeTransformer]]:
+    with running_transformers("llm-small-a", "llm-small-b", "llm-large-a") as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def router(fakes, tmp_path_factory) -> Iterator[Server]:
+    directory = tmp_path_factory.mktemp("edge")
+    config = edge_config(directory / "router.yaml", [replica(fakes["llm-small-a"]), replica(fakes["llm-small-b"])],
+                         [fakes["llm-large-a"].url])
+    server = start_router(config, directory)
+    yield server
+    assert server.stop() == 0, server.log()[-3000:]
+
+
+@pytest.fixture
+def http(router, fakes) -> Iterator[httpx.Client]:
+    for fake in fakes.values():
+        fake.reset()
+    with httpx.Client(base_url=router.url, timeout=30) as client:
+        yield client
+
+
+def chat(content: str, model: str = "auto", **fields) -> dict:
+    return {"model": model, "messages": [{"role": "user", "content": content}], **fields}
+
+
+def received(fakes: dict[str, FakeTransformer], prefix: str) -> list[dict]:
+    return [request for name, fake in fakes.items() if name.startswith(prefix) for request in fake.received]
+
+
+def router_metric(router: Server, name: str, **labels: str) -> float:
+    """The sum of a metric's samples on the router's /metrics that carry `labels`."""
+    total = 0.0
+    for line in httpx.get(f"{router.url}/metrics", timeout=10).text.splitlines():
+        if line.startswith(name + "{") and all(f'{key}="{value}"' in line for key, value in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+# Routing
+
+def test_models_lists_auto_and_both_targets(http):
+    models = http.get("/openai/v1/models").json()
+    assert [card["id"] for card in models["data"]] == ["auto", "llm-small", "llm-large"]
+    assert http.get("/openai/v1/models/auto").json()["id"] == "auto"
+    missing = http.get("/openai/v1/models/gpt-4")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
+
+
+def test_auto_routes_by_policy_and_says_so(http, fakes):
+    small = http.post(CHAT, json=chat(CHIT_CHAT))
+    large = http.post(CHAT, json=chat(DEMANDING))
+    assert small.headers["x-route"] == "small" and float(small.headers["x-route-score"]) < THRESHOLD
+    assert large.headers["x-route"] == "large" and float(large.headers["x-route-score"]) >= THRESHOLD
+    assert "x-route-fallback" not in large.headers and "x-route-escalated" not in large.headers
+    # The target gets the request with its own model name; the answer keeps the name it gave.
+    [to_large] = received(fakes, "llm-large")
+    assert to_large["body"] == {**chat(DEMANDING), "model": "llm-large"}
+    assert large.json()["model"] == "llm-large" and large.json()["choices"][0]["message"]["content"] == \
+        "llm-large-a answers"
+
+
+def test_a_model_name_or_a_hint_chooses_the_target(http, fakes):
+    named = http.post(COMPLETIONS, json={"model": "llm-large", "prompt": CHIT_CHAT})
+    hinted = http.post(COMPLETIONS, json={"model": "auto", "prompt": DEMANDING}, headers={"x-route": "small"})
+    assert named.headers["x-route"] == "large" and "x-route-score" not in named.headers
+    assert hinted.headers["x-route"] == "small" and hinted.json()["choices"][0]["text"].startswith("llm-small")
+    assert http.post(COMPLETIONS, json={"model": "auto", "prompt": "x"}, headers={"x-route": "medium"}).status_code \
+        == 400
+
+
+def test_token_id_prompts_are_routed_by_their_length(http):
+    response = http.post(COMPLETIONS, json={"model": "auto", "prompt": list(range(3000))})
+    assert response.headers["x-route"] == "large"
+
+
+def test_bad_bodies_get_openai_400s_before_any_call(http, fakes):
+    unknown_field = http.post(CHAT, json=chat(CHIT_CHAT, temprature=0.5))
+    no_messages = http.post(CHAT, json={"model": "auto", "messages": []})
+    unknown_model = http.post(CHAT, json=chat(CHIT_CHAT, model="gpt-4"))
+    assert unknown_field.status_code == 400 and unknown_field.json()["error"]["param"] == "temprature"
+    assert no_messages.status_code == 400 and no_messages.json()["error"]["type"] == "invalid_request_error"
+    assert unknown_model.status_code == 404 and unknown_model.json()["error"]["code"] == "model_not_found"
+    assert received(fakes, "llm") == []
+
+
+def test_an_error_of_the_target_is_passed_on(http, fakes):
+    for fake in fakes.values():
+        fake.status = 400
+    response = http.post(CHAT, json=chat(DEMANDING))
+    assert response.status_code == 400 and response.headers["x-route"] == "large"
+    assert response.json()["error"]["message"] == "llm-large-a answered 400"
+    assert len(received(fakes, "llm")) == 1
+
+
+# Streams
+
+def test_a_stream_passes_through_byte_for_byte(http, fakes):
+    with http.stream("POST", CHAT, json=chat(DEMANDING, stream=True)) as response:
+        streamed = b"".join(response.iter_raw())
+    assert response.headers["x-route"] == "large"
+    assert response.headers["content-type"].startswith("text/event-stream")
+    events = [f'data: {{"id": "cmpl-1", "model": "llm-large", "choices": [{{"index": 0, "delta": {{"content": '
+              f'"{index} "}}}}]}}\n\n' for index in range(3)]
+    assert streamed == ("".join(events) + "data: [DONE]\n\n").encode()
+
+
+def test_a_stream_the_target_breaks_ends_with_an_openai_error_event(http, fakes):
+    fakes["llm-large-a"].stream_breaks = True
+    with http.stream("POST", CHAT, json=chat(DEMANDING, stream=True)) as response:
+        events = [line for line in response.iter_lines() if line]
+    assert len(events) == 5 and events[-1] == "data: [DONE]"
+    assert json.loads(events[-2].removeprefix("data: "))["error"] == {
+        "message": "the large model failed mid-stream", "type": "server_error", "param": None, "code": None}
+
+
+def test_a_client_leaving_mid_stream_closes_the_targets_stream(http, fakes):
+    fakes["llm-large-a"].stream_events = 200
+    with http.stream("POST", COMPLETIONS, json={"model": "llm-large", "prompt": "x", "stream": True}) as response:
+        lines = response.iter_lines()
+        assert next(lines).startswith("data: ")
+    deadline = time.monotonic() + 5
+    while fakes["llm-large-a"].abandoned_streams == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert fakes["llm-large-a"].abandoned_streams == 1
+
+
+# Fallback
+
+def test_a_503_falls_back_to_the_other_model(router, http, fakes):
+    before = router_metric(router, "router_fallbacks_total", from_route="large", reason="unavailable")
+    fakes["llm-large-a"].status = 503
+    response = http.post(CHAT, json=chat(DEMANDING))
+    streamed = http.post(CHAT, json=chat(DEMANDING, stream=True))
+    for each in (response, streamed):
+        assert each.status_code == 200
+        assert each.headers["x-route"] == "small" and each.headers["x-route-fallback"] == "large:unavailable"
+    assert response.json()["model"] == "llm-small"
+    assert streamed.text.endswith("data: [DONE]\n\n")
+    assert router_metric(router, "router_fallbacks_total", from_route="large", reason="unavailable") == before + 2
+
+
+def test_a_timeout_falls_back(router, http, fakes):
+    fakes["llm-large-a"].delay = REQUEST_SECONDS + 0.5
+    response = http.post(COMPLETIONS, json={"model": "auto", "prompt": DEMANDING})
+    assert response.status_code == 200 and response.headers["x-route-fallback"] == "large:timeout"
+
+
+def test_a_named_model_does_not_fall_back(http, fakes):
+    fakes["llm-large-a"].status = 503
+    response = http.post(CHAT, json=chat(CHIT_CHAT, model="llm-large"))
+    assert response.status_code == 503 and response.headers["x-route"] == "large"
+    assert response.json()["error"]["message"] == "llm-large-a answered 503"
+    assert received(fakes, "llm-small") == []
+
+
+def test_when_both_models_fail_the_answer_is_503_with_retry_after(http, fakes):
+    for fake in fakes.values():
+        fake.status = 503
+    response = http.post(CHAT, json=chat(CHIT_CHAT, stream=True))
+    assert response.status_code == 503 and response.headers["retry-after"]
+    error = response.json()["error"]
+    assert error["type"] == "server_error" and error["message"].startswith("no model could answer: llm-small")
+
+
+@pytest.fixture(scope="module")
+def router_with_a_dead_model(fakes, tmp_path_factory) -> Iterator[Server]:
+    """A router whose small model listens nowhere: connections to it are refused."""
+    directory = tmp_path_factory.mktemp("dead-small")
+    config = edge_config(directory / "router.yaml", [f"http://127.0.0.1:{free_port()}"], [fakes["llm-large-a"].url])
+    server = start_router(config, directory)
+    yield server
+    assert server.stop() == 0, server.log()[-3000:]
+
+
+def test_a_refused_connection_falls_back(router_with_a_dead_model, fakes):
+    for fake in fakes.values():
+        fake.reset()
+    with httpx.Client(base_url=router_with_a_dead_model.url, timeout=30) as client:
+        auto = client.post(CHAT, json=chat(CHIT_CHAT))
+        named = client.post(CHAT, json=chat(CHIT_CHAT, model="llm-small"))
+    assert auto.status_code == 200 and auto.headers["x-route"] == "large"
+    assert auto.headers["x-route-fallback"] == "small:down"
+    assert named.status_code == 503 and named.headers["retry-after"]
+    assert "the small model cannot be reached" in named.json()["error"]["message"]
+
+
+# The cascade
+
+def test_an_unsure_small_answer_is_escalated(router, http, fakes):
+    before = router_metric(router, "router_escalations_total", reason="low_confidence")
+    for name in ("llm-small-a", "llm-small-b"):
+        fakes[name].token_logprobs = [-0.1, -4.0, -0.2]
+    response = http.post(CHAT, json=chat(CHIT_CHAT))
+    assert response.headers["x-route"] == "large" and response.headers["x-route-escalated"] == "low_confidence"
+    assert response.json()["choices"][0]["message"]["content"] == "llm-large-a answers"
+    # The small model was asked for logprobs, the large one gets the request as the client sent it.
+    [to_small] = received(fakes, "llm-small")
+    [to_large] = received(fakes, "llm-large")
+    assert to_small["body"]["logprobs"] is True and "logprobs" not in to_large["body"]
+    assert router_metric(router, "router_escalations_total", reason="low_confidence") == before + 1
+
+
+def test_a_confident_small_answer_stays_and_loses_the_logprobs_it_was_asked_for(http, fakes):
+    response = http.post(COMPLETIONS, json={"model": "auto", "prompt": CHIT_CHAT})
+    [to_small] = received(fakes, "llm-small")
+    assert to_small["body"]["logprobs"] == 0
+    assert response.headers["x-route"] == "small" and "x-route-escalated" not in response.headers
+    assert response.json()["choices"][0]["logprobs"] is None
+    asked = http.post(COMPLETIONS, json={"model": "auto", "prompt": CHIT_CHAT, "logprobs": 1})
+    assert asked.json()["choices"][0]["logprobs"]["token_logprobs"] == [-0.1, -0.2]
+
+
+def test_a_cut_short_answer_is_escalated_but_kept_if_the_large_model_fails(http, fakes):
+    for name in ("llm-small-a", "llm-small-b"):
+        fakes[name].finish_reason = "length"
+    fakes["llm-large-a"].status = 503
+    response = http.post(CHAT, json=chat(CHIT_CHAT))
+    assert response.status_code == 200 and response.headers["x-route"] == "small"
+    assert response.headers["x-route-escalated"] == "length"
+    assert response.headers["x-route-fallback"] == "large:unavailable"
+    assert response.json()["choices"][0]["logprobs"] is None
+
+
+def test_streams_and_named_models_are_not_cascaded(http, fakes):
+    for name in ("llm-small-a", "llm-small-b"):
+        fakes[name].token_logprobs = [-9.0]
+    streamed = http.post(CHAT, json=chat(CHIT_CHAT, stream=True))
+    named = http.post(CHAT, json=chat(CHIT_CHAT, model="llm-small"))
+    assert streamed.headers["x-route"] == named.headers["x-route"] == "small"
+    assert received(fakes, "llm-large") == []
+
+
+# Replicas
+
+def wait_for_polls() -> None:
+    time.sleep(3 * METRICS_INTERVAL)
+
+
+def served_by(fakes: dict[str, FakeTransformer]) -> list[str]:
+    return [name for name in ("llm-small-a", "llm-small-b") for _ in fakes[name].received]
+
+
+def test_the_least_loaded_replica_serves(http, fakes):
+    fakes["llm-small-a"].waiting, fakes["llm-small-b"].waiting = 4, 0
+    wait_for_polls()
+    for _ in range(3):
+        http.post(CHAT, json=chat(CHIT_CHAT, stream=True))
+    assert served_by(fakes) == ["llm-small-b"] * 3
+    fakes["llm-small-a"].received.clear(), fakes["llm-small-b"].received.clear()
+    fakes["llm-small-a"].waiting = fakes["llm-small-b"].waiting = 1
+    fakes["llm-small-a"].kv_cache_usage, fakes["llm-small-b"].kv_cache_usage = 0.2, 0.7
+    wait_for_polls()
+    for _ in range(3):
+        http.post(CHAT, json=chat(CHIT_CHAT, stream=True))
+    assert served_by(fakes) == ["llm-small-a"] * 3
+
+
+def test_equally_loaded_replicas_take_turns(http, fakes):
+    fakes["llm-small-a"].waiting = fakes["llm-small-b"].waiting = 0
+    wait_for_polls()
+    for _ in range(4):
+        http.post(CHAT, json=chat(CHIT_CHAT, stream=True))
+    assert sorted(served_by(fakes)) == ["llm-small-a"] * 2 + ["llm-small-b"] * 2
+
+
+def test_an_overloaded_replica_hands_over_to_another_of_its_target(http, fakes):
+    fakes["llm-small-a"].waiting, fakes["llm-small-b"].waiting = 0, 3
+    fakes["llm-small-a"].status = 503
+    wait_for_polls()
+    response = http.post(CHAT, json=chat(CHIT_CHAT, stream=True))
+    assert response.status_code == 200 and response.headers["x-route"] == "small"
+    assert "x-route-fallback" not in response.headers
+    assert served_by(fakes) == ["llm-small-a", "llm-small-b"]
+
+
+def test_routing_latency_is_measured(router, http):
+    http.post(CHAT, json=chat(CHIT_CHAT, stream=True))
+    assert router_metric(router, "router_routing_latency_seconds_count") >= 1
+    assert router_metric(router, "router_requests_total", route="small", decided_by="policy") >= 1
+
