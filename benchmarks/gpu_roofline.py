@@ -5,8 +5,10 @@ For each batch size, requests with ~`--context_len`-token prompts are prefilled,
 `--decode_steps` engine steps (every request decoding) are timed, once with decode steps
 replayed as CUDA graphs and once eagerly (`--modes`; graphs need the triton attention backend).
 The roofline of a step is the bytes it must read, weights + the KV cache of every sequence,
-over the memory bandwidth measured in the same run (a large device-to-device copy). The model
-is built in memory on the device (`LLMEngine(config, model=...)`), so nothing is written to disk.
+over the memory bandwidth measured in the same run (a large device-to-device copy). CUDA events
+around each forward give the GPU time of the model itself (fwd GPU ms); the rest of a step is
+host work, input copies and sampling. The model is built in memory on the device
+(`LLMEngine(config, model=...)`), so nothing is written to disk.
 
 Usage (GPU): PYTHONPATH=. python benchmarks/gpu_roofline.py --json $OUT/gpu_roofline.json
 CPU check of the logic: PYTHONPATH=. python benchmarks/gpu_roofline.py --tiny --device cpu
@@ -56,6 +58,13 @@ class DecodeResult:
     mean_context_len: float
     roofline_tokens_per_second: float
     fraction_of_roofline: float
+    # GPU time of the model forward in a timed step (the graph replay, or an eager forward from its
+    # first kernel to its last); the rest of the step is host work, input copies and sampling.
+    forward_gpu_ms: float | None = None
+
+    @property
+    def step_ms(self) -> float:
+        return 1e3 * self.batch / self.tokens_per_second
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -184,10 +193,10 @@ def roofline_tokens_per_second(batch: int, mean_context_len: float, weight_bytes
 
 
 def measure_engine_decode(
-    engine: LLMEngine, batch: int, args: argparse.Namespace, rng: random.Random
-) -> tuple[float, float]:
+    engine: LLMEngine, batch: int, args: argparse.Namespace, rng: random.Random, forward_timer: ForwardGpuTimer | None
+) -> tuple[float, float, float | None]:
     """Prefill `batch` requests, then time decode steps only. Returns (tokens/s, mean tokens
-    each sequence attends per timed step)."""
+    each sequence attends per timed step, GPU milliseconds of a timed step's forward or None)."""
     params = SamplingParams(max_tokens=TOKEN_HEADROOM + WARMUP_DECODE_STEPS + args.decode_steps,
                             temperature=0.0, ignore_eos=True)
     request_ids = [f"b{batch}-{index}" for index in range(batch)]
@@ -203,6 +212,8 @@ def measure_engine_decode(
     # The next step computes each sequence's last sampled token, attending all its tokens.
     context_at_start = sum(num_tokens.values()) / batch
     synchronize(engine.device)
+    if forward_timer is not None:
+        forward_timer.reset()
     started = time.perf_counter()
     generated = 0
     for _ in range(args.decode_steps):
@@ -210,12 +221,46 @@ def measure_engine_decode(
         generated += len(outputs)
     synchronize(engine.device)
     seconds = time.perf_counter() - started
+    forward_ms = forward_timer.mean_ms() if forward_timer is not None else None
     for request_id in request_ids:
         engine.abort(request_id)
     if generated != batch * args.decode_steps:
         logger.warning("batch %d: %d tokens in %d steps, expected %d", batch, generated, args.decode_steps,
                        batch * args.decode_steps)
-    return generated / seconds, context_at_start + (args.decode_steps - 1) / 2
+    return generated / seconds, context_at_start + (args.decode_steps - 1) / 2, forward_ms
+
+
+class ForwardGpuTimer:
+    """CUDA events around every model forward an engine runs (an eager forward, or a decode
+    graph's replay): how much of a step the GPU spends on the model itself."""
+
+    def __init__(self, engine: LLMEngine) -> None:
+        self.spans: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
+        runner = engine.runner
+        runner._forward = self._timed(runner._forward)
+        graphs = runner.decode_graphs
+        if graphs is not None:
+            graphs.graphs = {size: (self._timed(replay), logits) for size, (replay, logits) in graphs.graphs.items()}
+
+    def _timed(self, forward):
+        def timed(*args, **kwargs):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            result = forward(*args, **kwargs)
+            end.record()
+            self.spans.append((start, end))
+            return result
+
+        return timed
+
+    def reset(self) -> None:
+        self.spans.clear()
+
+    def mean_ms(self) -> float | None:
+        torch.cuda.synchronize()
+        if not self.spans:
+            return None
+        return sum(start.elapsed_time(end) for start, end in self.spans) / len(self.spans)
 
 
 def record_lengths(outputs, num_tokens: dict[str, int]) -> None:
@@ -251,6 +296,7 @@ def run_engine(
     if actual != backend:
         raise RuntimeError(f"asked for attention backend {backend!r}, engine runs {actual!r}")
     rng = random.Random(args.seed)
+    forward_timer = ForwardGpuTimer(engine) if engine.device.type == "cuda" else None
     results = []
     try:
         if mode == "cuda_graphs" and engine.runner.decode_graphs is None:
@@ -260,8 +306,10 @@ def run_engine(
         for batch in args.batch_sizes:
             if over_budget(args, f"{system} batch {batch}"):
                 continue
-            tokens_per_second, mean_context = measure_engine_decode(engine, batch, args, rng)
-            results.append(make_result(system, batch, args.decode_steps, tokens_per_second, mean_context, roofline))
+            tokens_per_second, mean_context, forward_ms = measure_engine_decode(engine, batch, args, rng,
+                                                                                forward_timer)
+            results.append(make_result(system, batch, args.decode_steps, tokens_per_second, mean_context, roofline,
+                                       forward_ms))
             logger.info("%s", results[-1])
     finally:
         del engine
@@ -316,10 +364,12 @@ def hf_generate(model: torch.nn.Module, prompts: list[list[int]], max_new_tokens
 
 
 def make_result(
-    system: str, batch: int, steps: int, tokens_per_second: float, mean_context: float, roofline
+    system: str, batch: int, steps: int, tokens_per_second: float, mean_context: float, roofline,
+    forward_gpu_ms: float | None = None,
 ) -> DecodeResult:
     roof = roofline(batch, mean_context)
-    return DecodeResult(system, batch, steps, tokens_per_second, mean_context, roof, tokens_per_second / roof)
+    return DecodeResult(system, batch, steps, tokens_per_second, mean_context, roof, tokens_per_second / roof,
+                        forward_gpu_ms)
 
 
 def over_budget(args: argparse.Namespace, measurement: str) -> bool:
@@ -340,11 +390,13 @@ def print_table(summary: dict) -> None:
     print(f"\n{summary['device_name']}: {summary['shape']}, {summary['dtype']}, "
           f"{summary['weight_bytes'] / 1e9:.2f} GB of weights, {summary['kv_bytes_per_token'] / 1024:.0f} KiB KV/token")
     print(f"measured memory bandwidth (device copy, read + write): {summary['bandwidth_bytes_per_s'] / 1e9:.0f} GB/s")
-    print(f"{'system':<34} {'batch':>5} {'ctx':>7} {'tok/s':>10} {'roofline':>10} {'fraction':>8}")
+    print(f"{'system':<34} {'batch':>5} {'ctx':>7} {'tok/s':>10} {'roofline':>10} {'fraction':>8} "
+          f"{'step ms':>8} {'fwd GPU ms':>10}")
     for row in summary["results"]:
+        forward = "" if row["forward_gpu_ms"] is None else f"{row['forward_gpu_ms']:.2f}"
         print(f"{row['system']:<34} {row['batch']:>5} {row['mean_context_len']:>7.0f} "
               f"{row['tokens_per_second']:>10.1f} {row['roofline_tokens_per_second']:>10.1f} "
-              f"{row['fraction_of_roofline']:>8.1%}")
+              f"{row['fraction_of_roofline']:>8.1%} {row['step_ms']:>8.2f} {forward:>10}")
     for name, error in summary["errors"].items():
         print(f"{name}: FAILED: {error}")
     for measurement in summary["skipped_for_time"]:
@@ -406,7 +458,7 @@ def main(argv: list[str] | None = None) -> None:
         "weight_bytes": weight_bytes,
         "kv_bytes_per_token": kv_per_token,
         "bandwidth_bytes_per_s": bandwidth,
-        "results": [asdict(result) for result in results],
+        "results": [asdict(result) | {"step_ms": result.step_ms} for result in results],
         "errors": errors,
         "skipped_for_time": args.skipped,
         "not_measured": args.not_measured,

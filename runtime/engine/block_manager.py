@@ -93,6 +93,8 @@ class BlockManager:
         if not self.enable_prefix_caching:
             return
         num_full = min(seq.num_computed_tokens // self.block_size, len(seq.block_table))
+        if num_full <= seq.num_hashed_blocks:
+            return  # most steps: no block filled up
         self._extend_block_hashes(seq, num_full)
         for index in range(seq.num_hashed_blocks, num_full):
             block = self.blocks[seq.block_table[index]]
@@ -123,6 +125,8 @@ class BlockManager:
         else:
             num_computed, num_held = seq.num_computed_tokens, len(seq.block_table)
         num_new_blocks = max(self.blocks_for_tokens(num_computed + num_new_tokens) - num_held, 0)
+        if not cached_prefix:
+            return num_new_blocks
         # Cache hits sitting in the free list stop being free once taken.
         num_revived = sum(1 for block_id in cached_prefix if self.blocks[block_id].ref_count == 0)
         return num_new_blocks + num_revived

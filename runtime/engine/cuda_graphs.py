@@ -19,8 +19,9 @@ from __future__ import annotations
 import bisect
 import functools
 import time
-from typing import Callable
+from typing import Callable, Sequence
 
+import numpy as np
 import torch
 
 from .attention import AttentionBackend, AttentionMetadata
@@ -34,6 +35,8 @@ GraphCapture = Callable[[Callable[[], torch.Tensor]], tuple[Callable[[], None], 
 
 # A padding row is the one-token sequence [PADDING_TOKEN] at position 0.
 PADDING_TOKEN = 0
+# Per-row static inputs besides the block table: input id, position, slot, context length.
+NUM_ROW_VECTORS = 4
 
 
 class CudaGraphCapture:
@@ -66,8 +69,14 @@ class DecodeGraphs:
     """Decode forwards captured at `batch_sizes`, with the static inputs they read.
 
     `padding_block` is a KV block outside the block manager's range, kept for padding rows.
-    The attention launch is fixed at capture, so it is sized for `max_model_len` (the Triton
-    decode kernel's split count), and block tables are `max_model_len` tokens wide."""
+    The attention launch is fixed at capture: each graph's is sized for its own batch size
+    and for contexts up to `max_model_len` (the Triton decode kernel's split count), and
+    block tables are `max_model_len` tokens wide.
+
+    The static inputs are views of one device buffer, filled from a host copy of it in one
+    transfer a step. The host copy keeps every row's block table between steps: a row is
+    rewritten only when a different table lands in it, otherwise only the blocks its table
+    gained since the last step are written (one every block_size steps)."""
 
     def __init__(
         self,
@@ -83,26 +92,41 @@ class DecodeGraphs:
         self.batch_sizes = tuple(sorted(batch_sizes))
         self.padding_block = padding_block
         self.padding_slot = padding_block * block_size
+        # A padding row's input id, position, slot and context length.
+        self._padding_row = (PADDING_TOKEN, 0, self.padding_slot, 1)
         self.max_model_len = max_model_len
         self._forward = forward
         self._kv_caches = kv_caches
         self._attention_backend = attention_backend
         self.device = kv_caches[0][0].device
-        max_rows = self.batch_sizes[-1]
-        as_index = dict(dtype=torch.long, device=self.device)
-        self.input_ids = torch.full((max_rows,), PADDING_TOKEN, **as_index)
-        self.positions = torch.zeros(max_rows, **as_index)
-        self.slot_mapping = torch.full((max_rows,), self.padding_slot, **as_index)
-        self.context_lens = torch.ones(max_rows, **as_index)
-        max_blocks = blocks_for_tokens(max_model_len, block_size)
-        self.block_tables = torch.full((max_rows, max_blocks), padding_block, **as_index)
-        self.logits_indices = torch.arange(max_rows, device=self.device)
+        self._allocate_inputs(self.batch_sizes[-1], blocks_for_tokens(max_model_len, block_size))
         started = time.perf_counter()
         self.graphs: dict[int, tuple[Callable[[], None], torch.Tensor]] = {}
         # Largest first: the smaller graphs then fit in the memory the largest left in the pool.
         for size in reversed(self.batch_sizes):
             self.graphs[size] = capture(functools.partial(self._forward_rows, size))
         self.capture_seconds = time.perf_counter() - started
+
+    def _allocate_inputs(self, max_rows: int, max_blocks: int) -> None:
+        """Host and device buffers alike: input ids, positions, slots and context lengths
+        ([max_rows] each), then the block tables [max_rows, max_blocks]; every row starts as
+        padding. A step sends the prefix of the buffer its rows use."""
+        self.max_blocks = max_blocks
+        self._tables_offset = NUM_ROW_VECTORS * max_rows
+        self._host_inputs = np.empty(self._tables_offset + max_rows * max_blocks, dtype=np.int64)
+        host_rows, host_tables = np.split(self._host_inputs, [self._tables_offset])
+        self._host_row_vectors = host_rows.reshape(NUM_ROW_VECTORS, max_rows)
+        self._host_row_vectors[:] = np.array(self._padding_row)[:, None]
+        self._host_block_tables = host_tables.reshape(max_rows, max_blocks)
+        self._host_block_tables[:] = self.padding_block
+        # What each host block-table row holds: whose table (the list itself), and how much of it.
+        self._staged_tables: list[list[int] | None] = [None] * max_rows
+        self._staged_lengths = [0] * max_rows
+        self._device_inputs = torch.from_numpy(self._host_inputs).to(self.device, copy=True)
+        device_rows, device_tables = self._device_inputs.split([self._tables_offset, max_rows * max_blocks])
+        self.input_ids, self.positions, self.slot_mapping, self.context_lens = device_rows.view(NUM_ROW_VECTORS, max_rows)
+        self.block_tables = device_tables.view(max_rows, max_blocks)
+        self.logits_indices = torch.arange(max_rows, device=self.device)
 
     def captured_size(self, num_rows: int) -> int | None:
         """The smallest captured batch size that holds `num_rows` rows; None if none does."""
@@ -112,11 +136,11 @@ class DecodeGraphs:
     @torch.inference_mode()
     def run(
         self,
-        input_ids: list[int],
-        positions: list[int],
-        slots: list[int],
+        input_ids: Sequence[int],
+        positions: Sequence[int],
+        slots: Sequence[int],
         block_tables: list[list[int]],
-        context_lens: list[int],
+        context_lens: Sequence[int],
     ) -> torch.Tensor:
         """Logits [rows, vocab] of one decode step (one row per sequence: its new token, the
         token's position and cache slot, its block table, and the tokens it attends, the new
@@ -136,32 +160,46 @@ class DecodeGraphs:
     def _copy_inputs(
         self,
         size: int,
-        input_ids: list[int],
-        positions: list[int],
-        slots: list[int],
+        input_ids: Sequence[int],
+        positions: Sequence[int],
+        slots: Sequence[int],
         block_tables: list[list[int]],
-        context_lens: list[int],
+        context_lens: Sequence[int],
     ) -> None:
-        """The step's rows, then padding rows up to `size`. Block-table columns past the step's
-        widest table keep what earlier steps left there: valid block ids that no row reads."""
-        num_padding = size - len(input_ids)
-        per_row = self._host_tensor([
-            input_ids + [PADDING_TOKEN] * num_padding,
-            positions + [0] * num_padding,
-            slots + [self.padding_slot] * num_padding,
-            context_lens + [1] * num_padding,
-        ])
-        for target, values in zip((self.input_ids, self.positions, self.slot_mapping, self.context_lens), per_row):
-            target[:size].copy_(values, non_blocking=True)
-        width = max(map(len, block_tables))
-        padded = [table + [self.padding_block] * (width - len(table)) for table in block_tables]
-        padded += [[self.padding_block] * width] * num_padding
-        self.block_tables[:size, :width].copy_(self._host_tensor(padded), non_blocking=True)
+        """The step's rows, then padding rows up to `size`, into the static inputs."""
+        num_rows = len(input_ids)
+        for vector, values, padding in zip(
+            self._host_row_vectors, (input_ids, positions, slots, context_lens), self._padding_row
+        ):
+            vector[:num_rows] = values
+            vector[num_rows:size] = padding
+        self._stage_block_tables(block_tables, size)
+        used = self._tables_offset + size * self.max_blocks
+        staged = torch.from_numpy(self._host_inputs[:used])
+        if self.device.type == "cuda":
+            # Pinned, so the copy is queued without waiting; the pinned buffer is torch's to
+            # recycle once the copy is done, so the host copy can change for the next step.
+            staged = staged.pin_memory()
+        self._device_inputs[:used].copy_(staged, non_blocking=True)
 
-    def _host_tensor(self, rows: list[list[int]]) -> torch.Tensor:
-        """Rows of ints on the host; pinned for a CUDA device, so the copy does not wait for it."""
-        tensor = torch.tensor(rows, dtype=torch.long)
-        return tensor if self.device.type == "cpu" else tensor.pin_memory()
+    def _stage_block_tables(self, block_tables: list[list[int]], size: int) -> None:
+        """Rows hold their table, then padding_block; padding rows hold only padding_block.
+        A sequence's block table only grows by appending, or is replaced by a new list
+        (Sequence.block_table), so a row staged from the same list needs only its new tail."""
+        host = self._host_block_tables
+        staged_tables, staged_lengths = self._staged_tables, self._staged_lengths
+        for row, table in enumerate(block_tables):
+            if staged_tables[row] is not table or len(table) < staged_lengths[row]:
+                host[row, : staged_lengths[row]] = self.padding_block
+                staged_tables[row], staged_lengths[row] = table, 0
+            start, end = staged_lengths[row], len(table)
+            if start < end:
+                host[row, start:end] = table[start:]
+                staged_lengths[row] = end
+        for row in range(len(block_tables), size):
+            if staged_tables[row] is not None:
+                host[row, : staged_lengths[row]] = self.padding_block
+                staged_tables[row], staged_lengths[row] = None, 0
 
     def _forward_rows(self, num_rows: int) -> torch.Tensor:
         """The forward pass over the first `num_rows` static rows (what each graph records)."""

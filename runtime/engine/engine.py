@@ -18,9 +18,9 @@ from .errors import QueueFull, RequestRejected
 from .model_loader import ModelLoadError, adopt_model, load_model
 from .model_runner import ModelRunner
 from .outputs import RequestMetrics, RequestOutput
-from .sampler import SampleResult, Sampler
+from .sampler import SampledTokens, Sampler
 from .sampling import SamplingParams
-from .scheduler import Scheduler
+from .scheduler import ScheduledSequence, Scheduler
 from .sequence import FinishReason, Sequence, SequenceStatus
 
 logger = logging.getLogger(__name__)
@@ -231,26 +231,37 @@ class LLMEngine:
             return []
         sampling_items, logits = self.runner.execute(schedule.scheduled)
         seqs = [item.seq for item in sampling_items]
-        results = self.sampler(logits, seqs) if seqs else []
-        for item in schedule.scheduled:
+        pending = self.sampler(logits, seqs) if seqs else None
+        # While the device still computes: none of this needs the new tokens.
+        self._account_computed(schedule.scheduled)
+        if pending is None:
+            return []
+        return self._append_tokens(seqs, pending.fetch())
+
+    def _account_computed(self, scheduled: list[ScheduledSequence]) -> None:
+        for item in scheduled:
             item.seq.num_computed_tokens += item.num_new_tokens
             self.block_manager.register_full_blocks(item.seq)
-        now = time.monotonic()
-        return [self._append_token(seq, result, now) for seq, result in zip(seqs, results)]
 
-    def _append_token(self, seq: Sequence, result: SampleResult, now: float) -> RequestOutput:
-        seq.output_token_ids.append(result.token_id)
-        if result.logprob is not None:
-            seq.output_logprobs.append(result.logprob)
-        if result.top_logprobs is not None:
-            seq.output_top_logprobs.append(result.top_logprobs)
-        if seq.first_token_time is None:
-            seq.first_token_time = now
-        seq.last_token_time = now
-        reason = self._stop_reason(seq, result.token_id)
-        if reason is not None:
-            return self._finish(seq, reason, new_token_ids=[result.token_id])
-        return self._make_output(seq, [result.token_id])
+    def _append_tokens(self, seqs: list[Sequence], sampled: SampledTokens) -> list[RequestOutput]:
+        now = time.monotonic()
+        outputs = []
+        for row, (seq, token_id) in enumerate(zip(seqs, sampled.token_ids)):
+            seq.output_token_ids.append(token_id)
+            params = seq.params
+            if params.logprobs:
+                seq.output_logprobs.append(sampled.logprobs[row])
+                if params.top_logprobs:
+                    seq.output_top_logprobs.append(sampled.top_logprobs[row])
+            if seq.first_token_time is None:
+                seq.first_token_time = now
+            seq.last_token_time = now
+            reason = self._stop_reason(seq, token_id)
+            if reason is None:
+                outputs.append(self._make_output(seq, [token_id]))
+            else:
+                outputs.append(self._finish(seq, reason, new_token_ids=[token_id]))
+        return outputs
 
     def _stop_reason(self, seq: Sequence, token_id: int) -> FinishReason | None:
         params = seq.params
@@ -272,18 +283,17 @@ class LLMEngine:
         return self._make_output(seq, new_token_ids, error)
 
     def _make_output(self, seq: Sequence, new_token_ids: list[int], error: str | None = None) -> RequestOutput:
-        wants_logprobs = seq.params.logprobs
-        num_new = len(new_token_ids)
+        num_output = len(seq.output_token_ids)
+        new_logprobs = None
+        if seq.params.logprobs:
+            new_logprobs = seq.output_logprobs[num_output - len(new_token_ids):]
         return RequestOutput(
             request_id=seq.request_id,
             prompt_token_ids=seq.prompt_token_ids,
-            output_token_ids=list(seq.output_token_ids),
             new_token_ids=new_token_ids,
             finished=seq.is_finished,
             finish_reason=seq.finish_reason.value if seq.finish_reason else None,
-            logprobs=list(seq.output_logprobs) if wants_logprobs else None,
-            new_logprobs=seq.output_logprobs[len(seq.output_logprobs) - num_new:] if wants_logprobs else None,
-            top_logprobs=list(seq.output_top_logprobs) if seq.params.top_logprobs else None,
+            new_logprobs=new_logprobs,
             num_cached_tokens=seq.num_cached_prompt_tokens,
             metrics=RequestMetrics(
                 arrival_time=seq.arrival_time,
@@ -293,6 +303,8 @@ class LLMEngine:
                 finished_time=seq.finished_time,
                 num_preemptions=seq.num_preemptions,
             ),
+            generated=seq.generated,
+            num_output_tokens=num_output,
             error=error,
         )
 

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import itertools
 import logging
+from dataclasses import dataclass
+from typing import Sequence
 
+import numpy as np
 import torch
 
 from .attention import AttentionMetadata, PrefillChunk, select_attention_backend
@@ -22,6 +25,8 @@ from .models import LlamaFamilyForward
 from .scheduler import ScheduledSequence
 
 logger = logging.getLogger(__name__)
+
+NUMPY_INDEX_DTYPES = {torch.long: np.int64, torch.int32: np.int32}
 
 
 class ModelRunner:
@@ -110,33 +115,17 @@ class ModelRunner:
         """Run one step. Returns the items due for a new token, and their logits [n, vocab]."""
         decodes = [item for item in scheduled if item.num_new_tokens == 1]
         prefills = [item for item in scheduled if item.num_new_tokens > 1]
-        ordered = decodes + prefills
-        input_ids: list[int] = []
-        positions: list[int] = []
-        slots: list[int] = []
-        sampling_items: list[ScheduledSequence] = []
-        logits_indices: list[int] = []
-        for item in ordered:
-            seq = item.seq
-            start = seq.num_computed_tokens
-            end = start + item.num_new_tokens
-            input_ids.extend(seq.tokens(start, end))
-            positions.extend(range(start, end))
-            table = seq.block_table
-            slots.extend(table[p // self.block_size] * self.block_size + p % self.block_size for p in range(start, end))
-            if item.completes_sequence:
-                sampling_items.append(item)
-                logits_indices.append(len(input_ids) - 1)
-        decode_tables = [item.seq.block_table for item in decodes]
-        decode_context_lens = [item.seq.num_computed_tokens + 1 for item in decodes]
+        rows = self._decode_rows(decodes)
+        sampling_items, logits_indices = _sampling_rows(decodes + prefills)
         graphs = self.decode_graphs
         if not prefills and graphs is not None and graphs.captured_size(len(decodes)) is not None:
-            logits = graphs.run(input_ids, positions, slots, decode_tables, decode_context_lens)
+            logits = graphs.run(rows.input_ids, rows.positions, rows.slots, rows.block_tables, rows.context_lens)
             return sampling_items, self._sampled_rows(logits, logits_indices)
+        input_ids, positions, slots = self._packed_tokens(rows, prefills)
         meta = self._build_metadata(
             slots,
-            decode_tables,
-            decode_context_lens,
+            rows.block_tables,
+            rows.context_lens,
             [(item.seq.block_table, item.seq.num_computed_tokens, item.num_new_tokens) for item in prefills],
         )
         logits = self._forward(
@@ -146,6 +135,43 @@ class ModelRunner:
             self._to_device(logits_indices, torch.long),
         )
         return sampling_items, logits
+
+    def _decode_rows(self, decodes: list[ScheduledSequence]) -> DecodeRows:
+        """Items of one token: a decode, or a prompt chunk of one token."""
+        block_size = self.block_size
+        input_ids, positions, block_ids, block_tables = [], [], [], []
+        for item in decodes:
+            seq = item.seq
+            position = seq.num_computed_tokens
+            table = seq.block_table
+            input_ids.append(seq.token_at(position))
+            positions.append(position)
+            block_ids.append(table[position // block_size])
+            block_tables.append(table)
+        position_array = np.array(positions, dtype=np.int64)
+        slots = self._slots(np.array(block_ids, dtype=np.int64), position_array)
+        return DecodeRows(input_ids, position_array, slots, block_tables)
+
+    def _packed_tokens(
+        self, rows: DecodeRows, prefills: list[ScheduledSequence]
+    ) -> tuple[list[int], np.ndarray, np.ndarray]:
+        """Token ids, positions and cache slots of the whole step: decode rows, then prefill chunks."""
+        input_ids = list(rows.input_ids)
+        positions, slots = [rows.positions], [rows.slots]
+        for item in prefills:
+            seq = item.seq
+            start = seq.num_computed_tokens
+            end = start + item.num_new_tokens
+            input_ids.extend(seq.tokens(start, end))
+            chunk_positions = np.arange(start, end, dtype=np.int64)
+            block_ids = np.asarray(seq.block_table, dtype=np.int64)[chunk_positions // self.block_size]
+            positions.append(chunk_positions)
+            slots.append(self._slots(block_ids, chunk_positions))
+        return input_ids, np.concatenate(positions), np.concatenate(slots)
+
+    def _slots(self, block_ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """Flat cache slots of tokens at `positions`, each in the block `block_ids` names."""
+        return block_ids * self.block_size + positions % self.block_size
 
     def _sampled_rows(self, logits: torch.Tensor, logits_indices: list[int]) -> torch.Tensor:
         """A graph computes logits for every row; keep those of the sequences due for a token
@@ -171,9 +197,9 @@ class ModelRunner:
 
     def _build_metadata(
         self,
-        slots: list[int],
+        slots: Sequence[int],
         decode_block_tables: list[list[int]],
-        decode_context_lens: list[int],
+        decode_context_lens: Sequence[int],
         prefill_chunks: list[tuple[list[int], int, int]],
     ) -> AttentionMetadata:
         """Decode rows: their block tables and tokens attended (the new one included).
@@ -185,11 +211,11 @@ class ModelRunner:
             decode_block_tables=None,
             decode_mask=None,
             decode_context_lens=None,
-            decode_max_context_len=max(decode_context_lens, default=0),
+            decode_max_context_len=int(np.max(decode_context_lens, initial=0)),
             prefills=[],
             backend=self.attention_backend,
         )
-        if decode_context_lens:
+        if len(decode_context_lens):
             self._add_decodes(meta, decode_block_tables, decode_context_lens)
         if self.attention_backend.packed_prefill:
             if prefill_chunks:
@@ -198,9 +224,11 @@ class ModelRunner:
             meta.prefills = self._prefill_chunk_list(prefill_chunks)
         return meta
 
-    def _add_decodes(self, meta: AttentionMetadata, block_tables: list[list[int]], context_lens: list[int]) -> None:
+    def _add_decodes(
+        self, meta: AttentionMetadata, block_tables: list[list[int]], context_lens: Sequence[int]
+    ) -> None:
         max_blocks = max(len(table) for table in block_tables)
-        meta.decode_block_tables = self._to_device(_pad_rows(block_tables, max_blocks), torch.long)
+        meta.decode_block_tables = self._to_device(_padded_rows(block_tables, max_blocks), torch.long)
         meta.decode_context_lens = self._to_device(context_lens, torch.long)
 
     def _prefill_chunk_list(self, prefill_chunks: list[tuple[list[int], int, int]]) -> list[PrefillChunk]:
@@ -219,19 +247,51 @@ class ModelRunner:
         tables = [block_table[: blocks_for_tokens(num_context + query_len, self.block_size)]
                   for block_table, num_context, query_len in prefill_chunks]
         query_lens = [query_len for _, _, query_len in prefill_chunks]
-        meta.prefill_block_tables = self._to_device(_pad_rows(tables, max(map(len, tables))), torch.int32)
+        meta.prefill_block_tables = self._to_device(_padded_rows(tables, max(map(len, tables))), torch.int32)
         meta.prefill_query_start_loc = self._to_device(list(itertools.accumulate(query_lens, initial=0)), torch.int32)
         meta.prefill_context_lens = self._to_device([num_context for _, num_context, _ in prefill_chunks], torch.int32)
         meta.max_prefill_query_len = max(query_lens)
 
-    def _to_device(self, values: list, dtype: torch.dtype) -> torch.Tensor:
-        """A host list as a tensor on the model's device. On CUDA the copy is queued from pinned
+    def _to_device(self, values: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
+        """Host ints as a tensor on the model's device. On CUDA the copy is queued from pinned
         memory and does not wait for the GPU (torch keeps the pinned buffer until it is done)."""
-        tensor = torch.tensor(values, dtype=dtype)
+        tensor = torch.from_numpy(np.asarray(values, dtype=NUMPY_INDEX_DTYPES[dtype]))
         if self.device.type == "cpu":
             return tensor
         return tensor.pin_memory().to(self.device, non_blocking=True)
 
 
-def _pad_rows(rows: list[list[int]], width: int) -> list[list[int]]:
-    return [row + [0] * (width - len(row)) for row in rows]
+@dataclass(slots=True)
+class DecodeRows:
+    """The step's one-token items, one row each: the token, its position and cache slot, and
+    the sequence's block table."""
+
+    input_ids: list[int]
+    positions: np.ndarray
+    slots: np.ndarray
+    block_tables: list[list[int]]
+
+    @property
+    def context_lens(self) -> np.ndarray:
+        """Tokens each row attends: those before it and itself."""
+        return self.positions + 1
+
+
+def _sampling_rows(ordered: list[ScheduledSequence]) -> tuple[list[ScheduledSequence], list[int]]:
+    """The items due for a new token, and the index of each one's last token in the batch."""
+    items, last_token_indices = [], []
+    num_tokens = 0
+    for item in ordered:
+        num_tokens += item.num_new_tokens
+        if item.completes_sequence:
+            items.append(item)
+            last_token_indices.append(num_tokens - 1)
+    return items, last_token_indices
+
+
+def _padded_rows(rows: list[list[int]], width: int) -> np.ndarray:
+    """Rows of ints, each padded with 0 to `width`."""
+    padded = np.zeros((len(rows), width), dtype=np.int64)
+    for index, row in enumerate(rows):
+        padded[index, : len(row)] = row
+    return padded

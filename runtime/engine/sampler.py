@@ -3,6 +3,9 @@
 Random choices use the exponential-race trick (argmax of probs / Exp(1) noise), where a
 seeded request draws its noise from its own generator: its tokens depend only on its
 seed and its logits, never on what else is in the batch.
+
+Sampling is queued on the logits' device and fetched separately, so that the engine can do
+its bookkeeping while the device computes, and wait only once, for the tokens.
 """
 
 from __future__ import annotations
@@ -11,14 +14,43 @@ from dataclasses import dataclass
 
 import torch
 
+from .sampling import SamplingParams
 from .sequence import Sequence
 
 
 @dataclass(slots=True)
-class SampleResult:
-    token_id: int
-    logprob: float | None
-    top_logprobs: dict[int, float] | None
+class SampledTokens:
+    """One token per row; with them, when any row asked, the logprob of every row's token and,
+    for rows that asked for alternatives, {token id: logprob} of the most likely ones."""
+
+    token_ids: list[int]
+    logprobs: list[float] | None
+    top_logprobs: list[dict[int, float] | None] | None
+
+
+@dataclass(slots=True)
+class PendingSample:
+    """Sampling queued on the device; fetch() waits for it and brings the tokens to the host."""
+
+    token_ids: torch.Tensor
+    chosen_logprobs: torch.Tensor | None
+    top_values: torch.Tensor | None
+    top_indices: torch.Tensor | None
+    # How many alternatives each row asked for (top_values holds the most any row asked).
+    num_top: list[int]
+
+    def fetch(self) -> SampledTokens:
+        token_ids = self.token_ids.tolist()
+        if self.chosen_logprobs is None:
+            return SampledTokens(token_ids, None, None)
+        top_logprobs = None
+        if self.top_values is not None:
+            values, indices = self.top_values.tolist(), self.top_indices.tolist()
+            top_logprobs = [
+                dict(zip(indices[row][:count], values[row][:count])) if count else None
+                for row, count in enumerate(self.num_top)
+            ]
+        return SampledTokens(token_ids, self.chosen_logprobs.tolist(), top_logprobs)
 
 
 class Sampler:
@@ -26,26 +58,34 @@ class Sampler:
         self.eos_token_ids = eos_token_ids
 
     @torch.inference_mode()
-    def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> list[SampleResult]:
-        logits = logits.float()
+    def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> PendingSample:
+        """Queue the choice of one token per row of `logits` [rows, vocab], row i for seqs[i]."""
+        params = [seq.params for seq in seqs]
         raw_logprobs = None
-        if any(seq.params.logprobs for seq in seqs):
-            raw_logprobs = torch.log_softmax(logits, dim=-1)
-        self._suppress_early_stops(logits, seqs)
-        if all(seq.params.greedy for seq in seqs):
+        if any(each.logprobs for each in params):
+            raw_logprobs = torch.log_softmax(logits.float(), dim=-1)
+        early_stops = self._early_stops(seqs)
+        all_greedy = all(each.greedy for each in params)
+        if all_greedy and not early_stops:
+            # The raw logits' argmax is their float32 copy's: no copy needed.
             token_ids = logits.argmax(dim=-1)
         else:
-            token_ids = self._sample(logits, seqs)
-        return self._results(token_ids, raw_logprobs, seqs)
+            logits = logits.float()
+            for row, stops in early_stops:
+                logits[row, stops] = float("-inf")
+            token_ids = logits.argmax(dim=-1) if all_greedy else self._sample(logits, seqs)
+        return self._pending(token_ids, raw_logprobs, params)
 
-    def _suppress_early_stops(self, logits: torch.Tensor, seqs: list[Sequence]) -> None:
-        """Stop tokens cannot be drawn before a request's min_tokens."""
+    def _early_stops(self, seqs: list[Sequence]) -> list[tuple[int, list[int]]]:
+        """(row, token ids it cannot draw yet): stop tokens are suppressed before min_tokens."""
+        suppressed = []
         for row, seq in enumerate(seqs):
             params = seq.params
             if len(seq.output_token_ids) < params.min_tokens:
                 stops = list(params.stop_token_ids) + ([] if params.ignore_eos else list(self.eos_token_ids))
                 if stops:
-                    logits[row, stops] = float("-inf")
+                    suppressed.append((row, stops))
+        return suppressed
 
     def _sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
         device = logits.device
@@ -67,27 +107,17 @@ class Sampler:
         sampled = (probs / noise).argmax(dim=-1)
         return torch.where(greedy, logits.argmax(dim=-1), sampled)
 
-    def _results(
-        self, token_ids: torch.Tensor, raw_logprobs: torch.Tensor | None, seqs: list[Sequence]
-    ) -> list[SampleResult]:
-        ids = token_ids.tolist()
-        chosen_logprobs = top_values = top_indices = None
-        if raw_logprobs is not None:
-            chosen_logprobs = raw_logprobs.gather(1, token_ids.unsqueeze(1)).squeeze(1).tolist()
-            max_top = max(seq.params.top_logprobs for seq in seqs)
-            if max_top:
-                values, indices = raw_logprobs.topk(max_top, dim=-1)
-                top_values, top_indices = values.tolist(), indices.tolist()
-        results = []
-        for row, seq in enumerate(seqs):
-            logprob = top = None
-            if seq.params.logprobs:
-                logprob = chosen_logprobs[row]
-                k = seq.params.top_logprobs
-                if k:
-                    top = dict(zip(top_indices[row][:k], top_values[row][:k]))
-            results.append(SampleResult(ids[row], logprob, top))
-        return results
+    def _pending(
+        self, token_ids: torch.Tensor, raw_logprobs: torch.Tensor | None, params: list[SamplingParams]
+    ) -> PendingSample:
+        if raw_logprobs is None:
+            return PendingSample(token_ids, None, None, None, [])
+        chosen = raw_logprobs.gather(1, token_ids.unsqueeze(1)).squeeze(1)
+        num_top = [each.top_logprobs for each in params]
+        top_values = top_indices = None
+        if max(num_top):
+            top_values, top_indices = raw_logprobs.topk(max(num_top), dim=-1)
+        return PendingSample(token_ids, chosen, top_values, top_indices, num_top)
 
 
 def _apply_top_k(logits: torch.Tensor, top_ks: list[int]) -> torch.Tensor:

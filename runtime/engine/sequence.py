@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .outputs import GeneratedLists
 from .sampling import SamplingParams
 
 
@@ -41,6 +42,7 @@ class Sequence:
     finish_reason: FinishReason | None = None
     num_computed_tokens: int = 0
     num_cached_prompt_tokens: int = 0
+    # Only ever appended to, or replaced by a new list: decode graphs restage a row by identity.
     block_table: list[int] = field(default_factory=list)
     # Chained hashes of this sequence's full blocks, in order (prefix caching).
     block_hashes: list[bytes] = field(default_factory=list)
@@ -53,6 +55,15 @@ class Sequence:
     first_token_time: float | None = None
     last_token_time: float | None = None
     finished_time: float | None = None
+    # The output lists above, as every RequestOutput of this request shares them.
+    generated: GeneratedLists = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.generated = GeneratedLists(
+            self.output_token_ids,
+            self.output_logprobs if self.params.logprobs else None,
+            self.output_top_logprobs if self.params.top_logprobs else None,
+        )
 
     @property
     def num_prompt_tokens(self) -> int:

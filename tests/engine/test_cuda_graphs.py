@@ -221,6 +221,28 @@ def test_padding_rows_write_only_the_padding_block(tiny_llama, platform):
         assert real_slots <= changed <= real_slots | {(padding, 0)}
 
 
+def test_static_block_tables_follow_tables_that_grow_move_and_change(tiny_llama, platform):
+    engine = make_engine(tiny_llama, platform)
+    graphs = engine.runner.decode_graphs
+    padding = graphs.padding_block
+
+    def step(tables: list[list[int]]) -> list[list[int]]:
+        """A decode step (every row at position 0) over these tables; the static tables it read."""
+        rows = len(tables)
+        graphs.run([3] * rows, [0] * rows, [graphs.padding_slot] * rows, tables, [1] * rows)
+        return graphs.block_tables[: graphs.captured_size(rows), :4].tolist()
+
+    first, second, third = [1, 2], [3], [4, 5, 6]
+    assert step([first, second, third]) == [[1, 2, padding, padding], [3] + [padding] * 3, [4, 5, 6, padding],
+                                            [padding] * 4]
+    first.append(7)  # a table grows; `second` finishes and `third` moves up a row
+    assert step([first, third]) == [[1, 2, 7, padding], [4, 5, 6, padding]]
+    third = [8]  # replaced, as preemption or a new request does
+    assert step([third]) == [[8] + [padding] * 3]
+    assert step([first, third, [9]]) == [[1, 2, 7, padding], [8] + [padding] * 3, [9] + [padding] * 3,
+                                         [padding] * 4]
+
+
 def test_graph_logits_match_eager_logits(tiny_llama, platform):
     engine = make_engine(tiny_llama, platform)
     for index, prompt in enumerate(random_prompts(5, 3, 40, seed=2)):

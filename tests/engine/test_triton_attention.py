@@ -137,6 +137,26 @@ def test_decode_split_across_programs_matches_reference(sliding_window):
     run_decode(CONTEXT_LENS, 16, 4, 2, 32, torch.float32, sliding_window, num_splits=3)
 
 
+# Llama-3-8B (8 KV heads) on an H200 (132 SMs) with max_model_len 8192, as a decode graph sizes it.
+@pytest.mark.parametrize("batch, splits", [(1, 16), (8, 5), (16, 3), (17, 1), (64, 1), (256, 1)])
+def test_decode_splits_only_batches_that_leave_sms_idle(batch, splits):
+    assert backend.decode_num_splits(batch * 8, 8192, num_sms=132) == splits
+
+
+def test_decode_splits_keep_enough_keys_each():
+    assert backend.decode_num_splits(8, 300, num_sms=132) == 2
+    assert backend.decode_num_splits(8, 1, num_sms=132) == 1
+
+
+@needs_kernels
+def test_decode_split_for_the_longest_context_serves_short_ones():
+    """A graph's split count is fixed for max_model_len: every shorter context leaves most
+    splits empty and must still come out exact."""
+    num_splits = backend.decode_num_splits(len(CONTEXT_LENS) * 2, 4096, num_sms=132)
+    assert num_splits == backend._MAX_SPLITS
+    run_decode(CONTEXT_LENS, 16, 4, 2, 32, torch.float32, num_splits=num_splits)
+
+
 @needs_kernels
 def test_decode_head_dim_64_and_int64_block_tables():
     run_decode(CONTEXT_LENS, 16, 8, 2, 64, torch.float32, table_dtype=torch.int64)

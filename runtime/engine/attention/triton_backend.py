@@ -458,11 +458,21 @@ def _dot_precision(dtype: torch.dtype) -> str:
 
 
 def _decode_num_splits(num_programs: int, max_context_len: int | None, device: torch.device) -> int:
-    """Split contexts only when (sequence, KV head) programs would leave SMs idle, and never
-    below _MIN_KEYS_PER_SPLIT keys a split."""
+    """decode_num_splits for `device`; 1 off CUDA or without a bound on the context length."""
     if max_context_len is None or device.type != "cuda":
         return 1
     num_sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+    return decode_num_splits(num_programs, max_context_len, num_sms)
+
+
+def decode_num_splits(num_programs: int, max_context_len: int, num_sms: int) -> int:
+    """Programs sharing each (sequence, KV head)'s keys in the decode kernel (flash decoding).
+
+    One when the (sequence, KV head) programs alone occupy every SM: a batch that fills the card
+    gains nothing from splitting and would pay for the partials and their reduction. A smaller
+    batch splits to cover the SMs twice, but never below _MIN_KEYS_PER_SPLIT keys a split (of
+    `max_context_len`) nor above _MAX_SPLITS. A CUDA graph sizes this per captured batch size
+    with `max_context_len` = max_model_len: a shorter context leaves trailing splits empty."""
     if num_programs >= num_sms:
         return 1
     by_occupancy = math.ceil(2 * num_sms / num_programs)
