@@ -32,10 +32,14 @@ NUMPY_INDEX_DTYPES = {torch.long: np.int64, torch.int32: np.int32}
 class ModelRunner:
     def __init__(self, loaded: LoadedModel, block_size: int, attention_backend: str = "auto") -> None:
         self.model = loaded.model
-        # Our own forward where we have one (faster); transformers' modules otherwise.
-        self.fast_forward = LlamaFamilyForward(loaded.model) if LlamaFamilyForward.supports(loaded.model) else None
         self.device = loaded.device
         self.dtype = loaded.dtype
+        self.attention_backend = select_attention_backend(attention_backend, self.device, self.dtype)
+        # Our own forward where we have one (faster); transformers' modules otherwise. Where
+        # Triton runs the attention, it runs the norms, RoPE and activation too.
+        self.fast_forward = None
+        if LlamaFamilyForward.supports(loaded.model):
+            self.fast_forward = LlamaFamilyForward(loaded.model, fused_kernels=self.attention_backend.name == "triton")
         self.block_size = block_size
         self.num_layers = loaded.num_layers
         self.num_kv_heads = loaded.num_kv_heads
@@ -43,7 +47,6 @@ class ModelRunner:
         self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = []
         # A cache block past the block manager's range, for decode graphs' padding rows.
         self.padding_block: int | None = None
-        self.attention_backend = select_attention_backend(attention_backend, self.device, self.dtype)
         self.decode_graphs: DecodeGraphs | None = None
 
     @property

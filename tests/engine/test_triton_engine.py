@@ -1,6 +1,7 @@
-"""The engine on the Triton attention backend: greedy outputs equal transformers' generate
-(float32), through mixed decode/prefill steps, chunked prefill, prefix-cache hits, a sliding
-window and decode steps replayed as graphs. Without a GPU the kernels run in Triton's CPU
+"""The engine on the Triton path (paged attention, and the fused norm, RoPE and activation
+kernels of the llama-family forward): greedy outputs equal transformers' generate (float32),
+through mixed decode/prefill steps, chunked prefill, prefix-cache hits, a sliding window,
+Qwen3's per-head q/k norms and decode steps replayed as graphs. Without a GPU the kernels run in Triton's CPU
 interpreter, so the shapes and token counts are tiny."""
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import pytest
 from .triton_interpreter import ON_CUDA, needs_kernels, rerun_in_fresh_process, runs_in_fresh_process
 
 from runtime.engine import LLMEngine, SamplingParams
+from runtime.engine.models.fused_layer_ops import FusedLayerOps
 
 from .test_correctness import assert_same_tokens, make_engine, reference_outputs
 from .test_cuda_graphs import RerunCapture, record_graph_steps
@@ -27,7 +29,7 @@ def test_engine_in_a_fresh_interpreter_process():
 
 
 @needs_kernels
-@pytest.mark.parametrize("architecture", ["llama", "mistral"])
+@pytest.mark.parametrize("architecture", ["llama", "mistral", "qwen3"])
 def test_triton_backend_matches_transformers(tiny_model_factory, architecture):
     model_dir = tiny_model_factory(architecture)
     shared = random_prompts(1, 20, 20, seed=10)[0]
@@ -37,6 +39,7 @@ def test_triton_backend_matches_transformers(tiny_model_factory, architecture):
     engine = make_engine(model_dir, device=DEVICE, attention_backend="triton", num_kv_blocks=32,
                          max_num_batched_tokens=24)
     assert engine.runner.attention_backend.name == "triton"
+    assert isinstance(engine.runner.fast_forward.ops, FusedLayerOps)
     first = engine.generate(prompts[:1], GREEDY)
     rest = engine.generate(prompts[1:], GREEDY)
     assert all(output.num_cached_tokens >= 16 for output in rest[:2]), "the shared block was meant to be cached"

@@ -3,20 +3,20 @@
 Built from the transformers model after it loaded the checkpoint (so loading, configs and
 rotary scaling stay transformers'), with q/k/v and gate/up fused into single matmuls and
 without transformers' per-layer wrappers: fewer, larger kernels per step, which is what
-a CPU decode step at small batch is bound by.
+a CPU decode step at small batch is bound by. The small ops between the matmuls come from
+layer_ops.py: torch's, or fused Triton kernels on CUDA.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from ..attention import AttentionMetadata, paged_attention
-from ..layers import skinny_if_cpu
+from .layer_ops import Norm, TorchLayerOps, make_layer_ops, rope_depends_on_longest_position
 
 LLAMA_FAMILY_TYPES = ("llama", "mistral", "qwen2", "qwen3")
-# transformers' RoPE variants that choose frequencies from the batch's longest position
-# (with a host-side comparison in some transformers versions).
-LONGEST_POSITION_ROPE_TYPES = ("dynamic", "longrope")
 
 
 def _fuse_linears(*linears: torch.nn.Linear) -> torch.nn.Linear:
@@ -43,18 +43,10 @@ def _fuse_linears(*linears: torch.nn.Linear) -> torch.nn.Linear:
     return fused
 
 
-def _rms_norm(norm: torch.nn.Module | None) -> tuple[torch.Tensor, float] | None:
+def _rms_norm(norm: torch.nn.Module | None) -> Norm | None:
     if norm is None:
         return None
     return norm.weight, norm.variance_epsilon
-
-
-def _apply_rms_norm(hidden: torch.Tensor, norm: tuple[torch.Tensor, float]) -> torch.Tensor:
-    """transformers' RMSNorm: normalise in float32, scale in the input dtype."""
-    weight, eps = norm
-    normalised = hidden.float()
-    normalised = normalised * torch.rsqrt(normalised.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * normalised.to(hidden.dtype)
 
 
 def _sliding_window(attention: torch.nn.Module) -> int | None:
@@ -66,15 +58,10 @@ def _sliding_window(attention: torch.nn.Module) -> int | None:
     return None
 
 
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos + rotated * sin
-
-
 class _Layer(torch.nn.Module):
-    def __init__(self, hf_layer: torch.nn.Module) -> None:
+    def __init__(self, hf_layer: torch.nn.Module, ops: TorchLayerOps) -> None:
         super().__init__()
+        self.ops = ops
         attention, mlp = hf_layer.self_attn, hf_layer.mlp
         self.layer_index = attention.layer_idx
         self.head_dim = attention.head_dim
@@ -82,55 +69,61 @@ class _Layer(torch.nn.Module):
         self.num_kv_heads = attention.k_proj.out_features // self.head_dim
         self.scaling = attention.scaling
         self.sliding_window = _sliding_window(attention)
-        self.qkv_proj = skinny_if_cpu(_fuse_linears(attention.q_proj, attention.k_proj, attention.v_proj))
-        self.o_proj = skinny_if_cpu(attention.o_proj)
-        self.q_norm = _rms_norm(getattr(attention, "q_norm", None))
-        self.k_norm = _rms_norm(getattr(attention, "k_norm", None))
-        self.gate_up_proj = skinny_if_cpu(_fuse_linears(mlp.gate_proj, mlp.up_proj))
-        self.down_proj = skinny_if_cpu(mlp.down_proj)
-        self.intermediate_size = mlp.gate_proj.out_features
+        self.qkv_proj = ops.linear(_fuse_linears(attention.q_proj, attention.k_proj, attention.v_proj))
+        self.o_proj = ops.linear(attention.o_proj)
+        # Qwen3 RMS-normalises each query and key head before RoPE.
+        self.head_norms = None
+        if getattr(attention, "q_norm", None) is not None:
+            self.head_norms = (_rms_norm(attention.q_norm), _rms_norm(attention.k_norm))
+        self.gate_up_proj = ops.linear(_fuse_linears(mlp.gate_proj, mlp.up_proj))
+        self.down_proj = ops.linear(mlp.down_proj)
         self.act_fn = mlp.act_fn
         self.input_norm = _rms_norm(hf_layer.input_layernorm)
         self.post_attention_norm = _rms_norm(hf_layer.post_attention_layernorm)
 
     def forward(
-        self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, meta: AttentionMetadata
-    ) -> torch.Tensor:
-        hidden = hidden + self._attention(_apply_rms_norm(hidden, self.input_norm), cos, sin, meta)
-        return hidden + self._mlp(_apply_rms_norm(hidden, self.post_attention_norm))
+        self, hidden: torch.Tensor, residual: torch.Tensor | None, rope: Any, meta: AttentionMetadata
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(this layer's MLP output, the residual stream before it adds): each layer adds its
+        predecessor's output to the residual itself, so the add fuses with the norm after it."""
+        if residual is None:
+            residual, hidden = hidden, self.ops.rms_norm(hidden, self.input_norm)
+        else:
+            hidden, residual = self.ops.add_rms_norm(hidden, residual, self.input_norm)
+        hidden = self._attention(hidden, rope, meta)
+        hidden, residual = self.ops.add_rms_norm(hidden, residual, self.post_attention_norm)
+        return self._mlp(hidden), residual
 
-    def _attention(
-        self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, meta: AttentionMetadata
-    ) -> torch.Tensor:
+    def _attention(self, hidden: torch.Tensor, rope: Any, meta: AttentionMetadata) -> torch.Tensor:
         num_tokens = hidden.shape[0]
         q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
         queries, keys, values = self.qkv_proj(hidden).split([q_size, kv_size, kv_size], dim=-1)
         queries = queries.view(num_tokens, self.num_heads, self.head_dim)
         keys = keys.view(num_tokens, self.num_kv_heads, self.head_dim)
         values = values.view(num_tokens, self.num_kv_heads, self.head_dim)
-        if self.q_norm is not None:
-            queries = _apply_rms_norm(queries, self.q_norm)
-            keys = _apply_rms_norm(keys, self.k_norm)
-        queries, keys = _rotate(queries, cos, sin), _rotate(keys, cos, sin)
+        queries, keys = self.ops.rotate(queries, keys, rope, self.head_norms)
         output = paged_attention(
             queries, keys, values, self.layer_index, meta, self.scaling, self.sliding_window
         )
         return self.o_proj(output.reshape(num_tokens, q_size))
 
     def _mlp(self, hidden: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(hidden).split(self.intermediate_size, dim=-1)
-        return self.down_proj(self.act_fn(gate) * up)
+        return self.down_proj(self.ops.gated_activation(self.act_fn, self.gate_up_proj(hidden)))
 
 
 class LlamaFamilyForward(torch.nn.Module):
-    """forward(input_ids [tokens], positions [tokens], metadata, logits_indices) -> logits."""
+    """forward(input_ids [tokens], positions [tokens], metadata, logits_indices) -> logits.
 
-    def __init__(self, hf_model: torch.nn.Module) -> None:
+    With `fused_kernels` the norms, RoPE and activation run as Triton kernels (runtime/engine/kernels):
+    for CUDA, where the runner has chosen the triton attention backend."""
+
+    def __init__(self, hf_model: torch.nn.Module, fused_kernels: bool = False) -> None:
         super().__init__()
         decoder = hf_model.model
         self.embed_tokens = decoder.embed_tokens
         self.rotary_emb = decoder.rotary_emb
-        self.layers = torch.nn.ModuleList(_Layer(layer) for layer in decoder.layers)
+        self.ops = make_layer_ops(hf_model, fused_kernels)
+        self.layers = torch.nn.ModuleList(_Layer(layer, self.ops) for layer in decoder.layers)
         self.norm = _rms_norm(decoder.norm)
         self.lm_head = hf_model.get_output_embeddings()
 
@@ -149,8 +142,7 @@ class LlamaFamilyForward(torch.nn.Module):
     def rope_depends_on_longest_position(self) -> bool:
         """Whether RoPE picks its frequencies from the batch's positions, which some transformers
         versions decide on the host: a sync that a CUDA graph cannot hold."""
-        rope_type = str(getattr(self.rotary_emb, "rope_type", "default"))
-        return any(name in rope_type for name in LONGEST_POSITION_ROPE_TYPES)
+        return rope_depends_on_longest_position(self.rotary_emb)
 
     def forward(
         self,
@@ -160,9 +152,9 @@ class LlamaFamilyForward(torch.nn.Module):
         logits_indices: torch.Tensor,
     ) -> torch.Tensor:
         hidden = self.embed_tokens(input_ids)
-        cos, sin = self.rotary_emb(hidden, positions.unsqueeze(0))
-        cos, sin = cos[0].unsqueeze(1), sin[0].unsqueeze(1)  # [tokens, 1, head_dim]
+        rope = self.ops.rope_for_step(hidden, positions)
+        residual = None
         for layer in self.layers:
-            hidden = layer(hidden, cos, sin, meta)
-        hidden = _apply_rms_norm(hidden[logits_indices], self.norm)
+            hidden, residual = layer(hidden, residual, rope, meta)
+        hidden, _ = self.ops.add_rms_norm(hidden[logits_indices], residual[logits_indices], self.norm)
         return self.lm_head(hidden)

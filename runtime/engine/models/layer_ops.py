@@ -1,0 +1,89 @@
+"""The small operations between a llama-family layer's matmuls: RMSNorm (with the residual add
+before it), RoPE (with Qwen3's per-head q/k norms before it) and the gated activation.
+
+`TorchLayerOps` computes them as transformers does, op by op: the path on the CPU and wherever
+Triton does not run. On CUDA, `FusedLayerOps` (fused_layer_ops.py) runs each as one Triton kernel.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..layers import skinny_if_cpu
+
+# transformers' RoPE variants that choose frequencies from the batch's longest position
+# (with a host-side comparison in some transformers versions).
+LONGEST_POSITION_ROPE_TYPES = ("dynamic", "longrope")
+# (weight, eps) of one RMSNorm.
+Norm = tuple[torch.Tensor, float]
+
+
+class TorchLayerOps:
+    def __init__(self, rotary_emb: torch.nn.Module) -> None:
+        self.rotary_emb = rotary_emb
+
+    def linear(self, linear: torch.nn.Linear) -> torch.nn.Module:
+        """The module that runs one of the layer's projections."""
+        return skinny_if_cpu(linear)
+
+    def rms_norm(self, hidden: torch.Tensor, norm: Norm) -> torch.Tensor:
+        """transformers' RMSNorm: normalise in float32, scale in the input dtype."""
+        weight, eps = norm
+        normalised = hidden.float()
+        normalised = normalised * torch.rsqrt(normalised.pow(2).mean(-1, keepdim=True) + eps)
+        return weight * normalised.to(hidden.dtype)
+
+    def add_rms_norm(
+        self, hidden: torch.Tensor, residual: torch.Tensor, norm: Norm
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(RMSNorm of residual + hidden, residual + hidden)."""
+        residual = residual + hidden
+        return self.rms_norm(residual, norm), residual
+
+    def gated_activation(self, act_fn: torch.nn.Module, gate_up: torch.Tensor) -> torch.Tensor:
+        """act_fn(gate) * up, the gate being the first half of the fused gate/up output."""
+        gate, up = gate_up.chunk(2, dim=-1)
+        return act_fn(gate) * up
+
+    def rope_for_step(self, hidden: torch.Tensor, positions: torch.Tensor) -> Any:
+        """What rotate() needs for this step's tokens: here their cos and sin, [tokens, 1, head_dim]."""
+        cos, sin = self.rotary_emb(hidden, positions.unsqueeze(0))
+        return cos[0].unsqueeze(1), sin[0].unsqueeze(1)
+
+    def rotate(
+        self, queries: torch.Tensor, keys: torch.Tensor, rope: Any, head_norms: tuple[Norm, Norm] | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """RoPE of queries [tokens, heads, head_dim] and keys [tokens, kv_heads, head_dim], each
+        head RMS-normalised first when the model has `head_norms` (query norm, key norm)."""
+        if head_norms is not None:
+            queries, keys = self.rms_norm(queries, head_norms[0]), self.rms_norm(keys, head_norms[1])
+        cos, sin = rope
+        return _rotate_half_embedding(queries, cos, sin), _rotate_half_embedding(keys, cos, sin)
+
+
+def _rotate_half_embedding(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+def rope_depends_on_longest_position(rotary_emb: torch.nn.Module) -> bool:
+    """Whether RoPE picks its frequencies from the batch's positions (so no cos/sin table can be
+    built up front), which some transformers versions decide on the host."""
+    rope_type = str(getattr(rotary_emb, "rope_type", "default"))
+    return any(name in rope_type for name in LONGEST_POSITION_ROPE_TYPES)
+
+
+def make_layer_ops(hf_model: torch.nn.Module, fused_kernels: bool) -> TorchLayerOps:
+    """Triton kernels with `fused_kernels` (the caller has checked that Triton runs here), else torch."""
+    rotary_emb = hf_model.model.rotary_emb
+    if not fused_kernels:
+        return TorchLayerOps(rotary_emb)
+    # Imported here: it imports triton, which the torch path must not need.
+    from .fused_layer_ops import FusedLayerOps
+
+    config = hf_model.config
+    return FusedLayerOps(rotary_emb, config.max_position_embeddings, hf_model.dtype,
+                         getattr(config, "hidden_act", "silu"))
