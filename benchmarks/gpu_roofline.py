@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import json
 import logging
 import random
@@ -30,6 +31,7 @@ import torch
 from transformers import AutoModelForCausalLM, GenerationConfig, LlamaConfig
 
 from runtime.engine import EngineConfig, LLMEngine, SamplingParams
+from runtime.engine.attention import triton_backend
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +86,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help=f"comma-separated engine modes, each run with every backend: {', '.join(ENGINE_MODES)} "
                              "(default both on cuda; eager on cpu)")
     parser.add_argument("--max_num_batched_tokens", type=int, default=8192, help="engine prefill budget per step")
+    parser.add_argument("--decode_programs_per_sm", default=None,
+                        help="comma-separated values of the decode kernel's split target to compare "
+                             "(default: the engine's DECODE_PROGRAMS_PER_SM only)")
     parser.add_argument("--hf_batch", type=int, default=None, help="generate_batch batch size (default 64; 0 skips)")
     parser.add_argument("--hf_decode_steps", type=int, default=None,
                         help="generate_batch decode steps (default 128; tiny 32): more than ours, since its "
@@ -268,14 +273,18 @@ def record_lengths(outputs, num_tokens: dict[str, int]) -> None:
         num_tokens[output.request_id] = len(output.prompt_token_ids) + len(output.output_token_ids)
 
 
-def system_name(backend: str, mode: str) -> str:
-    return f"ours/{backend}/{mode}"
+def system_name(backend: str, mode: str, programs_per_sm: int | None = None) -> str:
+    suffix = f"/{programs_per_sm}-per-sm" if programs_per_sm is not None else ""
+    return f"ours/{backend}/{mode}{suffix}"
 
 
 def run_engine(
-    model: torch.nn.Module, backend: str, mode: str, args: argparse.Namespace, roofline
+    model: torch.nn.Module, backend: str, mode: str, args: argparse.Namespace, roofline,
+    programs_per_sm: int | None = None,
 ) -> list[DecodeResult]:
-    system = system_name(backend, mode)
+    system = system_name(backend, mode, programs_per_sm)
+    if programs_per_sm is not None:
+        triton_backend.DECODE_PROGRAMS_PER_SM = programs_per_sm
     max_batch = max(args.batch_sizes)
     max_model_len = args.context_len + TOKEN_HEADROOM + WARMUP_DECODE_STEPS + args.decode_steps
     block_size = 16
@@ -428,17 +437,18 @@ def main(argv: list[str] | None = None) -> None:
 
     results: list[DecodeResult] = []
     errors: dict[str, str] = {}
-    for backend in args.attention_backends:
-        for mode in args.modes:
-            system = system_name(backend, mode)
-            if over_budget(args, system):
-                continue
-            try:
-                results += run_engine(model, backend, mode, args, roofline)
-            except Exception as exc:
-                logger.exception("%s failed", system)
-                errors[system] = f"{type(exc).__name__}: {exc}"[:500]
-                release_memory(args.device)
+    split_targets = [int(value) for value in args.decode_programs_per_sm.split(",")] \
+        if args.decode_programs_per_sm else [None]
+    for backend, mode, programs_per_sm in itertools.product(args.attention_backends, args.modes, split_targets):
+        system = system_name(backend, mode, programs_per_sm)
+        if over_budget(args, system):
+            continue
+        try:
+            results += run_engine(model, backend, mode, args, roofline, programs_per_sm)
+        except Exception as exc:
+            logger.exception("%s failed", system)
+            errors[system] = f"{type(exc).__name__}: {exc}"[:500]
+            release_memory(args.device)
     hf_report = None
     if args.hf_batch and not over_budget(args, "transformers generate_batch"):
         try:

@@ -32,6 +32,9 @@ _MIN_GROUP_ROWS = 16
 # Flash decoding: a split keeps at least this many keys, and there are never more splits.
 _MIN_KEYS_PER_SPLIT = 256
 _MAX_SPLITS = 16
+# Decode programs in flight per SM that the split count aims for (see decode_num_splits): 4 was
+# best or near it at batch 16, 64 and 256 on an H200 (2, 4, 8, 16 compared; BENCHMARKS.md).
+DECODE_PROGRAMS_PER_SM = 4
 
 
 @triton.jit
@@ -468,14 +471,16 @@ def _decode_num_splits(num_programs: int, max_context_len: int | None, device: t
 def decode_num_splits(num_programs: int, max_context_len: int, num_sms: int) -> int:
     """Programs sharing each (sequence, KV head)'s keys in the decode kernel (flash decoding).
 
-    One when the (sequence, KV head) programs alone occupy every SM: a batch that fills the card
-    gains nothing from splitting and would pay for the partials and their reduction. A smaller
-    batch splits to cover the SMs twice, but never below _MIN_KEYS_PER_SPLIT keys a split (of
-    `max_context_len`) nor above _MAX_SPLITS. A CUDA graph sizes this per captured batch size
-    with `max_context_len` = max_model_len: a shorter context leaves trailing splits empty."""
-    if num_programs >= num_sms:
+    Enough splits that DECODE_PROGRAMS_PER_SM programs per SM are in flight (a decode program
+    streams its keys one tile at a time, so an SM needs several at once to keep memory busy), but
+    never below _MIN_KEYS_PER_SPLIT keys a split (of `max_context_len`) nor above _MAX_SPLITS. A
+    batch that already has that many programs gains nothing from splitting and would pay for the
+    partials and their reduction. A CUDA graph sizes this per captured batch size with
+    `max_context_len` = max_model_len: a shorter context leaves trailing splits empty."""
+    target = DECODE_PROGRAMS_PER_SM * num_sms
+    if num_programs >= target:
         return 1
-    by_occupancy = math.ceil(2 * num_sms / num_programs)
+    by_occupancy = math.ceil(target / num_programs)
     by_length = math.ceil(max_context_len / _MIN_KEYS_PER_SPLIT)
     return max(1, min(by_occupancy, by_length, _MAX_SPLITS))
 
