@@ -1,13 +1,16 @@
 """Serving load: TTFT, inter-token latency and goodput of streamed requests under Poisson arrivals,
-straight to the predictor and through the transformer, in one run.
+straight to the predictor and through the transformer (its OpenAI route over server-sent events,
+its WebSocket route, or both), in one run.
 
-Both paths get the same prompts (the direct path sends the token ids the transformer would make),
-the same output lengths and the same load: each arrival of one Poisson stream goes to one path or
-the other, alternately, so machine noise hits both alike. A second, idle phase sends one request
-at a time, alternating paths, and reports the transformer hop's own cost: the difference of
-median TTFTs when nothing else runs.
+Every path gets the same prompts (the direct path sends the token ids the transformer would make),
+the same output lengths and the same load: the arrivals of one Poisson stream go to the paths in
+turn, so machine noise hits them alike. The WebSocket path multiplexes all its requests on one
+connection, as a real-time client would. A second, idle phase sends one request at a time, paths
+in turn, and reports the transformer hop's own cost: the difference of median TTFTs when nothing
+else runs.
 
     .venv/bin/python benchmarks/serve_load.py                  # starts both servers on the demo model
+    .venv/bin/python benchmarks/serve_load.py --protocol both  # SSE and WebSocket side by side
     .venv/bin/python benchmarks/serve_load.py --predictor_url http://HOST:8080 --transformer_url http://HOST:8090
 """
 
@@ -23,11 +26,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import ExitStack
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import websockets
 from pydoc_data.topics import topics as PYDOC_TOPICS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -38,6 +44,8 @@ from transformer.tokenizer import TextTokenizer  # noqa: E402
 
 MODEL_NAME = "demo"
 START_TIMEOUT = 180.0
+DIRECT, SSE, WEBSOCKET = "direct", "transformer", "websocket"
+PATHS_OF_PROTOCOL = {"sse": (DIRECT, SSE), "websocket": (DIRECT, WEBSOCKET), "both": (DIRECT, SSE, WEBSOCKET)}
 
 
 @dataclass
@@ -74,17 +82,71 @@ def build_workload(tokenizer: TextTokenizer, count: int, seed: int, min_prompt: 
     return Workload(prompts, prompt_ids, max_tokens)
 
 
+class MultiplexedSocket:
+    """One WebSocket connection to the transformer's /ws/v1/generate, requests multiplexed on it by
+    id: a reader hands each message to its request's queue."""
+
+    def __init__(self, socket: websockets.ClientConnection) -> None:
+        self.socket = socket
+        self.queues: dict[str, asyncio.Queue] = {}
+        self.reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        async for raw in self.socket:
+            message = json.loads(raw)
+            self.queues[message["id"]].put_nowait(message)
+
+    async def stream(self, body: dict) -> AsyncIterator[dict]:
+        """The request's messages up to its done or error."""
+        request_id = uuid.uuid4().hex
+        queue = self.queues[request_id] = asyncio.Queue()
+        try:
+            await self.socket.send(json.dumps({"type": "generate", "id": request_id, **body}))
+            while True:
+                message = await queue.get()
+                yield message
+                if message["type"] != "delta":
+                    return
+        finally:
+            del self.queues[request_id]
+
+    async def close(self) -> None:
+        self.reader.cancel()
+        await self.socket.close()
+
+
+@dataclass
+class Clients:
+    http: httpx.AsyncClient
+    socket: MultiplexedSocket | None
+
+
 async def stream_direct(client: httpx.AsyncClient, url: str, prompt_ids: list[int], max_tokens: int) -> Sample:
     body = {"input_ids": prompt_ids, "parameters": {"max_tokens": max_tokens, "temperature": 0, "ignore_eos": True}}
-    return await _timed_stream(client, "direct", f"{url}/v2/models/{MODEL_NAME}/generate_stream", body,
+    return await _timed_stream(client, DIRECT, f"{url}/v2/models/{MODEL_NAME}/generate_stream", body,
                                lambda event: bool(event.get("output_ids")))
 
 
 async def stream_transformer(client: httpx.AsyncClient, url: str, prompt: str, max_tokens: int) -> Sample:
     body = {"model": MODEL_NAME, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": True,
             "ignore_eos": True}
-    return await _timed_stream(client, "transformer", f"{url}/openai/v1/completions", body,
+    return await _timed_stream(client, SSE, f"{url}/openai/v1/completions", body,
                                lambda event: bool(event.get("choices")) and bool(event["choices"][0].get("text")))
+
+
+async def stream_websocket(socket: MultiplexedSocket, prompt: str, max_tokens: int) -> Sample:
+    """The same request as stream_transformer's, over the WebSocket; a token is a delta with text."""
+    sample = Sample(WEBSOCKET)
+    started = time.perf_counter()
+    body = {"prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True}
+    async for message in socket.stream(body):
+        if message["type"] == "delta" and message["text"]:
+            sample.token_times.append(time.perf_counter() - started)
+        elif message["type"] == "error":
+            sample.error = message["code"]
+    if sample.token_times:
+        sample.ttft = sample.token_times[0]
+    return sample
 
 
 async def _timed_stream(client: httpx.AsyncClient, path: str, url: str, body: dict, has_token) -> Sample:
@@ -107,35 +169,51 @@ async def _timed_stream(client: httpx.AsyncClient, path: str, url: str, body: di
     return sample
 
 
-async def run_load(args: argparse.Namespace, workload: Workload) -> list[Sample]:
-    """Poisson arrivals at `rate`; arrival i goes direct when i is even, through the transformer when odd."""
-    rng = random.Random(args.seed + 1)
+async def open_clients(stack: AsyncExitStack, args: argparse.Namespace) -> Clients:
+    """An HTTP client, and the WebSocket connection when a path needs it."""
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
-    async with httpx.AsyncClient(timeout=600, limits=limits) as client:
+    http = await stack.enter_async_context(httpx.AsyncClient(timeout=600, limits=limits))
+    socket = None
+    if WEBSOCKET in args.paths:
+        url = args.transformer_url.replace("http", "ws", 1) + "/ws/v1/generate"
+        socket = MultiplexedSocket(await websockets.connect(url, max_size=None))
+        stack.push_async_callback(socket.close)
+    return Clients(http, socket)
+
+
+async def run_load(args: argparse.Namespace, workload: Workload) -> list[Sample]:
+    """Poisson arrivals at `rate`; arrival i goes to path i mod the number of paths."""
+    rng = random.Random(args.seed + 1)
+    async with AsyncExitStack() as stack:
+        clients = await open_clients(stack, args)
         tasks = []
         for index in range(len(workload.prompts)):
-            request = _request(client, args, workload, index, through_transformer=index % 2 == 1)
-            tasks.append(asyncio.create_task(request))
+            path = args.paths[index % len(args.paths)]
+            tasks.append(asyncio.create_task(_request(clients, args, workload, index, path)))
             await asyncio.sleep(rng.expovariate(args.rate))
         return await asyncio.gather(*tasks)
 
 
 async def run_idle(args: argparse.Namespace, workload: Workload) -> list[Sample]:
-    """One request at a time, alternating paths, each for a few tokens: the hop's own cost."""
+    """One request at a time, paths in turn, each for a few tokens: the hop's own cost."""
     samples = []
-    async with httpx.AsyncClient(timeout=600) as client:
+    async with AsyncExitStack() as stack:
+        clients = await open_clients(stack, args)
         for index in range(args.idle_requests):
-            prompt_index = (index // 2) % len(workload.prompts)
-            samples.append(await _request(client, args, workload, prompt_index, index % 2 == 1, max_tokens=4))
+            prompt_index = (index // len(args.paths)) % len(workload.prompts)
+            path = args.paths[index % len(args.paths)]
+            samples.append(await _request(clients, args, workload, prompt_index, path, max_tokens=4))
     return samples
 
 
-def _request(client: httpx.AsyncClient, args: argparse.Namespace, workload: Workload, index: int,
-             through_transformer: bool, max_tokens: int | None = None):
+def _request(clients: Clients, args: argparse.Namespace, workload: Workload, index: int, path: str,
+             max_tokens: int | None = None):
     max_tokens = max_tokens or workload.max_tokens[index]
-    if through_transformer:
-        return stream_transformer(client, args.transformer_url, workload.prompts[index], max_tokens)
-    return stream_direct(client, args.predictor_url, workload.prompt_ids[index], max_tokens)
+    if path == SSE:
+        return stream_transformer(clients.http, args.transformer_url, workload.prompts[index], max_tokens)
+    if path == WEBSOCKET:
+        return stream_websocket(clients.socket, workload.prompts[index], max_tokens)
+    return stream_direct(clients.http, args.predictor_url, workload.prompt_ids[index], max_tokens)
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -219,9 +297,13 @@ def parse_args() -> argparse.Namespace:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--predictor_url", help="a running predictor (unset: start one on the demo model)")
     parser.add_argument("--transformer_url", help="a running transformer in front of that predictor")
-    parser.add_argument("--requests", type=int, default=64, help="requests of the load phase (half per path)")
+    parser.add_argument("--protocol", choices=tuple(PATHS_OF_PROTOCOL), default="sse",
+                        help="how requests reach the transformer: its OpenAI route (server-sent events), its "
+                             "WebSocket route, or both side by side (the direct path always runs)")
+    parser.add_argument("--requests", type=int, default=64, help="requests of the load phase (shared by the paths)")
     parser.add_argument("--rate", type=float, default=2.0, help="Poisson arrival rate, requests/s")
-    parser.add_argument("--idle_requests", type=int, default=60, help="requests of the idle phase (half per path)")
+    parser.add_argument("--idle_requests", type=int, default=60,
+                        help="requests of the idle phase (shared by the paths)")
     parser.add_argument("--min_prompt_words", type=int, default=8)
     parser.add_argument("--max_prompt_words", type=int, default=160)
     parser.add_argument("--min_output_tokens", type=int, default=16)
@@ -233,6 +315,7 @@ def parse_args() -> argparse.Namespace:
     args = parser.parse_args()
     if bool(args.predictor_url) != bool(args.transformer_url):
         parser.error("give both --predictor_url and --transformer_url, or neither")
+    args.paths = PATHS_OF_PROTOCOL[args.protocol]
     return args
 
 
@@ -253,19 +336,30 @@ def main() -> None:
         started = time.perf_counter()
         loaded = asyncio.run(run_load(args, workload))
         duration = time.perf_counter() - started
-    print(f"\nworkload: {args.requests} streamed requests, Poisson {args.rate}/s, prompts "
+    print(f"\nworkload: {args.requests} streamed requests over {', '.join(args.paths)}, Poisson {args.rate}/s, prompts "
           f"{args.min_prompt_words}-{args.max_prompt_words} words, outputs {args.min_output_tokens}-"
           f"{args.max_output_tokens} tokens, greedy; SLO TTFT <= {args.slo_ttft} s, mean ITL <= {args.slo_itl} s")
-    rows = {path: summarise(loaded, path, duration, args.slo_ttft, args.slo_itl) for path in ("direct", "transformer")}
+    rows = {path: summarise(loaded, path, duration, args.slo_ttft, args.slo_itl) for path in args.paths}
     print_table(f"under load ({duration:.1f} s)", rows)
-    idle_rows = {path: summarise(idle, path, 1.0, args.slo_ttft, args.slo_itl) for path in ("direct", "transformer")}
+    idle_rows = {path: summarise(idle, path, 1.0, args.slo_ttft, args.slo_itl) for path in args.paths}
     print_table("idle, one request at a time (goodput column not meaningful)", idle_rows)
-    hop_ttft = idle_rows["transformer"]["ttft_p50_ms"] - idle_rows["direct"]["ttft_p50_ms"]
-    hop_itl = idle_rows["transformer"]["itl_p50_ms"] - idle_rows["direct"]["itl_p50_ms"]
-    load_ttft = rows["transformer"]["ttft_p50_ms"] - rows["direct"]["ttft_p50_ms"]
-    print(f"\ntransformer hop, idle: +{hop_ttft:.2f} ms TTFT p50, +{hop_itl:.2f} ms ITL p50 "
+    print()
+    for path in args.paths[1:]:
+        print_hop(path, rows, idle_rows)
+    if SSE in args.paths and WEBSOCKET in args.paths:
+        idle_gap = idle_rows[WEBSOCKET]["ttft_p50_ms"] - idle_rows[SSE]["ttft_p50_ms"]
+        load_gap = rows[WEBSOCKET]["ttft_p50_ms"] - rows[SSE]["ttft_p50_ms"]
+        print(f"websocket vs sse: {idle_gap:+.2f} ms TTFT p50 idle, {load_gap:+.2f} ms under load")
+
+
+def print_hop(path: str, rows: dict[str, dict], idle_rows: dict[str, dict]) -> None:
+    """The transformer hop's cost on `path`: its TTFT and ITL over the direct path's."""
+    hop_ttft = idle_rows[path]["ttft_p50_ms"] - idle_rows[DIRECT]["ttft_p50_ms"]
+    hop_itl = idle_rows[path]["itl_p50_ms"] - idle_rows[DIRECT]["itl_p50_ms"]
+    load_ttft = rows[path]["ttft_p50_ms"] - rows[DIRECT]["ttft_p50_ms"]
+    print(f"transformer hop ({path}), idle: +{hop_ttft:.2f} ms TTFT p50, +{hop_itl:.2f} ms ITL p50 "
           f"(bar: < 2 ms) -> {'PASS' if hop_ttft < 2.0 else 'FAIL'}")
-    print(f"transformer hop, under load: {load_ttft:+.2f} ms TTFT p50 (noisier: it shares the load)")
+    print(f"transformer hop ({path}), under load: {load_ttft:+.2f} ms TTFT p50 (noisier: it shares the load)")
 
 
 if __name__ == "__main__":

@@ -15,12 +15,20 @@ with config_flag_hidden_from_kserve():
     from fastapi import FastAPI
     from kserve import model_server
 
+    from router.auth import ApiKeys, ApiKeysError, require_api_keys
     from router.config import ConfigError, RouterConfig, load_config
     from router.features import TokenizerError
     from router.model import RouterModel
     from router.openai_edge import OpenAIEdge, add_openai_edge
+    from router.websocket_edge import RoutedGenerationBackend
     from serving.server import configure_logging, install_http_layers
     from serving.shutdown import drain_on_signal
+    from serving.websocket_session import (
+        add_websocket_arguments,
+        add_websocket_route,
+        check_websocket_arguments,
+        session_limits,
+    )
 
 logger = logging.getLogger("router")
 
@@ -43,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="largest request body; larger ones get 413")
     parser.add_argument("--grace_period", type=int, default=DEFAULT_GRACE_PERIOD,
                         help="seconds in-flight requests get to finish after SIGTERM")
+    parser.add_argument("--api_keys_file", default=None,
+                        help="file of API keys, one per line (# comments): /openai/v1/* then requires "
+                             "'Authorization: Bearer <key>' (unset: no authentication)")
+    add_websocket_arguments(parser)
     # Unset unless given, so that the config's model_name applies by default.
     parser.set_defaults(model_name=None)
     return parser
@@ -53,11 +65,18 @@ def build_model(args: argparse.Namespace, config: RouterConfig) -> RouterModel:
     return RouterModel(args.model_name or config.model_name, config, args.tokenizer_dir)
 
 
-def install_routes(app: FastAPI, model: RouterModel, args: argparse.Namespace) -> None:
-    """Everything the router adds to KServe's app: the shared HTTP layers, the OpenAI edge and
-    SIGTERM draining."""
+def load_api_keys(args: argparse.Namespace) -> ApiKeys:
+    return ApiKeys.from_file(args.api_keys_file) if args.api_keys_file else ApiKeys([])
+
+
+def install_routes(app: FastAPI, model: RouterModel, args: argparse.Namespace, api_keys: ApiKeys) -> None:
+    """Everything the router adds to KServe's app: the shared HTTP layers, the API key check of
+    the OpenAI edge, the edge itself, its WebSocket generate route (same keys) and SIGTERM draining."""
     install_http_layers(app, args)
-    add_openai_edge(app, OpenAIEdge(model))
+    require_api_keys(app, api_keys)
+    edge = OpenAIEdge(model)
+    add_openai_edge(app, edge)
+    add_websocket_route(app, RoutedGenerationBackend(edge), session_limits(args), api_keys.check_api_key)
     drain_on_signal(app, model)
 
 
@@ -66,16 +85,19 @@ def main() -> None:
     args = parser.parse_args()
     if args.max_body_bytes < 1:
         parser.error("--max_body_bytes must be >= 1")
+    check_websocket_arguments(parser, args)
     configure_logging(args, logger.name)
     try:
+        api_keys = load_api_keys(args)
         model = build_model(args, load_config(args.config))
         model.load()
-    except (ConfigError, TokenizerError) as exc:
+    except (ApiKeysError, ConfigError, TokenizerError) as exc:
         logger.error("cannot start the router: %s", exc)
         sys.exit(2)
-    logger.info("serving router %r on http %d / grpc %d: max_body_bytes=%d grace_period=%ds",
-                model.name, args.http_port, args.grpc_port, args.max_body_bytes, args.grace_period)
-    install_routes(model_server.app, model, args)
+    logger.info("serving router %r on http %d / grpc %d: max_body_bytes=%d grace_period=%ds api_keys=%s",
+                model.name, args.http_port, args.grpc_port, args.max_body_bytes, args.grace_period,
+                "required" if api_keys.required else "off")
+    install_routes(model_server.app, model, args, api_keys)
     kserve.ModelServer(grace_period=args.grace_period).start([model])
 
 

@@ -111,11 +111,7 @@ class OpenAIEdge:
                      headers: Mapping[str, str]) -> Response:
         """Route the request, send it on, and answer with what came back (errors OpenAI-shaped)."""
         try:
-            started = time.perf_counter()
-            routing = self.route(body.model, requests, headers)
-            plan = Plan(routing.route, self.replica_sets[routing.route].ranked(),
-                        _other(routing.route) if routing.auto else None)
-            ROUTING_LATENCY.labels(self.model.name).observe(time.perf_counter() - started)
+            routing, plan = self.plan(body.model, requests, headers)
             call = Call.of(path, body.model_dump(mode="json", exclude_unset=True, exclude={"model"}), headers,
                            body.stream)
             if self.cascade.enabled and routing.by_policy and routing.route is Route.SMALL and not body.stream:
@@ -125,6 +121,17 @@ class OpenAIEdge:
             return _response(answer, routing, escalated)
         except Exception as exc:
             return openai_error_response(exc)
+
+    def plan(self, requested_model: str, requests: list[RoutingRequest],
+             headers: Mapping[str, str]) -> tuple[Routing, Plan]:
+        """The request's decision and where it goes: the chosen target's replicas, least loaded
+        first, and the other target as fallback for `auto` (timed in router_routing_latency_seconds)."""
+        started = time.perf_counter()
+        routing = self.route(requested_model, requests, headers)
+        plan = Plan(routing.route, self.replica_sets[routing.route].ranked(),
+                    _other(routing.route) if routing.auto else None)
+        ROUTING_LATENCY.labels(self.model.name).observe(time.perf_counter() - started)
+        return routing, plan
 
     def route(self, requested_model: str, requests: list[RoutingRequest], headers: Mapping[str, str]) -> Routing:
         hint = self._hint(requested_model, headers)

@@ -29,20 +29,12 @@ class StreamOptions(_Body):
 Stop = str | Annotated[list[str], Field(max_length=MAX_STOP_STRINGS)] | None
 
 
-class _SamplingRequest(_Body):
-    model: str
-    temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = None
-    top_p: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
-    n: Annotated[int, Field(ge=1, le=MAX_CHOICES)] = 1
-    stream: bool = False
-    stream_options: StreamOptions | None = None
+class SamplingBase(_Body):
+    """The sampling fields the OpenAI routes and the WebSocket protocol share beyond OpenAI's own
+    (whose ranges differ by route): stop strings and vLLM's extensions (the openai client sends
+    those through `extra_body`)."""
+
     stop: Stop = None
-    seed: int | None = None
-    user: str | None = None
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    logit_bias: dict[str, float] | None = None
-    # Extensions vLLM also accepts (the openai client sends them through `extra_body`).
     top_k: Annotated[int, Field(ge=-1)] | None = None
     min_tokens: Annotated[int, Field(ge=0)] | None = None
     ignore_eos: bool | None = None
@@ -50,11 +42,28 @@ class _SamplingRequest(_Body):
     @field_validator("stop")
     @classmethod
     def _check_stop(cls, stop: Stop) -> Stop:
-        strings = [stop] if isinstance(stop, str) else stop or []
-        for string in strings:
+        for string in [stop] if isinstance(stop, str) else stop or []:
             if not string or len(string) > MAX_STOP_STRING_CHARS:
                 raise ValueError(f"each stop string must have 1 to {MAX_STOP_STRING_CHARS} characters")
         return stop
+
+    @property
+    def stop_strings(self) -> list[str]:
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+
+
+class _SamplingRequest(SamplingBase):
+    model: str
+    temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = None
+    top_p: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
+    n: Annotated[int, Field(ge=1, le=MAX_CHOICES)] = 1
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    seed: int | None = None
+    user: str | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: dict[str, float] | None = None
 
     @model_validator(mode="after")
     def _refuse_unsupported(self) -> _SamplingRequest:
@@ -63,10 +72,6 @@ class _SamplingRequest(_Body):
         if self.logit_bias:
             raise ValueError("logit_bias is not supported")
         return self
-
-    @property
-    def stop_strings(self) -> list[str]:
-        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
 
     @property
     def include_usage(self) -> bool:

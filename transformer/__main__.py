@@ -15,11 +15,18 @@ from kserve import model_server
 from runtime.demo import build_demo_model
 from serving.server import configure_logging, install_http_layers
 from serving.shutdown import drain_on_signal
+from serving.websocket_session import (
+    add_websocket_arguments,
+    add_websocket_route,
+    check_websocket_arguments,
+    session_limits,
+)
 from transformer.generate import add_generate_routes
 from transformer.model import TextModel
 from transformer.openai_api import add_openai_routes
 from transformer.predictor_client import PROTOCOLS, PredictorSettings
 from transformer.tokenizer import TextTokenizer, TokenizerLoadError
+from transformer.websocket import TextModelBackend
 
 logger = logging.getLogger("transformer")
 
@@ -50,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="largest request body; larger ones get 413")
     limits.add_argument("--grace_period", type=int, default=DEFAULT_GRACE_PERIOD,
                         help="seconds in-flight requests get to finish after SIGTERM")
+    add_websocket_arguments(parser)
     return parser
 
 
@@ -62,6 +70,7 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
         parser.error("--max_body_bytes must be >= 1")
     if args.max_model_len is not None and args.max_model_len < 2:
         parser.error("--max_model_len must be >= 2")
+    check_websocket_arguments(parser, args)
 
 
 def predictor_settings(args: argparse.Namespace) -> PredictorSettings:
@@ -95,6 +104,7 @@ def main() -> None:
     install_http_layers(app, args)
     add_openai_routes(app, model)
     add_generate_routes(app, model)
+    add_websocket_route(app, TextModelBackend(model), session_limits(args))
     drain_on_signal(app, model)
     kserve.ModelServer(grace_period=args.grace_period).start([model])
 

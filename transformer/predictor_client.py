@@ -174,9 +174,10 @@ class PredictorClient:
             yield
         except TimeoutError:
             raise RequestTimeout.after(self.settings.timeout_seconds, "the time limit for the predictor's answer") from None
+        # ClientPayloadError (a body cut short) is no ClientConnectionError: named on its own.
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError) as exc:
+            raise BadGateway(f"the predictor closed the connection mid-answer ({type(exc).__name__})") from None
         except aiohttp.ClientConnectionError as exc:
-            if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
-                raise BadGateway(f"the predictor closed the connection mid-answer ({type(exc).__name__})") from None
             raise ServiceUnavailable(
                 self.model_name, f"the predictor at {self.settings.rest_host} is unreachable ({type(exc).__name__})"
             ) from None

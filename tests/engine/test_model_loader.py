@@ -89,6 +89,53 @@ def test_remote_code_is_refused_unless_trusted(tiny_llama, tmp_path):
     assert "trust_remote_code" in str(refused.value)
 
 
+# The checkpoint's own code: it records that it ran by creating the file MARKER_NAME beside it.
+MARKER_NAME = "remote-code-ran"
+CUSTOM_CONFIGURATION = f"""
+from pathlib import Path
+
+from transformers import LlamaConfig
+
+(Path({{checkpoint!r}}) / "{MARKER_NAME}").touch()
+
+
+class CustomConfig(LlamaConfig):
+    pass
+"""
+CUSTOM_MODELING = """
+from transformers import LlamaForCausalLM
+
+from .configuration_custom import CustomConfig
+
+
+class CustomForCausalLM(LlamaForCausalLM):
+    config_class = CustomConfig
+"""
+
+
+def remote_code_checkpoint(tiny_llama: Path, directory: Path) -> Path:
+    """The tiny Llama with a config and model class of its own, in Python files of the checkpoint."""
+    shutil.copytree(tiny_llama, directory)
+    config = json.loads((directory / "config.json").read_text())
+    config["auto_map"] = {"AutoConfig": "configuration_custom.CustomConfig",
+                          "AutoModelForCausalLM": "modeling_custom.CustomForCausalLM"}
+    (directory / "config.json").write_text(json.dumps(config))
+    (directory / "configuration_custom.py").write_text(CUSTOM_CONFIGURATION.format(checkpoint=str(directory)))
+    (directory / "modeling_custom.py").write_text(CUSTOM_MODELING)
+    return directory
+
+
+def test_remote_code_never_runs_unless_trusted(tiny_llama, tmp_path):
+    checkpoint = remote_code_checkpoint(tiny_llama, tmp_path / "custom-code")
+    with pytest.raises(ModelLoadError, match="trust_remote_code"):
+        make_engine(checkpoint)
+    assert not (checkpoint / MARKER_NAME).exists()
+    # Trusted, the same checkpoint's code runs: what the refusal above kept from happening.
+    engine = make_engine(checkpoint, trust_remote_code=True)
+    assert (checkpoint / MARKER_NAME).exists()
+    assert greedy_tokens(engine) == greedy_tokens(make_engine(tiny_llama))
+
+
 # Missing files ---------------------------------------------------------------------------
 
 

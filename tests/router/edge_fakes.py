@@ -93,12 +93,23 @@ class FakeTransformer:
                 await asyncio.sleep(STREAM_EVENT_SECONDS)
             if self.stream_breaks:
                 raise ConnectionAbortedError("the fake transformer breaks its stream")
+            if (body.get("stream_options") or {}).get("include_usage"):
+                for event in self._usage_events(body, chat):
+                    yield b"data: " + json.dumps(event).encode() + b"\n\n"
             yield b"data: [DONE]\n\n"
             finished = True
         finally:
             # Starlette cancels the stream when its client disconnects.
             if not finished:
                 self.abandoned_streams += 1
+
+    def _usage_events(self, body: dict, chat: bool) -> list[dict]:
+        """The finish reason, then the usage, as a transformer ends a stream asked to include usage."""
+        finish = {"index": 0, "delta": {}} if chat else {"index": 0, "text": ""}
+        usage = {"prompt_tokens": 3, "completion_tokens": self.stream_events,
+                 "total_tokens": 3 + self.stream_events}
+        return [{"id": "cmpl-1", "model": body["model"], "choices": [{**finish, "finish_reason": self.finish_reason}]},
+                {"id": "cmpl-1", "model": body["model"], "choices": [], "usage": usage}]
 
     async def _metrics(self, request: Request) -> Response:
         if self.waiting is None:

@@ -4,7 +4,7 @@ sequence concatenate to the full decode, and no delta carries a broken character
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from transformer.detokenizer import REPLACEMENT_CHARACTER, IncrementalDetokenizer
@@ -43,10 +43,21 @@ def test_the_first_token_keeps_its_leading_space_after_a_prompt(tokenizer):
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.integers(0, 8191), max_size=30), st.lists(st.integers(0, 8191), max_size=8))
 def test_deltas_of_any_token_sequence_concatenate_to_the_full_decode(tokenizer, token_ids, prompt):
+    # A prompt cut inside a character is the next test's case.
+    assume(not tokenizer.decode(prompt).endswith(REPLACEMENT_CHARACTER))
     deltas = stream(tokenizer, token_ids, prompt)
     assert "".join(deltas) == tokenizer.decode(token_ids)
     # Only the final flush may show a character the output left incomplete.
     assert not any(delta.endswith(REPLACEMENT_CHARACTER) for delta in deltas[:-1])
+
+
+def test_a_character_begun_in_the_prompt_and_ended_by_the_output_is_neither_texts(tokenizer):
+    """The prompt's half of the character is the prompt's: the output shows neither half rather
+    than a replacement character, streamed or whole alike."""
+    first_half, second_half = tokenizer.encode("\u00e9")[1:]
+    assert stream(tokenizer, [second_half], prompt=[first_half]) == ["", ""]
+    assert stream(tokenizer, [second_half, *tokenizer.encode(" ok")[1:]], prompt=[first_half])[-1] == ""
+    assert "".join(stream(tokenizer, [second_half, *tokenizer.encode(" ok")[1:]], prompt=[first_half])) == " ok"
 
 
 def test_pushing_several_tokens_at_once_gives_the_same_text(tokenizer):

@@ -1,0 +1,143 @@
+"""The router edge's backend of the WebSocket generate protocol (serving/websocket_session.py). Each
+request is routed as the OpenAI edge routes one (`model` "auto" by the policy, or a target's model
+name; the handshake's `x-route` header as a hint; least-loaded replicas; fallback to the other
+model before the first byte) and sent, as one pooled HTTP stream, to the chosen transformer's
+OpenAI streaming route: completions for a `prompt`, chat completions for `messages`. Its
+server-sent events become deltas, and the usage chunk (asked for) the `done`. Cancelling the
+request closes that stream, which aborts the request in the predictor. Streams are never
+cascaded (the cascade judges whole answers)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Mapping
+from contextlib import aclosing
+from http import HTTPStatus
+
+import httpx
+
+from router.config import AUTO_MODEL
+from router.features import RoutingRequest
+from router.openai_edge import CHAT_PATH, COMPLETIONS_PATH, OpenAIEdge
+from router.schemas import chat_routing_request
+from router.upstream import Answer, Call
+from serving.openai_protocol import Usage
+from serving.websocket_protocol import Finish, GenerateMessage, RequestFailed, TextDelta
+
+DONE_DATA = b"[DONE]"
+
+
+class RoutedGenerationBackend:
+    def __init__(self, edge: OpenAIEdge) -> None:
+        self.edge = edge
+
+    async def stream(self, request: GenerateMessage, headers: Mapping[str, str]) -> AsyncIterator[TextDelta | Finish]:
+        answer = await self._open(request, headers)
+        try:
+            async with aclosing(_relay(answer, request)) as events:
+                async for event in events:
+                    yield event
+        finally:
+            await answer.close()
+
+    async def _open(self, request: GenerateMessage, headers: Mapping[str, str]) -> Answer:
+        """The chosen target's stream, open up to its first chunk; RequestFailed with the target's
+        status if it answered with an error."""
+        _, plan = self.edge.plan(request.model or AUTO_MODEL, [_routing_request(request)], headers)
+        path = COMPLETIONS_PATH if request.prompt is not None else CHAT_PATH
+        answer = await self.edge.upstream.send(plan, Call.of(path, openai_payload(request), headers, stream=True))
+        if answer.status != HTTPStatus.OK:
+            raise RequestFailed(answer.status, _error_text(answer))
+        return answer
+
+
+def _routing_request(request: GenerateMessage) -> RoutingRequest:
+    if request.prompt is not None:
+        return RoutingRequest(request.prompt, 1, request.max_tokens)
+    return chat_routing_request(request.messages, request.max_tokens)
+
+
+def openai_payload(request: GenerateMessage) -> dict:
+    """The OpenAI streaming body of a generate message (without `model`: each target gets its
+    own). `max_tokens` is always sent: unset, it means the rest of the context, as in chat."""
+    payload = request.model_dump(include={"temperature", "top_p", "seed", "top_k", "min_tokens", "ignore_eos"},
+                                 exclude_none=True)
+    payload.update(max_tokens=request.max_tokens, stream=True, stream_options={"include_usage": True})
+    if request.stop_strings:
+        payload["stop"] = request.stop_strings
+    if request.prompt is not None:
+        payload["prompt"] = request.prompt
+        if request.logprobs:
+            payload["logprobs"] = 0
+    else:
+        payload["messages"] = [message.model_dump(exclude_none=True) for message in request.messages]
+        payload["logprobs"] = request.logprobs
+    return payload
+
+
+async def _relay(answer: Answer, request: GenerateMessage) -> AsyncIterator[TextDelta | Finish]:
+    """Deltas from the stream's chunks, then the Finish its usage chunk makes (it comes last)."""
+    finish_reason = None
+    try:
+        async with aclosing(_event_data(answer.chunks())) as events:
+            async for event in events:
+                if "error" in event:
+                    raise RequestFailed(HTTPStatus.BAD_GATEWAY,
+                                        f"the {answer.route} model failed mid-stream: {_message_of(event)}")
+                if event.get("usage"):
+                    yield Finish(finish_reason or "stop", event["model"], Usage.model_validate(event["usage"]))
+                    return
+                for choice in event["choices"]:
+                    delta = _text_delta(choice, request.logprobs)
+                    if delta is not None:
+                        yield delta
+                    finish_reason = choice.get("finish_reason") or finish_reason
+    except httpx.HTTPError as exc:
+        raise RequestFailed(HTTPStatus.BAD_GATEWAY,
+                            f"the {answer.route} model's stream broke ({type(exc).__name__})") from None
+    raise RequestFailed(HTTPStatus.BAD_GATEWAY, f"the {answer.route} model's stream ended before the request finished")
+
+
+async def _event_data(chunks: AsyncIterator[bytes]) -> AsyncIterator[dict]:
+    """The JSON data of each server-sent event, up to `[DONE]`."""
+    pending = b""
+    async with aclosing(chunks):
+        async for chunk in chunks:
+            *events, pending = (pending + chunk).split(b"\n\n")
+            for event in events:
+                for line in event.splitlines():
+                    if not line.startswith(b"data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == DONE_DATA:
+                        return
+                    yield json.loads(data)
+
+
+def _text_delta(choice: dict, wants_logprobs: bool) -> TextDelta | None:
+    """A completion chunk's `text`, or a chat chunk's `delta.content`, with the token logprobs."""
+    text = choice["text"] if "text" in choice else choice["delta"].get("content") or ""
+    logprobs = _token_logprobs(choice.get("logprobs")) if wants_logprobs else None
+    if not text and not logprobs:
+        return None
+    return TextDelta(text, logprobs)
+
+
+def _token_logprobs(logprobs: dict | None) -> list[float] | None:
+    if not logprobs:
+        return None
+    if "content" in logprobs:
+        return [token["logprob"] for token in logprobs["content"]]
+    return logprobs["token_logprobs"]
+
+
+def _error_text(answer: Answer) -> str:
+    try:
+        return _message_of(answer.json())
+    except (ValueError, KeyError, TypeError):
+        return f"the {answer.route} model answered {answer.status}"
+
+
+def _message_of(body: dict) -> str:
+    error = body["error"]
+    return error["message"] if isinstance(error, dict) else str(error)
