@@ -21,7 +21,7 @@ with config_flag_hidden_from_kserve():
     from router.model import RouterModel
     from router.openai_edge import OpenAIEdge, add_openai_edge
     from router.websocket_edge import RoutedGenerationBackend
-    from serving.server import configure_logging, install_http_layers
+    from serving.server import add_server_limit_arguments, check_server_limits, configure_logging, install_http_layers
     from serving.shutdown import drain_on_signal
     from serving.websocket_session import (
         add_websocket_arguments,
@@ -32,8 +32,6 @@ with config_flag_hidden_from_kserve():
 
 logger = logging.getLogger("router")
 
-DEFAULT_MAX_BODY_BYTES = 1 << 20
-DEFAULT_GRACE_PERIOD = 30
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,10 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tokenizer_dir", default=None,
                         help="a Hugging Face tokenizer directory to count prompt tokens with "
                              "(unset: estimated from the text's length)")
-    parser.add_argument("--max_body_bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
-                        help="largest request body; larger ones get 413")
-    parser.add_argument("--grace_period", type=int, default=DEFAULT_GRACE_PERIOD,
-                        help="seconds in-flight requests get to finish after SIGTERM")
+    add_server_limit_arguments(parser)
     parser.add_argument("--api_keys_file", default=None,
                         help="file of API keys, one per line (# comments): /openai/v1/* then requires "
                              "'Authorization: Bearer <key>' (unset: no authentication)")
@@ -83,8 +78,7 @@ def install_routes(app: FastAPI, model: RouterModel, args: argparse.Namespace, a
 def main() -> None:
     parser = build_parser()
     args = parser.parse_args()
-    if args.max_body_bytes < 1:
-        parser.error("--max_body_bytes must be >= 1")
+    check_server_limits(parser, args)
     check_websocket_arguments(parser, args)
     configure_logging(args, logger.name)
     try:

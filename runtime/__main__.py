@@ -15,14 +15,12 @@ from runtime.demo import build_demo_model
 from runtime.engine import ConfigError, EngineConfig, ModelLoadError
 from runtime.generate import add_generate_routes
 from runtime.model import LLMModel
-from serving.server import configure_logging, install_http_layers
+from serving.server import add_server_limit_arguments, check_server_limits, configure_logging, install_http_layers
 from serving.shutdown import drain_on_signal
 
 logger = logging.getLogger("runtime")
 
 DEFAULT_MAX_QUEUE = 256
-DEFAULT_MAX_BODY_BYTES = 1 << 20
-DEFAULT_GRACE_PERIOD = 30
 _ENGINE_DEFAULTS = {field.name: field.default for field in dataclasses.fields(EngineConfig)}
 
 
@@ -42,10 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="requests that may wait for a batch slot; more get 503 (negative: unbounded)")
     limits.add_argument("--request_timeout", type=float, default=None,
                         help="seconds a request may take; past it, it is aborted with 504")
-    limits.add_argument("--max_body_bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
-                        help="largest request body; larger ones get 413")
-    limits.add_argument("--grace_period", type=int, default=DEFAULT_GRACE_PERIOD,
-                        help="seconds in-flight requests get to finish after SIGTERM")
+    add_server_limit_arguments(limits)
     ray = parser.add_argument_group("ray (scale-out)")
     ray.add_argument("--ray_replicas", type=int, default=0,
                      help="engine replicas as a Ray Serve deployment (0: one engine in this process)")
@@ -118,8 +113,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.workers != 1:
         parser.error("--workers must be 1: the engine lives in one process (scale with replicas)")
-    if args.max_body_bytes < 1:
-        parser.error("--max_body_bytes must be >= 1")
+    check_server_limits(parser, args)
     if args.request_timeout is not None and args.request_timeout <= 0:
         parser.error("--request_timeout must be > 0")
     if args.ray_replicas < 0:

@@ -18,9 +18,10 @@ from runtime.engine import AsyncLLMEngine, EngineConfig, RequestOutput, Sampling
 from runtime.errors import translate_errors
 from serving.errors import RequestTimeout, ServiceUnavailable
 from serving.streaming import json_lines, stream_messages
+from serving.v2_parameters import sampling_parameters
 from runtime.metrics import RequestTracker, register_engine_stats, unregister_engine_stats
-from runtime.schemas import Prediction, PredictRequest, PredictStreamChunk, sampling_fields_from_v2
-from runtime.tensors import INPUT_METADATA, OUTPUT_METADATA, decode_prompts, encode_outputs, unwrap_parameters
+from runtime.schemas import Prediction, PredictRequest, PredictStreamChunk, SamplingFields
+from runtime.tensors import INPUT_METADATA, OUTPUT_METADATA, decode_prompts, encode_outputs
 
 logger = logging.getLogger(__name__)
 
@@ -185,7 +186,7 @@ class LLMModel(kserve.Model):
 
     async def _infer_v2(self, request: InferRequest) -> InferResponse:
         with translate_errors(self.name):
-            params = sampling_fields_from_v2(unwrap_parameters(request.parameters)).to_sampling_params()
+            params = SamplingFields.model_validate(sampling_parameters(request.parameters)).to_sampling_params()
         prompts = decode_prompts(request)
         outputs = await self.generate_batch(prompts, [params] * len(prompts))
         return InferResponse(

@@ -52,15 +52,6 @@ class SamplingFields(BaseModel):
         return SamplingParams(**fields)
 
 
-# v2 request parameters KServe or its clients set for the protocol itself, not for sampling.
-V2_PROTOCOL_PARAMETERS = frozenset({"binary_data_output"})
-
-
-def sampling_fields_from_v2(parameters: dict) -> SamplingFields:
-    """The sampling fields of a v2 request's (already unwrapped) parameters."""
-    return SamplingFields.model_validate({k: v for k, v in parameters.items() if k not in V2_PROTOCOL_PARAMETERS})
-
-
 class PredictInstance(SamplingFields):
     """One v1 instance: `{"input_ids": [...], "max_tokens": 16, ...}`."""
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 from kserve.errors import InvalidInput
-from kserve.protocol.grpc.grpc_predict_v2_pb2 import InferParameter
 from kserve.protocol.infer_type import InferInput, InferOutput, InferRequest
 
 from runtime.engine import RequestOutput
@@ -30,25 +29,6 @@ OUTPUT_METADATA = [
     {"name": "logprobs", "datatype": "FP32", "shape": [-1, -1]},
 ]
 _EXPECTED = f"this model takes {INPUT_IDS} INT64 [B, N] and optionally {INPUT_LENGTHS} INT64 [B]"
-
-
-def unwrap_parameters(parameters: object) -> dict:
-    """Request parameters as plain values: gRPC hands KServe's predict a map of InferParameter
-    protos (bool, int64 or string), REST a dict of JSON values. A proto with none of those set
-    carries a type KServe's proto lacks (tritonclient sends a float as a double): refused rather
-    than silently dropped."""
-    if not parameters:
-        return {}
-    plain = {}
-    for key, value in parameters.items():
-        if isinstance(value, InferParameter):
-            choice = value.WhichOneof("parameter_choice")
-            if choice is None:
-                raise InvalidInput(f"parameter {key!r}: gRPC parameters are bool, int64 or string; "
-                                   'send a float as a string ("0.7")')
-            value = getattr(value, choice)
-        plain[key] = value
-    return plain
 
 
 def decode_prompts(request: InferRequest) -> list[list[int]]:

@@ -17,6 +17,25 @@ from serving.errors import add_exception_handlers
 from serving.middleware import ClientConnectionMiddleware, DefaultJSONContentTypeMiddleware, RetryAfterMiddleware
 
 
+DEFAULT_MAX_BODY_BYTES = 1 << 20
+DEFAULT_GRACE_PERIOD = 30
+
+
+def add_server_limit_arguments(group: argparse._ActionsContainer) -> None:
+    """--max_body_bytes and --grace_period, which every component takes."""
+    group.add_argument("--max_body_bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
+                       help="largest request body (and WebSocket message); larger ones get 413")
+    group.add_argument("--grace_period", type=int, default=DEFAULT_GRACE_PERIOD,
+                       help="seconds in-flight requests get to finish after SIGTERM")
+
+
+def check_server_limits(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.max_body_bytes < 1:
+        parser.error("--max_body_bytes must be >= 1")
+    if args.grace_period < 0:
+        parser.error("--grace_period must be >= 0")
+
+
 def configure_logging(args: argparse.Namespace, logger_name: str) -> None:
     """KServe's logging setup, and its format for the component's own logger too."""
     if not args.configure_logging:

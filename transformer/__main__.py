@@ -13,7 +13,7 @@ import kserve
 from kserve import model_server
 
 from runtime.demo import build_demo_model
-from serving.server import configure_logging, install_http_layers
+from serving.server import add_server_limit_arguments, check_server_limits, configure_logging, install_http_layers
 from serving.shutdown import drain_on_signal
 from serving.websocket_session import (
     add_websocket_arguments,
@@ -30,8 +30,6 @@ from transformer.websocket import TextModelBackend
 
 logger = logging.getLogger("transformer")
 
-DEFAULT_MAX_BODY_BYTES = 1 << 20
-DEFAULT_GRACE_PERIOD = 30
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,10 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="host:port of the predictor's REST server, for streams when the protocol is "
                              "grpc-v2 (unset: the predictor host on port 8080)")
     limits = parser.add_argument_group("limits")
-    limits.add_argument("--max_body_bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
-                        help="largest request body; larger ones get 413")
-    limits.add_argument("--grace_period", type=int, default=DEFAULT_GRACE_PERIOD,
-                        help="seconds in-flight requests get to finish after SIGTERM")
+    add_server_limit_arguments(limits)
     add_websocket_arguments(parser)
     return parser
 
@@ -66,8 +61,7 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
         parser.error(f"--predictor_protocol must be one of {', '.join(PROTOCOLS)} (token ids travel over v2)")
     if not args.predictor_host:
         parser.error("--predictor_host is required (host:port of the predictor)")
-    if args.max_body_bytes < 1:
-        parser.error("--max_body_bytes must be >= 1")
+    check_server_limits(parser, args)
     if args.max_model_len is not None and args.max_model_len < 2:
         parser.error("--max_model_len must be >= 2")
     check_websocket_arguments(parser, args)

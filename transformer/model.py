@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from serving.errors import ServiceUnavailable, describe_validation_errors
 from serving.openai_protocol import ChatMessage
 from serving.streaming import json_lines, stream_messages
+from serving.v2_parameters import sampling_parameters
 from transformer.generation import TextChunk, TextGenerator, TextRequest, TextResult
 from transformer.predictor_client import PredictorClient, PredictorSettings
 from transformer.schemas import Prediction, PredictInstance, PredictRequest, TextSamplingFields
@@ -35,8 +36,6 @@ OUTPUT_METADATA = [
     {"name": "completion_tokens", "datatype": "INT64", "shape": [-1]},
     {"name": "confidence", "datatype": "FP32", "shape": [-1]},
 ]
-# v2 request parameters KServe or its clients set for the protocol itself, not for sampling.
-V2_PROTOCOL_PARAMETERS = frozenset({"binary_data_output"})
 
 
 class TextModel(kserve.Model):
@@ -170,7 +169,7 @@ class TextModel(kserve.Model):
 
     async def _infer_v2(self, request: InferRequest, headers: dict[str, str]) -> InferResponse:
         prompts = _text_inputs(request)
-        fields = _validate(TextSamplingFields, _v2_parameters(request.parameters))
+        fields = _validate(TextSamplingFields, sampling_parameters(request.parameters))
         texts = [await self.text_request(await self.prompt_ids(prompt), fields, logprobs=True) for prompt in prompts]
         results = await self.generate_all(texts, headers)
         return InferResponse(
@@ -227,22 +226,6 @@ def _text_inputs(request: InferRequest) -> list[str]:
         return [value.decode() if isinstance(value, bytes) else str(value) for value in values]
     except UnicodeDecodeError:
         raise InvalidInput(f"{TEXT_INPUT} must be UTF-8 text") from None
-
-
-def _v2_parameters(parameters: object) -> dict:
-    """Request parameters as plain values (gRPC hands InferParameter protos)."""
-    plain = {}
-    for key, value in (parameters or {}).items():
-        if key in V2_PROTOCOL_PARAMETERS:
-            continue
-        if hasattr(value, "WhichOneof"):
-            choice = value.WhichOneof("parameter_choice")
-            if choice is None:
-                raise InvalidInput(f"parameter {key!r}: gRPC parameters are bool, int64 or string; "
-                                   'send a float as a string ("0.7")')
-            value = getattr(value, choice)
-        plain[key] = value
-    return plain
 
 
 def _v2_outputs(results: list[TextResult]) -> list[InferOutput]:

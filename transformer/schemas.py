@@ -5,43 +5,25 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 
-from serving.openai_protocol import MAX_STOP_STRING_CHARS, MAX_STOP_STRINGS, MAX_TOP_LOGPROBS, ChatMessage
+from serving.openai_protocol import MAX_TOP_LOGPROBS, ChatMessage, SamplingBase
 
 
-class TextSamplingFields(BaseModel):
+class TextSamplingFields(SamplingBase):
     """Sampling fields a request may set; anything left out takes the predictor's default.
 
     Lax number types on purpose: gRPC parameters carry numbers as strings ("0.7"). `stop` is a
     string or a list of them; v2 parameters hold no lists, so there it is one string.
     """
 
-    model_config = ConfigDict(extra="forbid")
-
     max_tokens: Annotated[int, Field(ge=1)] | None = None
     temperature: Annotated[float, Field(ge=0.0)] | None = None
     top_p: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
-    top_k: Annotated[int, Field(ge=-1)] | None = None
     seed: int | None = None
-    min_tokens: Annotated[int, Field(ge=0)] | None = None
-    ignore_eos: bool | None = None
     stop_token_ids: list[StrictInt] | None = None
-    stop: str | Annotated[list[str], Field(max_length=MAX_STOP_STRINGS)] | None = None
     logprobs: bool | None = None
     top_logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
-
-    @field_validator("stop")
-    @classmethod
-    def _check_stop(cls, stop: str | list[str] | None) -> str | list[str] | None:
-        for string in [stop] if isinstance(stop, str) else stop or []:
-            if not string or len(string) > MAX_STOP_STRING_CHARS:
-                raise ValueError(f"each stop string must have 1 to {MAX_STOP_STRING_CHARS} characters")
-        return stop
-
-    @property
-    def stop_strings(self) -> list[str]:
-        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
 
     def predictor_parameters(self, *, logprobs: bool = False) -> dict:
         """The fields the predictor takes (all but `stop`, which the transformer applies);
