@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# GPU check (run from the repo root with OUT set to a results folder; installs nothing): attention/graph tests on CUDA, then the roofline table
-# (graphs and eager) with transformers' generate_batch in the same run.
+# GPU check, run from the repo root on a machine with CUDA, torch, triton and transformers (it
+# installs nothing): the attention and CUDA-graph tests on the card, then the roofline table
+# (graphs and eager) with transformers' generate_batch in the same run. Results land in $OUT.
 set -uo pipefail
+: "${OUT:?set OUT to a folder for the results}"
+mkdir -p "$OUT"
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 unset TRITON_INTERPRET
 export KSERVE_LLM_CPU_KERNELS=0
