@@ -6,14 +6,13 @@ engine's stream aborts it."""
 from __future__ import annotations
 
 from fastapi import APIRouter, FastAPI
-from fastapi.responses import StreamingResponse
 from kserve.errors import ModelNotFound
 
 from runtime.engine import RequestOutput
 from runtime.errors import translate_errors
 from runtime.model import LLMModel
 from runtime.schemas import GenerateRequest, GenerateResponse, GenerateStreamEvent
-from serving.streaming import SSE_HEADERS, server_sent_events, stream_messages
+from serving.streaming import EventStreamResponse, server_sent_events, stream_messages
 
 
 def add_generate_routes(app: FastAPI, model: LLMModel) -> None:
@@ -34,8 +33,8 @@ def add_generate_routes(app: FastAPI, model: LLMModel) -> None:
             response.top_logprobs = output.top_logprobs
         return response
 
-    @router.post("/generate_stream", response_class=StreamingResponse)
-    async def generate_stream(model_name: str, body: GenerateRequest) -> StreamingResponse:
+    @router.post("/generate_stream", response_class=EventStreamResponse)
+    async def generate_stream(model_name: str, body: GenerateRequest) -> EventStreamResponse:
         _check_model_name(model, model_name)
         with translate_errors(model.name):
             params = body.parameters.to_sampling_params()
@@ -52,7 +51,7 @@ def add_generate_routes(app: FastAPI, model: LLMModel) -> None:
             return event.model_dump(exclude_unset=True)
 
         events = server_sent_events(stream_messages(outputs, to_event))
-        return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
+        return EventStreamResponse(events)
 
     app.include_router(router)
 

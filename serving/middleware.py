@@ -59,9 +59,12 @@ class ClientConnectionMiddleware:
                 return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
 
     async def _run_until_disconnect(self, scope: Scope, body: Message, receive: Receive, send: Send) -> None:
+        """Run the app in this task while a watcher task waits for the client to leave, and then
+        cancels this task (one task per request, not two: this is on every request's path)."""
         disconnected = asyncio.Event()
         pending = [body]
-        response_started = response_complete = False
+        response_started = response_complete = client_left = False
+        this_task = asyncio.current_task()
 
         async def app_receive() -> Message:
             if pending:
@@ -77,25 +80,28 @@ class ClientConnectionMiddleware:
             await send(message)
 
         async def watch_connection() -> None:
+            nonlocal client_left
             # uvicorn answers http.disconnect once the client is gone or the response is sent.
             while (await receive())["type"] != "http.disconnect":
                 pass
             disconnected.set()
+            if not response_complete:
+                client_left = True
+                this_task.cancel()
 
         if body["type"] == "http.disconnect":
             disconnected.set()
-        app = asyncio.create_task(self.app(scope, app_receive, app_send))
         watcher = asyncio.create_task(watch_connection())
         try:
-            await asyncio.wait({app, watcher}, return_when=asyncio.FIRST_COMPLETED)
-            if not app.done() and not response_complete:
-                app.cancel()
-            await asyncio.wait({app})
-            if not app.cancelled() and app.exception() is not None:
-                await self._internal_error(scope, app.exception(), response_started, send)
+            await self.app(scope, app_receive, app_send)
+        except asyncio.CancelledError:
+            if not client_left:
+                raise
+            this_task.uncancel()
+        except Exception as exc:
+            await self._internal_error(scope, exc, response_started, send)
         finally:
             watcher.cancel()
-            app.cancel()
 
     @staticmethod
     async def _internal_error(scope: Scope, exc: BaseException, response_started: bool, send: Send) -> None:

@@ -10,7 +10,9 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from typing import TypeVar
 
+from fastapi.responses import StreamingResponse
 from kserve.errors import InferenceError, InvalidInput
+from starlette.types import Receive, Scope, Send
 
 from serving.errors import BadGateway, RequestTimeout, ServiceUnavailable
 
@@ -24,6 +26,24 @@ OPENAI_DONE_EVENT = b"data: [DONE]\n\n"
 CLIENT_ERRORS = (InvalidInput, ServiceUnavailable, RequestTimeout, InferenceError, BadGateway)
 
 Item = TypeVar("Item")
+
+
+class EventStreamResponse(StreamingResponse):
+    """Server-sent events, each sent as soon as it is made. Starlette's StreamingResponse also
+    runs a task that listens for the client leaving; ClientConnectionMiddleware already cancels
+    the handler then, so this sends directly, one task and its scheduling fewer before each
+    stream's first byte. However the response ends, the events' iterator is closed (which closes
+    an upstream stream behind it)."""
+
+    def __init__(self, events: AsyncIterator[bytes], headers: dict[str, str] | None = None) -> None:
+        super().__init__(events, media_type="text/event-stream", headers={**SSE_HEADERS, **(headers or {})})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async with aclosing(self.body_iterator) as events:
+            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+            async for chunk in events:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 async def stream_messages(items: AsyncIterator[Item], to_message: Callable[[Item], dict]) -> AsyncIterator[dict]:

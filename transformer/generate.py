@@ -5,10 +5,9 @@ stream closes the predictor's stream, which aborts its request there."""
 from __future__ import annotations
 
 from fastapi import APIRouter, FastAPI, Request
-from fastapi.responses import StreamingResponse
 from kserve.errors import ModelNotFound
 
-from serving.streaming import SSE_HEADERS, server_sent_events, stream_messages
+from serving.streaming import EventStreamResponse, server_sent_events, stream_messages
 from transformer.generation import TextChunk
 from transformer.model import TextModel
 from transformer.schemas import TextGenerateEvent, TextGenerateRequest, TextGenerateResponse
@@ -29,8 +28,8 @@ def add_generate_routes(app: FastAPI, model: TextModel) -> None:
             response.logprobs = result.logprobs
         return response
 
-    @router.post("/generate_stream", response_class=StreamingResponse)
-    async def generate_stream(model_name: str, body: TextGenerateRequest, request: Request) -> StreamingResponse:
+    @router.post("/generate_stream", response_class=EventStreamResponse)
+    async def generate_stream(model_name: str, body: TextGenerateRequest, request: Request) -> EventStreamResponse:
         text_request = await _text_request(model, model_name, body)
         chunks = await model.open_stream(text_request, dict(request.headers))
 
@@ -41,7 +40,7 @@ def add_generate_routes(app: FastAPI, model: TextModel) -> None:
             return event.model_dump(exclude_unset=True)
 
         events = server_sent_events(stream_messages(chunks, to_event))
-        return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
+        return EventStreamResponse(events)
 
     app.include_router(router)
 

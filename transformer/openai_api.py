@@ -11,7 +11,6 @@ from contextlib import aclosing
 from dataclasses import dataclass
 
 from fastapi import APIRouter, FastAPI, Request
-from fastapi.responses import StreamingResponse
 from kserve.errors import ModelNotFound
 
 from serving.errors import openai_error_response, status_of
@@ -37,7 +36,7 @@ from serving.openai_protocol import (
     now,
     openai_error_body,
 )
-from serving.streaming import CLIENT_ERRORS, OPENAI_DONE_EVENT, SSE_HEADERS
+from serving.streaming import CLIENT_ERRORS, OPENAI_DONE_EVENT, EventStreamResponse
 from transformer.choices import merge_streams
 from transformer.generation import TextChunk, TextRequest, TextResult
 from transformer.model import TextModel
@@ -319,7 +318,7 @@ class ChatStream:
 
 
 async def _stream_response(model: TextModel, choices: list[Choice], headers: dict[str, str],
-                           stream: CompletionStream | ChatStream) -> StreamingResponse:
+                           stream: CompletionStream | ChatStream) -> EventStreamResponse:
     """Open every choice's stream first (so that a refused request gets its status code), then
     answer with their chunks as server-sent events."""
     opened = []
@@ -331,7 +330,7 @@ async def _stream_response(model: TextModel, choices: list[Choice], headers: dic
             await chunks.aclose()
         raise
     events = _events(merge_streams(opened), choices, stream)
-    return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
+    return EventStreamResponse(events)
 
 
 async def _events(merged: AsyncIterator[tuple[int, TextChunk]], choices: list[Choice],
