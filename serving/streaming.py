@@ -35,8 +35,13 @@ class EventStreamResponse(StreamingResponse):
     stream's first byte. However the response ends, the events' iterator is closed (which closes
     an upstream stream behind it)."""
 
-    def __init__(self, events: AsyncIterator[bytes], headers: dict[str, str] | None = None) -> None:
-        super().__init__(events, media_type="text/event-stream", headers={**SSE_HEADERS, **(headers or {})})
+    media_type = "text/event-stream"
+
+    # FastAPI reads the default status code off this signature for the OpenAPI schema.
+    def __init__(self, events: AsyncIterator[bytes], status_code: int = 200,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(events, status_code=status_code, media_type=self.media_type,
+                         headers={**SSE_HEADERS, **(headers or {})})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         async with aclosing(self.body_iterator) as events:

@@ -86,7 +86,9 @@ def fuzz(server: Server, operation) -> int:
         described = f"{case.method} {case.formatted_path} {case.body!r:.300} -> {response.status_code}: " \
                     f"{response.text[:300]}"
         assert response.status_code < 500 or response.status_code == NOT_IMPLEMENTED, described
-        assert not any(marker in response.text for marker in STACK_TRACE_MARKERS), described
+        # Only error bodies: the demo model's words come from Python's docs, which quote tracebacks.
+        if response.status_code >= 400:
+            assert not any(marker in response.text for marker in STACK_TRACE_MARKERS), described
 
     run()
     return sent
