@@ -17,7 +17,7 @@ from kserve.protocol.infer_type import InferRequest, InferResponse
 from runtime.engine import AsyncLLMEngine, EngineConfig, RequestOutput, SamplingParams
 from runtime.errors import translate_errors
 from serving.errors import RequestTimeout, ServiceUnavailable
-from serving.streaming import json_lines, stream_messages
+from serving.streaming import gather_or_cancel, json_lines, open_stream, stream_messages
 from serving.v2_parameters import sampling_parameters
 from runtime.metrics import RequestTracker, register_engine_stats, unregister_engine_stats
 from runtime.schemas import Prediction, PredictRequest, PredictStreamChunk, SamplingFields
@@ -157,23 +157,12 @@ class LLMModel(kserve.Model):
 
     async def generate_batch(self, prompts: list[list[int]], params: list[SamplingParams]) -> list[RequestOutput]:
         """Run requests concurrently (the engine batches them); if one fails, the rest are aborted."""
-        try:
-            async with asyncio.TaskGroup() as group:
-                tasks = [group.create_task(self.generate(prompt, p)) for prompt, p in zip(prompts, params)]
-        except ExceptionGroup as failures:
-            raise failures.exceptions[0] from None
-        return [task.result() for task in tasks]
+        return await gather_or_cancel([self.generate(prompt, p) for prompt, p in zip(prompts, params)])
 
     async def open_stream(self, prompt_token_ids: list[int], params: SamplingParams) -> AsyncIterator[RequestOutput]:
         """Start a stream and wait for its first output, so that a refused request fails with its
         own status code before any response has started."""
-        outputs = self.stream(prompt_token_ids, params)
-        try:
-            first = await anext(outputs)
-        except BaseException:
-            await outputs.aclose()
-            raise
-        return _prepend(first, outputs)
+        return await open_stream(self.stream(prompt_token_ids, params))
 
     # KServe's handlers -----------------------------------------------------------------
 
@@ -230,10 +219,3 @@ def _predict_chunk(output: RequestOutput, with_logprobs: bool) -> dict:
     if with_logprobs:
         chunk.logprobs = output.new_logprobs
     return chunk.model_dump(exclude_unset=True)
-
-
-async def _prepend(first: RequestOutput, rest: AsyncIterator[RequestOutput]) -> AsyncIterator[RequestOutput]:
-    async with aclosing(rest):
-        yield first
-        async for output in rest:
-            yield output

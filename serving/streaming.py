@@ -4,9 +4,10 @@ a response has started its status code is sent, so a failure mid-stream becomes 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from typing import TypeVar
 
@@ -26,6 +27,36 @@ OPENAI_DONE_EVENT = b"data: [DONE]\n\n"
 CLIENT_ERRORS = (InvalidInput, ServiceUnavailable, RequestTimeout, InferenceError, BadGateway)
 
 Item = TypeVar("Item")
+
+
+async def open_stream(items: AsyncIterator[Item]) -> AsyncIterator[Item]:
+    """Start a stream and wait for its first item, so that a refused request (bad input,
+    overload) fails with its own status code before any response has started. The returned
+    iterator yields that item first; closing it closes the stream."""
+    try:
+        first = await anext(items)
+    except BaseException:
+        await items.aclose()
+        raise
+    return _prepend(first, items)
+
+
+async def _prepend(first: Item, rest: AsyncIterator[Item]) -> AsyncIterator[Item]:
+    async with aclosing(rest):
+        yield first
+        async for item in rest:
+            yield item
+
+
+async def gather_or_cancel(awaitables: list[Awaitable[Item]]) -> list[Item]:
+    """Run them concurrently; if one fails, the rest are cancelled (which aborts their requests
+    upstream) and its exception is raised as it is, not in a group."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(awaitable) for awaitable in awaitables]
+    except ExceptionGroup as failures:
+        raise failures.exceptions[0] from None
+    return [task.result() for task in tasks]
 
 
 class EventStreamResponse(StreamingResponse):

@@ -5,10 +5,8 @@ text generate extension call `prompt_ids` and `generator`."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator
-from contextlib import aclosing
 
 import kserve
 import numpy as np
@@ -18,7 +16,7 @@ from pydantic import ValidationError
 
 from serving.errors import ServiceUnavailable, describe_validation_errors
 from serving.openai_protocol import ChatMessage
-from serving.streaming import json_lines, stream_messages
+from serving.streaming import gather_or_cancel, json_lines, open_stream, stream_messages
 from serving.v2_parameters import sampling_parameters
 from transformer.generation import TextChunk, TextGenerator, TextRequest, TextResult
 from transformer.predictor_client import PredictorClient, PredictorSettings
@@ -155,13 +153,7 @@ class TextModel(kserve.Model):
     async def open_stream(self, request: TextRequest, headers: dict[str, str]) -> AsyncIterator[TextChunk]:
         """Start a stream and wait for its first chunk, so that errors before any output (bad
         input, overload) surface while the response status can still say so."""
-        chunks = self.generator.stream(request, headers)
-        try:
-            first = await anext(chunks)
-        except BaseException:
-            await chunks.aclose()
-            raise
-        return _prepend(first, chunks)
+        return await open_stream(self.generator.stream(request, headers))
 
     async def _instance_request(self, instance: PredictInstance) -> TextRequest:
         prompt_ids = await self.prompt_ids(instance.prompt, instance.messages)
@@ -183,12 +175,7 @@ class TextModel(kserve.Model):
     async def generate_all(self, requests: list[TextRequest], headers: dict[str, str]) -> list[TextResult]:
         """Run generations concurrently (the predictor batches them); if one fails, the rest are
         cancelled, which aborts them in the predictor."""
-        try:
-            async with asyncio.TaskGroup() as group:
-                tasks = [group.create_task(self.generator.generate(request, headers)) for request in requests]
-        except ExceptionGroup as failures:
-            raise failures.exceptions[0] from None
-        return [task.result() for task in tasks]
+        return await gather_or_cancel([self.generator.generate(request, headers) for request in requests])
 
 
 def _validate(model: type, payload: object):
@@ -246,11 +233,4 @@ def _v2_outputs(results: list[TextResult]) -> list[InferOutput]:
 
 def _or_nan(value: float | None) -> float:
     return float("nan") if value is None else value
-
-
-async def _prepend(first: TextChunk, rest: AsyncIterator[TextChunk]) -> AsyncIterator[TextChunk]:
-    async with aclosing(rest):
-        yield first
-        async for chunk in rest:
-            yield chunk
 
