@@ -48,6 +48,14 @@ class TextTokenizer:
             self._tokenizer = PreTrainedTokenizerFast.from_pretrained(str(directory), local_files_only=True)
         except (OSError, ValueError) as exc:
             raise TokenizerLoadError(f"cannot load the tokenizer in {directory}: {exc}") from None
+        # Hot paths (prompt encoding, per-token decoding) call the Rust tokenizer directly: what
+        # the transformers wrapper adds costs several times the work itself on a short prompt.
+        # Set as the wrapper sets it for every call: no truncation, no padding, special-token
+        # text in a prompt read as the special token.
+        self._backend = self._tokenizer.backend_tokenizer
+        self._backend.no_truncation()
+        self._backend.no_padding()
+        self._backend.encode_special_tokens = False
         self.max_model_len = max_model_len or _context_limit(directory, self._tokenizer.model_max_length)
         self.has_chat_template = bool(self._tokenizer.chat_template)
         logger.info(
@@ -61,7 +69,7 @@ class TextTokenizer:
 
     def encode(self, text: str) -> list[int]:
         """A completion prompt's ids, with the special tokens the tokenizer adds (e.g. BOS)."""
-        return self._tokenizer.encode(text, add_special_tokens=True)
+        return self._backend.encode(text, add_special_tokens=True).ids
 
     def encode_chat(self, messages: list[ConversationTurn], add_generation_prompt: bool = True) -> list[int]:
         """A conversation rendered by the checkpoint's chat template. The template writes its own
@@ -75,7 +83,7 @@ class TextTokenizer:
             )
         except Exception as exc:  # jinja2 raises TemplateError subclasses, and raise_exception() in templates
             raise ChatTemplateError(f"the chat template refused these messages: {exc}") from None
-        return self._tokenizer.encode(text, add_special_tokens=False)
+        return self._backend.encode(text, add_special_tokens=False).ids
 
     async def encode_async(self, text: str) -> list[int]:
         if len(text) <= INLINE_TOKENIZE_CHARS:
@@ -88,12 +96,13 @@ class TextTokenizer:
         return await asyncio.to_thread(self.encode_chat, messages, add_generation_prompt)
 
     def decode(self, token_ids: list[int]) -> str:
-        """Text of the ids, special tokens skipped (what a client reads)."""
-        return self._tokenizer.decode(token_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        """Text of the ids, special tokens skipped (what a client reads), spaces as decoded (no
+        clean-up: it would make streamed deltas differ from the whole text)."""
+        return self._backend.decode(token_ids, skip_special_tokens=True)
 
     def token_text(self, token_id: int) -> str:
         """One token on its own, as OpenAI's logprobs show it (special tokens included)."""
-        return self._tokenizer.decode([token_id], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        return self._backend.decode([token_id], skip_special_tokens=False)
 
 
 def _context_limit(directory: Path, tokenizer_limit: int) -> int:
