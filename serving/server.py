@@ -14,6 +14,7 @@ from kserve.protocol.rest import server as kserve_rest_server
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from serving.errors import add_exception_handlers
+from serving.http_protocol import use_head_coalescing_protocol
 from serving.middleware import ClientConnectionMiddleware, DefaultJSONContentTypeMiddleware, RetryAfterMiddleware
 
 
@@ -92,3 +93,4 @@ def install_http_layers(app: FastAPI, args: argparse.Namespace) -> None:
     add_exception_handlers(app)
     skip_request_timing(args)
     use_requested_event_loop(args)
+    use_head_coalescing_protocol()

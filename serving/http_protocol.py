@@ -1,0 +1,73 @@
+"""uvicorn's HTTP/1.1 protocol (httptools), with a response's status line and headers sent in the
+same write as its first body bytes.
+
+uvicorn writes the head on `http.response.start` and each body part on its own `send`, so a
+streamed answer reaches the client as two packets: the head, then the first event. The client
+(or the transformer reading the predictor, or the router reading the transformer) then wakes
+up twice before it has the first token, and every hop pays that on its time to first token. Go's
+net/http and most proxies hold the head until the first body write; so does this. A head with
+nothing after it in the same turn of the event loop is sent on the next turn, so a handler that
+starts a response and then waits is not delayed by more than that."""
+
+from __future__ import annotations
+
+import asyncio
+
+from uvicorn import config as uvicorn_config
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+_HEAD_START = b"HTTP/1.1 "
+# Final responses only: 100 Continue and 101 Switching Protocols go out at once.
+_FINAL_STATUS_DIGITS = b"2345"
+
+
+class _HeadHoldingTransport:
+    """The connection's transport, except that a response head is held until the next write
+    (which it then leads) or the event loop's next turn, whichever comes first."""
+
+    __slots__ = ("_transport", "_loop", "_held")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._held: bytes | None = None
+
+    def write(self, data: bytes) -> None:
+        if self._held is not None:
+            data, self._held = self._held + data, None
+        elif data.startswith(_HEAD_START) and data[9:10] in _FINAL_STATUS_DIGITS:
+            self._held = data
+            self._loop.call_soon(self._flush)
+            return
+        self._transport.write(data)
+
+    def writelines(self, chunks) -> None:
+        self.write(b"".join(chunks))
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def _flush(self) -> None:
+        if self._held is not None:
+            data, self._held = self._held, None
+            if not self._transport.is_closing():
+                self._transport.write(data)
+
+    def __getattr__(self, name: str):
+        # Everything else (reading control, extra info, is_closing, abort, set_protocol) is the
+        # real transport's.
+        return getattr(self._transport, name)
+
+
+class HeadCoalescingProtocol(HttpToolsProtocol):
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(_HeadHoldingTransport(transport, self.loop))
+
+
+def use_head_coalescing_protocol() -> None:
+    """Make uvicorn's default HTTP protocol ('auto', and 'httptools') this one. KServe builds its
+    uvicorn Config itself, with the default, so the protocol registry is where to choose it."""
+    path = f"{__name__}:{HeadCoalescingProtocol.__name__}"
+    uvicorn_config.HTTP_PROTOCOLS["auto"] = path
+    uvicorn_config.HTTP_PROTOCOLS["httptools"] = path
