@@ -12,7 +12,8 @@ file. Given no URLs it starts the small demo model's predictor, transformer and 
 Each level runs the targets one after another, on the same arrival times and fresh prompts of the
 same shape (no run finds its prompts cached by another); --interleave instead sends request i to
 target i mod n in one arrival stream, so machine noise hits them alike. An idle phase (one
-request at a time, targets in turn) gives each hop's own cost over the direct path.
+request at a time, targets in turn, each sent a prompt of the same length) gives each hop's own
+cost over the direct path.
 
     .venv/bin/python benchmarks/serve_load.py                               # Poisson 2/s, 3 targets
     .venv/bin/python benchmarks/serve_load.py --rate 2,8,32 --idle_requests 0  # a sweep past saturation
@@ -40,7 +41,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks.load.clients import DIRECT, ROUTER, TARGETS, TRANSFORMER, WEBSOCKET, Endpoints  # noqa: E402
-from benchmarks.load.metrics import SLO, summarise  # noqa: E402
+from benchmarks.load.metrics import SLO, distribution_ms, paired_ttft_differences, summarise  # noqa: E402
 from benchmarks.load.report import print_idle, print_levels, print_max_rates, write_json  # noqa: E402
 from benchmarks.load.runner import Level, RunSettings, run_idle, run_level  # noqa: E402
 from benchmarks.load.search import RateSearch, SearchBounds  # noqa: E402
@@ -186,15 +187,23 @@ def run_searches(args: argparse.Namespace, settings: RunSettings, source: Reques
 
 
 def run_idle_phase(args: argparse.Namespace, endpoints: Endpoints, source: RequestSource) -> dict:
-    """A warm-up (connections, first prompts), then the idle phase on requests of its own."""
-    warm_up = WARM_UP_PER_TARGET * len(args.targets)
-    asyncio.run(run_idle(endpoints, source.take(warm_up), args.targets))
+    """A warm-up (connections, first prompts), then the idle phase on requests of its own: each
+    target gets a prompt of the same length in turn (--idle_requests in all)."""
+    targets = args.targets
+    asyncio.run(run_idle(endpoints, source.take_matched(WARM_UP_PER_TARGET, len(targets)), targets))
     if not args.idle_requests:
         return {}
-    samples = asyncio.run(run_idle(endpoints, source.take(args.idle_requests), args.targets))
+    groups = source.take_matched(max(1, args.idle_requests // len(targets)), len(targets))
+    samples = asyncio.run(run_idle(endpoints, groups, targets))
     # Duration 1 s: the idle phase's throughput columns mean nothing.
-    return {target: summarise([sample for sample in samples if sample.target == target], 1.0, args.slo)
-            for target in args.targets}
+    idle = {target: summarise([sample for sample in samples if sample.target == target], 1.0, args.slo)
+            for target in targets}
+    if DIRECT in targets:
+        for target in targets:
+            if target != DIRECT:
+                differences = paired_ttft_differences(samples, len(targets), target, DIRECT)
+                idle[target]["paired_hop_ttft_ms"] = distribution_ms(differences)
+    return idle
 
 
 def main() -> None:

@@ -146,9 +146,14 @@ async def _handle(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _request_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-    message = describe_validation_errors(exc.errors())
-    if request.url.path.startswith(OPENAI_PATH_PREFIX):
-        body = openai_error_body(HTTPStatus.BAD_REQUEST, message, param=_first_field(exc.errors()))
+    return validation_error_response(exc.errors(), request.url.path)
+
+
+def validation_error_response(errors: list[dict] | tuple[dict, ...], path: str) -> JSONResponse:
+    """400 for a body that is not valid JSON or not what the route takes, shaped for the route."""
+    message = describe_validation_errors(errors)
+    if path.startswith(OPENAI_PATH_PREFIX):
+        body = openai_error_body(HTTPStatus.BAD_REQUEST, message, param=_first_field(errors))
         return JSONResponse(body, status_code=HTTPStatus.BAD_REQUEST)
     return JSONResponse({"error": message}, status_code=HTTPStatus.BAD_REQUEST)
 

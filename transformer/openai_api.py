@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass
 
 from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
 from kserve.errors import ModelNotFound
+from pydantic import BaseModel
 
+from serving.direct_routes import DirectRoute, add_direct_routes
 from serving.errors import openai_error_response, status_of
 from serving.openai_protocol import (
     AssistantMessage,
@@ -44,6 +47,7 @@ from transformer.schemas import TextSamplingFields
 from transformer.tokenizer import TextTokenizer
 
 OWNER = "kserve-llm-runtime"
+OPENAI_PREFIX = "/openai/v1"
 
 
 @dataclass(slots=True)
@@ -56,7 +60,7 @@ class Choice:
 
 
 def add_openai_routes(app: FastAPI, model: TextModel) -> None:
-    router = APIRouter(prefix="/openai/v1", tags=["OpenAI"])
+    router = APIRouter(prefix=OPENAI_PREFIX, tags=["OpenAI"])
     started = now()
 
     @router.get("/models")
@@ -71,32 +75,20 @@ def add_openai_routes(app: FastAPI, model: TextModel) -> None:
         return ModelCard(id=model.name, created=started, owned_by=OWNER, max_model_len=model.tokenizer.max_model_len)
 
     @router.post("/completions")
-    @_openai_errors
-    async def completions(body: CompletionRequest, request: Request):
-        model.check_admitting()
-        _check_model(model, body.model)
-        prompts = await _completion_prompts(model, body)
-        choices = await _choices(model, prompts, body, _completion_fields(body))
-        headers = dict(request.headers)
-        if body.stream:
-            return await _stream_response(model, choices, headers, CompletionStream(model, body, prompts))
-        results = await model.generate_all([choice.request for choice in choices], headers)
-        return _completion_response(model, body, choices, results, prompts)
+    async def completions(body: CompletionRequest, request: Request) -> Response:
+        return await answer_completions(model, body, request.headers)
 
     @router.post("/chat/completions")
-    @_openai_errors
-    async def chat_completions(body: ChatCompletionRequest, request: Request):
-        model.check_admitting()
-        _check_model(model, body.model)
-        prompt_ids = await model.prompt_ids(messages=body.messages, add_generation_prompt=body.add_generation_prompt)
-        choices = await _choices(model, [prompt_ids], body, _chat_fields(body))
-        headers = dict(request.headers)
-        if body.stream:
-            return await _stream_response(model, choices, headers, ChatStream(model, body, len(prompt_ids)))
-        results = await model.generate_all([choice.request for choice in choices], headers)
-        return _chat_response(model, body, choices, results)
+    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+        return await answer_chat_completions(model, body, request.headers)
 
     app.include_router(router)
+    # Every streamed token's first byte waits for these two: served ahead of FastAPI's router.
+    add_direct_routes(app, {
+        f"{OPENAI_PREFIX}/completions": DirectRoute(CompletionRequest, functools.partial(answer_completions, model)),
+        f"{OPENAI_PREFIX}/chat/completions": DirectRoute(ChatCompletionRequest,
+                                                         functools.partial(answer_chat_completions, model)),
+    })
 
 
 def _openai_errors(handler: Callable[..., Awaitable]) -> Callable[..., Awaitable]:
@@ -116,6 +108,38 @@ def _openai_errors(handler: Callable[..., Awaitable]) -> Callable[..., Awaitable
 def _check_model(model: TextModel, name: str) -> None:
     if name != model.name:
         raise ModelNotFound(name)
+
+
+@_openai_errors
+async def answer_completions(model: TextModel, body: CompletionRequest, request_headers: Mapping[str, str]) -> Response:
+    model.check_admitting()
+    _check_model(model, body.model)
+    prompts = await _completion_prompts(model, body)
+    choices = await _choices(model, prompts, body, _completion_fields(body))
+    headers = dict(request_headers)
+    if body.stream:
+        return await _stream_response(model, choices, headers, CompletionStream(model, body, prompts))
+    results = await model.generate_all([choice.request for choice in choices], headers)
+    return _json(_completion_response(model, body, choices, results, prompts))
+
+
+@_openai_errors
+async def answer_chat_completions(model: TextModel, body: ChatCompletionRequest,
+                                  request_headers: Mapping[str, str]) -> Response:
+    model.check_admitting()
+    _check_model(model, body.model)
+    prompt_ids = await model.prompt_ids(messages=body.messages, add_generation_prompt=body.add_generation_prompt)
+    choices = await _choices(model, [prompt_ids], body, _chat_fields(body))
+    headers = dict(request_headers)
+    if body.stream:
+        return await _stream_response(model, choices, headers, ChatStream(model, body, len(prompt_ids)))
+    results = await model.generate_all([choice.request for choice in choices], headers)
+    return _json(_chat_response(model, body, choices, results))
+
+
+def _json(response: BaseModel) -> JSONResponse:
+    # As FastAPI would serialize a returned model.
+    return JSONResponse(response.model_dump(mode="json", by_alias=True))
 
 
 # Requests -------------------------------------------------------------------------------

@@ -96,6 +96,18 @@ def summarise(samples: list[Sample], duration: float, slo: SLO) -> dict:
     }
 
 
+def paired_ttft_differences(samples: list[Sample], group_size: int, target: str, baseline: str) -> list[float]:
+    """Per group of `group_size` consecutive samples (one per target, on requests of one shape),
+    `target`'s TTFT minus `baseline`'s (seconds), where both completed."""
+    differences = []
+    for start in range(0, len(samples) - group_size + 1, group_size):
+        by_target = {sample.target: sample for sample in samples[start:start + group_size]}
+        pair = by_target.get(target), by_target.get(baseline)
+        if all(sample is not None and sample.completed for sample in pair):
+            differences.append(pair[0].ttft - pair[1].ttft)
+    return differences
+
+
 def p99_ttft_within(summary: dict, limit_seconds: float) -> bool:
     """Whether a level sustained its load: every request answered and p99 TTFT within the limit."""
     return summary["completed"] == summary["requests"] and summary["ttft_ms"]["p99"] <= 1000 * limit_seconds

@@ -49,6 +49,10 @@ def print_idle(idle: dict[str, dict]) -> None:
         hop_ttft = idle[target]["ttft_ms"]["p50"] - idle[DIRECT]["ttft_ms"]["p50"]
         hop_itl = idle[target]["itl_ms"]["p50"] - idle[DIRECT]["itl_ms"]["p50"]
         print(f"  {target} hop, idle: {hop_ttft:+.2f} ms TTFT p50, {hop_itl:+.2f} ms ITL p50 over direct")
+        paired = idle[target].get("paired_hop_ttft_ms")
+        if paired:
+            print(f"  {target} hop, idle, per pair of equal prompt lengths: TTFT difference p50 "
+                  f"{paired['p50']:+.2f} ms, p90 {paired['p90']:+.2f} ms")
 
 
 def print_max_rates(searches: list[dict]) -> None:

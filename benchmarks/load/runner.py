@@ -92,11 +92,16 @@ def _mark_unfinished(samples: list[Sample], reason: str) -> None:
             sample.error = reason
 
 
-async def run_idle(endpoints: Endpoints, requests: list[Request], targets: tuple[str, ...]) -> list[Sample]:
-    """One request at a time, targets in turn, each for a few tokens: what each hop costs alone."""
-    samples = [Sample(targets[index % len(targets)]) for index in range(len(requests))]
+async def run_idle(endpoints: Endpoints, groups: list[list[Request]], targets: tuple[str, ...]) -> list[Sample]:
+    """One request at a time, each for a few tokens: what each hop costs alone. Each group holds
+    one request per target, of equal prompt and output lengths; the order of the targets turns
+    from one group to the next, so that none always follows another."""
+    samples = []
     async with AsyncExitStack() as stack:
         clients = await Clients.open(stack, endpoints, targets)
-        for request, sample in zip(requests, samples):
-            await clients.send(request, sample, IDLE_MAX_TOKENS)
+        for index, group in enumerate(groups):
+            for turn, request in enumerate(group):
+                sample = Sample(targets[(index + turn) % len(targets)])
+                await clients.send(request, sample, IDLE_MAX_TOKENS)
+                samples.append(sample)
     return samples

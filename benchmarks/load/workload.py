@@ -84,6 +84,20 @@ def build_requests(tokenizer: TextTokenizer, spec: WorkloadSpec, count: int, see
     return requests
 
 
+def _prompt_of_length(tokenizer: TextTokenizer, rng: random.Random, num_ids: int, tries: int = 20) -> str:
+    """A fresh prompt that encodes to `num_ids` ids (special ones included), or as near as a few
+    draws come: text cut at a token boundary may encode to one token more or less."""
+    best, best_gap = "", None
+    for _ in range(tries):
+        prompt = _text_of_tokens(tokenizer, rng, num_ids)
+        gap = abs(len(tokenizer.encode(prompt)) - num_ids)
+        if best_gap is None or gap < best_gap:
+            best, best_gap = prompt, gap
+        if gap == 0:
+            break
+    return best
+
+
 class RequestSource:
     """Fresh requests for every run, each drawn with the next seed: no run finds its prompts in the
     prefix cache because an earlier one sent them (the shared-prefix workload's prefix apart)."""
@@ -96,3 +110,17 @@ class RequestSource:
     def take(self, count: int) -> list[Request]:
         self.seed += 1
         return build_requests(self.tokenizer, self.spec, count, self.seed)
+
+    def take_matched(self, count: int, variants: int) -> list[list[Request]]:
+        """`count` groups of `variants` requests: in a group, prompts of one length (in tokens)
+        and one output length, but different texts, so that comparing targets on a group
+        compares like with like and none finds another's prompt in the prefix cache."""
+        rng = random.Random(self.seed + 1_000_003)
+        groups = []
+        for request in self.take(count):
+            group = [request]
+            for _ in range(variants - 1):
+                prompt = _prompt_of_length(self.tokenizer, rng, len(request.prompt_ids))
+                group.append(Request(prompt, self.tokenizer.encode(prompt), request.max_tokens))
+            groups.append(group)
+        return groups

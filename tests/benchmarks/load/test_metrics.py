@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from benchmarks.load.metrics import SLO, Sample, percentile, summarise
+from benchmarks.load.metrics import SLO, Sample, paired_ttft_differences, percentile, summarise
 
 
 def streamed(token_times: list[float], output_tokens: int | None = None) -> Sample:
@@ -49,3 +49,11 @@ def test_errors_count_503s_apart_and_stay_out_of_the_latencies():
     assert (summary["completed"], summary["errors_503"], summary["errors_other"]) == (1, 1, 2)
     assert summary["error_kinds"] == {"HTTP 503": 1, "ReadError": 1, "unfinished": 1}
     assert summary["ttft_ms"]["p99"] == pytest.approx(100.0)
+
+
+def test_paired_differences_compare_the_targets_within_each_group():
+    samples = [Sample("direct", [0.010], 1, 0.02), Sample("transformer", [0.012], 1, 0.02),
+               Sample("transformer", [0.020], 1, 0.03), Sample("direct", [0.019], 1, 0.03),
+               Sample("direct", [0.015], 1, 0.02), Sample("transformer", [], 0, None, error="refused")]
+    differences = paired_ttft_differences(samples, 2, "transformer", "direct")
+    assert [round(value, 6) for value in differences] == [0.002, 0.001]
