@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 import kserve
@@ -80,6 +81,9 @@ def predictor_settings(args: argparse.Namespace) -> PredictorSettings:
 
 
 def main() -> None:
+    # One prompt at a time, on the event loop's thread: the tokenizers thread pool would only add
+    # a hand-off to another thread per call.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     parser = build_parser()
     args = parser.parse_args()
     check_arguments(parser, args)

@@ -276,6 +276,9 @@ class CompletionStream:
         self.num_prompt_tokens = sum(map(len, prompts))
         self.echo = body.prompt if body.echo else ""
         self._text_offsets: dict[int, int] = {}
+        # Every chunk's fields but its choice, made once: a chunk per token is on every token's path.
+        self._head = CompletionResponse(id=self.id, created=self.created, model=self.model_name,
+                                        choices=[]).model_dump(exclude={"choices", "usage"})
 
     def start(self, choices: list[Choice]) -> list[dict]:
         if not self.echo:
@@ -299,8 +302,7 @@ class CompletionStream:
                                   usage=Usage.of(self.num_prompt_tokens, completion_tokens)).model_dump()
 
     def _chunk(self, choice: CompletionChoice) -> dict:
-        return CompletionResponse(id=self.id, created=self.created, model=self.model_name,
-                                  choices=[choice]).model_dump(exclude={"usage"})
+        return {**self._head, "choices": [choice.model_dump()]}
 
 
 class ChatStream:
@@ -313,6 +315,8 @@ class ChatStream:
         self.created = now()
         self.model_name = model.name
         self.num_prompt_tokens = num_prompt_tokens
+        self._head = ChatCompletionChunk(id=self.id, created=self.created, model=self.model_name,
+                                         choices=[]).model_dump(exclude={"choices", "usage"})
 
     def start(self, choices: list[Choice]) -> list[dict]:
         return [self._chunk(ChatChunkChoice(index=choice.index, delta=ChatDelta(role="assistant", content="")))
@@ -334,11 +338,10 @@ class ChatStream:
                                    usage=Usage.of(self.num_prompt_tokens, completion_tokens)).model_dump()
 
     def _chunk(self, choice: ChatChunkChoice) -> dict:
-        message = ChatCompletionChunk(id=self.id, created=self.created, model=self.model_name,
-                                      choices=[choice]).model_dump(exclude={"usage"})
+        message = choice.model_dump()
         # OpenAI sends only the fields a delta sets (the role on the first one only).
-        message["choices"][0]["delta"] = choice.delta.model_dump(exclude_none=True)
-        return message
+        message["delta"] = choice.delta.model_dump(exclude_none=True)
+        return {**self._head, "choices": [message]}
 
 
 async def _stream_response(model: TextModel, choices: list[Choice], headers: dict[str, str],
