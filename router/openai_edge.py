@@ -25,7 +25,7 @@ from http import HTTPStatus
 
 import httpx
 from fastapi import APIRouter, FastAPI, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 from kserve.errors import InvalidInput, ModelNotFound
 from starlette.types import Receive, Scope, Send
 
@@ -39,9 +39,11 @@ from router.policy import Decision, Hint, Route, parse_hint
 from router.replicas import ReplicaSet
 from router.schemas import chat_routing_request
 from router.upstream import Answer, Call, Fallback, Plan, TargetFailed, Upstream
+from serving.direct_routes import DirectRoute, add_direct_routes
 from serving.errors import openai_error_response
+from serving.http_client import Pools
 from serving.openai_protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList, now
-from serving.streaming import SSE_HEADERS
+from serving.streaming import EventStreamResponse
 
 logger = logging.getLogger(__name__)
 
@@ -51,8 +53,8 @@ CHAT_PATH = "/openai/v1/chat/completions"
 SCORE_HEADER = "x-route-score"
 FALLBACK_HEADER = "x-route-fallback"
 ESCALATED_HEADER = "x-route-escalated"
-# Idle keep-alive connections kept to the transformers: a new connection costs a handshake per request.
-MAX_KEEPALIVE_CONNECTIONS = 256
+# Idle keep-alive connections kept for the load poller's scrapes of the predictors' metrics.
+MAX_KEEPALIVE_CONNECTIONS = 32
 
 OpenAIRequest = CompletionRequest | ChatCompletionRequest
 
@@ -72,8 +74,9 @@ class Routing:
 
 
 class OpenAIEdge:
-    """The edge of one router: its policy (through the RouterModel), its targets' replicas, and
-    one HTTP client for the transformers and their predictors' metrics."""
+    """The edge of one router: its policy (through the RouterModel), its targets' replicas, kept-alive
+    connections to the transformers (serving/http_client.py: this hop is on every token's first
+    byte), and an HTTP client for their predictors' metrics."""
 
     def __init__(self, model: RouterModel) -> None:
         config = model.config
@@ -87,7 +90,8 @@ class OpenAIEdge:
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=MAX_KEEPALIVE_CONNECTIONS),
             trust_env=False,
         )
-        self.upstream = Upstream(model.name, self.replica_sets, self.client)
+        self.pools = Pools(connect_timeout=timeouts.connect_seconds, read_timeout=timeouts.request_seconds)
+        self.upstream = Upstream(model.name, self.replica_sets, self.pools)
         self.poller = LoadPoller(self.client, self.replica_sets.values(),
                                  config.load_balancing.metrics_interval_seconds)
         self.created = now()
@@ -102,6 +106,7 @@ class OpenAIEdge:
     async def stop(self) -> None:
         await self.poller.stop()
         await self.client.aclose()
+        await self.pools.close()
 
     def model_cards(self) -> list[ModelCard]:
         names = [AUTO_MODEL, *(self.replica_sets[route].model for route in Route)]
@@ -199,14 +204,13 @@ def _response(answer: Answer, routing: Routing, escalated: str | None) -> Respon
     return Response(answer.body, status_code=answer.status, media_type=answer.content_type, headers=headers)
 
 
-class UpstreamStreamResponse(StreamingResponse):
+class UpstreamStreamResponse(EventStreamResponse):
     """A target's stream passed on as it comes. However the response ends - finished, failed, or
-    cancelled because the client left - the target's stream is closed, which aborts its request
-    (Starlette leaves an unfinished body iterator to the garbage collector)."""
+    cancelled because the client left, even before its first byte - the target's stream is
+    closed, which aborts its request."""
 
     def __init__(self, answer: Answer, headers: dict[str, str]) -> None:
-        super().__init__(answer.chunks(), status_code=answer.status, headers={**SSE_HEADERS, **headers},
-                         media_type=answer.content_type)
+        super().__init__(answer.chunks(), status_code=answer.status, headers=headers)
         self.answer = answer
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -239,16 +243,25 @@ def add_openai_edge(app: FastAPI, edge: OpenAIEdge) -> None:
                 return Response(card.model_dump_json(), media_type="application/json")
         return openai_error_response(ModelNotFound(model_name))
 
+    async def answer_completions(body: CompletionRequest, headers: Mapping[str, str]) -> Response:
+        return await edge.answer(COMPLETIONS_PATH, body, completion_routing_requests(body), headers)
+
+    async def answer_chat_completions(body: ChatCompletionRequest, headers: Mapping[str, str]) -> Response:
+        routing_request = chat_routing_request(body.messages, body.requested_max_tokens)
+        return await edge.answer(CHAT_PATH, body, [routing_request], headers)
+
     @router.post("/completions")
     async def completions(body: CompletionRequest, request: Request) -> Response:
-        return await edge.answer(COMPLETIONS_PATH, body, completion_routing_requests(body), request.headers)
+        return await answer_completions(body, request.headers)
 
     @router.post("/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
-        routing_request = chat_routing_request(body.messages, body.requested_max_tokens)
-        return await edge.answer(CHAT_PATH, body, [routing_request], request.headers)
+        return await answer_chat_completions(body, request.headers)
 
     app.include_router(router)
+    # Every streamed token's first byte waits for these two: served ahead of FastAPI's router.
+    add_direct_routes(app, {COMPLETIONS_PATH: DirectRoute(CompletionRequest, answer_completions),
+                            CHAT_PATH: DirectRoute(ChatCompletionRequest, answer_chat_completions)})
     _run_with_app(app, edge)
 
 

@@ -14,12 +14,11 @@ from dataclasses import dataclass
 from enum import StrEnum
 from http import HTTPStatus
 
-import httpx
-
 from router.metrics import FALLBACKS
 from router.policy import Route
 from router.replicas import Endpoint, ReplicaSet
 from serving.errors import RequestTimeout, ServiceUnavailable
+from serving.http_client import Pools, Response, UpstreamDisconnected, UpstreamUnreachable
 from serving.openai_protocol import openai_error_body
 from serving.streaming import OPENAI_DONE_EVENT
 
@@ -87,7 +86,7 @@ class Answer:
     content_type: str | None
     body: bytes
     rest: AsyncIterator[bytes] | None = None
-    response: httpx.Response | None = None
+    response: Response | None = None
     fallback: Fallback | None = None
 
     @property
@@ -106,7 +105,7 @@ class Answer:
             async for chunk in self.rest:
                 yield chunk
                 at_event_end = chunk.endswith(EVENT_END)
-        except httpx.HTTPError as exc:
+        except (ConnectionError, TimeoutError) as exc:
             logger.warning("the %s target failed mid-stream: %s", self.route, type(exc).__name__)
             if not at_event_end:
                 raise
@@ -114,8 +113,10 @@ class Answer:
             yield b"data: " + json.dumps(message).encode() + EVENT_END + OPENAI_DONE_EVENT
 
     async def close(self) -> None:
+        """Give the connection back, or close it if the answer was left unfinished (which makes
+        the target abort the request)."""
         if self.response is not None:
-            await self.response.aclose()
+            self.response.release()
 
 
 class TargetFailed(Exception):
@@ -130,7 +131,7 @@ class TargetFailed(Exception):
 
 
 class Upstream:
-    def __init__(self, model_name: str, replica_sets: Mapping[Route, ReplicaSet], client: httpx.AsyncClient) -> None:
+    def __init__(self, model_name: str, replica_sets: Mapping[Route, ReplicaSet], client: Pools) -> None:
         self.model_name = model_name
         self.replica_sets = replica_sets
         self.client = client
@@ -169,28 +170,27 @@ class Upstream:
         raise TargetFailed(route, last.failure, f"{model} at {endpoint.url}: {last.reason}", last.answer)
 
     async def _attempt(self, route: Route, endpoint: Endpoint, call: Call) -> Answer:
-        payload = {**call.payload, "model": self.replica_sets[route].model}
-        request = self.client.build_request("POST", endpoint.url + call.path, json=payload, headers=call.headers)
+        payload = json.dumps({**call.payload, "model": self.replica_sets[route].model}).encode()
         with self._failures(route, endpoint):
-            response = await self.client.send(request, stream=True)
+            response = await self.client.request("POST", endpoint.url + call.path, payload, call.headers)
         try:
             with self._failures(route, endpoint):
                 return await _read(route, response, call.stream)
         except BaseException:
-            await response.aclose()
+            response.release()
             raise
 
     @contextmanager
     def _failures(self, route: Route, endpoint: Endpoint) -> Iterator[None]:
         try:
             yield
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+        except UpstreamUnreachable as exc:
             self.replica_sets[route].mark_down(endpoint)
-            raise _AttemptFailed(Failure.DOWN, f"connection refused ({type(exc).__name__})") from None
-        except httpx.TimeoutException as exc:
-            raise _AttemptFailed(Failure.TIMEOUT, f"no answer in time ({type(exc).__name__})") from None
-        except httpx.TransportError as exc:
-            raise _AttemptFailed(Failure.DOWN, f"connection lost ({type(exc).__name__})") from None
+            raise _AttemptFailed(Failure.DOWN, f"connection refused ({exc})") from None
+        except TimeoutError:
+            raise _AttemptFailed(Failure.TIMEOUT, "no answer in time") from None
+        except UpstreamDisconnected as exc:
+            raise _AttemptFailed(Failure.DOWN, f"connection lost ({exc})") from None
 
 
 class _AttemptFailed(Exception):
@@ -200,19 +200,19 @@ class _AttemptFailed(Exception):
         self.answer = answer
 
 
-async def _read(route: Route, response: httpx.Response, stream: bool) -> Answer:
+async def _read(route: Route, response: Response, stream: bool) -> Answer:
     """The answer of an open response: a 200 stream up to its first chunk, anything else whole."""
     content_type = response.headers.get("content-type")
-    if stream and response.status_code == HTTPStatus.OK:
-        rest = response.aiter_raw()
+    if stream and response.status == HTTPStatus.OK:
+        rest = response.chunks()
         first = await anext(rest, b"")
-        return Answer(route, response.status_code, content_type, first, rest, response)
-    body = await response.aread()
-    await response.aclose()
-    answer = Answer(route, response.status_code, content_type, body)
-    failure = Failure.of_status(response.status_code)
+        return Answer(route, response.status, content_type, first, rest, response)
+    body = await response.read()
+    response.release()
+    answer = Answer(route, response.status, content_type, body)
+    failure = Failure.of_status(response.status)
     if failure is not None:
-        raise _AttemptFailed(failure, f"answered {response.status_code}", answer)
+        raise _AttemptFailed(failure, f"answered {response.status}", answer)
     return answer
 
 

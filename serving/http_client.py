@@ -17,6 +17,7 @@ import asyncio
 import ssl as ssl_module
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
+from urllib.parse import urlsplit
 
 import httptools
 
@@ -278,3 +279,34 @@ def _raise_if_broken(connection: _Connection) -> None:
         raise connection.error
     if connection.lost:
         raise UpstreamDisconnected("the server closed the connection before the response ended")
+
+
+class Pools:
+    """A ConnectionPool per server, for a client that talks to several (the router to its
+    targets' replicas), addressed by URL."""
+
+    def __init__(self, *, connect_timeout: float, read_timeout: float) -> None:
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self._pools: dict[tuple[str, str, int], ConnectionPool] = {}
+
+    async def request(self, method: str, url: str, body: bytes = b"",
+                      headers: Mapping[str, str] | None = None) -> Response:
+        """`url`: http(s)://host[:port][/path]."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not an http(s) URL: {url!r}")
+        secure = parts.scheme == "https"
+        key = (parts.scheme, parts.hostname, parts.port or (443 if secure else 80))
+        pool = self._pools.get(key)
+        if pool is None:
+            pool = self._pools[key] = ConnectionPool(
+                key[1], key[2], connect_timeout=self.connect_timeout, read_timeout=self.read_timeout,
+                ssl=ssl_module.create_default_context() if secure else None)
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        return await pool.request(method, path, body, headers)
+
+    async def close(self) -> None:
+        for pool in self._pools.values():
+            await pool.close()
+        self._pools.clear()
