@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from serving.http_client import ConnectionPool, UpstreamDisconnected, UpstreamUnreachable
+from serving.http_client import ConnectionPool, Pools, UpstreamDisconnected, UpstreamUnreachable
 from tests.serving.ports import free_port_block
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -208,3 +208,26 @@ def test_a_header_value_with_a_line_break_is_refused():
             await pool.request("POST", "/", b"{}", {"x-request-id": "a\r\nx-injected: 1"})
 
     asyncio.run(_run(_json_answer, test))
+
+
+def test_pools_keep_a_pool_per_server_and_pass_the_path_on():
+    async def test() -> None:
+        servers = [ScriptedServer(_json_answer) for _ in range(2)]
+        started = [await asyncio.start_server(each.serve, "127.0.0.1", 0) for each in servers]
+        pools = Pools(connect_timeout=2.0, read_timeout=5.0)
+        try:
+            for _ in range(2):
+                for server in started:
+                    port = server.sockets[0].getsockname()[1]
+                    async with await pools.request("POST", f"http://127.0.0.1:{port}/prefix/x?a=1", b"{}") as response:
+                        assert await response.read() == b'{"ok":true}'
+            assert [each.connections for each in servers] == [1, 1]
+            assert all(each.requests[0].startswith(b"POST /prefix/x?a=1 HTTP/1.1\r\n") for each in servers)
+            with pytest.raises(ValueError, match="not an http"):
+                await pools.request("POST", "ftp://127.0.0.1/x")
+        finally:
+            await pools.close()
+            for server in started:
+                server.close()
+
+    asyncio.run(test())
