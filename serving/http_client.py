@@ -23,6 +23,8 @@ import httptools
 
 # Reading pauses while this much of a response is received but not yet consumed.
 MAX_BUFFERED_BYTES = 1 << 16
+# Idle connections kept per server; past a burst, the others are closed as they come back.
+MAX_IDLE_CONNECTIONS = 256
 
 
 class UpstreamUnreachable(ConnectionError):
@@ -264,7 +266,7 @@ class ConnectionPool:
 
     def _release(self, connection: _Connection) -> None:
         self._busy.discard(connection)
-        if connection.reusable and not connection.chunks:
+        if connection.reusable and not connection.chunks and len(self._idle) < MAX_IDLE_CONNECTIONS:
             self._idle.append(connection)
         else:
             connection.close()
