@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ from kserve import InferenceGRPCClient, InferInput, InferRequest
 from kserve.errors import InvalidInput
 
 from serving.errors import BadGateway, RequestTimeout, ServiceUnavailable
-from serving.http_client import ConnectionPool, Response, UpstreamDisconnected, UpstreamUnreachable
+from serving.http_client import Pools, Response, UpstreamDisconnected, UpstreamUnreachable
 
 logger = logging.getLogger(__name__)
 
@@ -61,16 +60,16 @@ class PredictorClient:
     def __init__(self, model_name: str, settings: PredictorSettings) -> None:
         self.model_name = model_name
         self.settings = settings
-        self._path = f"/v2/models/{model_name}"
-        # Made on first use, on the server's event loop, which its connections belong to. Our
-        # own small client rather than aiohttp or httpx: this hop is on every request's time to
-        # first token, and theirs cost a fraction of a millisecond more per request.
-        self._http: ConnectionPool | None = None
+        scheme = "https" if settings.use_ssl else "http"
+        self._rest_base = f"{scheme}://{settings.rest_host}/v2/models/{model_name}"
+        # Our own small client rather than aiohttp or httpx: this hop is on every request's time
+        # to first token, and theirs cost a fraction of a millisecond more per request. Its
+        # connections are made on first use, on the server's event loop, which they belong to.
+        self._http = Pools(connect_timeout=CONNECT_TIMEOUT_SECONDS, read_timeout=settings.timeout_seconds)
         self._grpc: InferenceGRPCClient | None = None
 
     async def close(self) -> None:
-        if self._http is not None:
-            await self._http.close()
+        await self._http.close()
         if self._grpc is not None:
             await self._grpc.close()
 
@@ -82,7 +81,7 @@ class PredictorClient:
     async def ready(self) -> bool:
         """Whether the predictor says it can serve this model."""
         try:
-            async with await self._pool().request("GET", f"{self._path}/ready") as response:
+            async with await self._http.request("GET", f"{self._rest_base}/ready") as response:
                 await response.read()
                 return response.status == 200
         except (ConnectionError, TimeoutError):
@@ -127,19 +126,10 @@ class PredictorClient:
         while True:
             attempts_left -= 1
             try:
-                return await self._pool().request("POST", f"{self._path}/{route}", content, self._pass_on(headers))
+                return await self._http.request("POST", f"{self._rest_base}/{route}", content, self._pass_on(headers))
             except UpstreamUnreachable:
                 if not attempts_left:
                     raise
-
-    def _pool(self) -> ConnectionPool:
-        if self._http is None:
-            host, port = _host_and_port(self.settings.rest_host, 443 if self.settings.use_ssl else 80)
-            self._http = ConnectionPool(
-                host, port, connect_timeout=CONNECT_TIMEOUT_SECONDS, read_timeout=self.settings.timeout_seconds,
-                ssl=ssl.create_default_context() if self.settings.use_ssl else None,
-            )
-        return self._http
 
     async def _infer_grpc(self, prompt_ids: list[int], parameters: dict, headers: dict[str, str]) -> Generated:
         tensor = InferInput("input_ids", [1, len(prompt_ids)], "INT64")
@@ -222,14 +212,6 @@ def _grpc_error(exc: grpc.aio.AioRpcError, settings: PredictorSettings) -> Excep
 
 def _as_text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _host_and_port(address: str, default_port: int) -> tuple[str, int]:
-    """'host:port' (or '[v6]:port', or a bare host) as its parts."""
-    host, separator, port = address.rpartition(":")
-    if not separator or not port.isdigit() or "]" in port:
-        return address.strip("[]"), default_port
-    return host.strip("[]"), int(port)
 
 
 def _default_rest_host(grpc_host: str) -> str:
