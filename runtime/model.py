@@ -1,6 +1,6 @@
 """LLMModel: the kserve.Model around the engine. KServe's v1 and v2 (REST and gRPC) routes call
 `predict`; the generate extension calls `generate` and `open_stream`. Every request goes through
-`stream`, which admits it, enforces the deadline, feeds the metrics and translates errors."""
+`open_stream`, which admits it, enforces the deadline, feeds the metrics and translates errors."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from kserve.protocol.infer_type import InferRequest, InferResponse
 from runtime.engine import AsyncLLMEngine, EngineConfig, RequestOutput, SamplingParams
 from runtime.errors import translate_errors
 from serving.errors import RequestTimeout, ServiceUnavailable
-from serving.streaming import gather_or_cancel, json_lines, open_stream, stream_messages
+from serving.streaming import gather_or_cancel, json_lines, stream_messages
 from serving.v2_parameters import sampling_parameters
 from runtime.metrics import RequestTracker, register_engine_stats, unregister_engine_stats
 from runtime.schemas import Prediction, PredictRequest, PredictStreamChunk, SamplingFields
@@ -111,30 +111,40 @@ class LLMModel(kserve.Model):
 
     async def stream(self, prompt_token_ids: list[int], params: SamplingParams) -> AsyncIterator[RequestOutput]:
         """One engine request, an output per step. Leaving the iteration early aborts it."""
+        async with aclosing(await self.open_stream(prompt_token_ids, params)) as outputs:
+            async for output in outputs:
+                yield output
+
+    async def open_stream(self, prompt_token_ids: list[int], params: SamplingParams) -> AsyncIterator[RequestOutput]:
+        """Admit a request: a refused one (bad input, overload, shutting down) fails here with
+        its own status code. Nothing waits for the first token, so a streamed response starts
+        (its head reaches the client) while the prompt is prefilled; a failure after this
+        point ends the stream with an error message."""
         self._check_admitting()
-        tracker = RequestTracker(self.name)
         deadline = None if self.request_timeout is None else asyncio.get_running_loop().time() + self.request_timeout
-        refused = False
+        with translate_errors(self.name):
+            request = await self.llm.open(uuid.uuid4().hex, prompt_token_ids, params)
+        return self._outputs(request, deadline)
+
+    async def _outputs(self, request: AsyncIterator[RequestOutput], deadline: float | None) -> AsyncIterator[RequestOutput]:
+        """An admitted request's outputs, observed by the metrics and held to the deadline."""
+        tracker = RequestTracker(self.name)
         self.num_in_flight += 1
         try:
             with translate_errors(self.name):
-                async with aclosing(self.llm.stream(uuid.uuid4().hex, prompt_token_ids, params)) as outputs:
-                    while (output := await self._next_output(outputs, deadline)) is not None:
+                async with aclosing(request):
+                    while (output := await self._next_output(request, deadline)) is not None:
                         tracker.observe(output)
                         if output.error is not None:
                             raise InferenceError(output.error)
                         yield output
-        except (InvalidInput, ServiceUnavailable):
-            refused = True
-            raise
         finally:
             self.num_in_flight -= 1
-            if not refused:
-                tracker.close()
+            tracker.close()
 
     async def _next_output(self, outputs: AsyncIterator[RequestOutput], deadline: float | None) -> RequestOutput | None:
         """The next output, or None at the end; past the deadline the engine request is aborted
-        (cancelling the engine's stream does that) and RequestTimeout raised."""
+        (closing its stream does that) and RequestTimeout raised."""
         try:
             async with asyncio.timeout_at(deadline):
                 return await anext(outputs, None)
@@ -158,11 +168,6 @@ class LLMModel(kserve.Model):
     async def generate_batch(self, prompts: list[list[int]], params: list[SamplingParams]) -> list[RequestOutput]:
         """Run requests concurrently (the engine batches them); if one fails, the rest are aborted."""
         return await gather_or_cancel([self.generate(prompt, p) for prompt, p in zip(prompts, params)])
-
-    async def open_stream(self, prompt_token_ids: list[int], params: SamplingParams) -> AsyncIterator[RequestOutput]:
-        """Start a stream and wait for its first output, so that a refused request fails with its
-        own status code before any response has started."""
-        return await open_stream(self.stream(prompt_token_ids, params))
 
     # KServe's handlers -----------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 from ray import serve
 from ray.exceptions import RayActorError, RayTaskError
-from ray.serve.handle import DeploymentHandle
+from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 from runtime.engine import (
     AsyncLLMEngine,
@@ -39,6 +39,8 @@ logger = logging.getLogger(__name__)
 STATS_PERIOD_S = 1.0
 # Ray Serve's own per-replica cap on concurrent requests when the engine queue is unbounded.
 UNBOUNDED_ONGOING_REQUESTS = 1 << 20
+# A replica's stream yields this first, once the engine has admitted the request.
+ADMITTED = None
 
 
 @dataclass(slots=True)
@@ -78,11 +80,15 @@ class EngineReplica:
 
     async def stream(
         self, request_id: str, prompt_token_ids: list[int], params: SamplingParams
-    ) -> AsyncIterator[RequestOutput]:
-        # Cancelling this call (the caller left) cancels the iteration, which aborts the request.
+    ) -> AsyncIterator[RequestOutput | None]:
+        """None once the request is admitted (RayEngineClient.open waits for it), then its
+        outputs. Cancelling this call (the caller left) closes the stream, which aborts the
+        request."""
         self.num_requests += 1
-        async for output in self.engine.stream(request_id, prompt_token_ids, params):
-            yield output
+        async with await self.engine.open(request_id, prompt_token_ids, params) as outputs:
+            yield ADMITTED
+            async for output in outputs:
+                yield output
 
     def stats(self) -> ReplicaStats:
         return ReplicaStats(self.name, self.engine.stats(), self.num_requests)
@@ -97,7 +103,7 @@ class EngineReplica:
 
 
 class RayEngineClient:
-    """The engine API LLMModel uses (start, shutdown, is_running, dead_reason, stats, stream),
+    """The engine API LLMModel uses (start, shutdown, is_running, dead_reason, stats, open),
     served by the replicas of a Ray Serve application."""
 
     def __init__(self, model_name: str, config: EngineConfig, options: RayOptions) -> None:
@@ -135,13 +141,24 @@ class RayEngineClient:
         """The replicas' stats added up, as of the last refresh (at most STATS_PERIOD_S old)."""
         return sum_engine_stats([each.engine for each in self.replica_stats])
 
-    async def stream(
+    async def open(
         self, request_id: str, prompt_token_ids: list[int], params: SamplingParams
     ) -> AsyncIterator[RequestOutput]:
-        """Like AsyncLLMEngine.stream, on a replica; leaving early cancels the replica's call."""
-        responses = self.handle.options(method_name="stream", stream=True).remote(
+        """Like AsyncLLMEngine.open, on a replica: returns once the replica has admitted the
+        request (a refused one raises the engine's own error); closing the returned stream
+        early cancels the replica's call, which aborts the request."""
+        outputs = self._outputs(self.handle.options(method_name="stream", stream=True).remote(
             request_id, prompt_token_ids, params
-        )
+        ))
+        try:
+            await anext(outputs)  # the replica's ADMITTED
+        except BaseException:
+            await outputs.aclose()
+            raise
+        return outputs
+
+    @staticmethod
+    async def _outputs(responses: DeploymentResponseGenerator) -> AsyncIterator[RequestOutput | None]:
         try:
             async for output in responses:
                 yield output

@@ -96,25 +96,25 @@ class AsyncLLMEngine:
     ) -> AsyncIterator[RequestOutput]:
         """Yield an output per engine step that produced tokens, the last one finished.
 
-        Leaving the iteration early (break, cancellation, client gone) aborts the request
-        and frees its KV blocks.
+        The request is admitted at the first iteration. Leaving the iteration early (break,
+        cancellation, client gone) aborts the request and frees its KV blocks.
         """
+        async with await self.open(request_id, prompt_token_ids, params, priority) as outputs:
+            async for output in outputs:
+                yield output
+
+    async def open(
+        self,
+        request_id: str,
+        prompt_token_ids: list[int],
+        params: SamplingParams | None = None,
+        priority: int = 0,
+    ) -> RequestStream:
+        """Admit a request now, without waiting for its first token: a refused one (bad input,
+        full queue, engine stopped) raises here. Its outputs come from the returned stream,
+        which must be read to the end or closed; closing it early aborts the request."""
         params = params or SamplingParams()
-        stream = self._register(request_id, list(prompt_token_ids), params, priority)
-        finished = False
-        try:
-            while True:
-                item = await stream.queue.get()
-                if isinstance(item, BaseException):
-                    raise item
-                finished = item.finished
-                yield item
-                if finished:
-                    return
-        finally:
-            self._streams.pop(request_id, None)
-            if not finished:
-                self.abort(request_id)
+        return RequestStream(self, request_id, self._register(request_id, list(prompt_token_ids), params, priority))
 
     async def generate(
         self, request_id: str, prompt_token_ids: list[int], params: SamplingParams | None = None, priority: int = 0
@@ -127,6 +127,11 @@ class AsyncLLMEngine:
 
     def abort(self, request_id: str) -> None:
         self._submit(_AbortCommand(request_id))
+
+    def _release(self, request_id: str, abort: bool) -> None:
+        self._streams.pop(request_id, None)
+        if abort:
+            self.abort(request_id)
 
     def _register(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, priority: int) -> _Stream:
         if self._dead_reason is not None:
@@ -233,6 +238,53 @@ class AsyncLLMEngine:
 
     def _deliver_error_to_all(self, error: BaseException) -> None:
         self._deliver([(request_id, error) for request_id in list(self._streams)])
+
+
+class RequestStream:
+    """The outputs of one admitted request, an async iterator. Ending it before its last output
+    (aclose, `async with` left, or the stream dropped unread) aborts the request in the engine."""
+
+    def __init__(self, engine: AsyncLLMEngine, request_id: str, stream: _Stream) -> None:
+        self.request_id = request_id
+        self._engine = engine
+        self._queue = stream.queue
+        self._finished = False
+        self._closed = False
+
+    def __aiter__(self) -> RequestStream:
+        return self
+
+    async def __anext__(self) -> RequestOutput:
+        if self._closed:
+            raise StopAsyncIteration
+        item = await self._queue.get()
+        if isinstance(item, BaseException):
+            self._end()
+            raise item
+        if item.finished:
+            self._finished = True
+            self._end()
+        return item
+
+    async def __aenter__(self) -> RequestStream:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._end()
+
+    async def aclose(self) -> None:
+        self._end()
+
+    def _end(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._engine._release(self.request_id, abort=not self._finished)
+
+    def __del__(self) -> None:
+        # A stream admitted but never read nor closed (its caller was cancelled in between)
+        # must not leave its request running in the engine.
+        self._end()
 
 
 def _put_all(items: list[tuple[asyncio.Queue, object]]) -> None:

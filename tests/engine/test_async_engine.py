@@ -301,6 +301,56 @@ async def test_a_full_queue_refuses_the_excess_and_serves_the_rest(start_engine)
     await wait_until_idle(engine)
 
 
+# Admission without the first token ------------------------------------------------------
+
+
+def hold_steps(monkeypatch, engine: AsyncLLMEngine) -> threading.Event:
+    """Every model step waits until the returned event is set."""
+    runner = engine.engine.runner
+    execute = runner.execute
+    release = threading.Event()
+
+    def held(scheduled):
+        release.wait(TIMEOUT)
+        return execute(scheduled)
+
+    monkeypatch.setattr(runner, "execute", held)
+    return release
+
+
+async def test_open_admits_before_the_first_token(engine, monkeypatch):
+    release = hold_steps(monkeypatch, engine)
+    try:
+        # No step can finish, yet the request is admitted and its stream handed over.
+        stream = await asyncio.wait_for(engine.open("held", [5, 6, 7], GREEDY), 1.0)
+        with pytest.raises(RequestRejected, match="already in use"):
+            await engine.open("held", [8, 9], GREEDY)
+    finally:
+        release.set()
+    async with stream:
+        outputs = [output async for output in stream]
+    assert_well_formed(outputs, "length")
+    await wait_until_idle(engine)
+
+
+async def test_open_refuses_at_once(engine):
+    for name, (prompt, bad_params, message) in BAD_REQUESTS.items():
+        with pytest.raises(RequestRejected, match=message):
+            await engine.open(f"bad-{name}", prompt, bad_params)
+    await wait_until_idle(engine)
+
+
+async def test_an_admitted_stream_closed_or_dropped_unread_aborts_its_request(engine, monkeypatch):
+    steps = count_steps(monkeypatch, engine, step_seconds=0.005)
+    closed = await engine.open("closed", [5, 6, 7, 8], LONG)
+    await closed.aclose()
+    dropped = await engine.open("dropped", [9, 10, 11], LONG)
+    del dropped  # never read nor closed: a caller cancelled right after admission
+    await wait_until_idle(engine)
+    assert steps[0] < LONG.max_tokens, "a request ran to the end instead of being aborted"
+    engine.engine.check_consistency()
+
+
 # Results and lifecycle -------------------------------------------------------------------
 
 
