@@ -1,17 +1,20 @@
 """Triton's generate extension, which KServe dropped: `POST /v2/models/{name}/generate` and
-`/generate_stream` (server-sent events, one per engine step). A client that leaves a stream
-aborts its request: Starlette cancels the response's iteration on disconnect, and leaving the
+`/generate_stream` (server-sent events, one per engine step). A stream's response starts once
+its request is admitted, before the first token. A client that leaves a stream aborts its
+request: ClientConnectionMiddleware cancels the response on disconnect, and leaving the
 engine's stream aborts it."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, FastAPI
+from fastapi.responses import JSONResponse
 from kserve.errors import ModelNotFound
 
 from runtime.engine import RequestOutput
 from runtime.errors import translate_errors
 from runtime.model import LLMModel
 from runtime.schemas import GenerateRequest, GenerateResponse, GenerateStreamEvent
+from serving.direct_routes import DirectRoute, add_direct_routes
 from serving.streaming import EventStreamResponse, server_sent_events, stream_messages
 
 
@@ -21,39 +24,60 @@ def add_generate_routes(app: FastAPI, model: LLMModel) -> None:
     @router.post("/generate", response_model=GenerateResponse, response_model_exclude_unset=True)
     async def generate(model_name: str, body: GenerateRequest) -> GenerateResponse:
         _check_model_name(model, model_name)
-        with translate_errors(model.name):
-            params = body.parameters.to_sampling_params()
-        output = await model.generate(body.input_ids, params)
-        response = GenerateResponse(
-            model_name=model.name, output_ids=output.output_token_ids, finish_reason=output.finish_reason
-        )
-        if params.logprobs:
-            response.logprobs = output.logprobs
-        if params.top_logprobs:
-            response.top_logprobs = output.top_logprobs
-        return response
+        return await generate_response(model, body)
 
     @router.post("/generate_stream", response_class=EventStreamResponse)
     async def generate_stream(model_name: str, body: GenerateRequest) -> EventStreamResponse:
         _check_model_name(model, model_name)
-        with translate_errors(model.name):
-            params = body.parameters.to_sampling_params()
-        outputs = await model.open_stream(body.input_ids, params)
-
-        def to_event(output: RequestOutput) -> dict:
-            event = GenerateStreamEvent(
-                model_name=model.name, output_ids=output.new_token_ids, finish_reason=output.finish_reason
-            )
-            if params.logprobs:
-                event.logprobs = output.new_logprobs
-            if params.top_logprobs:
-                event.top_logprobs = output.top_logprobs[len(output.top_logprobs) - len(output.new_token_ids):]
-            return event.model_dump(exclude_unset=True)
-
-        events = server_sent_events(stream_messages(outputs, to_event))
-        return EventStreamResponse(events)
+        return await generate_stream_response(model, body)
 
     app.include_router(router)
+    # The transformer's every request comes here, and its time to first token waits on it:
+    # served ahead of FastAPI's router (whose route table KServe's routes fill) for this model.
+    prefix = f"/v2/models/{model.name}"
+    add_direct_routes(app, {
+        f"{prefix}/generate": DirectRoute(GenerateRequest, lambda body, _: generate_json_response(model, body)),
+        f"{prefix}/generate_stream": DirectRoute(GenerateRequest, lambda body, _: generate_stream_response(model, body)),
+    })
+
+
+async def generate_response(model: LLMModel, body: GenerateRequest) -> GenerateResponse:
+    with translate_errors(model.name):
+        params = body.parameters.to_sampling_params()
+    output = await model.generate(body.input_ids, params)
+    response = GenerateResponse(
+        model_name=model.name, output_ids=output.output_token_ids, finish_reason=output.finish_reason
+    )
+    if params.logprobs:
+        response.logprobs = output.logprobs
+    if params.top_logprobs:
+        response.top_logprobs = output.top_logprobs
+    return response
+
+
+async def generate_stream_response(model: LLMModel, body: GenerateRequest) -> EventStreamResponse:
+    with translate_errors(model.name):
+        params = body.parameters.to_sampling_params()
+    outputs = await model.open_stream(body.input_ids, params)
+
+    def to_event(output: RequestOutput) -> dict:
+        event = GenerateStreamEvent(
+            model_name=model.name, output_ids=output.new_token_ids, finish_reason=output.finish_reason
+        )
+        if params.logprobs:
+            event.logprobs = output.new_logprobs
+        if params.top_logprobs:
+            event.top_logprobs = output.top_logprobs[len(output.top_logprobs) - len(output.new_token_ids):]
+        return event.model_dump(exclude_unset=True)
+
+    events = server_sent_events(stream_messages(outputs, to_event))
+    return EventStreamResponse(events)
+
+
+async def generate_json_response(model: LLMModel, body: GenerateRequest) -> JSONResponse:
+    """generate_response as FastAPI serializes it (response_model_exclude_unset)."""
+    response = await generate_response(model, body)
+    return JSONResponse(response.model_dump(mode="json", exclude_unset=True))
 
 
 def _check_model_name(model: LLMModel, model_name: str) -> None:

@@ -19,7 +19,7 @@ from starlette.middleware import Middleware
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from serving.errors import validation_error_response
+from serving.errors import ANSWERED_ERRORS, error_response, validation_error_response
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +45,12 @@ class DirectRoutes:
         except ValidationError as exc:
             response = validation_error_response(exc.errors(), scope["path"])
         else:
-            response = await route.handler(parsed, Headers(scope=scope))
+            try:
+                response = await route.handler(parsed, Headers(scope=scope))
+            except ANSWERED_ERRORS as exc:
+                # As the app's exception handlers answer them; anything else is a 500 by type
+                # (ClientConnectionMiddleware), as it would be on FastAPI's path.
+                response = error_response(exc, scope["path"])
         await response(scope, receive, send)
 
 

@@ -105,6 +105,8 @@ KSERVE_STATUS_CODES: dict[type[Exception], HTTPStatus] = {
     NotImplementedError: HTTPStatus.NOT_IMPLEMENTED,
     InferenceError: HTTPStatus.INTERNAL_SERVER_ERROR,
 }
+# Every type the app's exception handlers answer with its own status code.
+ANSWERED_ERRORS = (*STATUS_CODES, *KSERVE_STATUS_CODES)
 # Routes under this prefix answer errors in OpenAI's shape.
 OPENAI_PATH_PREFIX = "/openai/"
 
