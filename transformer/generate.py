@@ -8,7 +8,7 @@ from fastapi import APIRouter, FastAPI, Request
 from kserve.errors import ModelNotFound
 
 from serving.streaming import EventStreamResponse, server_sent_events, stream_messages
-from transformer.generation import TextChunk
+from transformer.generation import TextChunk, without_empty
 from transformer.model import TextModel
 from transformer.schemas import TextGenerateEvent, TextGenerateRequest, TextGenerateResponse
 
@@ -39,7 +39,7 @@ def add_generate_routes(app: FastAPI, model: TextModel) -> None:
                 event.logprobs = chunk.logprobs
             return event.model_dump(exclude_unset=True)
 
-        events = server_sent_events(stream_messages(chunks, to_event))
+        events = server_sent_events(stream_messages(without_empty(chunks), to_event))
         return EventStreamResponse(events)
 
     app.include_router(router)

@@ -35,6 +35,12 @@ class TextChunk:
     logprobs: list[float] | None = None
     top_logprobs: list[dict[int, float]] | None = None
 
+    @property
+    def is_empty(self) -> bool:
+        """No token and no finish: a stream's first chunk, which says that the predictor has
+        admitted the request (routes send nothing for it)."""
+        return not self.token_ids and self.finish_reason is None
+
 
 @dataclass(slots=True)
 class TextResult:
@@ -57,8 +63,9 @@ class TextGenerator:
         self.predictor = predictor
 
     async def stream(self, request: TextRequest, headers: dict[str, str]) -> AsyncIterator[TextChunk]:
-        """Chunks as the predictor produces tokens. A stop string ends the stream at once, which
-        closes the upstream stream and so aborts the predictor's request."""
+        """Chunks as the predictor produces tokens, the first one empty once the predictor has
+        admitted the request (see PredictorClient.stream). A stop string ends the stream at once,
+        which closes the upstream stream and so aborts the predictor's request."""
         text_stream = _TextStream(self.tokenizer, request)
         upstream = self.predictor.stream(request.prompt_ids, request.parameters, headers)
         async with aclosing(upstream):
@@ -88,6 +95,8 @@ class _TextStream:
         self._stop = StopStringMatcher(request.stop)
 
     def add(self, generated: Generated) -> TextChunk:
+        if generated.is_empty:
+            return TextChunk("", [], None)
         text = self._stop.feed(self._detokenizer.push(generated.token_ids))
         finish_reason = generated.finish_reason
         if finish_reason is not None and not self._stop.stopped:
@@ -96,6 +105,14 @@ class _TextStream:
         if self._stop.stopped:
             finish_reason = STOP
         return TextChunk(text, generated.token_ids, finish_reason, generated.logprobs, generated.top_logprobs)
+
+
+async def without_empty(chunks: AsyncIterator[TextChunk]) -> AsyncIterator[TextChunk]:
+    """The chunks that carry something: a token, text or the finish."""
+    async with aclosing(chunks):
+        async for chunk in chunks:
+            if not chunk.is_empty:
+                yield chunk
 
 
 def _join(chunks: list[TextChunk], num_prompt_tokens: int) -> TextResult:

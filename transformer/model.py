@@ -18,7 +18,7 @@ from serving.errors import ServiceUnavailable, describe_validation_errors
 from serving.openai_protocol import ChatMessage
 from serving.streaming import gather_or_cancel, json_lines, open_stream, stream_messages
 from serving.v2_parameters import sampling_parameters
-from transformer.generation import TextChunk, TextGenerator, TextRequest, TextResult
+from transformer.generation import TextChunk, TextGenerator, TextRequest, TextResult, without_empty
 from transformer.predictor_client import PredictorClient, PredictorSettings
 from transformer.schemas import Prediction, PredictInstance, PredictRequest, TextSamplingFields
 from transformer.tokenizer import ChatTemplateError, ConversationTurn, TextTokenizer
@@ -148,11 +148,13 @@ class TextModel(kserve.Model):
         """JSON lines of text deltas (KServe streams an iterator returned by predict). The first
         chunk is awaited here, so a refused request fails with its own status code."""
         chunks = await self.open_stream(request, headers)
-        return json_lines(stream_messages(chunks, lambda chunk: {"text": chunk.text, "finish_reason": chunk.finish_reason}))
+        return json_lines(stream_messages(without_empty(chunks),
+                                          lambda chunk: {"text": chunk.text, "finish_reason": chunk.finish_reason}))
 
     async def open_stream(self, request: TextRequest, headers: dict[str, str]) -> AsyncIterator[TextChunk]:
-        """Start a stream and wait for its first chunk, so that errors before any output (bad
-        input, overload) surface while the response status can still say so."""
+        """Start a stream and wait until the predictor has admitted it (its first, empty chunk),
+        so that a refused request (bad input, overload) fails while the response status can
+        still say so, and the response starts while the predictor prefills the prompt."""
         return await open_stream(self.generator.stream(request, headers))
 
     async def _instance_request(self, instance: PredictInstance) -> TextRequest:

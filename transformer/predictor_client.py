@@ -34,6 +34,10 @@ class Generated:
     logprobs: list[float] | None = None
     top_logprobs: list[dict[int, float]] | None = None
 
+    @property
+    def is_empty(self) -> bool:
+        return not self.token_ids and self.finish_reason is None
+
 
 @dataclass(slots=True)
 class PredictorSettings:
@@ -99,13 +103,18 @@ class PredictorClient:
         return _generated(json.loads(content))
 
     async def stream(self, prompt_ids: list[int], parameters: dict, headers: dict[str, str]) -> AsyncIterator[Generated]:
-        """The predictor's tokens as they come. Leaving the iteration early closes the stream's
-        connection, which makes the predictor abort the request and free its KV blocks."""
+        """The predictor's tokens as they come, after a first item with none: the predictor
+        answers a stream's head once it has admitted the request, before the first
+        token, so a caller that waits for the first item knows the request was not refused
+        without waiting for the prompt's prefill. Leaving the iteration early closes the
+        stream's connection, which makes the predictor abort the request and free its KV
+        blocks."""
         body = {"input_ids": prompt_ids, "parameters": parameters}
         async with self._translate_errors():
             async with await self._post("generate_stream", body, headers) as response:
                 if response.status != 200:
                     _raise_for_status(response.status, await response.read())
+                yield Generated(token_ids=[], finish_reason=None)
                 async for line in response.lines():
                     if not line.startswith(b"data:"):
                         continue

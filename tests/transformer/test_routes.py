@@ -37,6 +37,8 @@ def test_v1_streams_json_lines(http):
         lines = [json.loads(line) for line in response.iter_lines() if line]
     assert "".join(line["text"] for line in lines) == whole.json()["predictions"][0]["text"]
     assert lines[-1]["finish_reason"] == "length"
+    # A line per token, none for the stream's admission by the predictor (an empty chunk).
+    assert len(lines) == GREEDY["max_tokens"]
 
 
 def test_v2_infer_with_text_input(http):
@@ -72,6 +74,7 @@ def test_generate_extension_whole_and_streamed(http):
         events = parse_sse(list(response.iter_lines()))
     assert "".join(event["text_output"] for event in events) == whole["text_output"]
     assert events[-1]["finish_reason"] == "length"
+    assert len(events) == body["parameters"]["max_tokens"]  # an event per token, none for the admission
 
 
 @pytest.mark.parametrize("body, fragment", [
