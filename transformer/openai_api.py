@@ -20,11 +20,9 @@ from serving.errors import openai_error_response, status_of
 from serving.openai_protocol import (
     AssistantMessage,
     ChatChoice,
-    ChatChunkChoice,
     ChatCompletionChunk,
     ChatCompletionRequest,
     ChatCompletionResponse,
-    ChatDelta,
     ChatLogprobs,
     CompletionChoice,
     CompletionLogprobs,
@@ -118,7 +116,8 @@ async def answer_completions(model: TextModel, body: CompletionRequest, request_
     choices = await _choices(model, prompts, body, _completion_fields(body))
     headers = dict(request_headers)
     if body.stream:
-        return await _stream_response(model, choices, headers, CompletionStream(model, body, prompts))
+        return await _stream_response(model, choices, headers,
+                                      functools.partial(CompletionStream, model, body, prompts))
     results = await model.generate_all([choice.request for choice in choices], headers)
     return _json(_completion_response(model, body, choices, results, prompts))
 
@@ -132,7 +131,8 @@ async def answer_chat_completions(model: TextModel, body: ChatCompletionRequest,
     choices = await _choices(model, [prompt_ids], body, _chat_fields(body))
     headers = dict(request_headers)
     if body.stream:
-        return await _stream_response(model, choices, headers, ChatStream(model, body, len(prompt_ids)))
+        return await _stream_response(model, choices, headers,
+                                      functools.partial(ChatStream, model, body, len(prompt_ids)))
     results = await model.generate_all([choice.request for choice in choices], headers)
     return _json(_chat_response(model, body, choices, results))
 
@@ -161,7 +161,9 @@ def _chat_fields(body: ChatCompletionRequest) -> TextSamplingFields:
 
 
 def _sampling_fields(body, max_tokens: int | None, logprobs: bool, top_logprobs: int) -> TextSamplingFields:
-    return TextSamplingFields(
+    # Constructed without validation: each value was validated by the OpenAI request model,
+    # whose ranges are the same or narrower.
+    return TextSamplingFields.model_construct(
         max_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p, top_k=body.top_k, seed=body.seed,
         min_tokens=body.min_tokens, ignore_eos=body.ignore_eos, stop=body.stop_strings or None,
         logprobs=logprobs or None, top_logprobs=top_logprobs or None,
@@ -265,7 +267,9 @@ def _top_logprob(tokenizer: TextTokenizer, token: int, value: float) -> TopLogpr
 
 
 class CompletionStream:
-    """The chunks of a streamed completion."""
+    """The chunks of a streamed completion. They are plain dicts, in the field order of
+    CompletionResponse and CompletionChoice: a chunk per token is on every token's path, and
+    building and dumping a pydantic model for each costs more than the rest of the chunk."""
 
     def __init__(self, model: TextModel, body: CompletionRequest, prompts: list[list[int]]) -> None:
         self.tokenizer = model.tokenizer
@@ -276,14 +280,12 @@ class CompletionStream:
         self.num_prompt_tokens = sum(map(len, prompts))
         self.echo = body.prompt if body.echo else ""
         self._text_offsets: dict[int, int] = {}
-        # Every chunk's fields but its choice, made once: a chunk per token is on every token's path.
-        self._head = CompletionResponse(id=self.id, created=self.created, model=self.model_name,
-                                        choices=[]).model_dump(exclude={"choices", "usage"})
+        self._head = {"id": self.id, "object": "text_completion", "created": self.created, "model": self.model_name}
 
     def start(self, choices: list[Choice]) -> list[dict]:
         if not self.echo:
             return []
-        return [self._chunk(CompletionChoice(index=choice.index, text=self.echo)) for choice in choices]
+        return [self._chunk(choice.index, self.echo) for choice in choices]
 
     def delta(self, index: int, chunk: TextChunk) -> dict | None:
         wants_logprobs = self.body.logprobs is not None
@@ -294,19 +296,21 @@ class CompletionStream:
             offset = self._text_offsets.get(index, len(self.echo))
             logprobs = _completion_logprobs(self.tokenizer, chunk.token_ids, chunk.logprobs, chunk.top_logprobs, offset)
             self._text_offsets[index] = offset + sum(len(token) for token in logprobs.tokens)
-        return self._chunk(CompletionChoice(index=index, text=chunk.text, logprobs=logprobs,
-                                            finish_reason=chunk.finish_reason))
+            logprobs = logprobs.model_dump()
+        return self._chunk(index, chunk.text, logprobs, chunk.finish_reason)
 
     def usage(self, completion_tokens: int) -> dict:
         return CompletionResponse(id=self.id, created=self.created, model=self.model_name, choices=[],
                                   usage=Usage.of(self.num_prompt_tokens, completion_tokens)).model_dump()
 
-    def _chunk(self, choice: CompletionChoice) -> dict:
-        return {**self._head, "choices": [choice.model_dump()]}
+    def _chunk(self, index: int, text: str, logprobs: dict | None = None, finish_reason: str | None = None) -> dict:
+        return {**self._head, "choices": [{"index": index, "text": text, "logprobs": logprobs,
+                                           "finish_reason": finish_reason}]}
 
 
 class ChatStream:
-    """The chunks of a streamed chat completion: the role first, then content, then the finish."""
+    """The chunks of a streamed chat completion: the role first, then content, then the finish.
+    Plain dicts in the field order of ChatCompletionChunk and ChatChunkChoice, as CompletionStream's."""
 
     def __init__(self, model: TextModel, body: ChatCompletionRequest, num_prompt_tokens: int) -> None:
         self.tokenizer = model.tokenizer
@@ -315,12 +319,11 @@ class ChatStream:
         self.created = now()
         self.model_name = model.name
         self.num_prompt_tokens = num_prompt_tokens
-        self._head = ChatCompletionChunk(id=self.id, created=self.created, model=self.model_name,
-                                         choices=[]).model_dump(exclude={"choices", "usage"})
+        self._head = {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
+                      "model": self.model_name}
 
     def start(self, choices: list[Choice]) -> list[dict]:
-        return [self._chunk(ChatChunkChoice(index=choice.index, delta=ChatDelta(role="assistant", content="")))
-                for choice in choices]
+        return [self._chunk(choice.index, {"role": "assistant", "content": ""}) for choice in choices]
 
     def delta(self, index: int, chunk: TextChunk) -> dict | None:
         wants_logprobs = self.body.logprobs
@@ -328,26 +331,25 @@ class ChatStream:
             return None
         logprobs = None
         if wants_logprobs:
-            logprobs = _chat_logprobs(self.tokenizer, chunk.token_ids, chunk.logprobs, chunk.top_logprobs)
-        delta = ChatDelta(content=chunk.text) if chunk.text else ChatDelta()
-        return self._chunk(ChatChunkChoice(index=index, delta=delta, logprobs=logprobs,
-                                           finish_reason=chunk.finish_reason))
+            logprobs = _chat_logprobs(self.tokenizer, chunk.token_ids, chunk.logprobs, chunk.top_logprobs).model_dump()
+        # OpenAI sends only the fields a delta sets (the role on the first one only).
+        delta = {"content": chunk.text} if chunk.text else {}
+        return self._chunk(index, delta, logprobs, chunk.finish_reason)
 
     def usage(self, completion_tokens: int) -> dict:
         return ChatCompletionChunk(id=self.id, created=self.created, model=self.model_name, choices=[],
                                    usage=Usage.of(self.num_prompt_tokens, completion_tokens)).model_dump()
 
-    def _chunk(self, choice: ChatChunkChoice) -> dict:
-        message = choice.model_dump()
-        # OpenAI sends only the fields a delta sets (the role on the first one only).
-        message["delta"] = choice.delta.model_dump(exclude_none=True)
-        return {**self._head, "choices": [message]}
+    def _chunk(self, index: int, delta: dict, logprobs: dict | None = None, finish_reason: str | None = None) -> dict:
+        return {**self._head, "choices": [{"index": index, "delta": delta, "logprobs": logprobs,
+                                           "finish_reason": finish_reason}]}
 
 
 async def _stream_response(model: TextModel, choices: list[Choice], headers: dict[str, str],
-                           stream: CompletionStream | ChatStream) -> EventStreamResponse:
+                           make_stream: Callable[[], CompletionStream | ChatStream]) -> EventStreamResponse:
     """Open every choice's stream first (so that a refused request gets its status code), then
-    answer with their chunks as server-sent events."""
+    answer with their chunks as server-sent events. The chunks' maker is built once the
+    requests are on their way to the predictor: nothing before that waits on it."""
     opened = []
     try:
         for choice in choices:
@@ -356,7 +358,7 @@ async def _stream_response(model: TextModel, choices: list[Choice], headers: dic
         for chunks in opened:
             await chunks.aclose()
         raise
-    events = _events(merge_streams(opened), choices, stream)
+    events = _events(merge_streams(opened), choices, make_stream())
     return EventStreamResponse(events)
 
 

@@ -28,10 +28,14 @@ class TextSamplingFields(SamplingBase):
     def predictor_parameters(self, *, logprobs: bool = False) -> dict:
         """The fields the predictor takes (all but `stop`, which the transformer applies);
         `logprobs=True` asks for them whatever the request said (for `confidence`)."""
-        parameters = self.model_dump(include=set(TextSamplingFields.model_fields) - {"stop"}, exclude_none=True)
+        parameters = {name: value for name in _PREDICTOR_FIELDS if (value := getattr(self, name)) is not None}
         if logprobs:
             parameters["logprobs"] = True
         return parameters
+
+
+# What the predictor's parameters take: every sampling field but `stop`.
+_PREDICTOR_FIELDS = tuple(name for name in TextSamplingFields.model_fields if name != "stop")
 
 
 class PredictInstance(TextSamplingFields):
