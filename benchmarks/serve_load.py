@@ -15,6 +15,7 @@ target i mod n in one arrival stream, so machine noise hits them alike. An idle 
 request at a time, targets in turn, each sent a prompt of the same length) gives each hop's own
 cost over the direct path.
 
+    .venv/bin/python benchmarks/serve_load.py --targets direct,transformer,websocket --idle_requests 1200  # the hops
     .venv/bin/python benchmarks/serve_load.py                               # Poisson 2/s, 3 targets
     .venv/bin/python benchmarks/serve_load.py --rate 2,8,32 --idle_requests 0  # a sweep past saturation
     .venv/bin/python benchmarks/serve_load.py --concurrency 1,4,16 --workload fixed --prompt_tokens 256
@@ -81,7 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="one arrival stream for all targets (request i to target i mod n), the rate shared")
     load.add_argument("--level_timeout", type=float, default=120.0,
                       help="a level's requests still running after this many seconds fail")
-    load.add_argument("--idle_requests", type=int, default=60, help="requests of the idle phase (0: none)")
+    # A request's TTFT varies by a few ms on a small VM, more than a hop costs: a few hundred
+    # pairs pin the hop's median to about a tenth of a millisecond, in under a minute.
+    load.add_argument("--idle_requests", type=int, default=600, help="requests of the idle phase, all targets together (0: none)")
     load.add_argument("--seed", type=int, default=0)
     workload = parser.add_argument_group("workload")
     workload.add_argument("--workload", choices=WORKLOADS, default="random")

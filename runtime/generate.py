@@ -13,7 +13,7 @@ from kserve.errors import ModelNotFound
 from runtime.engine import RequestOutput
 from runtime.errors import translate_errors
 from runtime.model import LLMModel
-from runtime.schemas import GenerateRequest, GenerateResponse, GenerateStreamEvent
+from runtime.schemas import GenerateRequest, GenerateResponse
 from serving.direct_routes import DirectRoute, add_direct_routes
 from serving.streaming import EventStreamResponse, server_sent_events, stream_messages
 
@@ -61,14 +61,14 @@ async def generate_stream_response(model: LLMModel, body: GenerateRequest) -> Ev
     outputs = await model.open_stream(body.input_ids, params)
 
     def to_event(output: RequestOutput) -> dict:
-        event = GenerateStreamEvent(
-            model_name=model.name, output_ids=output.new_token_ids, finish_reason=output.finish_reason
-        )
+        # GenerateStreamEvent's fields as a plain dict (an event per step is on every token's
+        # path); logprobs only when asked for, as its dump without unset fields would be.
+        event = {"model_name": model.name, "output_ids": output.new_token_ids, "finish_reason": output.finish_reason}
         if params.logprobs:
-            event.logprobs = output.new_logprobs
+            event["logprobs"] = output.new_logprobs
         if params.top_logprobs:
-            event.top_logprobs = output.top_logprobs[len(output.top_logprobs) - len(output.new_token_ids):]
-        return event.model_dump(exclude_unset=True)
+            event["top_logprobs"] = output.top_logprobs[len(output.top_logprobs) - len(output.new_token_ids):]
+        return event
 
     events = server_sent_events(stream_messages(outputs, to_event))
     return EventStreamResponse(events)

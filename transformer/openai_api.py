@@ -348,8 +348,8 @@ class ChatStream:
 async def _stream_response(model: TextModel, choices: list[Choice], headers: dict[str, str],
                            make_stream: Callable[[], CompletionStream | ChatStream]) -> EventStreamResponse:
     """Open every choice's stream first (so that a refused request gets its status code), then
-    answer with their chunks as server-sent events. The chunks' maker is built once the
-    requests are on their way to the predictor: nothing before that waits on it."""
+    answer with their chunks as server-sent events. The chunk maker is made after the requests
+    have gone to the predictor, whose prefill it can wait for."""
     opened = []
     try:
         for choice in choices:

@@ -7,6 +7,8 @@ import time
 
 import httpx
 
+from runtime.schemas import GenerateStreamEvent
+
 from .conftest import MODEL_NAME, PROMPTS, REFERENCE_MAX_TOKENS, parse_sse
 
 GENERATE = f"/v2/models/{MODEL_NAME}/generate"
@@ -38,6 +40,18 @@ def test_generate_stream_sends_one_event_per_step(http, reference_outputs):
     assert all(event["model_name"] == MODEL_NAME for event in events)
     assert [token for event in events for token in event["output_ids"]] == reference_outputs[12]
     assert [event["finish_reason"] for event in events] == [None] * (len(events) - 1) + ["length"]
+    # Built as plain dicts: exactly the documented event model's dump.
+    assert all(GenerateStreamEvent.model_validate(event).model_dump(exclude_unset=True) == event for event in events)
+
+
+def test_generate_stream_events_carry_logprobs_when_asked(http):
+    body = {"input_ids": [5, 6, 7], "parameters": {"max_tokens": 3, "logprobs": True, "top_logprobs": 2}}
+    with http.stream("POST", GENERATE_STREAM, json=body) as response:
+        events = parse_sse(list(response.iter_lines()))
+    for event in events:
+        assert len(event["logprobs"]) == len(event["top_logprobs"]) == len(event["output_ids"])
+        assert all(len(row) == 2 for row in event["top_logprobs"])
+        assert GenerateStreamEvent.model_validate(event).model_dump(mode="json", exclude_unset=True) == event
 
 
 def test_generate_stream_refuses_bad_input_before_streaming(http):
