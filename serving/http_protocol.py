@@ -6,8 +6,11 @@ streamed answer reaches the client as two packets: the head, then the first even
 (or the transformer reading the predictor, or the router reading the transformer) then wakes
 up twice before it has the first token, and every hop pays that on its time to first token. Go's
 net/http and most proxies hold the head until the first body write; so does this. A head with
-nothing after it in the same turn of the event loop is sent on the next turn, so a handler that
-starts a response and then waits is not delayed by more than that."""
+nothing after it in the same turn of the event loop is sent on the next turn, or, for a stream
+(chunked), a millisecond later: a stream's head goes out before its first token anyway, and
+writing it at once would wake its reader and take the GIL and a CPU just when the engine thread
+starts the prompt's prefill (measured: the engine's start after admission went from 0.33 to
+0.25 ms at the median, 0.85 to 0.33 ms at p90, on the 2-core dev VM)."""
 
 from __future__ import annotations
 
@@ -19,11 +22,15 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 _HEAD_START = b"HTTP/1.1 "
 # Final responses only: 100 Continue and 101 Switching Protocols go out at once.
 _FINAL_STATUS_DIGITS = b"2345"
+_CHUNKED = b"transfer-encoding: chunked"
+# How long a stream's head waits for its first body bytes before it goes out alone.
+STREAM_HEAD_DELAY_SECONDS = 0.001
 
 
 class _HeadHoldingTransport:
     """The connection's transport, except that a response head is held until the next write
-    (which it then leads) or the event loop's next turn, whichever comes first."""
+    (which it then leads) or the event loop's next turn (a stream's: a millisecond), whichever
+    comes first."""
 
     __slots__ = ("_transport", "_loop", "_held")
 
@@ -37,7 +44,10 @@ class _HeadHoldingTransport:
             data, self._held = self._held + data, None
         elif data.startswith(_HEAD_START) and data[9:10] in _FINAL_STATUS_DIGITS:
             self._held = data
-            self._loop.call_soon(self._flush)
+            if _CHUNKED in data.lower():
+                self._loop.call_later(STREAM_HEAD_DELAY_SECONDS, self._flush)
+            else:
+                self._loop.call_soon(self._flush)
             return
         self._transport.write(data)
 

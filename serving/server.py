@@ -53,10 +53,15 @@ def configure_logging(args: argparse.Namespace, logger_name: str) -> None:
     defer_access_log()
 
 
-class _OnTheNextTurn(logging.Handler):
-    """Hands each record to the wrapped handlers on the event loop's next turn (at once when no
-    loop runs). uvicorn logs a request's access line as the response starts, so formatting and
-    writing it would otherwise sit between the response head and the first token."""
+# How long an access line waits before it is formatted and written.
+ACCESS_LOG_DELAY_SECONDS = 0.001
+
+
+class _WrittenAMomentLater(logging.Handler):
+    """Hands each record to the wrapped handlers a millisecond later, from the event loop (at
+    once when no loop runs). uvicorn logs a request's access line as the response starts, which
+    for a stream is right after the engine has admitted the request: formatting and writing it
+    then would hold the GIL that the engine thread needs to start the prompt's prefill."""
 
     def __init__(self, handlers: list[logging.Handler]) -> None:
         super().__init__()
@@ -64,7 +69,7 @@ class _OnTheNextTurn(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            asyncio.get_running_loop().call_soon(self._emit_now, record)
+            asyncio.get_running_loop().call_later(ACCESS_LOG_DELAY_SECONDS, self._emit_now, record)
         except RuntimeError:
             self._emit_now(record)
 
@@ -76,8 +81,8 @@ class _OnTheNextTurn(logging.Handler):
 
 def defer_access_log() -> None:
     access = logging.getLogger("uvicorn.access")
-    if access.handlers and not isinstance(access.handlers[0], _OnTheNextTurn):
-        access.handlers = [_OnTheNextTurn(list(access.handlers))]
+    if access.handlers and not isinstance(access.handlers[0], _WrittenAMomentLater):
+        access.handlers = [_WrittenAMomentLater(list(access.handlers))]
 
 
 class _NoTiming:

@@ -1,6 +1,6 @@
 """serving/http_protocol.py: a response's head goes out in the same write as its first body bytes,
-and still goes out on its own, at once, when the body takes its time (checked on the transport's
-writes, and end to end on uvicorn)."""
+and still goes out on its own when the body takes its time: on the next turn, a stream's a
+millisecond later (checked on the transport's writes, and end to end on uvicorn)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 import uvicorn
 
-from serving.http_protocol import HeadCoalescingProtocol, _HeadHoldingTransport
+from serving.http_protocol import STREAM_HEAD_DELAY_SECONDS, HeadCoalescingProtocol, _HeadHoldingTransport
 from tests.serving.ports import free_port_block
 
 SLOW_BODY_SECONDS = 0.5
@@ -75,15 +75,17 @@ class RecordingTransport:
 HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n"
 
 
-def _writes(actions) -> list[bytes]:
+def _writes(actions, then_seconds: float = 0.0) -> list[bytes]:
     """What reaches the real transport when `actions(transport)` runs in one turn of a loop,
-    after which the loop turns a few more times."""
+    after which the loop turns a few more times (and then waits `then_seconds`)."""
     async def run() -> list[bytes]:
         real = RecordingTransport()
         actions(_HeadHoldingTransport(real, asyncio.get_running_loop()))
         for _ in range(3):
             await asyncio.sleep(0)
-        return real.writes
+        writes = list(real.writes)
+        await asyncio.sleep(then_seconds)
+        return writes if not then_seconds else [writes, real.writes]
 
     return asyncio.run(run())
 
@@ -96,6 +98,12 @@ def test_a_head_goes_out_with_the_first_body_write():
 def test_a_head_alone_goes_out_on_the_next_turn_and_before_a_close():
     assert _writes(lambda transport: transport.write(HEAD)) == [HEAD]
     assert _writes(lambda transport: (transport.write(HEAD), transport.close())) == [HEAD]
+
+
+def test_a_streams_head_alone_waits_a_moment_then_goes_out():
+    chunked = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+    soon, later = _writes(lambda transport: transport.write(chunked), then_seconds=20 * STREAM_HEAD_DELAY_SECONDS)
+    assert soon == [] and later == [chunked]
 
 
 def test_interim_responses_and_bodies_are_not_held():
