@@ -1,11 +1,13 @@
 """Incremental detokenization on the demo model's byte-level BPE: the deltas of any token
-sequence concatenate to the full decode, and no delta carries a broken character."""
+sequence concatenate to the full decode, no delta carries a character that later tokens change,
+and bytes that never form a character are not held back to the end."""
 
 from __future__ import annotations
 
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from transformer.detokenizer import REPLACEMENT_CHARACTER, IncrementalDetokenizer
 from transformer.tokenizer import TextTokenizer
@@ -46,9 +48,24 @@ def test_deltas_of_any_token_sequence_concatenate_to_the_full_decode(tokenizer, 
     # A prompt cut inside a character is the next test's case.
     assume(not tokenizer.decode(prompt).endswith(REPLACEMENT_CHARACTER))
     deltas = stream(tokenizer, token_ids, prompt)
-    assert "".join(deltas) == tokenizer.decode(token_ids)
-    # Only the final flush may show a character the output left incomplete.
-    assert not any(delta.endswith(REPLACEMENT_CHARACTER) for delta in deltas[:-1])
+    full = tokenizer.decode(token_ids)
+    assert "".join(deltas) == full
+    # Nothing emitted is changed later: what has been streamed at each step is what the whole
+    # text of the tokens so far begins with, once those tokens are complete.
+    streamed = ""
+    for delta in deltas:
+        streamed += delta
+        assert full.startswith(streamed)
+
+
+def test_invalid_bytes_are_streamed_as_they_come_not_held_to_the_end(tokenizer):
+    """A model can emit bytes that no later token completes (a random-weight one, many in a
+    row): each becomes U+FFFD in the text, and goes out a few tokens later at most."""
+    invalid = next(token for token in range(tokenizer.vocab_size)
+                   if tokenizer.decode([token] * 4) == REPLACEMENT_CHARACTER * 4)
+    deltas = stream(tokenizer, [invalid] * 40)
+    assert "".join(deltas) == REPLACEMENT_CHARACTER * 40
+    assert all(deltas[step] for step in range(3, 40))  # held back 3 at most
 
 
 def test_a_character_begun_in_the_prompt_and_ended_by_the_output_is_neither_texts(tokenizer):
@@ -65,3 +82,43 @@ def test_pushing_several_tokens_at_once_gives_the_same_text(tokenizer):
     detokenizer = IncrementalDetokenizer(tokenizer)
     text = "".join(detokenizer.push(token_ids[start:start + 3]) for start in range(0, len(token_ids), 3))
     assert text + detokenizer.flush() == MULTILINGUAL
+
+
+class ByteFallbackSentencePiece:
+    """A Llama-2-style tokenizer (Metaspace, byte fallback, a leading space stripped), trained
+    here on a small corpus: its decoder shows no character, rather than U+FFFD, for bytes that
+    are not (yet) valid UTF-8, and drops the first token's space."""
+
+    def __init__(self) -> None:
+        corpus = ["Grüße 🙂 世界 hello world", "Once upon a time there was a café", "日本語のテキスト naïve"] * 10
+        self._tokenizer = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
+        self._tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+        self._tokenizer.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(),
+                                                     decoders.Fuse(), decoders.Strip(" ", 1, 0)])
+        byte_tokens = [f"<0x{byte:02X}>" for byte in range(256)]
+        self._tokenizer.train_from_iterator(corpus, trainers.BpeTrainer(
+            vocab_size=400, special_tokens=["<unk>", *byte_tokens], show_progress=False))
+        self.vocab_size = self._tokenizer.get_vocab_size()
+
+    def decode(self, token_ids: list[int]) -> str:
+        return self._tokenizer.decode(token_ids, skip_special_tokens=True)
+
+
+@pytest.fixture(scope="module")
+def sentencepiece() -> ByteFallbackSentencePiece:
+    return ByteFallbackSentencePiece()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_byte_fallback_deltas_are_the_text_after_the_prompt(sentencepiece, data):
+    vocabulary = st.integers(0, sentencepiece.vocab_size - 1)
+    prompt = data.draw(st.lists(vocabulary, max_size=6))
+    token_ids = data.draw(st.lists(vocabulary, max_size=25))
+    context = sentencepiece.decode(prompt)
+    whole = sentencepiece.decode(prompt + token_ids)
+    assume(whole.startswith(context) and not context.endswith(REPLACEMENT_CHARACTER))
+    detokenizer = IncrementalDetokenizer(sentencepiece, prompt_tail=prompt)
+    deltas = [detokenizer.push([token]) for token in token_ids] + [detokenizer.flush()]
+    # What the output adds after the prompt, its first space included.
+    assert "".join(deltas) == whole[len(context):]
