@@ -66,10 +66,14 @@ class TextGenerator:
         """Chunks as the predictor produces tokens, the first one empty once the predictor has
         admitted the request (see PredictorClient.stream). A stop string ends the stream at once,
         which closes the upstream stream and so aborts the predictor's request."""
-        text_stream = _TextStream(self.tokenizer, request)
         upstream = self.predictor.stream(request.prompt_ids, request.parameters, headers)
+        text_stream = None
         async with aclosing(upstream):
             async for generated in upstream:
+                if text_stream is None:
+                    # Made once the request has reached the predictor (the detokenizer decodes
+                    # the prompt's tail), while the predictor prefills.
+                    text_stream = _TextStream(self.tokenizer, request)
                 chunk = text_stream.add(generated)
                 yield chunk
                 if chunk.finish_reason is not None:
