@@ -9,7 +9,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from transformer.detokenizer import REPLACEMENT_CHARACTER, IncrementalDetokenizer
+from transformer.detokenizer import CONTEXT_TOKENS, REPLACEMENT_CHARACTER, IncrementalDetokenizer
 from transformer.tokenizer import TextTokenizer
 
 MULTILINGUAL = "Grüße, 世界! Ünïcödé — 🙂🚀 naïve café; ¿qué? Ω≈ç√∫ 日本語のテキスト 🤖"
@@ -115,8 +115,9 @@ def test_byte_fallback_deltas_are_the_text_after_the_prompt(sentencepiece, data)
     vocabulary = st.integers(0, sentencepiece.vocab_size - 1)
     prompt = data.draw(st.lists(vocabulary, max_size=6))
     token_ids = data.draw(st.lists(vocabulary, max_size=25))
-    context = sentencepiece.decode(prompt)
-    whole = sentencepiece.decode(prompt + token_ids)
+    # The detokenizer reads the prompt's last CONTEXT_TOKENS as context.
+    context = sentencepiece.decode(prompt[-CONTEXT_TOKENS:])
+    whole = sentencepiece.decode(prompt[-CONTEXT_TOKENS:] + token_ids)
     assume(whole.startswith(context) and not context.endswith(REPLACEMENT_CHARACTER))
     detokenizer = IncrementalDetokenizer(sentencepiece, prompt_tail=prompt)
     deltas = [detokenizer.push([token]) for token in token_ids] + [detokenizer.flush()]
