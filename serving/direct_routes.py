@@ -1,5 +1,5 @@
 """JSON POST routes served ahead of FastAPI's router: the endpoints on every streamed token's path
-(the OpenAI completions and chat routes). FastAPI's route matching, dependency solving and
+(the OpenAI completions and chat routes, the predictor's generate routes). FastAPI's route matching, dependency solving and
 exception middleware cost about a third of a millisecond per request on a small CPU; here the
 body (already read, and bounded, by ClientConnectionMiddleware) is validated by its pydantic model
 and handed to the handler. The same handlers stay declared on the FastAPI app, which documents

@@ -15,9 +15,10 @@ from runtime.engine import SamplingParams
 from runtime.model import LLMModel
 from serving.errors import RequestTimeout, ServiceUnavailable
 
+from tests.engine.test_async_engine import hold_steps
+
 from .test_readiness import make_model
 
-HOLD_SECONDS = 30.0
 PARAMS = SamplingParams(max_tokens=3, temperature=0.0, ignore_eos=True)
 
 
@@ -27,16 +28,7 @@ async def started_model(demo_model_dir, monkeypatch, request_timeout: float | No
     model.request_timeout = request_timeout
     model.load()
     await model.start_engine()
-    runner = model.llm.engine.runner
-    execute = runner.execute
-    release = threading.Event()
-
-    def held(scheduled):
-        release.wait(HOLD_SECONDS)
-        return execute(scheduled)
-
-    monkeypatch.setattr(runner, "execute", held)
-    return model, release
+    return model, hold_steps(monkeypatch, model.llm)
 
 
 async def test_a_stream_is_admitted_before_its_first_token(demo_model_dir, monkeypatch):
