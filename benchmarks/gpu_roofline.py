@@ -3,7 +3,9 @@ bf16 weights, as a fraction of the HBM roofline, against transformers' `generate
 
 For each batch size, requests with ~`--context_len`-token prompts are prefilled, then
 `--decode_steps` engine steps (every request decoding) are timed, once with decode steps
-replayed as CUDA graphs and once eagerly (`--modes`; graphs need the triton attention backend).
+replayed as CUDA graphs and once eagerly (`--modes`; graphs need the triton attention backend),
+each with the step loop that `--async_scheduling` names: "on" queues every step before the
+previous one's tokens reach the host (the engine's default on CUDA), "off" waits for them.
 The roofline of a step is the bytes it must read, weights + the KV cache of every sequence,
 over the memory bandwidth measured in the same run (a large device-to-device copy). CUDA events
 around each forward give the GPU time of the model itself (fwd GPU ms); the rest of a step is
@@ -41,6 +43,8 @@ TINY_SHAPE = dict(hidden=256, num_layers=2, num_heads=4, num_kv_heads=2, interme
 WARMUP_DECODE_STEPS = 3
 # How the engine runs decode steps: replaying captured CUDA graphs, or eagerly (enforce_eager).
 ENGINE_MODES = ("cuda_graphs", "eager")
+# The engine's step loop: async scheduling on (overlapping host and GPU work) or off.
+STEP_LOOPS = {"on": "async", "off": "sync"}
 # Each request may decode this many tokens while the others are still being prefilled.
 TOKEN_HEADROOM = 256
 BANDWIDTH_BYTES = {"cuda": 4 << 30, "cpu": 256 << 20}
@@ -85,6 +89,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--modes", default=None,
                         help=f"comma-separated engine modes, each run with every backend: {', '.join(ENGINE_MODES)} "
                              "(default both on cuda; eager on cpu)")
+    parser.add_argument("--async_scheduling", default="on",
+                        help="comma-separated step loops to run each mode with: on, off (default on, the "
+                             "engine's default on CUDA)")
     parser.add_argument("--max_num_batched_tokens", type=int, default=8192, help="engine prefill budget per step")
     parser.add_argument("--decode_programs_per_sm", default=None,
                         help="comma-separated values of the decode kernel's split target to compare "
@@ -115,6 +122,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--device cuda but torch sees no GPU (use --device cpu --tiny for a logic check)")
     if min(args.batch_sizes) < 1 or min(args.context_len, args.decode_steps, args.hf_decode_steps) < 1:
         parser.error("batch sizes, --context_len and the decode steps must be >= 1")
+    args.async_scheduling = args.async_scheduling.split(",")
+    if set(args.async_scheduling) - set(STEP_LOOPS):
+        parser.error("--async_scheduling takes on, off or both")
     unknown_modes = set(args.modes) - set(ENGINE_MODES)
     if unknown_modes:
         parser.error(f"unknown --modes {', '.join(sorted(unknown_modes))}; choose from {', '.join(ENGINE_MODES)}")
@@ -273,16 +283,16 @@ def record_lengths(outputs, num_tokens: dict[str, int]) -> None:
         num_tokens[output.request_id] = len(output.prompt_token_ids) + len(output.output_token_ids)
 
 
-def system_name(backend: str, mode: str, programs_per_sm: int | None = None) -> str:
+def system_name(backend: str, mode: str, async_scheduling: str, programs_per_sm: int | None = None) -> str:
     suffix = f"/{programs_per_sm}-per-sm" if programs_per_sm is not None else ""
-    return f"ours/{backend}/{mode}{suffix}"
+    return f"ours/{backend}/{mode}/{STEP_LOOPS[async_scheduling]}{suffix}"
 
 
 def run_engine(
-    model: torch.nn.Module, backend: str, mode: str, args: argparse.Namespace, roofline,
+    model: torch.nn.Module, backend: str, mode: str, async_scheduling: str, args: argparse.Namespace, roofline,
     programs_per_sm: int | None = None,
 ) -> list[DecodeResult]:
-    system = system_name(backend, mode, programs_per_sm)
+    system = system_name(backend, mode, async_scheduling, programs_per_sm)
     if programs_per_sm is not None:
         triton_backend.DECODE_PROGRAMS_PER_SM = programs_per_sm
     max_batch = max(args.batch_sizes)
@@ -299,6 +309,7 @@ def run_engine(
         max_model_len=max_model_len,
         attention_backend=backend,
         enforce_eager=mode == "eager",
+        async_scheduling=async_scheduling == "on",
     )
     engine = LLMEngine(config, model=model)
     actual = engine.runner.attention_backend.name
@@ -399,11 +410,11 @@ def print_table(summary: dict) -> None:
     print(f"\n{summary['device_name']}: {summary['shape']}, {summary['dtype']}, "
           f"{summary['weight_bytes'] / 1e9:.2f} GB of weights, {summary['kv_bytes_per_token'] / 1024:.0f} KiB KV/token")
     print(f"measured memory bandwidth (device copy, read + write): {summary['bandwidth_bytes_per_s'] / 1e9:.0f} GB/s")
-    print(f"{'system':<34} {'batch':>5} {'ctx':>7} {'tok/s':>10} {'roofline':>10} {'fraction':>8} "
+    print(f"{'system':<40} {'batch':>5} {'ctx':>7} {'tok/s':>10} {'roofline':>10} {'fraction':>8} "
           f"{'step ms':>8} {'fwd GPU ms':>10}")
     for row in summary["results"]:
         forward = "" if row["forward_gpu_ms"] is None else f"{row['forward_gpu_ms']:.2f}"
-        print(f"{row['system']:<34} {row['batch']:>5} {row['mean_context_len']:>7.0f} "
+        print(f"{row['system']:<40} {row['batch']:>5} {row['mean_context_len']:>7.0f} "
               f"{row['tokens_per_second']:>10.1f} {row['roofline_tokens_per_second']:>10.1f} "
               f"{row['fraction_of_roofline']:>8.1%} {row['step_ms']:>8.2f} {forward:>10}")
     for name, error in summary["errors"].items():
@@ -439,12 +450,14 @@ def main(argv: list[str] | None = None) -> None:
     errors: dict[str, str] = {}
     split_targets = [int(value) for value in args.decode_programs_per_sm.split(",")] \
         if args.decode_programs_per_sm else [None]
-    for backend, mode, programs_per_sm in itertools.product(args.attention_backends, args.modes, split_targets):
-        system = system_name(backend, mode, programs_per_sm)
+    for backend, mode, async_scheduling, programs_per_sm in itertools.product(
+        args.attention_backends, args.modes, args.async_scheduling, split_targets
+    ):
+        system = system_name(backend, mode, async_scheduling, programs_per_sm)
         if over_budget(args, system):
             continue
         try:
-            results += run_engine(model, backend, mode, args, roofline, programs_per_sm)
+            results += run_engine(model, backend, mode, async_scheduling, args, roofline, programs_per_sm)
         except Exception as exc:
             logger.exception("%s failed", system)
             errors[system] = f"{type(exc).__name__}: {exc}"[:500]

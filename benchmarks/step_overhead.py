@@ -12,6 +12,10 @@ the replay of a simulated graph), sample (Sampler; on a GPU it only queues the w
 waiting for the tokens falls in outputs), outputs (the rest of LLMEngine.step). On the CPU the
 sampler's argmax is real work that a GPU does while the host waits.
 
+`--async_scheduling on` runs the step loop that queues each step before fetching the previous
+one's tokens (the default on CUDA): on a GPU its host work overlaps the device's, so what this
+prints for it is the host work per step that a GPU step has to cover, not time the GPU waits.
+
 Usage: PYTHONPATH=. python benchmarks/step_overhead.py [--batch_sizes 1,16,64,256]
        [--modes cuda_graphs,eager] [--profile 64] [--json PATH]
 """
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import itertools
 import json
 import pstats
 import random
@@ -47,6 +52,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch_sizes", default="1,16,64,256")
     parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated: {', '.join(MODES)}")
+    parser.add_argument("--async_scheduling", default="off",
+                        help="comma-separated step loops: off (synchronous), on (async scheduling)")
     parser.add_argument("--context_len", type=int, default=1024, help="prompt tokens per request")
     parser.add_argument("--steps", type=int, default=50, help="timed decode steps per repeat")
     parser.add_argument("--repeats", type=int, default=5, help="the repeat with the least total time is reported")
@@ -58,6 +65,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.modes = args.modes.split(",")
     if set(args.modes) - set(MODES):
         parser.error(f"--modes takes {', '.join(MODES)}")
+    args.async_scheduling = args.async_scheduling.split(",")
+    if set(args.async_scheduling) - {"on", "off"}:
+        parser.error("--async_scheduling takes on, off or both")
     if min(args.batch_sizes + [args.context_len, args.steps, args.repeats]) < 1:
         parser.error("batch sizes, --context_len, --steps and --repeats must be >= 1")
     return args
@@ -105,7 +115,7 @@ def install_free_forward(max_rows: int) -> None:
     ModelRunner._forward = free_forward
 
 
-def build_engine(mode: str, args: argparse.Namespace, clock: PhaseClock) -> LLMEngine:
+def build_engine(mode: str, async_scheduling: bool, args: argparse.Namespace, clock: PhaseClock) -> LLMEngine:
     max_batch = max(args.batch_sizes)
     max_model_len = args.context_len + PREFILL_HEADROOM + WARMUP_STEPS + args.repeats * args.steps
     block_size = 16
@@ -113,6 +123,7 @@ def build_engine(mode: str, args: argparse.Namespace, clock: PhaseClock) -> LLME
         model="stub-forward", dtype="float32", device="cpu", attention_backend="torch", block_size=block_size,
         num_kv_blocks=max_batch * -(-max_model_len // block_size), max_num_seqs=max_batch,
         max_num_batched_tokens=16384, max_model_len=max_model_len, enforce_eager=mode == "eager", num_threads=1,
+        async_scheduling=async_scheduling,
     )
     model = LlamaForCausalLM(LlamaConfig(
         vocab_size=VOCAB_SIZE, hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4,
@@ -176,10 +187,10 @@ def measure(engine: LLMEngine, clock: PhaseClock, mode: str, batch: int, args, r
 
 def print_table(results: list[dict]) -> None:
     columns = PHASES + ("total",)
-    print(f"\n{'mode':<12} {'batch':>5} " + " ".join(f"{name:>9}" for name in columns) + f" {'per token':>10}")
+    print(f"\n{'mode':<18} {'batch':>5} " + " ".join(f"{name:>9}" for name in columns) + f" {'per token':>10}")
     for row in results:
         cells = " ".join(f"{row[name] * 1e6:>9.1f}" for name in columns)
-        print(f"{row['mode']:<12} {row['batch']:>5} {cells} {row['total'] * 1e6 / row['batch']:>10.2f}")
+        print(f"{row['mode']:<18} {row['batch']:>5} {cells} {row['total'] * 1e6 / row['batch']:>10.2f}")
     print("(microseconds per step; per token = total / batch)")
 
 
@@ -188,11 +199,12 @@ def main(argv: list[str] | None = None) -> None:
     install_free_forward(max(args.batch_sizes))
     rng = random.Random(0)
     results = []
-    for mode in args.modes:
+    for mode, async_scheduling in itertools.product(args.modes, args.async_scheduling):
         clock = PhaseClock()
-        engine = build_engine(mode, args, clock)
+        engine = build_engine(mode, async_scheduling == "on", args, clock)
+        name = f"{mode}/{'async' if async_scheduling == 'on' else 'sync'}"
         for batch in args.batch_sizes:
-            results.append({"mode": mode, "batch": batch, **measure(engine, clock, mode, batch, args, rng)})
+            results.append({"mode": name, "batch": batch, **measure(engine, clock, name, batch, args, rng)})
     print_table(results)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

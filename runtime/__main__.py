@@ -71,6 +71,9 @@ def _add_engine_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--cuda_graph_batch_sizes", type=int, nargs="+", default=None,
                        help="decode batch sizes captured as CUDA graphs, e.g. 1 2 4 8 (unset: the engine's "
                             "list up to max_num_seqs, see EngineConfig)")
+    group.add_argument("--async_scheduling", action=argparse.BooleanOptionalAction, default=None,
+                       help="queue each step on the device before the previous one's tokens reach the host, "
+                            "so host work overlaps GPU work (unset: on with CUDA, off on the CPU)")
     group.add_argument("--trust_remote_code", action="store_true")
     group.add_argument("--allow_pickle_weights", action="store_true", help="load .bin/.pt checkpoints (runs pickle)")
 
@@ -95,6 +98,7 @@ def engine_config(args: argparse.Namespace, model_dir: str) -> EngineConfig:
         num_threads=args.num_threads,
         enforce_eager=args.enforce_eager,
         cuda_graph_batch_sizes=args.cuda_graph_batch_sizes,
+        async_scheduling=args.async_scheduling,
     )
 
 

@@ -89,10 +89,13 @@ class BlockManager:
             seq.block_hashes.append(hashlib.blake2b(parent + tokens, digest_size=16).digest())
 
     def register_full_blocks(self, seq: Sequence) -> None:
-        """Publish blocks whose KV is now fully computed so later requests can share them."""
+        """Publish blocks whose KV is now fully computed so later requests can share them.
+        A block whose last token is still being sampled on the device waits for a later call:
+        its hash needs that token's id."""
         if not self.enable_prefix_caching:
             return
-        num_full = min(seq.num_computed_tokens // self.block_size, len(seq.block_table))
+        num_hashable = min(seq.num_computed_tokens, seq.num_known_tokens)
+        num_full = min(num_hashable // self.block_size, len(seq.block_table))
         if num_full <= seq.num_hashed_blocks:
             return  # most steps: no block filled up
         self._extend_block_hashes(seq, num_full)

@@ -31,6 +31,11 @@ class EngineConfig:
     Decode steps run as CUDA graphs (one per size in `cuda_graph_batch_sizes`, a step padded
     to the next captured size) on CUDA with the triton attention backend, unless
     `enforce_eager`; prefill and mixed steps, and larger batches, always run eagerly.
+
+    With `async_scheduling` (the default on CUDA) each step is scheduled and queued on the
+    device before the previous step's tokens reach the host, so the host's work per step
+    (scheduling, inputs, sampling setup, outputs) runs while the GPU computes; tokens come out
+    one step later than they are computed (LLMEngine.step).
     """
 
     model: str
@@ -56,6 +61,9 @@ class EngineConfig:
     enforce_eager: bool = False
     # None: DEFAULT_CUDA_GRAPH_BATCH_SIZES up to max_num_seqs (a sorted tuple after validation).
     cuda_graph_batch_sizes: tuple[int, ...] | None = None
+    # Queue each step before the previous one's tokens reach the host (LLMEngine.step).
+    # None: on with CUDA, off on the CPU.
+    async_scheduling: bool | None = None
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -78,6 +86,8 @@ class EngineConfig:
             )
         if not isinstance(self.enforce_eager, bool):
             raise ConfigError(f"enforce_eager must be true or false, got {self.enforce_eager!r}")
+        if self.async_scheduling is not None and not isinstance(self.async_scheduling, bool):
+            raise ConfigError(f"async_scheduling must be true, false or unset, got {self.async_scheduling!r}")
         self.cuda_graph_batch_sizes = self._graph_batch_sizes()
 
     def _graph_batch_sizes(self) -> tuple[int, ...]:

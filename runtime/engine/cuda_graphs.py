@@ -19,13 +19,16 @@ from __future__ import annotations
 import bisect
 import functools
 import time
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import torch
 
 from .attention import AttentionBackend, AttentionMetadata
 from .block_manager import blocks_for_tokens
+
+if TYPE_CHECKING:
+    from .model_runner import DeviceTokens
 
 # forward(input_ids [rows], positions [rows], metadata, logits_indices [rows]) -> logits [rows, vocab]
 DecodeForward = Callable[[torch.Tensor, torch.Tensor, AttentionMetadata, torch.Tensor], torch.Tensor]
@@ -141,10 +144,12 @@ class DecodeGraphs:
         slots: Sequence[int],
         block_tables: list[list[int]],
         context_lens: Sequence[int],
+        device_tokens: DeviceTokens | None = None,
     ) -> torch.Tensor:
         """Logits [rows, vocab] of one decode step (one row per sequence: its new token, the
         token's position and cache slot, its block table, and the tokens it attends, the new
-        one included). The step must fit a captured size. The logits are a view of the graph's
+        one included). `device_tokens` overwrites the input ids of rows whose token only the
+        device has. The step must fit a captured size. The logits are a view of the graph's
         output: read them before the next run."""
         num_rows = len(input_ids)
         size = self.captured_size(num_rows)
@@ -153,6 +158,8 @@ class DecodeGraphs:
                 f"a decode step of {num_rows} rows exceeds the largest captured size {self.batch_sizes[-1]}"
             )
         self._copy_inputs(size, input_ids, positions, slots, block_tables, context_lens)
+        if device_tokens is not None:
+            device_tokens.write_into(self.input_ids)
         replay, logits = self.graphs[size]
         replay()
         return logits[:num_rows]

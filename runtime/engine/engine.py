@@ -18,7 +18,7 @@ from .errors import QueueFull, RequestRejected
 from .model_loader import ModelLoadError, adopt_model, load_model
 from .model_runner import ModelRunner
 from .outputs import RequestMetrics, RequestOutput
-from .sampler import SampledTokens, Sampler
+from .sampler import PendingSample, SampledTokens, Sampler
 from .sampling import SamplingParams
 from .scheduler import ScheduledSequence, Scheduler
 from .sequence import FinishReason, Sequence, SequenceStatus
@@ -40,6 +40,14 @@ class EngineStats:
     num_preemptions: int
     prefix_cache_queries: int
     prefix_cache_hits: int
+
+
+@dataclass(slots=True)
+class _LaunchedStep:
+    """A step queued on the device: the requests it samples a token for, row by row."""
+
+    seqs: list[Sequence]
+    pending: PendingSample
 
 
 class LLMEngine:
@@ -77,18 +85,21 @@ class LLMEngine:
         self.block_manager = BlockManager(self.num_kv_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(config, self.block_manager)
         self.sampler = Sampler(self.eos_token_ids)
+        self.async_scheduling = self._resolve_async_scheduling()
+        # With async scheduling: the step launched last, whose tokens the next step() fetches.
+        self._in_flight: _LaunchedStep | None = None
         self._requests: dict[str, Sequence] = {}
         self._arrival_counter = itertools.count()
         kv_bytes = self.num_kv_blocks * self.runner.kv_bytes_per_block
         logger.info(
             "engine ready in %.1fs: model=%s dtype=%s device=%s kv_blocks=%d x %d tokens (%.1f MiB, %d tokens) "
             "max_model_len=%d max_num_seqs=%d max_num_batched_tokens=%d prefix_caching=%s max_queue=%s "
-            "attention=%s decode_graphs=%s",
+            "attention=%s decode_graphs=%s async_scheduling=%s",
             time.monotonic() - started, config.model, str(self.dtype).removeprefix("torch."), self.device,
             self.num_kv_blocks, config.block_size, kv_bytes / 2**20, self.num_kv_blocks * config.block_size,
             self.max_model_len, config.max_num_seqs, config.max_num_batched_tokens,
             "on" if config.enable_prefix_caching else "off", config.max_queue_size,
-            self.runner.attention_backend.name, self._decode_graph_summary(),
+            self.runner.attention_backend.name, self._decode_graph_summary(), "on" if self.async_scheduling else "off",
         )
 
     # Setup --------------------------------------------------------------------------
@@ -116,6 +127,14 @@ class LLMEngine:
             return f"off ({self._eager_decode_reason()})"
         sizes = ",".join(map(str, graphs.batch_sizes))
         return f"{sizes} (captured in {graphs.capture_seconds:.1f}s)"
+
+    def _resolve_async_scheduling(self) -> bool:
+        """On where the device runs apart from the host (CUDA): there the host prepares the
+        next step while the device computes this one. On the CPU the forward pass is the
+        host's own work, so there is nothing to overlap, and a token would only come out one
+        step later."""
+        asked = self.config.async_scheduling
+        return self.device.type == "cuda" if asked is None else asked
 
     def _resolve_num_kv_blocks(self, num_reserved_blocks: int) -> int:
         """Blocks for requests: `num_kv_blocks` as given, or what the memory budget holds after
@@ -225,29 +244,65 @@ class LLMEngine:
     # Stepping -----------------------------------------------------------------------
 
     def step(self) -> list[RequestOutput]:
-        """Schedule, run the model once, sample; returns outputs of requests that produced tokens."""
+        """Schedule, run the model once, sample; returns outputs of requests that produced tokens.
+
+        With async scheduling the tokens returned are those of the step launched by the
+        previous call: this call schedules and queues its own step on the device first, then
+        waits for the previous one's tokens, so the host's work of a step (scheduling, inputs,
+        outputs) overlaps the device's work on another. Each running request is scheduled
+        before its newest token is known; one that then turns out to have stopped has that
+        step's token for it dropped (a row of wasted work, as in vLLM's async scheduling)."""
         schedule = self.scheduler.schedule()
-        if schedule.is_empty:
-            return []
-        sampling_items, logits = self.runner.execute(schedule.scheduled)
+        previous, self._in_flight = self._in_flight, None
+        launched = None if schedule.is_empty else self._launch(schedule.scheduled)
+        if not self.async_scheduling:
+            return self._fetch(launched)
+        outputs = self._fetch(previous)
+        self._in_flight = launched
+        return outputs
+
+    def _launch(self, scheduled: list[ScheduledSequence]) -> _LaunchedStep | None:
+        """Queue the step's forward pass and sampling on the device; None if it samples nothing
+        (prompt chunks that are not their prompt's last)."""
+        sampling_items, logits = self.runner.execute(scheduled)
         seqs = [item.seq for item in sampling_items]
         pending = self.sampler(logits, seqs) if seqs else None
         # While the device still computes: none of this needs the new tokens.
-        self._account_computed(schedule.scheduled)
+        self._account_computed(scheduled)
         if pending is None:
-            return []
-        return self._append_tokens(seqs, pending.fetch())
+            return None
+        for row, seq in enumerate(seqs):
+            seq.num_pending_tokens += 1
+            seq.pending_token = (pending.token_ids, row)
+        return _LaunchedStep(seqs, pending)
 
     def _account_computed(self, scheduled: list[ScheduledSequence]) -> None:
         for item in scheduled:
             item.seq.num_computed_tokens += item.num_new_tokens
             self.block_manager.register_full_blocks(item.seq)
 
+    def _fetch(self, launched: _LaunchedStep | None) -> list[RequestOutput]:
+        """Wait for a launched step's tokens and hand them to their requests."""
+        if launched is None:
+            return []
+        return self._append_tokens(launched.seqs, launched.pending.fetch())
+
     def _append_tokens(self, seqs: list[Sequence], sampled: SampledTokens) -> list[RequestOutput]:
         now = time.monotonic()
+        block_size = self.config.block_size
         outputs = []
         for row, (seq, token_id) in enumerate(zip(seqs, sampled.token_ids)):
+            if seq.is_finished:
+                continue  # stopped or aborted while this step ran: its token is dropped
+            seq.num_pending_tokens -= 1
+            if not seq.num_pending_tokens:
+                seq.pending_token = None
             seq.output_token_ids.append(token_id)
+            num_known = seq.num_known_tokens
+            if num_known % block_size == 0 and num_known <= seq.num_computed_tokens:
+                # Async scheduling computed this token's KV before the host knew it: the block it
+                # fills could not be published then (its hash needs the token); it is now.
+                self.block_manager.register_full_blocks(seq)
             params = seq.params
             if params.logprobs:
                 seq.output_logprobs.append(sampled.logprobs[row])
@@ -271,7 +326,7 @@ class LLMEngine:
                 return FinishReason.STOP
             if not params.ignore_eos and token_id in self.eos_token_ids:
                 return FinishReason.STOP
-        if num_output >= params.max_tokens or seq.num_tokens >= self.max_model_len:
+        if num_output >= params.max_tokens or seq.num_known_tokens >= self.max_model_len:
             return FinishReason.LENGTH
         return None
 

@@ -5,6 +5,11 @@ with their positions, the cache slot of every new token, and the block tables th
 attention layers read. Only the last token of each sequence that is due for a new
 token goes through the LM head. A step of decodes only that fits a captured batch size
 replays a CUDA graph instead (cuda_graphs.py).
+
+With async scheduling a decode's input token may not be on the host yet: the step before,
+still running, samples it. Its row gets a placeholder, and the step's input ids take that
+token from the earlier step's sampled ids on the device (DeviceTokens), so the host never
+waits for it.
 """
 
 from __future__ import annotations
@@ -20,13 +25,15 @@ import torch
 from .attention import AttentionMetadata, PrefillChunk, select_attention_backend
 from .block_manager import blocks_for_tokens
 from .cuda_graphs import DecodeGraphs, GraphCapture
+from .host_to_device import to_device
 from .model_loader import LoadedModel
 from .models import LlamaFamilyForward
 from .scheduler import ScheduledSequence
 
 logger = logging.getLogger(__name__)
 
-NUMPY_INDEX_DTYPES = {torch.long: np.int64, torch.int32: np.int32}
+# The host's stand-in for an input token the device has not handed over yet (any valid id).
+PENDING_TOKEN_PLACEHOLDER = 0
 
 
 class ModelRunner:
@@ -121,8 +128,11 @@ class ModelRunner:
         rows = self._decode_rows(decodes)
         sampling_items, logits_indices = _sampling_rows(decodes + prefills)
         graphs = self.decode_graphs
+        device_tokens = rows.device_tokens(self.device)
         if not prefills and graphs is not None and graphs.captured_size(len(decodes)) is not None:
-            logits = graphs.run(rows.input_ids, rows.positions, rows.slots, rows.block_tables, rows.context_lens)
+            logits = graphs.run(
+                rows.input_ids, rows.positions, rows.slots, rows.block_tables, rows.context_lens, device_tokens
+            )
             return sampling_items, self._sampled_rows(logits, logits_indices)
         input_ids, positions, slots = self._packed_tokens(rows, prefills)
         meta = self._build_metadata(
@@ -131,8 +141,11 @@ class ModelRunner:
             rows.context_lens,
             [(item.seq.block_table, item.seq.num_computed_tokens, item.num_new_tokens) for item in prefills],
         )
+        input_ids = self._to_device(input_ids, torch.long)
+        if device_tokens is not None:
+            device_tokens.write_into(input_ids)
         logits = self._forward(
-            self._to_device(input_ids, torch.long),
+            input_ids,
             self._to_device(positions, torch.long),
             meta,
             self._to_device(logits_indices, torch.long),
@@ -143,17 +156,29 @@ class ModelRunner:
         """Items of one token: a decode, or a prompt chunk of one token."""
         block_size = self.block_size
         input_ids, positions, block_ids, block_tables = [], [], [], []
-        for item in decodes:
+        pending_rows, source_rows = [], []
+        source = None
+        for row, item in enumerate(decodes):
             seq = item.seq
             position = seq.num_computed_tokens
             table = seq.block_table
-            input_ids.append(seq.token_at(position))
+            if position < seq.num_known_tokens:
+                input_ids.append(seq.token_at(position))
+            else:
+                # Sampled by the step still running: only the device has it yet.
+                step_tokens, source_row = seq.pending_token
+                if source is not None and step_tokens is not source:
+                    raise RuntimeError("decode inputs pending from two different steps; one step runs at a time")
+                source = step_tokens
+                input_ids.append(PENDING_TOKEN_PLACEHOLDER)
+                pending_rows.append(row)
+                source_rows.append(source_row)
             positions.append(position)
             block_ids.append(table[position // block_size])
             block_tables.append(table)
         position_array = np.array(positions, dtype=np.int64)
         slots = self._slots(np.array(block_ids, dtype=np.int64), position_array)
-        return DecodeRows(input_ids, position_array, slots, block_tables)
+        return DecodeRows(input_ids, position_array, slots, block_tables, source, pending_rows, source_rows)
 
     def _packed_tokens(
         self, rows: DecodeRows, prefills: list[ScheduledSequence]
@@ -256,28 +281,47 @@ class ModelRunner:
         meta.max_prefill_query_len = max(query_lens)
 
     def _to_device(self, values: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
-        """Host ints as a tensor on the model's device. On CUDA the copy is queued from pinned
-        memory and does not wait for the GPU (torch keeps the pinned buffer until it is done)."""
-        tensor = torch.from_numpy(np.asarray(values, dtype=NUMPY_INDEX_DTYPES[dtype]))
-        if self.device.type == "cpu":
-            return tensor
-        return tensor.pin_memory().to(self.device, non_blocking=True)
+        return to_device(values, dtype, self.device)
 
 
 @dataclass(slots=True)
 class DecodeRows:
     """The step's one-token items, one row each: the token, its position and cache slot, and
-    the sequence's block table."""
+    the sequence's block table. Rows `pending_rows` hold a placeholder token: theirs is
+    `pending_source[source_rows[i]]`, sampled by the step still running."""
 
     input_ids: list[int]
     positions: np.ndarray
     slots: np.ndarray
     block_tables: list[list[int]]
+    pending_source: torch.Tensor | None
+    pending_rows: list[int]
+    source_rows: list[int]
 
     @property
     def context_lens(self) -> np.ndarray:
         """Tokens each row attends: those before it and itself."""
         return self.positions + 1
+
+    def device_tokens(self, device: torch.device) -> DeviceTokens | None:
+        if self.pending_source is None:
+            return None
+        rows = to_device([self.pending_rows, self.source_rows], torch.long, device)
+        return DeviceTokens(rows[0], self.pending_source, rows[1])
+
+
+@dataclass(slots=True)
+class DeviceTokens:
+    """Input tokens that only the device has: input_ids[rows[i]] = source[source_rows[i]]."""
+
+    rows: torch.Tensor
+    source: torch.Tensor
+    source_rows: torch.Tensor
+
+    def write_into(self, input_ids: torch.Tensor) -> None:
+        """Queued on the device after the copy of the host's input ids (whose rows here are
+        placeholders) and after the step that samples `source`."""
+        input_ids.index_copy_(0, self.rows, self.source.index_select(0, self.source_rows))
 
 
 def _sampling_rows(ordered: list[ScheduledSequence]) -> tuple[list[ScheduledSequence], list[int]]:

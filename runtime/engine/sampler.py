@@ -5,7 +5,10 @@ seeded request draws its noise from its own generator: its tokens depend only on
 seed and its logits, never on what else is in the batch.
 
 Sampling is queued on the logits' device and fetched separately, so that the engine can do
-its bookkeeping while the device computes, and wait only once, for the tokens.
+its bookkeeping (or, with async scheduling, queue the next step) while the device computes,
+and wait only once, for the tokens. Nothing here waits for the device: the per-row settings
+go up from pinned memory, and the results come down into pinned memory as soon as the device
+has them, so fetching them does not wait for work queued after them.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .host_to_device import to_device
 from .sampling import SamplingParams
 from .sequence import Sequence
 
@@ -28,29 +32,59 @@ class SampledTokens:
     top_logprobs: list[dict[int, float] | None] | None
 
 
-@dataclass(slots=True)
 class PendingSample:
-    """Sampling queued on the device; fetch() waits for it and brings the tokens to the host."""
+    """Sampling queued on the device; fetch() waits for it and brings the tokens to the host.
 
-    token_ids: torch.Tensor
-    chosen_logprobs: torch.Tensor | None
-    top_values: torch.Tensor | None
-    top_indices: torch.Tensor | None
-    # How many alternatives each row asked for (top_values holds the most any row asked).
-    num_top: list[int]
+    `token_ids` stays on the device: the next step can read its input tokens from it before
+    the host has them (async scheduling)."""
+
+    def __init__(
+        self,
+        token_ids: torch.Tensor,
+        chosen_logprobs: torch.Tensor | None = None,
+        top_values: torch.Tensor | None = None,
+        top_indices: torch.Tensor | None = None,
+        num_top: list[int] | None = None,
+    ) -> None:
+        self.token_ids = token_ids
+        # How many alternatives each row asked for (top_values holds the most any row asked).
+        self.num_top = num_top or []
+        self._results, self._copied = _copy_to_host([token_ids, chosen_logprobs, top_values, top_indices])
 
     def fetch(self) -> SampledTokens:
-        token_ids = self.token_ids.tolist()
-        if self.chosen_logprobs is None:
-            return SampledTokens(token_ids, None, None)
+        if self._copied is not None:
+            self._copied.synchronize()
+        token_ids, chosen_logprobs, top_values, top_indices = self._results
+        if chosen_logprobs is None:
+            return SampledTokens(token_ids.tolist(), None, None)
         top_logprobs = None
-        if self.top_values is not None:
-            values, indices = self.top_values.tolist(), self.top_indices.tolist()
+        if top_values is not None:
+            values, indices = top_values.tolist(), top_indices.tolist()
             top_logprobs = [
                 dict(zip(indices[row][:count], values[row][:count])) if count else None
                 for row, count in enumerate(self.num_top)
             ]
-        return SampledTokens(token_ids, self.chosen_logprobs.tolist(), top_logprobs)
+        return SampledTokens(token_ids.tolist(), chosen_logprobs.tolist(), top_logprobs)
+
+
+def _copy_to_host(
+    tensors: list[torch.Tensor | None],
+) -> tuple[list[torch.Tensor | None], torch.cuda.Event | None]:
+    """Queue copies of CUDA `tensors` into pinned host memory right behind the work that makes
+    them; returns the copies and an event that completes with them (None off CUDA: no copy)."""
+    if tensors[0].device.type != "cuda":
+        return tensors, None
+    copies = []
+    for tensor in tensors:
+        if tensor is None:
+            copies.append(None)
+            continue
+        copy = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+        copy.copy_(tensor, non_blocking=True)
+        copies.append(copy)
+    copied = torch.cuda.Event()
+    copied.record()
+    return copies, copied
 
 
 class Sampler:
@@ -66,32 +100,35 @@ class Sampler:
             raw_logprobs = torch.log_softmax(logits.float(), dim=-1)
         early_stops = self._early_stops(seqs)
         all_greedy = all(each.greedy for each in params)
-        if all_greedy and not early_stops:
+        if all_greedy and early_stops is None:
             # The raw logits' argmax is their float32 copy's: no copy needed.
             token_ids = logits.argmax(dim=-1)
         else:
             logits = logits.float()
-            for row, stops in early_stops:
-                logits[row, stops] = float("-inf")
+            if early_stops is not None:
+                stop_rows, stop_ids = (to_device(indices, torch.long, logits.device) for indices in early_stops)
+                logits[stop_rows, stop_ids] = float("-inf")
             token_ids = logits.argmax(dim=-1) if all_greedy else self._sample(logits, seqs)
         return self._pending(token_ids, raw_logprobs, params)
 
-    def _early_stops(self, seqs: list[Sequence]) -> list[tuple[int, list[int]]]:
-        """(row, token ids it cannot draw yet): stop tokens are suppressed before min_tokens."""
-        suppressed = []
+    def _early_stops(self, seqs: list[Sequence]) -> tuple[list[int], list[int]] | None:
+        """(rows, token ids) that cannot be drawn yet: stop tokens are suppressed before
+        min_tokens (output tokens still being sampled count as drawn). None if there are none."""
+        rows: list[int] = []
+        stop_ids: list[int] = []
         for row, seq in enumerate(seqs):
             params = seq.params
-            if len(seq.output_token_ids) < params.min_tokens:
+            if seq.num_output_tokens < params.min_tokens:
                 stops = list(params.stop_token_ids) + ([] if params.ignore_eos else list(self.eos_token_ids))
-                if stops:
-                    suppressed.append((row, stops))
-        return suppressed
+                rows += [row] * len(stops)
+                stop_ids += stops
+        return (rows, stop_ids) if rows else None
 
     def _sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
         device = logits.device
-        greedy = torch.tensor([seq.params.greedy for seq in seqs], device=device)
-        temperatures = torch.tensor(
-            [1.0 if seq.params.greedy else seq.params.temperature for seq in seqs], device=device
+        greedy = to_device([seq.params.greedy for seq in seqs], torch.bool, device)
+        temperatures = to_device(
+            [1.0 if seq.params.greedy else seq.params.temperature for seq in seqs], torch.float32, device
         )
         scaled = logits / temperatures.unsqueeze(1)
         top_ks = [seq.params.top_k for seq in seqs]
@@ -99,7 +136,7 @@ class Sampler:
             scaled = _apply_top_k(scaled, top_ks)
         top_ps = [seq.params.top_p for seq in seqs]
         if any(p < 1.0 for p in top_ps):
-            scaled = _apply_top_p(scaled, torch.tensor(top_ps, device=device))
+            scaled = _apply_top_p(scaled, to_device(top_ps, torch.float32, device))
         probs = torch.softmax(scaled, dim=-1)
         noise = torch.empty_like(probs)
         for row, seq in enumerate(seqs):
@@ -111,7 +148,7 @@ class Sampler:
         self, token_ids: torch.Tensor, raw_logprobs: torch.Tensor | None, params: list[SamplingParams]
     ) -> PendingSample:
         if raw_logprobs is None:
-            return PendingSample(token_ids, None, None, None, [])
+            return PendingSample(token_ids)
         chosen = raw_logprobs.gather(1, token_ids.unsqueeze(1)).squeeze(1)
         num_top = [each.top_logprobs for each in params]
         top_values = top_indices = None
@@ -122,7 +159,7 @@ class Sampler:
 
 def _apply_top_k(logits: torch.Tensor, top_ks: list[int]) -> torch.Tensor:
     vocab = logits.shape[-1]
-    ks = torch.tensor([k if 0 < k < vocab else vocab for k in top_ks], device=logits.device)
+    ks = to_device([k if 0 < k < vocab else vocab for k in top_ks], torch.long, logits.device)
     sorted_logits = logits.sort(dim=-1, descending=True).values
     kth = sorted_logits.gather(1, (ks - 1).unsqueeze(1))
     return logits.masked_fill(logits < kth, float("-inf"))

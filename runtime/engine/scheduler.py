@@ -75,6 +75,11 @@ class Scheduler:
         index = 0
         while index < len(self.running) and budget > 0:
             seq = self.running[index]
+            if seq.num_output_tokens >= seq.params.max_tokens:
+                # Its last token is still being sampled (async scheduling): it finishes by length
+                # once that token is fetched, so there is nothing more to compute for it.
+                index += 1
+                continue
             num_new_tokens = min(seq.num_uncomputed_tokens, budget)
             while not self.block_manager.can_allocate(seq, num_new_tokens):
                 victim = self.running[-1]
@@ -93,6 +98,10 @@ class Scheduler:
     def _schedule_waiting(self, output: SchedulerOutput, budget: int) -> None:
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             seq = self.waiting[0]
+            if seq.num_pending_tokens:
+                # Preempted while a token of it was still being sampled: recompute it once the
+                # token is known (next step; admissions never share a step with a preemption).
+                break
             cached_prefix = self.block_manager.find_cached_prefix(seq)
             num_new_tokens = min(seq.num_tokens - len(cached_prefix) * self.block_manager.block_size, budget)
             if not self.block_manager.can_allocate(seq, num_new_tokens, cached_prefix):

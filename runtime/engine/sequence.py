@@ -49,6 +49,11 @@ class Sequence:
     # How many leading blocks of block_table are registered in the prefix cache.
     num_hashed_blocks: int = 0
     generator: torch.Generator | None = None
+    # Tokens sampled by steps still running on the device (async scheduling): counted in
+    # num_tokens, not yet in output_token_ids. `pending_token` is where the newest one will be:
+    # (that step's sampled token ids on the device, this sequence's row in them).
+    num_pending_tokens: int = 0
+    pending_token: tuple[torch.Tensor, int] | None = field(default=None, repr=False)
     num_preemptions: int = 0
     arrival_time: float = field(default_factory=time.monotonic)
     first_scheduled_time: float | None = None
@@ -71,7 +76,18 @@ class Sequence:
 
     @property
     def num_tokens(self) -> int:
+        """Prompt and output tokens, those still being sampled on the device included."""
+        return len(self.prompt_token_ids) + len(self.output_token_ids) + self.num_pending_tokens
+
+    @property
+    def num_known_tokens(self) -> int:
+        """Prompt and output tokens whose ids the host has."""
         return len(self.prompt_token_ids) + len(self.output_token_ids)
+
+    @property
+    def num_output_tokens(self) -> int:
+        """Output tokens, those still being sampled on the device included."""
+        return len(self.output_token_ids) + self.num_pending_tokens
 
     @property
     def num_uncomputed_tokens(self) -> int:
@@ -87,12 +103,13 @@ class Sequence:
         return (self.priority, self.arrival_order)
 
     def token_at(self, index: int) -> int:
+        """A known token's id (index < num_known_tokens)."""
         if index < len(self.prompt_token_ids):
             return self.prompt_token_ids[index]
         return self.output_token_ids[index - len(self.prompt_token_ids)]
 
     def tokens(self, start: int, end: int) -> list[int]:
-        """Token ids in [start, end) over prompt followed by output."""
+        """Token ids in [start, end) over prompt followed by output (end <= num_known_tokens)."""
         num_prompt = len(self.prompt_token_ids)
         if end <= num_prompt:
             return self.prompt_token_ids[start:end]

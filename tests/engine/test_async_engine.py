@@ -51,12 +51,14 @@ def restore_torch_threads():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture
-def start_engine(tiny_llama):
-    """start_engine(**config overrides) -> a started AsyncLLMEngine, shut down after the test."""
+@pytest.fixture(params=["sync", "async"])
+def start_engine(tiny_llama, request):
+    """start_engine(**config overrides) -> a started AsyncLLMEngine, shut down after the test.
+    Every test runs with both step loops (async scheduling is on by default only with CUDA)."""
     started: list[AsyncLLMEngine] = []
 
     def start(**overrides) -> AsyncLLMEngine:
+        overrides.setdefault("async_scheduling", request.param == "async")
         engine = AsyncLLMEngine(make_config(tiny_llama, **overrides))
         engine.start()
         started.append(engine)

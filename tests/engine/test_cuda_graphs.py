@@ -63,9 +63,10 @@ def platform(request, monkeypatch) -> Platform:
 
 
 def make_engine(model_dir, platform: Platform, **overrides) -> LLMEngine:
+    # Each step loop explicitly, so CPU and CUDA runs compare the same thing.
     settings = dict(
         model=str(model_dir), dtype="float32", device=platform.device, attention_backend=platform.attention_backend,
-        num_kv_blocks=64, max_num_seqs=8, cuda_graph_batch_sizes=GRAPH_SIZES, num_threads=1,
+        num_kv_blocks=64, max_num_seqs=8, cuda_graph_batch_sizes=GRAPH_SIZES, num_threads=1, async_scheduling=False,
     )
     settings.update(overrides)
     return LLMEngine(EngineConfig(**settings))
@@ -302,6 +303,58 @@ def test_one_token_prompt_chunks_ride_in_graph_steps(tiny_llama, platform):
     )
     assert_same_outputs(graph_outputs, eager_outputs)
     assert 4 in graph_steps
+
+
+def test_async_scheduling_feeds_graph_replays_from_the_device(tiny_llama, platform):
+    """With async scheduling a graph step is queued while its input tokens are still being
+    sampled: they are copied into the graph's static input ids on the device. The tokens equal
+    the eager synchronous engine's, also for a request that stops (its extra row dropped)."""
+    prompts = random_prompts(7, 3, 30, seed=10)
+    params = [SamplingParams(max_tokens=4 + 2 * index, temperature=0.0, ignore_eos=True) for index in range(7)]
+    params[2] = SamplingParams(max_tokens=12, temperature=0.9, seed=3, ignore_eos=True)
+    params[5] = SamplingParams(max_tokens=10, temperature=0.0, ignore_eos=True, logprobs=True, top_logprobs=2)
+    eager_engine = make_engine(tiny_llama, platform, enforce_eager=True, async_scheduling=False)
+    stop = eager_engine.generate([prompts[4]], params[4])[0].output_token_ids[3]
+    params[4] = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True, stop_token_ids=(stop,))
+    graph_engine = make_engine(tiny_llama, platform, async_scheduling=True)
+    graph_steps = record_graph_steps(graph_engine)
+    graph_outputs = graph_engine.generate(prompts, params)
+    graph_engine.check_consistency()
+    assert graph_engine.stats().num_free_kv_blocks == graph_engine.num_kv_blocks
+    eager_outputs = eager_engine.generate(prompts, params)
+    assert_same_outputs(graph_outputs, eager_outputs)
+    assert graph_outputs[4].finish_reason == "stop"
+    torch.testing.assert_close(graph_outputs[5].logprobs, eager_outputs[5].logprobs, rtol=1e-4, atol=1e-4)
+    assert graph_steps
+
+
+@needs_cuda
+def test_async_scheduling_queues_each_step_without_waiting(tiny_llama):
+    """With async scheduling only fetching a step's tokens waits for the GPU: queueing a step,
+    its sampling included (temperature, top-k/p, min_tokens, logprobs), never does."""
+    engine = make_engine(tiny_llama, Platform("cuda", "triton", None), max_num_batched_tokens=32, max_num_seqs=10,
+                         async_scheduling=True)
+    graph_steps = record_graph_steps(engine)
+    launch = engine._launch
+
+    def launch_without_syncs(scheduled):
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            return launch(scheduled)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+    engine._launch = launch_without_syncs
+    params = [
+        GREEDY,
+        SamplingParams(max_tokens=12, temperature=0.8, top_k=20, top_p=0.9, seed=1, ignore_eos=True),
+        SamplingParams(max_tokens=12, temperature=0.0, min_tokens=4, stop_token_ids=(5, 6), logprobs=True,
+                       top_logprobs=2),
+    ]
+    prompts = random_prompts(9, 5, 70, seed=11)
+    outputs = engine.generate(prompts, [params[index % 3] for index in range(9)])
+    assert all(output.finished for output in outputs)
+    assert graph_steps
 
 
 @needs_cuda

@@ -52,9 +52,12 @@ def restore_torch_threads():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="module")
-def engine(tiny_llama) -> LLMEngine:
-    return make_engine(tiny_llama)
+@pytest.fixture(scope="module", params=["sync", "async"])
+def engine(tiny_llama, request) -> LLMEngine:
+    """Both step loops: async scheduling (on by default only with CUDA) queues each step before
+    the previous one's tokens are fetched, and must be indistinguishable from outside but for
+    that one step of lag. Greedy tokens are checked across both, as the dict is shared."""
+    return make_engine(tiny_llama, async_scheduling=request.param == "async")
 
 
 @dataclass(frozen=True)
