@@ -93,6 +93,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="comma-separated step loops to run each mode with: on, off (default on, the "
                              "engine's default on CUDA)")
     parser.add_argument("--max_num_batched_tokens", type=int, default=8192, help="engine prefill budget per step")
+    parser.add_argument("--decode_launch", default=None, metavar="TILE[:WARPS[:STAGES]]",
+                        help="the decode attention kernel's launch settings for every engine (default: the "
+                             "engine's DECODE_LAUNCH; benchmarks/gpu_kernels.py compares them)")
     parser.add_argument("--decode_programs_per_sm", default=None,
                         help="comma-separated values of the decode kernel's split target to compare "
                              "(default: the engine's DECODE_PROGRAMS_PER_SM only)")
@@ -122,6 +125,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--device cuda but torch sees no GPU (use --device cpu --tiny for a logic check)")
     if min(args.batch_sizes) < 1 or min(args.context_len, args.decode_steps, args.hf_decode_steps) < 1:
         parser.error("batch sizes, --context_len and the decode steps must be >= 1")
+    if args.decode_launch is not None:
+        try:
+            triton_backend.DECODE_LAUNCH = triton_backend.DecodeLaunch.parse(args.decode_launch)
+        except ValueError as exc:
+            parser.error(str(exc))
     args.async_scheduling = args.async_scheduling.split(",")
     if set(args.async_scheduling) - set(STEP_LOOPS):
         parser.error("--async_scheduling takes on, off or both")
@@ -478,6 +486,7 @@ def main(argv: list[str] | None = None) -> None:
         "torch": torch.__version__,
         "transformers": __import__("transformers").__version__,
         "context_len": args.context_len,
+        "decode_launch": str(triton_backend.DECODE_LAUNCH),
         "weight_bytes": weight_bytes,
         "kv_bytes_per_token": kv_per_token,
         "bandwidth_bytes_per_s": bandwidth,

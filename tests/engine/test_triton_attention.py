@@ -89,7 +89,7 @@ def assert_close(actual, expected, dtype):
 
 
 def run_decode(context_lens, block_size, num_heads, num_kv_heads, head_dim, dtype, sliding_window=None,
-               num_splits=None, table_dtype=torch.int32, seed=0):
+               num_splits=None, table_dtype=torch.int32, seed=0, launch=None):
     generator = torch.Generator().manual_seed(seed)
     key_cache, value_cache, block_tables = make_paged_cache(context_lens, block_size, num_kv_heads, head_dim, dtype,
                                                             generator, table_dtype)
@@ -97,7 +97,7 @@ def run_decode(context_lens, block_size, num_heads, num_kv_heads, head_dim, dtyp
     lens = torch.tensor(context_lens, dtype=torch.int32, device=DEVICE)
     scale = head_dim**-0.5
     out = backend.paged_decode_attention(query, key_cache, value_cache, block_tables, lens, scale, sliding_window,
-                                         max_context_len=max(context_lens), num_splits=num_splits)
+                                         max_context_len=max(context_lens), num_splits=num_splits, launch=launch)
     expected = reference_decode(query, key_cache, value_cache, block_tables, lens, scale, sliding_window)
     assert_close(out, expected, dtype)
 
@@ -135,6 +135,27 @@ def test_decode_split_across_programs_matches_reference(sliding_window):
     # Three splits of whole 64-key tiles: the 100-token context fills two and leaves the
     # third empty; shorter contexts leave two empty.
     run_decode(CONTEXT_LENS, 16, 4, 2, 32, torch.float32, sliding_window, num_splits=3)
+
+
+@needs_kernels
+@pytest.mark.parametrize("launch", ["16:2:1", "32", "128:8:2"])
+@pytest.mark.parametrize("num_splits", [1, 3])
+def test_decode_launch_settings_keep_the_result(launch, num_splits):
+    """Every tile size splits the context into whole tiles, across pages and splits alike."""
+    run_decode(CONTEXT_LENS, 16, 8, 2, 32, torch.float32, sliding_window=8 if num_splits == 1 else None,
+               num_splits=num_splits, launch=backend.DecodeLaunch.parse(launch))
+
+
+def test_decode_launch_parses_and_refuses_what_triton_cannot_run():
+    assert backend.DecodeLaunch.parse("64") == backend.DecodeLaunch(64)
+    assert backend.DecodeLaunch.parse("128:8:2") == backend.DecodeLaunch(128, 8, 2)
+    assert backend.DecodeLaunch.parse("32::1") == backend.DecodeLaunch(32, None, 1)
+    assert backend.DecodeLaunch(32, None, 1).options() == {"num_stages": 1}
+    assert str(backend.DecodeLaunch(128, 8, 2)) == "128:8:2" and str(backend.DecodeLaunch()) == "64"
+    for text, message in [("48", "power of two >= 16"), ("8", "power of two >= 16"),
+                          ("64:x", "TILE\[:WARPS\[:STAGES\]\] in whole numbers"), ("1:2:3:4", "TILE")]:
+        with pytest.raises(ValueError, match=message):
+            backend.DecodeLaunch.parse(text)
 
 
 # Llama-3-8B (8 KV heads) on an H200 (132 SMs) with max_model_len 8192, as a decode graph sizes it:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -22,9 +23,6 @@ from .metadata import AttentionBackend, AttentionMetadata
 _MAX_INIT = tl.constexpr(-1.0e30)
 _LOG2_E = 1.4426950408889634
 
-# Keys per inner-loop step. It spans several pages (any block_size works: each key looks
-# up its own page) and is >= 16, the smallest K dimension tl.dot accepts on NVIDIA.
-_DECODE_TILE = 64
 _PREFILL_BLOCK_M = 64
 _PREFILL_TILE = 64
 # Tensor-core tiles are 16 rows tall, so a GQA group of query heads is padded up to 16 rows.
@@ -35,6 +33,44 @@ _MAX_SPLITS = 16
 # Decode programs in flight per SM that the split count aims for (see decode_num_splits): 4 was
 # best or near it at batch 16, 64 and 256 on an H200 (2, 4, 8, 16 compared; BENCHMARKS.md).
 DECODE_PROGRAMS_PER_SM = 4
+
+
+@dataclass(frozen=True)
+class DecodeLaunch:
+    """How the decode kernel is launched. `tile`: keys per inner-loop step; it spans several
+    pages (any block_size works: each key looks up its own page), a power of two >= 16 (the
+    smallest K dimension tl.dot accepts on NVIDIA). `num_warps`, `num_stages`: Triton's launch
+    settings (None: Triton's defaults, 4 warps and 3 stages). benchmarks/gpu_kernels.py
+    compares settings on a card."""
+
+    tile: int = 64
+    num_warps: int | None = None
+    num_stages: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.tile < 16 or self.tile & (self.tile - 1):
+            raise ValueError(f"the decode tile must be a power of two >= 16, got {self.tile}")
+
+    def options(self) -> dict[str, int]:
+        """The launch keyword arguments Triton takes (those that are set)."""
+        options = {"num_warps": self.num_warps, "num_stages": self.num_stages}
+        return {name: value for name, value in options.items() if value is not None}
+
+    @classmethod
+    def parse(cls, text: str) -> DecodeLaunch:
+        """'TILE[:WARPS[:STAGES]]', e.g. '64', '128:8', '64:4:2' (an empty field keeps the default)."""
+        fields = text.split(":")
+        if not 1 <= len(fields) <= 3 or not all(field.isdigit() or field == "" for field in fields) or not fields[0]:
+            raise ValueError(f"a decode launch is TILE[:WARPS[:STAGES]] in whole numbers, got {text!r}")
+        values = [int(field) if field else None for field in fields] + [None] * (3 - len(fields))
+        return cls(*values)
+
+    def __str__(self) -> str:
+        return f"{self.tile}:{self.num_warps or ''}:{self.num_stages or ''}".rstrip(":")
+
+
+# The launch paged_decode_attention uses unless given one (read at each call).
+DECODE_LAUNCH = DecodeLaunch()
 
 
 @triton.jit
@@ -246,6 +282,7 @@ def paged_decode_attention(
     *,
     max_context_len: int | None = None,
     num_splits: int | None = None,
+    launch: DecodeLaunch | None = None,
 ) -> torch.Tensor:
     """Attention of one query token per sequence over its cached context.
 
@@ -257,9 +294,11 @@ def paged_decode_attention(
     `num_splits` > 1 partitions each context across programs and reduces (flash decoding);
     None picks it from `max_context_len` (a host-side upper bound, never read from the
     GPU) and the SM count. The grid depends only on shapes and num_splits, so a fixed
-    num_splits makes the launch CUDA-graph capturable.
+    num_splits makes the launch CUDA-graph capturable. `launch`: tile and Triton launch
+    settings (default DECODE_LAUNCH).
     Returns [num_seqs, num_heads, head_dim] in the query's dtype.
     """
+    launch = launch or DECODE_LAUNCH
     num_seqs, num_heads, head_dim = _check_common(query, key_cache, value_cache, block_tables, sliding_window)
     _check_index_tensor("context_lens", context_lens, (num_seqs,), query.device)
     if block_tables.shape[0] != num_seqs:
@@ -291,8 +330,9 @@ def paged_decode_attention(
         num_heads,
         QUERIES_PER_KV=queries_per_kv, GROUP_ROWS=max(_MIN_GROUP_ROWS, triton.next_power_of_2(queries_per_kv)),
         HEAD_DIM=head_dim, HEAD_DIM_PADDED=head_dim_padded,
-        BLOCK_SIZE=key_cache.shape[1], TILE=_DECODE_TILE, NUM_SPLITS=num_splits,
+        BLOCK_SIZE=key_cache.shape[1], TILE=launch.tile, NUM_SPLITS=num_splits,
         USE_WINDOW=sliding_window is not None, DOT_PRECISION=_dot_precision(key_cache.dtype),
+        **launch.options(),
     )
     if num_splits > 1:
         _decode_reduce_kernel[(num_seqs, num_heads)](
