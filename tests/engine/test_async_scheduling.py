@@ -227,3 +227,32 @@ def test_min_tokens_counts_the_token_still_being_sampled(tiny_llama):
     output = make_engine(tiny_llama, True).generate([prompt], params)[0]
     assert output.finish_reason == "stop"
     assert output.output_token_ids == free_run[: min_tokens + 1]
+
+
+def test_each_step_is_queued_before_the_previous_one_is_waited_for(tiny_llama):
+    """The point of async scheduling: the device already has step k+1 when the host starts
+    waiting for step k's tokens (and the synchronous loop waits for each step at once)."""
+    for async_scheduling in (False, True):
+        engine = make_engine(tiny_llama, async_scheduling)
+        events = []
+        launch = engine._launch
+
+        def recording_launch(scheduled):
+            launched = launch(scheduled)
+            if launched is not None:
+                step = sum(1 for kind, _ in events if kind == "launch")
+                events.append(("launch", step))
+                fetch = launched.pending.fetch
+                launched.pending.fetch = lambda: events.append(("fetch", step)) or fetch()
+            return launched
+
+        engine._launch = recording_launch
+        engine.generate(random_prompts(2, 4, 8, seed=9), SamplingParams(max_tokens=4, temperature=0.0,
+                                                                        ignore_eos=True))
+        fetched = [step for kind, step in events if kind == "fetch"]
+        for step in fetched:
+            position = events.index(("fetch", step))
+            if async_scheduling and ("launch", step + 1) in events:
+                assert events.index(("launch", step + 1)) < position, f"step {step} was waited for first"
+            if not async_scheduling:
+                assert events[position - 1] == ("launch", step)
