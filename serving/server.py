@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import gc
 import logging
 from collections.abc import AsyncIterator
@@ -61,17 +62,35 @@ class _WrittenAMomentLater(logging.Handler):
     """Hands each record to the wrapped handlers a millisecond later, from the event loop (at
     once when no loop runs). uvicorn logs a request's access line as the response starts, which
     for a stream is right after the engine has admitted the request: formatting and writing it
-    then would hold the GIL that the engine thread needs to start the prompt's prefill."""
+    then would hold the GIL that the engine thread needs to start the prompt's prefill.
+
+    Records still waiting when the loop stops are written by flush(), which logging calls for
+    every handler at interpreter exit."""
 
     def __init__(self, handlers: list[logging.Handler]) -> None:
         super().__init__()
         self.wrapped = handlers
+        # In the order they came: every call_later has the same delay, so they fire in order.
+        self._waiting: collections.deque[logging.LogRecord] = collections.deque()
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            asyncio.get_running_loop().call_later(ACCESS_LOG_DELAY_SECONDS, self._emit_now, record)
+            loop = asyncio.get_running_loop()
         except RuntimeError:
             self._emit_now(record)
+            return
+        self._waiting.append(record)
+        loop.call_later(ACCESS_LOG_DELAY_SECONDS, self._emit_oldest)
+
+    def flush(self) -> None:
+        while self._waiting:
+            self._emit_oldest()
+        for handler in self.wrapped:
+            handler.flush()
+
+    def _emit_oldest(self) -> None:
+        if self._waiting:  # flush() may have written it already
+            self._emit_now(self._waiting.popleft())
 
     def _emit_now(self, record: logging.LogRecord) -> None:
         for handler in self.wrapped:

@@ -1,5 +1,6 @@
 """The access log is written a moment after the response starts (off the path of the prefill that
-follows a stream's admission), from the event loop, and at once where no loop runs."""
+follows a stream's admission), from the event loop, and at once where no loop runs; lines still
+waiting when the loop stops are written at flush (logging flushes every handler at exit)."""
 
 from __future__ import annotations
 
@@ -44,3 +45,19 @@ def test_without_a_loop_records_are_written_at_once():
     collect = Collect()
     _logger(collect).info("started")
     assert collect.messages == ["started"]
+
+
+def test_records_still_waiting_when_the_loop_stops_are_written_at_flush_in_order():
+    collect = Collect()
+    logger = _logger(collect)
+
+    async def respond_and_stop() -> None:
+        logger.info("GET /a 200")
+        logger.info("GET /b 200")
+
+    asyncio.run(respond_and_stop())
+    assert collect.messages == []
+    logger.handlers[0].flush()
+    assert collect.messages == ["GET /a 200", "GET /b 200"]
+    logger.handlers[0].flush()
+    assert collect.messages == ["GET /a 200", "GET /b 200"]
