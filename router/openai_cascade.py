@@ -20,8 +20,10 @@ def ask_for_logprobs(payload: dict, chat: bool) -> tuple[dict, bool]:
     return {**payload, "logprobs": 0}, True
 
 
-def small_answers(response: dict, chat: bool) -> list[SmallAnswer]:
-    """Each choice of a (chat) completion as the cascade judges it."""
+def small_answers(response: dict, chat: bool, client_token_limit: int | None = None) -> list[SmallAnswer]:
+    """Each choice of a (chat) completion as the cascade judges it; `client_token_limit` is the
+    request's own max_tokens (client_token_limit()). A choice's tokens are counted from its
+    logprobs, which the cascade asks for."""
     answers = []
     for choice in response["choices"]:
         logprobs = choice.get("logprobs") or {}
@@ -31,8 +33,18 @@ def small_answers(response: dict, chat: bool) -> list[SmallAnswer]:
         else:
             text = choice["text"]
             token_logprobs = logprobs.get("token_logprobs") or []
-        answers.append(SmallAnswer(text, choice.get("finish_reason"), confidence_of(token_logprobs)))
+        used_limit = client_token_limit is not None and len(token_logprobs) >= client_token_limit
+        answers.append(SmallAnswer(text, choice.get("finish_reason"), confidence_of(token_logprobs), used_limit))
     return answers
+
+
+def client_token_limit(payload: dict, chat: bool) -> int | None:
+    """The most tokens the client allowed each choice, if it said (chat: max_completion_tokens,
+    or the older max_tokens)."""
+    limit = payload.get("max_completion_tokens") if chat else None
+    if limit is None:
+        limit = payload.get("max_tokens")
+    return limit if isinstance(limit, int) and not isinstance(limit, bool) else None
 
 
 def judge(answers: list[SmallAnswer], cascade: CascadeConfig) -> tuple[bool, Verdict]:

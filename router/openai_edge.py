@@ -34,7 +34,7 @@ from router.features import RoutingRequest
 from router.load_metrics import LoadPoller
 from router.metrics import ESCALATIONS, ROUTING_LATENCY
 from router.model import ROUTE_HEADER, RouterModel
-from router.openai_cascade import ask_for_logprobs, judge, small_answers, without_logprobs
+from router.openai_cascade import ask_for_logprobs, client_token_limit, judge, small_answers, without_logprobs
 from router.policy import Decision, Hint, Route, parse_hint
 from router.replicas import ReplicaSet
 from router.schemas import chat_routing_request
@@ -163,7 +163,8 @@ class OpenAIEdge:
         small = await self.upstream.send(plan, dataclasses.replace(call, payload=payload))
         if small.status != HTTPStatus.OK or small.route is not Route.SMALL:
             return _stripped(small, added), None
-        escalate, verdict = judge(small_answers(small.json(), chat), self.cascade)
+        answers = small_answers(small.json(), chat, client_token_limit(call.payload, chat))
+        escalate, verdict = judge(answers, self.cascade)
         if not escalate:
             return _stripped(small, added), None
         ESCALATIONS.labels(self.model.name, verdict.value).inc()

@@ -1,5 +1,6 @@
 """The cascade's rule: escalate to the large model when the small model's answer is empty, cut
-short by the length limit, or unsure - its least likely token under the floor, whatever the mean."""
+short by a length limit that is not the client's own max_tokens, or unsure - its least likely
+token under the floor, whatever the mean."""
 
 from __future__ import annotations
 
@@ -7,12 +8,14 @@ import pytest
 
 from router.cascade import SmallAnswer, Verdict, confidence_of, should_escalate
 from router.config import CascadeConfig
+from router.openai_cascade import client_token_limit, small_answers
 
 CASCADE = CascadeConfig(enabled=True, min_confidence=-2.5)
 
 
-def answer(text: str = "Canberra.", finish_reason: str = "stop", confidence: float | None = -0.2) -> SmallAnswer:
-    return SmallAnswer(text, finish_reason, confidence)
+def answer(text: str = "Canberra.", finish_reason: str = "stop", confidence: float | None = -0.2,
+           used_client_limit: bool = False) -> SmallAnswer:
+    return SmallAnswer(text, finish_reason, confidence, used_client_limit)
 
 
 @pytest.mark.parametrize(("small", "verdict"), [
@@ -28,6 +31,38 @@ def test_unsure_cut_short_or_empty_answers_are_escalated(small, verdict):
 @pytest.mark.parametrize("small", [answer(), answer(confidence=-2.5), answer(confidence=None)])
 def test_confident_complete_answers_are_kept(small):
     assert should_escalate(small, CASCADE) == (False, Verdict.ACCEPTED)
+
+
+def test_an_answer_that_used_the_clients_max_tokens_is_judged_on_its_confidence():
+    """The large model would stop at the same length: only doubt escalates it."""
+    assert should_escalate(answer(finish_reason="length", used_client_limit=True), CASCADE) == (False, Verdict.ACCEPTED)
+    unsure = answer(finish_reason="length", confidence=-3.0, used_client_limit=True)
+    assert should_escalate(unsure, CASCADE) == (True, Verdict.LOW_CONFIDENCE)
+
+
+@pytest.mark.parametrize(("payload", "chat", "limit"), [
+    ({"max_tokens": 8}, False, 8),
+    ({"max_completion_tokens": 5, "max_tokens": 9}, True, 5),
+    ({"max_tokens": 9}, True, 9),
+    ({"max_completion_tokens": 5}, False, None),  # not a completions field
+    ({}, True, None),
+    ({"max_tokens": True}, False, None),
+])
+def test_the_clients_limit_comes_from_its_own_field(payload, chat, limit):
+    assert client_token_limit(payload, chat) == limit
+
+
+def test_answers_count_their_tokens_against_the_clients_limit():
+    chat_response = {"choices": [
+        {"message": {"content": "a b"}, "finish_reason": "length",
+         "logprobs": {"content": [{"logprob": -0.1}, {"logprob": -0.2}]}},
+        {"message": {"content": "a"}, "finish_reason": "length", "logprobs": {"content": [{"logprob": -0.1}]}},
+    ]}
+    assert [each.used_client_limit for each in small_answers(chat_response, True, 2)] == [True, False]
+    assert [each.used_client_limit for each in small_answers(chat_response, True, None)] == [False, False]
+    completion = {"choices": [{"text": "a b", "finish_reason": "length", "logprobs": {"token_logprobs": [-1.0, -2.0]}}]}
+    [judged] = small_answers(completion, False, 2)
+    assert judged.used_client_limit and judged.confidence == -2.0
 
 
 def test_confidence_is_the_least_likely_token_not_the_mean():

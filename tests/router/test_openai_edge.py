@@ -271,6 +271,18 @@ def test_a_cut_short_answer_is_escalated_but_kept_if_the_large_model_fails(http,
     assert response.json()["choices"][0]["logprobs"] is None
 
 
+def test_an_answer_cut_at_the_clients_own_max_tokens_is_not_escalated(http, fakes):
+    """The large model would be cut at the same length: the small answer (2 tokens) stands."""
+    for name in ("llm-small-a", "llm-small-b"):
+        fakes[name].finish_reason = "length"
+    response = http.post(CHAT, json=chat(CHIT_CHAT, max_tokens=2))
+    assert response.status_code == 200 and response.headers["x-route"] == "small"
+    assert "x-route-escalated" not in response.headers
+    assert received(fakes, "llm-large") == []
+    longer = http.post(COMPLETIONS, json={"model": "auto", "prompt": CHIT_CHAT, "max_tokens": 3})
+    assert longer.headers["x-route-escalated"] == "length"
+
+
 def test_streams_and_named_models_are_not_cascaded(http, fakes):
     for name in ("llm-small-a", "llm-small-b"):
         fakes[name].token_logprobs = [-9.0]
