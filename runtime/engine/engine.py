@@ -82,6 +82,12 @@ class LLMEngine:
             except Exception as exc:
                 raise ModelLoadError(f"capturing decode steps as CUDA graphs failed ({exc}); enforce_eager "
                                      "runs without them") from exc
+        kv_capacity = self.num_kv_blocks * config.block_size
+        if kv_capacity < self.max_model_len:
+            logger.warning(
+                "the KV cache holds %d tokens, fewer than max_model_len=%d: a request longer than the cache is "
+                "refused (400); give the cache more memory or lower max_model_len", kv_capacity, self.max_model_len,
+            )
         self.block_manager = BlockManager(self.num_kv_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(config, self.block_manager)
         self.sampler = Sampler(self.eos_token_ids)

@@ -249,3 +249,14 @@ def test_a_full_waiting_queue_raises_queue_full(tiny_llama):
     while engine.has_unfinished_requests():
         engine.step()
     engine.check_consistency()
+
+
+def test_a_cache_smaller_than_max_model_len_is_named_at_start(tiny_llama, caplog):
+    """12 blocks of 4 tokens hold 48 tokens of the 64 max_model_len allows: said once at start,
+    and each request that needs more is refused with the numbers (above)."""
+    caplog.set_level("WARNING", logger="runtime.engine.engine")
+    make_engine(tiny_llama)
+    assert "the KV cache holds 48 tokens, fewer than max_model_len=64" in caplog.text
+    caplog.clear()
+    make_engine(tiny_llama, num_kv_blocks=16)
+    assert "KV cache holds" not in caplog.text
