@@ -65,6 +65,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "gpu_roofline's engine)")
     parser.add_argument("--decode_launches", default=DEFAULT_LAUNCHES,
                         help=f"comma-separated TILE[:WARPS[:STAGES]] to compare (default {DEFAULT_LAUNCHES})")
+    parser.add_argument("--time_budget_s", type=float, default=100,
+                        help="start no new measurement after this many seconds (the rest is reported as skipped)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
     shape = TINY_SHAPE if args.tiny else FULL_SHAPE
@@ -199,31 +201,30 @@ def time_attention(layers: Layers, batch: int, args, device: torch.device, dtype
     return KernelTime(batch, "decode attention", time_ms(step, device), kv_bytes, str(launch))
 
 
-def print_tables(summary: dict) -> None:
-    bandwidth = summary["copy_bandwidth_bytes_per_s"]
+def print_header(summary: dict) -> None:
     print(f"\n{summary['device_name']}: {summary['shape']}, context {summary['context_len']}; "
-          f"copy bandwidth {bandwidth / 1e9:.0f} GB/s")
-    print(f"{'batch':>5} {'kernel':<24} {'ms/step':>9} {'GB/step':>9} {'GB/s':>8} {'of copy':>8}")
-    for batch in summary["batch_sizes"]:
-        rows = [row for row in summary["kernels"] if row["batch"] == batch]
-        for row in rows:
-            print(f"{batch:>5} {row['kernel']:<24} {row['ms_per_step']:>9.3f} {row['bytes_per_step'] / 1e9:>9.3f} "
-                  f"{row['gb_per_s']:>8.0f} {row['gb_per_s'] * 1e9 / bandwidth:>8.1%}")
-        total_ms = sum(row["ms_per_step"] for row in rows)
-        total_bytes = sum(row["bytes_per_step"] for row in rows)
-        roofline_ms = total_bytes / bandwidth * 1e3
-        print(f"{batch:>5} {'sum of the kernels':<24} {total_ms:>9.3f} {total_bytes / 1e9:>9.3f} "
-              f"{'':>8} {roofline_ms / total_ms:>8.1%}  (roofline {roofline_ms:.3f} ms)")
-    print(f"\ndecode attention by launch (TILE:WARPS:STAGES), GB/s of K/V read; * = fastest, default "
-          f"{summary['default_launch']}")
-    launches = summary["launch_names"]
-    print(f"{'batch':>5} " + " ".join(f"{name:>10}" for name in launches))
-    for batch in summary["batch_sizes"]:
-        rows = {row["launch"]: row for row in summary["attention_sweep"] if row["batch"] == batch}
-        best = max(rows.values(), key=lambda row: row["gb_per_s"])["launch"] if rows else None
-        cells = [f"{rows[name]['gb_per_s']:>9.0f}{'*' if name == best else ' '}" if name in rows else f"{'-':>10}"
-                 for name in launches]
-        print(f"{batch:>5} " + " ".join(cells))
+          f"copy bandwidth {summary['copy_bandwidth_bytes_per_s'] / 1e9:.0f} GB/s; decode attention launches "
+          f"(TILE:WARPS:STAGES) compared after each batch's kernels, default {summary['default_launch']}")
+
+
+def print_batch(summary: dict, batch: int) -> None:
+    """One batch's kernels, their sum against the roofline, then its attention launches."""
+    bandwidth = summary["copy_bandwidth_bytes_per_s"]
+    print(f"\n{'batch':>5} {'kernel':<24} {'ms/step':>9} {'GB/step':>9} {'GB/s':>8} {'of copy':>8}")
+    rows = [row for row in summary["kernels"] if row["batch"] == batch]
+    for row in rows:
+        print(f"{batch:>5} {row['kernel']:<24} {row['ms_per_step']:>9.3f} {row['bytes_per_step'] / 1e9:>9.3f} "
+              f"{row['gb_per_s']:>8.0f} {row['gb_per_s'] * 1e9 / bandwidth:>8.1%}")
+    total_ms = sum(row["ms_per_step"] for row in rows)
+    total_bytes = sum(row["bytes_per_step"] for row in rows)
+    roofline_ms = total_bytes / bandwidth * 1e3
+    print(f"{batch:>5} {'sum of the kernels':<24} {total_ms:>9.3f} {total_bytes / 1e9:>9.3f} "
+          f"{'':>8} {roofline_ms / total_ms:>8.1%}  (roofline {roofline_ms:.3f} ms)")
+    launches = [row for row in summary["attention_sweep"] if row["batch"] == batch]
+    if launches:
+        best = max(launches, key=lambda row: row["gb_per_s"])
+        cells = "  ".join(f"{row['launch']} {row['gb_per_s']:.0f}{'*' if row is best else ''}" for row in launches)
+        print(f"{batch:>5} attention GB/s by launch: {cells}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -232,40 +233,49 @@ def main(argv: list[str] | None = None) -> None:
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     torch.manual_seed(0)
     started = time.perf_counter()
-    bandwidth = copy_bandwidth(device)
-    layers = Layers(args, device, dtype)
-    kernels: list[KernelTime] = []
-    sweep: list[KernelTime] = []
-    for batch in args.batch_sizes:
-        kernels += time_kernels(layers, batch, args, device, dtype)
-        queries = torch.randn(batch, args.num_heads, layers.head_dim, device=device, dtype=dtype)
-        for launch in args.decode_launches:
-            try:
-                sweep.append(time_attention(layers, batch, args, device, dtype, launch, queries))
-            except Exception as exc:  # a setting this card's Triton cannot compile (e.g. out of shared memory)
-                print(f"batch {batch}, launch {launch}: {type(exc).__name__}: {str(exc)[:200]}", file=sys.stderr)
-    shape = "Llama-3-8B shape" if not args.tiny else f"TINY shape {TINY_SHAPE}"
     summary = {
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu (interpreter)",
-        "shape": shape,
+        "shape": "Llama-3-8B shape" if not args.tiny else f"TINY shape {TINY_SHAPE}",
         "dtype": str(dtype).removeprefix("torch."),
         "torch": torch.__version__,
         "triton": triton.__version__,
         "context_len": args.context_len,
         "max_model_len": args.max_model_len,
-        "batch_sizes": args.batch_sizes,
-        "copy_bandwidth_bytes_per_s": bandwidth,
+        "batch_sizes": [],
+        "copy_bandwidth_bytes_per_s": copy_bandwidth(device),
         "default_launch": str(triton_backend.DECODE_LAUNCH),
-        "launch_names": [str(launch) for launch in args.decode_launches],
-        "kernels": [asdict(row) | {"gb_per_s": row.gb_per_s} for row in kernels],
-        "attention_sweep": [asdict(row) | {"gb_per_s": row.gb_per_s} for row in sweep],
-        "seconds": time.perf_counter() - started,
+        "kernels": [],
+        "attention_sweep": [],
+        "skipped_for_time": [],
     }
-    print_tables(summary)
-    print(f"total {summary['seconds']:.0f} s")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(summary, indent=2))
+    print_header(summary)
+    layers = Layers(args, device, dtype)
+    for batch in args.batch_sizes:
+        if time.perf_counter() - started > args.time_budget_s:
+            summary["skipped_for_time"].append(f"batch {batch}")
+            continue
+        summary["kernels"] += [asdict(row) | {"gb_per_s": row.gb_per_s}
+                               for row in time_kernels(layers, batch, args, device, dtype)]
+        queries = torch.randn(batch, args.num_heads, layers.head_dim, device=device, dtype=dtype)
+        for launch in args.decode_launches:
+            if time.perf_counter() - started > args.time_budget_s:
+                summary["skipped_for_time"].append(f"batch {batch} launch {launch}")
+                continue
+            try:
+                row = time_attention(layers, batch, args, device, dtype, launch, queries)
+            except Exception as exc:  # a setting this card's Triton cannot compile (e.g. out of shared memory)
+                print(f"batch {batch}, launch {launch}: {type(exc).__name__}: {str(exc)[:200]}", file=sys.stderr)
+                continue
+            summary["attention_sweep"].append(asdict(row) | {"gb_per_s": row.gb_per_s})
+        summary["batch_sizes"].append(batch)
+        summary["seconds"] = time.perf_counter() - started
+        print_batch(summary, batch)
+        if args.json:  # after every batch: a run cut short still leaves what it measured
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(summary, indent=2))
+    for skipped in summary["skipped_for_time"]:
+        print(f"{skipped}: SKIPPED (time budget)")
+    print(f"total {time.perf_counter() - started:.0f} s")
 
 
 if __name__ == "__main__":
