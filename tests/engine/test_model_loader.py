@@ -216,7 +216,8 @@ def test_cpu_default_cache_holds_no_more_than_every_sequence_at_full_length(tiny
 def test_startup_log_states_dtype_device_kv_blocks_and_limits(tiny_llama, caplog):
     caplog.set_level(logging.INFO, logger="runtime.engine.engine")
     make_engine(tiny_llama, num_kv_blocks=24, block_size=8, max_model_len=512)
-    ready = [record.getMessage() for record in caplog.records if record.name == "runtime.engine.engine"]
+    ready = [record.getMessage() for record in caplog.records
+             if record.name == "runtime.engine.engine" and record.getMessage().startswith("engine ready")]
     assert len(ready) == 1, ready
     line = ready[0]
     for fact in ("dtype=float32", "device=cpu", "kv_blocks=24 x 8 tokens", "max_model_len=512", str(tiny_llama)):
