@@ -13,6 +13,8 @@ out for the small kernels.
 Usage (GPU): PYTHONPATH=. python3 benchmarks/gpu_kernels.py --json $OUT/kernels.json
 CPU check of the logic (Triton's interpreter, tiny shapes):
     TRITON_INTERPRET=1 PYTHONPATH=. python benchmarks/gpu_kernels.py --tiny --device cpu
+The launch to try end to end (prints nothing unless one beat the default by MIN_GAIN):
+    python benchmarks/gpu_kernels.py --best_launch $OUT/kernels.json --batch 64
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ BLOCK_SIZE = 16
 # Launch settings compared for the decode attention kernel: TILE[:WARPS[:STAGES]].
 DEFAULT_LAUNCHES = "64,32:4:2,64:4:2,64:8:2,128:4:2,128:8:2,128:8:3,256:8:2"
 COPY_BYTES = 4 << 30
+# How much faster than the default a launch must be to be worth a run of its own (noise is ~1 %).
+MIN_GAIN = 0.03
 
 
 @dataclass
@@ -68,7 +72,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--time_budget_s", type=float, default=100,
                         help="start no new measurement after this many seconds (the rest is reported as skipped)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument("--best_launch", type=Path, default=None, metavar="KERNELS_JSON",
+                        help="measure nothing: print the launch that beat the default in this earlier run's "
+                             f"--json by more than {MIN_GAIN:.0%} at --batch (nothing if none did)")
+    parser.add_argument("--batch", type=int, default=64, help="the batch size --best_launch looks at")
     args = parser.parse_args(argv)
+    if args.best_launch is not None:
+        return args
     shape = TINY_SHAPE if args.tiny else FULL_SHAPE
     for name, value in shape.items():
         setattr(args, name, value)
@@ -227,8 +237,24 @@ def print_batch(summary: dict, batch: int) -> None:
         print(f"{batch:>5} attention GB/s by launch: {cells}")
 
 
+def best_launch(summary: dict, batch: int) -> str | None:
+    """The sweep's fastest launch at `batch` if it beat the default launch by more than MIN_GAIN."""
+    default = next((row for row in summary["kernels"]
+                    if row["batch"] == batch and row["kernel"] == "decode attention"), None)
+    launches = [row for row in summary["attention_sweep"] if row["batch"] == batch]
+    if default is None or not launches:
+        return None
+    fastest = max(launches, key=lambda row: row["gb_per_s"])
+    return fastest["launch"] if fastest["gb_per_s"] > default["gb_per_s"] * (1 + MIN_GAIN) else None
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.best_launch is not None:
+        launch = best_launch(json.loads(args.best_launch.read_text()), args.batch)
+        if launch is not None:
+            print(launch)
+        return
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     torch.manual_seed(0)

@@ -43,3 +43,26 @@ def test_gpu_kernels_times_every_kernel_and_launch(tmp_path):
         (batch, launch) for batch in (1, 4) for launch in ("16:2:1", "32")
     }
     assert all(row["ms_per_step"] > 0 and row["bytes_per_step"] > 0 for row in report["kernels"])
+
+
+def test_gpu_kernels_names_a_launch_only_when_it_beat_the_default(tmp_path):
+    def summary(sweep: dict[str, float], default: float) -> dict:
+        return {
+            "kernels": [{"batch": 64, "kernel": "decode attention", "gb_per_s": default},
+                        {"batch": 64, "kernel": "rotary", "gb_per_s": 9999.0}],
+            "attention_sweep": [{"batch": 64, "launch": launch, "gb_per_s": rate} for launch, rate in sweep.items()]
+                               + [{"batch": 16, "launch": "256:8:2", "gb_per_s": 9999.0}],
+        }
+
+    for sweep, default, expected in [
+        ({"64": 3000.0, "128:8:2": 3300.0}, 3000.0, "128:8:2"),
+        ({"64": 3000.0, "128:8:2": 3050.0}, 3000.0, ""),  # within noise
+        ({"64": 3000.0}, 3000.0, ""),
+    ]:
+        path = tmp_path / "kernels.json"
+        path.write_text(json.dumps(summary(sweep, default)))
+        finished = subprocess.run([sys.executable, "benchmarks/gpu_kernels.py", "--best_launch", str(path),
+                                   "--batch", "64"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+                                  env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+        assert finished.returncode == 0, finished.stderr[-2000:]
+        assert finished.stdout.strip() == expected
