@@ -256,3 +256,12 @@ def test_each_step_is_queued_before_the_previous_one_is_waited_for(tiny_llama):
                 assert events.index(("launch", step + 1)) < position, f"step {step} was waited for first"
             if not async_scheduling:
                 assert events[position - 1] == ("launch", step)
+
+
+@pytest.mark.parametrize(("argv", "expected"), [([], None), (["--async_scheduling"], True),
+                                                 (["--no-async_scheduling"], False)])
+def test_the_predictor_flag_sets_it_and_unset_leaves_the_device_default(argv, expected):
+    import runtime.__main__ as runtime_main
+
+    args = runtime_main.build_parser().parse_args(argv)
+    assert runtime_main.engine_config(args, "model-dir").async_scheduling is expected
