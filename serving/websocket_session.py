@@ -43,7 +43,13 @@ logger = logging.getLogger(__name__)
 DEFAULT_MAX_IN_FLIGHT = 32
 DEFAULT_IDLE_TIMEOUT_SECONDS = 300.0
 IDLE_CLOSE_REASON = "idle timeout"
-UNAUTHORIZED_REASON = "a valid API key is required: send it as 'Authorization: Bearer <key>'"
+# Browsers cannot set headers on a WebSocket handshake, only offer subprotocols: a key may come as
+# the subprotocol "bearer.<key>" instead of 'Authorization: Bearer <key>'.
+KEY_SUBPROTOCOL_PREFIX = "bearer."
+UNAUTHORIZED_REASON = (
+    f"a valid API key is required: send it as 'Authorization: Bearer <key>', or from a browser as the "
+    f"subprotocol '{KEY_SUBPROTOCOL_PREFIX}<key>'"
+)
 # Whether a connection whose handshake has this Authorization header (None: none) may proceed.
 Authorizer = Callable[[str | None], bool]
 
@@ -88,28 +94,54 @@ def add_websocket_route(app: FastAPI, backend: GenerationBackend, limits: Sessio
 
     @app.websocket(WEBSOCKET_PATH)
     async def generate(websocket: WebSocket) -> None:
-        if authorize is None or authorize(websocket.headers.get("authorization")):
-            await WebSocketSession(websocket, backend, limits).run()
+        authorization, subprotocol = handshake_credentials(websocket.headers)
+        if authorize is None or authorize(authorization):
+            await WebSocketSession(websocket, backend, limits, authorization, subprotocol).run()
             return
         # Accepted first: a refused handshake reaches clients as a bare HTTP 403, without a reason.
-        await websocket.accept()
+        await websocket.accept(subprotocol)
         await websocket.close(status.WS_1008_POLICY_VIOLATION, UNAUTHORIZED_REASON)
 
 
+def handshake_credentials(headers: Mapping[str, str]) -> tuple[str | None, str | None]:
+    """(the Authorization the handshake carries, the subprotocol to accept). A key offered as a
+    subprotocol counts only without an Authorization header, and that subprotocol is accepted:
+    a browser fails a handshake that offered subprotocols and had none accepted."""
+    authorization = headers.get("authorization")
+    offered = [protocol.strip() for protocol in headers.get("sec-websocket-protocol", "").split(",")]
+    key_protocol = next((protocol for protocol in offered if protocol.startswith(KEY_SUBPROTOCOL_PREFIX)), None)
+    if key_protocol is None:
+        return authorization, None
+    if authorization is None:
+        authorization = f"Bearer {key_protocol.removeprefix(KEY_SUBPROTOCOL_PREFIX)}"
+    return authorization, key_protocol
+
+
 class WebSocketSession:
-    def __init__(self, websocket: WebSocket, backend: GenerationBackend, limits: SessionLimits) -> None:
+    def __init__(
+        self,
+        websocket: WebSocket,
+        backend: GenerationBackend,
+        limits: SessionLimits,
+        authorization: str | None = None,
+        subprotocol: str | None = None,
+    ) -> None:
         self.websocket = websocket
         self.backend = backend
         self.limits = limits
-        # The handshake's headers (authorization, tracing) go upstream with every request.
-        self.headers = dict(websocket.headers)
+        self.subprotocol = subprotocol
+        # The handshake's headers (authorization, tracing) go upstream with every request; a key
+        # that came as a subprotocol goes as the Authorization header it stands for.
+        self.headers = {name: value for name, value in websocket.headers.items() if name != "sec-websocket-protocol"}
+        if authorization is not None:
+            self.headers["authorization"] = authorization
         self.in_flight: dict[str, asyncio.Task] = {}
         # Every request's task until it returns, cancelled ones included, to be awaited at the end.
         self.tasks: set[asyncio.Task] = set()
         self.last_activity = time.monotonic()
 
     async def run(self) -> None:
-        await self.websocket.accept()
+        await self.websocket.accept(self.subprotocol)
         try:
             while (raw := await self._next_message()) is not None:
                 await self._handle(raw)

@@ -27,7 +27,7 @@ from serving.websocket_protocol import (
     TextDelta,
     parse_client_message,
 )
-from serving.websocket_session import SessionLimits, add_websocket_route, error_message
+from serving.websocket_session import SessionLimits, add_websocket_route, error_message, handshake_credentials
 from tests.router.graph_fakes import serve_in_thread
 
 STEP_SECONDS = 0.02
@@ -101,8 +101,10 @@ class ScriptedBackend:
 
     def __init__(self) -> None:
         self.abandoned = 0
+        self.headers: list[dict[str, str]] = []
 
     async def stream(self, request: GenerateMessage, headers: Mapping[str, str]) -> AsyncIterator[TextDelta | Finish]:
+        self.headers.append(dict(headers))
         if request.prompt == "fail":
             raise InvalidInput("this prompt fails")
         words = request.prompt.split()
@@ -268,3 +270,28 @@ async def test_a_bad_key_closes_with_1008(guarded_url):
     async with websockets.connect(guarded_url, additional_headers={"authorization": f"Bearer {API_KEY}"}) as socket:
         await socket.send(generate("a", "ok"))
         assert (await until_ends(socket, {"a"}))[-1]["type"] == "done"
+
+
+async def test_a_browser_sends_its_key_as_a_subprotocol(guarded_url, backend):
+    """Browsers cannot set headers on a WebSocket: "bearer.<key>" offered as a subprotocol is the
+    key, the handshake accepts that subprotocol (a browser fails one that accepts none), and the
+    requests go upstream with the Authorization header it stands for."""
+    async with websockets.connect(guarded_url, subprotocols=[f"bearer.{API_KEY}"]) as socket:
+        assert socket.subprotocol == f"bearer.{API_KEY}"
+        await socket.send(generate("a", "browser"))
+        assert (await until_ends(socket, {"a"}))[-1]["type"] == "done"
+    assert backend.headers[-1]["authorization"] == f"Bearer {API_KEY}"
+    assert "sec-websocket-protocol" not in backend.headers[-1]
+    async with websockets.connect(guarded_url, subprotocols=["bearer.wrong"]) as socket:
+        assert socket.subprotocol == "bearer.wrong"
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await socket.recv()
+    assert closed.value.rcvd.code == 1008 and "subprotocol 'bearer.<key>'" in closed.value.rcvd.reason
+
+
+def test_an_authorization_header_wins_over_a_key_subprotocol():
+    assert handshake_credentials({"authorization": "Bearer a", "sec-websocket-protocol": "bearer.b"}) == (
+        "Bearer a", "bearer.b")
+    assert handshake_credentials({"sec-websocket-protocol": "chat, bearer.b"}) == ("Bearer b", "bearer.b")
+    assert handshake_credentials({"sec-websocket-protocol": "chat"}) == (None, None)
+    assert handshake_credentials({}) == (None, None)
