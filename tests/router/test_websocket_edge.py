@@ -158,6 +158,14 @@ async def test_closing_the_socket_closes_every_targets_stream(url, fakes):
     assert await wait_for_abandoned(fakes["llm-large-a"], 1) == 1
 
 
+async def test_a_browser_key_sent_as_a_subprotocol_is_checked_and_passed_on(url, fakes):
+    async with websockets.connect(url, subprotocols=[f"bearer.{API_KEY}"]) as socket:
+        await socket.send(generate("browser", prompt=CHIT_CHAT))
+        assert ends(await until_ends(socket, {"browser"}))["browser"]["type"] == "done"
+    [to_small] = fakes["llm-small-a"].received
+    assert to_small["headers"]["authorization"] == f"Bearer {API_KEY}"
+
+
 async def test_a_bad_key_closes_with_1008(url, fakes):
     for headers in ({}, {"authorization": "Bearer wrong"}):
         async with websockets.connect(url, additional_headers=headers) as socket:
