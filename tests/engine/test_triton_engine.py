@@ -6,11 +6,13 @@ interpreter, so the shapes and token counts are tiny."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from .triton_interpreter import ON_CUDA, needs_kernels, rerun_in_fresh_process, runs_in_fresh_process
 
-from runtime.engine import LLMEngine, SamplingParams
+from runtime.engine import AsyncLLMEngine, EngineConfig, LLMEngine, SamplingParams
 from runtime.engine.models.fused_layer_ops import FusedLayerOps
 
 from .test_correctness import assert_same_tokens, make_engine, reference_outputs
@@ -63,6 +65,41 @@ def test_decode_graphs_over_the_triton_kernels_match_transformers(tiny_llama, mo
         assert output.output_token_ids == expected[index][: 2 + index], f"request {index} diverged from transformers"
     assert {1, 3} & set(graph_steps), "some graph steps were meant to be padded"
     engine.check_consistency()
+
+
+@needs_kernels
+def test_the_serving_loop_with_async_scheduling_matches_transformers(tiny_llama, monkeypatch):
+    """AsyncLLMEngine with async scheduling (the default on CUDA): streams that arrive while
+    others decode, in graph steps whose input tokens come from the device, give transformers'
+    tokens, each streamed once."""
+    if not ON_CUDA:
+        monkeypatch.setattr(LLMEngine, "_decode_graph_capture", lambda engine: RerunCapture())
+    engine = AsyncLLMEngine(EngineConfig(
+        model=str(tiny_llama), dtype="float32", device=DEVICE, attention_backend="triton", num_kv_blocks=32,
+        max_num_seqs=4, cuda_graph_batch_sizes=(2, 4), async_scheduling=True,
+    ))
+    assert engine.engine.async_scheduling
+    graph_steps = record_graph_steps(engine.engine)
+    prompts = random_prompts(4, 3, 20, seed=14)
+
+    async def stream_all() -> list[list[int]]:
+        async def one(index: int, prompt: list[int]) -> list[int]:
+            await asyncio.sleep(0.02 * index)  # later requests join a batch that is decoding
+            tokens: list[int] = []
+            async for output in engine.stream(f"r{index}", prompt, GREEDY):
+                tokens += output.new_token_ids
+            return tokens
+
+        return await asyncio.wait_for(asyncio.gather(*(one(index, prompt) for index, prompt in enumerate(prompts))),
+                                      120)
+
+    engine.start()
+    try:
+        streamed = asyncio.run(stream_all())
+    finally:
+        engine.shutdown()
+    assert streamed == reference_outputs(tiny_llama, prompts, MAX_TOKENS)
+    assert graph_steps, "no decode step ran as a graph"
 
 
 def test_triton_on_the_cpu_needs_the_interpreter(tiny_llama, monkeypatch):
