@@ -31,16 +31,15 @@ import torch
 import torch.nn.functional as F
 import triton
 
+from benchmarks.gpu_roofline import FULL_SHAPE, measure_bandwidth
 from runtime.engine.attention import triton_backend
 from runtime.engine.attention.triton_backend import DecodeLaunch, interpreter_active
 from runtime.engine.kernels import add_rms_norm, rotary_embedding, silu_and_mul
 
-FULL_SHAPE = dict(hidden=4096, num_layers=32, num_heads=32, num_kv_heads=8, intermediate=14336, vocab=128256)
 TINY_SHAPE = dict(hidden=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate=128, vocab=256)
 BLOCK_SIZE = 16
 # Launch settings compared for the decode attention kernel: TILE[:WARPS[:STAGES]].
 DEFAULT_LAUNCHES = "64,32:4:2,64:4:2,64:8:2,128:4:2,128:8:2,128:8:3,256:8:2"
-COPY_BYTES = 4 << 30
 # How much faster than the default a launch must be to be worth a run of its own (noise is ~1 %).
 MIN_GAIN = 0.03
 
@@ -106,15 +105,6 @@ def time_ms(function: Callable[[], object], device: torch.device) -> float:
     started = time.perf_counter()
     function()
     return 1e3 * (time.perf_counter() - started)
-
-
-def copy_bandwidth(device: torch.device) -> float:
-    """Bytes/s of a large device-to-device copy, read and write counted."""
-    size = COPY_BYTES if device.type == "cuda" else 64 << 20
-    source = torch.ones(size, dtype=torch.uint8, device=device)
-    target = torch.empty_like(source)
-    milliseconds = time_ms(lambda: target.copy_(source), device)
-    return 2 * size / milliseconds * 1e3
 
 
 class Layers:
@@ -268,7 +258,7 @@ def main(argv: list[str] | None = None) -> None:
         "context_len": args.context_len,
         "max_model_len": args.max_model_len,
         "batch_sizes": [],
-        "copy_bandwidth_bytes_per_s": copy_bandwidth(device),
+        "copy_bandwidth_bytes_per_s": measure_bandwidth(device),
         "default_launch": str(triton_backend.DECODE_LAUNCH),
         "kernels": [],
         "attention_sweep": [],

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from .tiny_models import build_tiny_model
 
@@ -27,3 +28,12 @@ def tiny_model_factory(tmp_path_factory):
 def tiny_llama(tiny_model_factory) -> Path:
     return tiny_model_factory("llama")
 
+
+
+@pytest.fixture(scope="module", autouse=True)
+def restore_torch_threads():
+    """An engine's num_threads sets torch's thread count for the whole process: every test module
+    gives the default back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)

@@ -11,7 +11,6 @@ covers graph replays fed from the device, and with a GPU the same runs on CUDA s
 from __future__ import annotations
 
 import pytest
-import torch
 
 from runtime.engine import ConfigError, EngineConfig, LLMEngine, RequestOutput, SamplingParams
 from runtime.engine.model_runner import PENDING_TOKEN_PLACEHOLDER
@@ -28,14 +27,6 @@ def make_engine(model_dir, async_scheduling: bool, **overrides) -> LLMEngine:
     )
     settings.update(overrides)
     return LLMEngine(EngineConfig(**settings))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def restore_torch_threads():
-    """num_threads sets torch's thread count for the whole process: give the default back."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 def generate_both_ways(model_dir, prompts, params, **overrides) -> tuple[list[RequestOutput], list[RequestOutput]]:

@@ -72,14 +72,6 @@ def make_engine(model_dir, platform: Platform, **overrides) -> LLMEngine:
     return LLMEngine(EngineConfig(**settings))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def restore_torch_threads():
-    """num_threads sets torch's thread count for the whole process: give the default back."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 def record_graph_steps(engine: LLMEngine) -> list[int]:
     """The number of rows of every step the engine runs as a graph, appended as it runs them."""
     rows: list[int] = []
@@ -92,6 +84,19 @@ def record_graph_steps(engine: LLMEngine) -> list[int]:
 
     graphs.run = recording_run
     return rows
+
+
+def without_syncs(function):
+    """`function`, failing with an error if it makes the host wait for the GPU."""
+
+    def checked(*args):
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            return function(*args)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+    return checked
 
 
 def generate_both_ways(model_dir, platform, prompts, params, **overrides):
@@ -335,16 +340,7 @@ def test_async_scheduling_queues_each_step_without_waiting(tiny_llama):
     engine = make_engine(tiny_llama, Platform("cuda", "triton", None), max_num_batched_tokens=32, max_num_seqs=10,
                          async_scheduling=True)
     graph_steps = record_graph_steps(engine)
-    launch = engine._launch
-
-    def launch_without_syncs(scheduled):
-        torch.cuda.set_sync_debug_mode("error")
-        try:
-            return launch(scheduled)
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-
-    engine._launch = launch_without_syncs
+    engine._launch = without_syncs(engine._launch)
     params = [
         GREEDY,
         SamplingParams(max_tokens=12, temperature=0.8, top_k=20, top_p=0.9, seed=1, ignore_eos=True),
@@ -363,16 +359,7 @@ def test_a_step_never_waits_for_the_gpu(tiny_llama):
     steps queues its copies and kernels without waiting."""
     engine = make_engine(tiny_llama, Platform("cuda", "triton", None), max_num_batched_tokens=32, max_num_seqs=10)
     graph_steps = record_graph_steps(engine)
-    execute = engine.runner.execute
-
-    def execute_without_syncs(scheduled):
-        torch.cuda.set_sync_debug_mode("error")
-        try:
-            return execute(scheduled)
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-
-    engine.runner.execute = execute_without_syncs
+    engine.runner.execute = without_syncs(engine.runner.execute)
     outputs = engine.generate(random_prompts(10, 5, 70, seed=9), GREEDY)
     assert all(output.finish_reason == "length" for output in outputs)
     assert graph_steps

@@ -9,7 +9,6 @@ import itertools
 from dataclasses import dataclass
 
 import pytest
-import torch
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -42,14 +41,6 @@ def make_engine(model_dir, **overrides) -> LLMEngine:
     )
     fields.update(overrides)
     return LLMEngine(EngineConfig(**fields))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def restore_torch_threads():
-    """num_threads sets torch's thread count for the whole process: give the default back."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module", params=["sync", "async"])

@@ -7,6 +7,8 @@ import random
 import socket
 from pathlib import Path
 
+from tests.servers import free_port
+
 EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 # Below every OS's ephemeral range (Linux's default starts at 32768) and above well-known ports.
 LOWEST_BASE = 10000
@@ -20,7 +22,7 @@ def free_port_block(span: int = 20) -> int:
     binds it, which made a server fail to start now and then."""
     below = ephemeral_range_start() - span
     for _ in range(200):
-        base = random.randrange(LOWEST_BASE, below) if below > LOWEST_BASE else _os_assigned_port()
+        base = random.randrange(LOWEST_BASE, below) if below > LOWEST_BASE else free_port()
         if base + span < 65535 and all(is_free(base + offset) for offset in range(span)):
             return base
     raise RuntimeError("no block of free ports found")
@@ -31,12 +33,6 @@ def ephemeral_range_start() -> int:
         return int(EPHEMERAL_RANGE_FILE.read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return 32768
-
-
-def _os_assigned_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def is_free(port: int) -> bool:
