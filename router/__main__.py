@@ -71,8 +71,9 @@ def install_routes(app: FastAPI, model: RouterModel, args: argparse.Namespace, a
     require_api_keys(app, api_keys)
     edge = OpenAIEdge(model)
     add_openai_edge(app, edge)
-    add_websocket_route(app, RoutedGenerationBackend(edge), session_limits(args), api_keys.check_api_key)
-    drain_on_signal(app, model)
+    websocket_sessions = add_websocket_route(app, RoutedGenerationBackend(edge), session_limits(args),
+                                             api_keys.check_api_key)
+    drain_on_signal(app, model, args.grace_period, websocket_sessions)
 
 
 def main() -> None:

@@ -3,7 +3,11 @@ by id, each answered with deltas and one `done` or `error`; a `cancel` or the so
 cancels them, which closes their upstream streams. The connection is bounded in requests in
 flight, message size and idle time. What generates the text is a backend, one per component (the
 transformer's TextModel, the router's edge). Keep-alive pings are uvicorn's (every 20 s, a
-connection whose peer does not answer within 20 s is closed), which KServe does not let us set."""
+connection whose peer does not answer within 20 s is closed), which KServe does not let us set.
+
+On SIGTERM the server's OpenSessions drain: no connection takes a new request, each finishes
+what it has in flight and then closes with 1012 (service restart: reconnect, to another replica).
+Left to uvicorn, every connection would be closed with 1012 at once, its requests lost."""
 
 from __future__ import annotations
 
@@ -43,6 +47,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_MAX_IN_FLIGHT = 32
 DEFAULT_IDLE_TIMEOUT_SECONDS = 300.0
 IDLE_CLOSE_REASON = "idle timeout"
+SHUTDOWN_CLOSE_REASON = "the server is shutting down: reconnect"
+SHUTDOWN_REFUSAL = "the server is shutting down and takes no new requests: send it on a new connection"
 # Browsers cannot set headers on a WebSocket handshake, only offer subprotocols: a key may come as
 # the subprotocol "bearer.<key>" instead of 'Authorization: Bearer <key>'.
 KEY_SUBPROTOCOL_PREFIX = "bearer."
@@ -87,20 +93,57 @@ def session_limits(args: argparse.Namespace) -> SessionLimits:
     return SessionLimits(args.max_body_bytes, args.ws_max_in_flight, args.ws_idle_timeout)
 
 
+class OpenSessions:
+    """A server's open WebSocket sessions, which SIGTERM drains (serving/shutdown.py)."""
+
+    def __init__(self) -> None:
+        self.sessions: set[WebSocketSession] = set()
+        self.draining = False
+
+    def add(self, session: WebSocketSession) -> None:
+        self.sessions.add(session)
+        if self.draining:
+            session.drain()
+
+    def discard(self, session: WebSocketSession) -> None:
+        self.sessions.discard(session)
+
+    def start_draining(self) -> None:
+        """From now on no session takes a new request, and each closes once it has none in flight;
+        a connection opened from now on is closed at once. Call it on the server's event loop."""
+        self.draining = True
+        for session in list(self.sessions):
+            session.drain()
+
+    async def drained(self) -> None:
+        """Returns once every open session has ended its requests and sent its close."""
+        while pending := [session.drained.wait() for session in self.sessions if not session.drained.is_set()]:
+            await asyncio.gather(*pending)
+
+
 def add_websocket_route(app: FastAPI, backend: GenerationBackend, limits: SessionLimits,
-                        authorize: Authorizer | None = None) -> None:
+                        authorize: Authorizer | None = None) -> OpenSessions:
     """Serve the protocol at WEBSOCKET_PATH; with `authorize`, a connection whose handshake it
-    refuses is closed with 1008 (policy violation) before any message is read."""
+    refuses is closed with 1008 (policy violation) before any message is read. Returns the
+    route's open sessions, for drain_on_signal."""
+    open_sessions = OpenSessions()
 
     @app.websocket(WEBSOCKET_PATH)
     async def generate(websocket: WebSocket) -> None:
         authorization, subprotocol = handshake_credentials(websocket.headers)
         if authorize is None or authorize(authorization):
-            await WebSocketSession(websocket, backend, limits, authorization, subprotocol).run()
+            session = WebSocketSession(websocket, backend, limits, authorization, subprotocol)
+            open_sessions.add(session)
+            try:
+                await session.run()
+            finally:
+                open_sessions.discard(session)
             return
         # Accepted first: a refused handshake reaches clients as a bare HTTP 403, without a reason.
         await websocket.accept(subprotocol)
         await websocket.close(status.WS_1008_POLICY_VIOLATION, UNAUTHORIZED_REASON)
+
+    return open_sessions
 
 
 def handshake_credentials(headers: Mapping[str, str]) -> tuple[str | None, str | None]:
@@ -139,14 +182,40 @@ class WebSocketSession:
         # Every request's task until it returns, cancelled ones included, to be awaited at the end.
         self.tasks: set[asyncio.Task] = set()
         self.last_activity = time.monotonic()
+        # Draining (SIGTERM): no new requests; closed with 1012 once nothing is in flight, when
+        # `drained` is set (also set when the connection ends otherwise).
+        self.draining = False
+        self.drained = asyncio.Event()
+        self._shutdown_close: asyncio.Task | None = None
+        self._accepted = False
 
     async def run(self) -> None:
         await self.websocket.accept(self.subprotocol)
+        self._accepted = True
         try:
+            if self.draining:
+                await self._close_for_shutdown()
             while (raw := await self._next_message()) is not None:
                 await self._handle(raw)
         finally:
             await self._cancel_all()
+            self.drained.set()
+
+    def drain(self) -> None:
+        """Take no new request; close the connection once the requests in flight have ended."""
+        self.draining = True
+        self._close_if_drained()
+
+    def _close_if_drained(self) -> None:
+        if self.draining and self._accepted and not self.in_flight and self._shutdown_close is None:
+            self._shutdown_close = asyncio.create_task(self._close_for_shutdown())
+
+    async def _close_for_shutdown(self) -> None:
+        # A request that has just left `in_flight` may still be sending its last message.
+        finishing = [task for task in self.tasks if task is not asyncio.current_task()]
+        await asyncio.gather(*finishing, return_exceptions=True)
+        await self._close(status.WS_1012_SERVICE_RESTART, SHUTDOWN_CLOSE_REASON)
+        self.drained.set()
 
     # Receiving ----------------------------------------------------------------------
 
@@ -190,7 +259,9 @@ class WebSocketSession:
     # Requests -----------------------------------------------------------------------
 
     async def _start(self, request: GenerateMessage) -> None:
-        if request.id in self.in_flight:
+        if self.draining:
+            await self._send(ErrorMessage.of_status(request.id, HTTPStatus.SERVICE_UNAVAILABLE, SHUTDOWN_REFUSAL))
+        elif request.id in self.in_flight:
             await self._send(ErrorMessage(
                 id=request.id, code=ErrorCode.DUPLICATE_ID,
                 message=f"a request with id {request.id!r} is already in flight (it goes on); "
@@ -230,6 +301,7 @@ class WebSocketSession:
         del self.in_flight[request_id]
         self.last_activity = time.monotonic()
         await self._send(message)
+        self._close_if_drained()
 
     async def _cancel(self, request_id: str) -> None:
         """Cancel a request in flight; its `done` says so. A cancel for an id not in flight (one
@@ -240,6 +312,7 @@ class WebSocketSession:
         task.cancel()
         self.last_activity = time.monotonic()
         await self._send(DoneMessage(id=request_id, finish_reason=CANCELLED))
+        self._close_if_drained()
 
     async def _cancel_all(self) -> None:
         """Cancel what is in flight and wait, so that every upstream stream is closed when the

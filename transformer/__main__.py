@@ -102,8 +102,8 @@ def main() -> None:
     install_http_layers(app, args)
     add_openai_routes(app, model)
     add_generate_routes(app, model)
-    add_websocket_route(app, TextModelBackend(model), session_limits(args))
-    drain_on_signal(app, model)
+    websocket_sessions = add_websocket_route(app, TextModelBackend(model), session_limits(args))
+    drain_on_signal(app, model, args.grace_period, websocket_sessions)
     kserve.ModelServer(grace_period=args.grace_period).start([model])
 
 

@@ -1,6 +1,6 @@
 """The WebSocket generate protocol on its own: client messages validated with clear errors, failures
 mapped to error codes, and the per-connection session (multiplexing, cancel, duplicate ids,
-limits, idle timeout, message size, authorization) served by uvicorn on 127.0.0.1 in front of a
+limits, idle timeout, message size, authorization, draining) served by uvicorn on 127.0.0.1 in front of a
 scripted backend, with the `websockets` client."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator, Mapping
 
+import httpx
 import pytest
 import websockets
 from fastapi import FastAPI
@@ -27,7 +28,13 @@ from serving.websocket_protocol import (
     TextDelta,
     parse_client_message,
 )
-from serving.websocket_session import SessionLimits, add_websocket_route, error_message, handshake_credentials
+from serving.websocket_session import (
+    SHUTDOWN_CLOSE_REASON,
+    SessionLimits,
+    add_websocket_route,
+    error_message,
+    handshake_credentials,
+)
 from tests.router.graph_fakes import serve_in_thread
 
 STEP_SECONDS = 0.02
@@ -295,3 +302,62 @@ def test_an_authorization_header_wins_over_a_key_subprotocol():
     assert handshake_credentials({"sec-websocket-protocol": "chat, bearer.b"}) == ("Bearer b", "bearer.b")
     assert handshake_credentials({"sec-websocket-protocol": "chat"}) == (None, None)
     assert handshake_credentials({}) == (None, None)
+
+
+# Draining (SIGTERM) ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def draining_url(backend) -> Iterator[str]:
+    """A server of its own (draining is for good); POST /drain starts it, POST /drained waits
+    until every session has drained (as serving/shutdown.py does on SIGTERM)."""
+    app = FastAPI()
+    sessions = add_websocket_route(app, backend, SessionLimits(MAX_MESSAGE_BYTES, MAX_IN_FLIGHT, 60.0))
+
+    @app.post("/drain")
+    async def drain() -> None:
+        sessions.start_draining()
+
+    @app.post("/drained")
+    async def drained() -> None:
+        await asyncio.wait_for(sessions.drained(), 5)
+
+    with serve_in_thread(app) as url:
+        yield url
+
+
+async def closed_with(socket) -> websockets.frames.Close:
+    with pytest.raises(websockets.ConnectionClosed) as closed:
+        await asyncio.wait_for(socket.recv(), 5)
+    return closed.value.rcvd
+
+
+async def test_draining_finishes_requests_in_flight_then_closes_with_1012(draining_url):
+    ws_url = draining_url.replace("http://", "ws://") + WEBSOCKET_PATH
+    async with (websockets.connect(ws_url) as busy, websockets.connect(ws_url) as idle,
+                httpx.AsyncClient(base_url=draining_url) as http):
+        long_words = " ".join(["w"] * 20)
+        await busy.send(generate("a", long_words))
+        await busy.send(generate("b", "x y z"))
+        assert json.loads(await busy.recv())["type"] == "delta"
+        (await http.post("/drain")).raise_for_status()
+        # An idle connection closes at once, telling its client to reconnect (elsewhere).
+        close = await closed_with(idle)
+        assert close.code == 1012 and close.reason == SHUTDOWN_CLOSE_REASON
+        # A busy one takes no new request, finishes those in flight, and closes after the last.
+        await busy.send(generate("late", "p q"))
+        messages = await until_ends(busy, {"a", "b", "late"})
+        close = await closed_with(busy)
+        (await http.post("/drained")).raise_for_status()
+        # A connection opened while draining is closed at once.
+        async with websockets.connect(ws_url) as late:
+            assert (await closed_with(late)).code == 1012
+    [refused] = [message for message in messages if message["id"] == "late"]
+    assert refused["code"] == "overloaded" and refused["retry_after"] == RETRY_AFTER_SECONDS
+    assert "shutting down" in refused["message"]
+    texts = {request_id: "".join(m.get("text", "") for m in messages if m["id"] == request_id) for request_id in "ab"}
+    # The first delta of "a" was read before draining began.
+    assert texts == {"a": " ".join(["w"] * 19) + " ", "b": "x y z "}
+    assert [m["type"] for m in messages if m["id"] in "ab"][-1] == "done"
+    assert sum(m["type"] == "done" for m in messages) == 2
+    assert close.code == 1012
