@@ -25,8 +25,8 @@ class FusedLayerOps(TorchLayerOps):
             self.cos_sin_tables = _cos_sin_tables(rotary_emb, max_positions, dtype)
 
     def linear(self, linear: torch.nn.Linear) -> torch.nn.Module:
-        """Always the plain Linear: the kernels read rows with unit stride, and the CPU's skinny
-        product (which the interpreter would otherwise get) returns column-major outputs."""
+        """Always the plain Linear: the kernels read rows with unit stride, and the CPU linear's
+        row-sliced fallback (which the interpreter could get) returns column-major outputs."""
         return linear
 
     def rms_norm(self, hidden: torch.Tensor, norm: Norm) -> torch.Tensor:

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from ..layers import skinny_if_cpu
+from ..layers import cpu_linear_if_cpu
 
 # transformers' RoPE variants that choose frequencies from the batch's longest position
 # (with a host-side comparison in some transformers versions).
@@ -26,7 +26,7 @@ class TorchLayerOps:
 
     def linear(self, linear: torch.nn.Linear) -> torch.nn.Module:
         """The module that runs one of the layer's projections."""
-        return skinny_if_cpu(linear)
+        return cpu_linear_if_cpu(linear)
 
     def rms_norm(self, hidden: torch.Tensor, norm: Norm) -> torch.Tensor:
         """transformers' RMSNorm: normalise in float32, scale in the input dtype."""

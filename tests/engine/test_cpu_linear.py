@@ -1,0 +1,72 @@
+"""The CPU linear layer (runtime/engine/layers.py) gives F.linear's result, to float32 rounding, on
+every path: oneDNN's inner product, and the row-sliced product and F.linear it falls back to
+(without oneDNN, or in another dtype), for decode- and prefill-sized batches, with and without
+bias, on 2-D and 3-D inputs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from runtime.engine.layers import MAX_SKINNY_ROWS, ONEDNN_LINEAR, WEIGHT_SLICE_ROWS, CpuLinear, use_fast_cpu_layers
+
+# Past one weight slice, so that the row-sliced product runs more than one slice.
+OUT_FEATURES = WEIGHT_SLICE_ROWS + 300
+IN_FEATURES = 96
+ROW_COUNTS = [1, 7, MAX_SKINNY_ROWS, MAX_SKINNY_ROWS + 1, 300]
+
+
+def make_linear(bias: bool, dtype: torch.dtype = torch.float32) -> torch.nn.Linear:
+    torch.manual_seed(0)
+    return torch.nn.Linear(IN_FEATURES, OUT_FEATURES, bias=bias).to(dtype).requires_grad_(False)
+
+
+@pytest.mark.parametrize("use_onednn", [True, False])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("rows", ROW_COUNTS)
+def test_float32_matches_f_linear(use_onednn, bias, rows):
+    linear = make_linear(bias)
+    layer = CpuLinear(linear, use_onednn=use_onednn)
+    hidden = torch.randn(rows, IN_FEATURES)
+    output = layer(hidden)
+    assert output.shape == (rows, OUT_FEATURES) and output.dtype == torch.float32
+    torch.testing.assert_close(output, F.linear(hidden, linear.weight, linear.bias), rtol=1e-5, atol=1e-5)
+
+
+def test_onednn_is_used_where_torch_has_it():
+    """torch's CPU wheels have oneDNN: the fast path is not silently lost to a rename in torch."""
+    if torch.backends.mkldnn.is_available():
+        assert ONEDNN_LINEAR is not None
+        assert CpuLinear(make_linear(False)).onednn is ONEDNN_LINEAR
+
+
+@pytest.mark.parametrize("use_onednn", [True, False])
+def test_three_dimensional_and_strided_inputs(use_onednn):
+    linear = make_linear(True)
+    layer = CpuLinear(linear, use_onednn=use_onednn)
+    batched = torch.randn(2, 5, IN_FEATURES)
+    torch.testing.assert_close(layer(batched), F.linear(batched, linear.weight, linear.bias), rtol=1e-5, atol=1e-5)
+    strided = torch.randn(IN_FEATURES, 9).t()
+    torch.testing.assert_close(layer(strided), F.linear(strided, linear.weight, linear.bias), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("rows", [3, MAX_SKINNY_ROWS + 1])
+def test_bfloat16_takes_the_fallback(rows):
+    linear = make_linear(True, torch.bfloat16)
+    hidden = torch.randn(rows, IN_FEATURES, dtype=torch.bfloat16)
+    output = CpuLinear(linear)(hidden)
+    assert output.dtype == torch.bfloat16
+    torch.testing.assert_close(output.float(), F.linear(hidden, linear.weight, linear.bias).float(),
+                               rtol=2e-2, atol=2e-2)
+
+
+def test_a_transformers_lm_head_is_replaced_and_stays_tied():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                         num_key_value_heads=1, vocab_size=100, tie_word_embeddings=True)
+    model = LlamaForCausalLM(config).eval()
+    use_fast_cpu_layers(model)
+    head = model.get_output_embeddings()
+    assert isinstance(head, CpuLinear) and head.weight is model.get_input_embeddings().weight
