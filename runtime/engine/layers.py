@@ -2,11 +2,19 @@
 
 torch's `F.linear` on the CPU goes to MKL's sgemm, which repacks the weight matrix on every call:
 at a decode step's few rows that copy costs about as much as the product. oneDNN's inner product
-(the op torch's own CPU compiler emits, `mkldnn::_linear_pointwise`) does not, and is also ahead
-on prefill-sized batches. Measured on the benchmark model's matmuls (8 layers and the LM head,
-every weight read from memory as in a real step, 2 threads): 1 row 7.8 ms against 15.2 with
-`F.linear`, 32 rows 20.9 against 39.5, 256 rows 105 against 141; the whole benchmark ran 10-20 %
-faster. Its float32 results agree with `F.linear`'s to rounding (about 1e-6).
+(the op torch's own CPU compiler emits, `mkldnn::_linear_pointwise`) does not. Measured on the
+benchmark model's matmuls (8 layers and the LM head, every weight read from memory as in a real
+step, 2 threads): 1 row 7.8 ms against 15.2 with `F.linear`, 32 rows 20.9 against 39.5, 256 rows
+105 against 141 (BENCHMARKS.md has the engine's gain). Its float32 results agree with
+`F.linear`'s to rounding (about 1e-6).
+
+oneDNN builds (JIT-compiles) a kernel for each shape it meets, about 0.6 ms and 0.55 MiB each,
+and keeps up to 1024 of them: with every batch size a shape of its own, a server's memory would
+grow with each new batch size seen (towards 0.6 GB) and steps would wait for compiles. So rows
+are padded up to one of ROW_BUCKETS (4 sizes per octave: at most 25 % more rows, and less time,
+since a few rows' product costs mostly its weight reads), batches past ONEDNN_MAX_ROWS (prefill
+steps, where MKL's repacking is spread over many rows) keep F.linear, and the engine compiles
+every bucket at start (`warm_up_cpu_linears`): about 26 kernels per weight shape, 15 MiB.
 
 Without oneDNN (a torch build lacking it) or for other dtypes (its CPU half-precision support
 depends on the processor), few rows are computed as W @ x.T in row slices of W, which streams
@@ -22,6 +30,11 @@ import torch.nn.functional as F
 # Above this many rows the ordinary x @ W.T product is the faster one (without oneDNN).
 MAX_SKINNY_ROWS = 64
 WEIGHT_SLICE_ROWS = 2048
+ROW_BUCKETS = (1, 2, 3, 4, 6, 8, 10, 12, 14, 16, 20, 24, 28, 32, 40, 48, 56, 64,
+               80, 96, 112, 128, 160, 192, 224, 256)
+ONEDNN_MAX_ROWS = ROW_BUCKETS[-1]
+# _BUCKET_OF[rows]: the bucket that `rows` (1 .. ONEDNN_MAX_ROWS) is padded to.
+_BUCKET_OF = [0] + [next(bucket for bucket in ROW_BUCKETS if bucket >= rows) for rows in range(1, ONEDNN_MAX_ROWS + 1)]
 
 
 def _onednn_linear():
@@ -46,11 +59,16 @@ class CpuLinear(torch.nn.Module):
         self.out_features = linear.out_features
         self.onednn = ONEDNN_LINEAR if use_onednn else None
 
+    @property
+    def uses_onednn(self) -> bool:
+        return self.onednn is not None and self.weight.dtype is torch.float32
+
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        if self.onednn is not None and hidden.dtype is torch.float32 and self.weight.dtype is torch.float32:
-            return self.onednn(hidden, self.weight, self.bias, "none", [], "")
         rows = hidden.reshape(-1, hidden.shape[-1])
-        if rows.shape[0] > MAX_SKINNY_ROWS or rows.device.type != "cpu":
+        num_rows = rows.shape[0]
+        if 0 < num_rows <= ONEDNN_MAX_ROWS and hidden.dtype is torch.float32 and self.uses_onednn:
+            return self._onednn_product(rows).reshape(*hidden.shape[:-1], self.out_features)
+        if num_rows > MAX_SKINNY_ROWS or rows.device.type != "cpu":
             return F.linear(hidden, self.weight, self.bias)
         # Row slices of W.T-products land in contiguous rows of the transposed output.
         transposed = torch.empty(self.out_features, rows.shape[0], dtype=rows.dtype)
@@ -62,6 +80,31 @@ class CpuLinear(torch.nn.Module):
         if self.bias is not None:
             output = output + self.bias
         return output.reshape(*hidden.shape[:-1], self.out_features)
+
+
+    def _onednn_product(self, rows: torch.Tensor) -> torch.Tensor:
+        num_rows = rows.shape[0]
+        bucket = _BUCKET_OF[num_rows]
+        if bucket != num_rows:
+            padded = rows.new_zeros(bucket, rows.shape[1])
+            padded[:num_rows] = rows
+            rows = padded
+        return self.onednn(rows, self.weight, self.bias, "none", [], "")[:num_rows]
+
+
+def warm_up_cpu_linears(model: torch.nn.Module) -> int:
+    """Have oneDNN compile each weight shape's kernel at every row bucket now, so that serving
+    neither waits for a compile nor grows in memory as new batch sizes come. Returns the number
+    of (shape, bucket) kernels run."""
+    shapes = {}
+    for module in model.modules():
+        if isinstance(module, CpuLinear) and module.uses_onednn:
+            shapes.setdefault((module.in_features, module.out_features, module.bias is not None), module)
+    with torch.inference_mode():
+        for layer in shapes.values():
+            for bucket in ROW_BUCKETS:
+                layer(torch.zeros(bucket, layer.in_features))
+    return len(shapes) * len(ROW_BUCKETS)
 
 
 def cpu_linear_if_cpu(linear: torch.nn.Linear) -> torch.nn.Module:

@@ -26,6 +26,7 @@ from .attention import AttentionMetadata, PrefillChunk, select_attention_backend
 from .block_manager import blocks_for_tokens
 from .cuda_graphs import DecodeGraphs, GraphCapture
 from .host_to_device import to_device
+from .layers import warm_up_cpu_linears
 from .model_loader import LoadedModel
 from .models import LlamaFamilyForward
 from .scheduler import ScheduledSequence
@@ -86,9 +87,12 @@ class ModelRunner:
     def warm_up(self, num_tokens: int) -> None:
         """Run one full-budget prefill into the (still unused) KV cache, so the first real
         step does not pay for one-off work: the allocator mapping activation memory,
-        kernels initialising. The garbage it writes is overwritten before any block is read."""
+        kernels initialising (on the CPU, oneDNN's linear kernels for every row bucket). The
+        garbage it writes is overwritten before any block is read."""
         capacity = self.kv_caches[0][0].shape[0] * self.block_size
         self._dummy_prefill(min(num_tokens, capacity))
+        if self.device.type == "cpu":
+            warm_up_cpu_linears(self.fast_forward or self.model)
 
     def _dummy_prefill(self, num_tokens: int) -> None:
         block_table = list(range(blocks_for_tokens(num_tokens, self.block_size)))

@@ -9,7 +9,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from runtime.engine.layers import MAX_SKINNY_ROWS, ONEDNN_LINEAR, WEIGHT_SLICE_ROWS, CpuLinear, use_fast_cpu_layers
+from runtime.engine.layers import (
+    MAX_SKINNY_ROWS,
+    ONEDNN_LINEAR,
+    ONEDNN_MAX_ROWS,
+    ROW_BUCKETS,
+    WEIGHT_SLICE_ROWS,
+    CpuLinear,
+    use_fast_cpu_layers,
+    warm_up_cpu_linears,
+)
 
 # Past one weight slice, so that the row-sliced product runs more than one slice.
 OUT_FEATURES = WEIGHT_SLICE_ROWS + 300
@@ -70,3 +79,27 @@ def test_a_transformers_lm_head_is_replaced_and_stays_tied():
     use_fast_cpu_layers(model)
     head = model.get_output_embeddings()
     assert isinstance(head, CpuLinear) and head.weight is model.get_input_embeddings().weight
+
+
+@pytest.mark.skipif(ONEDNN_LINEAR is None, reason="this torch has no oneDNN")
+def test_row_counts_share_their_buckets_kernels():
+    """Every row count up to ONEDNN_MAX_ROWS is padded to a bucket (and gives F.linear's result):
+    oneDNN compiles one kernel per shape, so the number of shapes it sees stays bounded."""
+    assert list(ROW_BUCKETS) == sorted(set(ROW_BUCKETS)) and ROW_BUCKETS[-1] == ONEDNN_MAX_ROWS
+    linear = make_linear(True)
+    layer = CpuLinear(linear)
+    seen_rows = []
+    real_op = layer.onednn
+    layer.onednn = lambda rows, *args: seen_rows.append(rows.shape[0]) or real_op(rows, *args)
+    for num_rows in range(1, ONEDNN_MAX_ROWS + 1):
+        hidden = torch.randn(num_rows, IN_FEATURES)
+        torch.testing.assert_close(layer(hidden), F.linear(hidden, linear.weight, linear.bias), rtol=1e-5, atol=1e-5)
+    assert set(seen_rows) == set(ROW_BUCKETS)
+    assert all(bucket >= rows and bucket <= 1.25 * rows + 1 for rows, bucket in enumerate(seen_rows, start=1))
+
+
+def test_warm_up_runs_each_weight_shape_at_every_bucket():
+    model = torch.nn.Sequential(CpuLinear(make_linear(True)), CpuLinear(make_linear(True)),
+                                CpuLinear(torch.nn.Linear(OUT_FEATURES, 8)))
+    expected = 2 * len(ROW_BUCKETS) if ONEDNN_LINEAR is not None else 0
+    assert warm_up_cpu_linears(model) == expected
