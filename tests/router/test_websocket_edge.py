@@ -2,7 +2,8 @@
 transformers, with the `websockets` client: requests routed by policy, model name or the
 handshake's x-route header and multiplexed on one connection; each sent as an OpenAI stream with
 usage; fallback when the chosen model is overloaded, an overloaded named model as an error with a
-retry hint; cancel and disconnects that close the target's stream; and API keys (1008). Then in
+retry hint; cancel and disconnects that close the target's stream; API keys (1008); draining on
+SIGTERM. Then in
 front of a real transformer and predictor: the OpenAI route's text, and a cancel that aborts the
 predictor's request."""
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import time
 from collections.abc import Iterator
 
@@ -176,6 +178,35 @@ async def test_a_bad_key_closes_with_1008(url, fakes):
 
 
 # In front of a real transformer and predictor
+
+async def test_sigterm_finishes_requests_in_flight_then_closes_with_1012(fakes, tmp_path):
+    """The router drains its WebSockets as the transformer does: the request in flight streams to
+    its end, a new one is refused as overloaded, then 1012, and the process exits 0."""
+    for fake in fakes.values():
+        fake.reset()
+        fake.stream_events = 30
+    config = edge_config(tmp_path / "router.yaml", [fakes["llm-small-a"].url], [fakes["llm-large-a"].url])
+    router = start_router(config, tmp_path)
+    try:
+        async with websockets.connect(f"ws://127.0.0.1:{router.http_port}/ws/v1/generate") as socket:
+            await socket.send(generate("a", prompt=CHIT_CHAT))
+            assert json.loads(await asyncio.wait_for(socket.recv(), RECEIVE_SECONDS))["type"] == "delta"
+            router.process.send_signal(signal.SIGTERM)
+            await socket.send(generate("late", prompt=CHIT_CHAT))
+            messages = []
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                while True:
+                    messages.append(json.loads(await asyncio.wait_for(socket.recv(), RECEIVE_SECONDS)))
+        assert closed.value.rcvd.code == 1012
+        assert ends(messages)["late"]["code"] == "overloaded"
+        assert ends(messages)["a"]["type"] == "done"
+        assert "0 " + text_of(messages, "a") == "".join(f"{index} " for index in range(30))
+        assert router.process.wait(30) == 0, router.log()[-3000:]
+    finally:
+        router.stop()
+        for fake in fakes.values():
+            fake.reset()
+
 
 @pytest.fixture(scope="module")
 def real_stack(fakes, tmp_path_factory) -> Iterator[tuple[Server, Server, Server]]:
