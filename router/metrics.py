@@ -10,7 +10,8 @@ series carries `model_name`, as the predictor's do.
   model, by router.cascade.Verdict (`empty`, `length`, `low_confidence`).
 - `router_fallbacks_total{model_name, from_route, reason}`: requests the other target served because
   the one chosen failed before answering, by router.upstream.Failure (`unavailable`: it answered
-  503, `down`: it refused or dropped the connection, `timeout`: no answer in time or a 504).
+  503, `down`: it refused or dropped the connection, `timeout`: no answer in time or a 504,
+  `failed`: it admitted a stream, then ended it with a server error before its first token).
 - `router_routing_latency_seconds{model_name}` (histogram): the OpenAI edge's time to decide and to
   pick a replica, before the request leaves.
 

@@ -1,8 +1,10 @@
 """Sending an OpenAI request on to a target's transformers, with fallback: the chosen target's
 replicas in their order of preference, then the other target's when the router was free to choose.
 A failure moves on only before any byte of the answer has gone to the client: a refused or
-dropped connection, a 503 or 504, or no answer (for a stream: no first chunk) in time. Any other
-answer, errors included, is the target's to give."""
+dropped connection, a 503 or 504, no answer (for a stream: no first token) in time, or a stream
+whose first event after a chat role chunk is a server error (the request was admitted, then
+failed before its first token: timed out in the predictor's queue, its predictor went away).
+Any other answer, errors included, is the target's to give."""
 
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ class Failure(StrEnum):
     UNAVAILABLE = "unavailable"  # it answered 503 (queue full, draining, its predictor down)
     DOWN = "down"  # it refused or dropped the connection
     TIMEOUT = "timeout"  # no answer in time, or a 504
+    FAILED = "failed"  # it admitted a stream, then ended it with a server error before its first token
 
     @classmethod
     def of_status(cls, status: int) -> Failure | None:
@@ -118,6 +121,11 @@ class Answer:
         if self.response is not None:
             self.response.release()
 
+    def discard(self) -> None:
+        """Drop an answer that will not be sent (its stream closed, aborting it upstream)."""
+        if self.response is not None:
+            self.response.release()
+
 
 class TargetFailed(Exception):
     """Every replica of a target failed; `answer` is the last one's 503 or 504, if it gave one."""
@@ -144,6 +152,8 @@ class Upstream:
         except TargetFailed as failed:
             if plan.fallback is None:
                 return _answer_of(failed)
+            if failed.answer is not None:
+                failed.answer.discard()
             self.count_fallback(failed)
             fallback, first_failure = Fallback(failed.route, failed.failure), str(failed)
         try:
@@ -162,7 +172,10 @@ class Upstream:
         model = self.replica_sets[route].model
         if not endpoints:
             raise TargetFailed(route, Failure.DOWN, f"every {model} replica is skipped after refusing connections")
+        last = None
         for endpoint in endpoints:
+            if last is not None and last.answer is not None:
+                last.answer.discard()
             try:
                 return await self._attempt(route, endpoint, call)
             except _AttemptFailed as failed:
@@ -201,12 +214,20 @@ class _AttemptFailed(Exception):
 
 
 async def _read(route: Route, response: Response, stream: bool) -> Answer:
-    """The answer of an open response: a 200 stream up to its first chunk, anything else whole."""
+    """The answer of an open response: a 200 stream up to its first event past a chat role chunk,
+    anything else whole."""
     content_type = response.headers.get("content-type")
     if stream and response.status == HTTPStatus.OK:
         rest = response.chunks()
-        first = await anext(rest, b"")
-        return Answer(route, response.status, content_type, first, rest, response)
+        first, event, event_end = await _up_to_first_event(rest)
+        if event is None or not _is_server_error(event):
+            return Answer(route, response.status, content_type, first, rest, response)
+        # What the client gets if no other target may answer: the stream as it ended.
+        response.release()
+        ended = Answer(route, response.status, content_type, first[:event_end] + OPENAI_DONE_EVENT, _no_chunks())
+        error = event["error"]
+        message = error.get("message") if isinstance(error, dict) else error
+        raise _AttemptFailed(Failure.FAILED, f"failed before its first token: {message}", ended)
     body = await response.read()
     response.release()
     answer = Answer(route, response.status, content_type, body)
@@ -214,6 +235,55 @@ async def _read(route: Route, response: Response, stream: bool) -> Answer:
     if failure is not None:
         raise _AttemptFailed(failure, f"answered {response.status}", answer)
     return answer
+
+
+async def _up_to_first_event(chunks: AsyncIterator[bytes]) -> tuple[bytes, dict | None, int]:
+    """(the stream's bytes read up to its first whole event that is not a chat role chunk, that
+    event parsed, the offset where it ends); the event is None if the stream ended first or it is
+    not JSON. A chat stream opens with the role as soon as the request is admitted: holding it
+    until the first token costs the client nothing, and lets a failure before that token fall back."""
+    body, scanned = b"", 0
+    async for chunk in chunks:
+        body += chunk
+        while (end := body.find(EVENT_END, scanned)) != -1:
+            event = _parse_event(body[scanned:end])
+            scanned = end + len(EVENT_END)
+            if event is None or not _is_role_chunk(event):
+                return body, event, scanned
+    return body, None, len(body)
+
+
+async def _no_chunks() -> AsyncIterator[bytes]:
+    return
+    yield
+
+
+def _parse_event(raw: bytes) -> dict | None:
+    data = b"".join(line.removeprefix(b"data:").strip() for line in raw.split(b"\n") if line.startswith(b"data:"))
+    try:
+        event = json.loads(data)
+    except ValueError:
+        return None
+    return event if isinstance(event, dict) else None
+
+
+def _is_role_chunk(event: dict) -> bool:
+    """A chat chunk that only announces the assistant's role (and an empty content)."""
+    choices = event.get("choices")
+    if not isinstance(choices, list) or not choices:
+        return False
+    return all(isinstance(choice, dict) and choice.get("finish_reason") is None and not choice.get("logprobs")
+               and isinstance(choice.get("delta"), dict) and choice["delta"].get("role") is not None
+               and not choice["delta"].get("content") and set(choice["delta"]) <= {"role", "content"}
+               for choice in choices)
+
+
+def _is_server_error(event: dict) -> bool:
+    """An OpenAI error event of a server-side failure (a client's error would fail anywhere)."""
+    error = event.get("error")
+    if isinstance(error, dict):
+        return error.get("type") in (None, "server_error")
+    return error is not None
 
 
 def _answer_of(failed: TargetFailed) -> Answer:

@@ -29,6 +29,11 @@ class FakeTransformer:
     finish_reason: str = "stop"
     stream_events: int = 3
     stream_breaks: bool = False  # the connection drops after the stream's events, before [DONE]
+    # A chat stream opens with the assistant's role, as the transformer's does on admission.
+    opens_with_role: bool = False
+    # The stream's first event (after the role) is a server error, as when the predictor fails
+    # an admitted request before its first token.
+    fails_before_first_token: bool = False
     waiting: float | None = None  # the load /metrics reports; None: /metrics answers 404
     kv_cache_usage: float = 0.0
     received: list[dict] = field(default_factory=list)
@@ -38,7 +43,7 @@ class FakeTransformer:
     def reset(self) -> None:
         defaults = FakeTransformer(self.name)
         for name in ("status", "delay", "token_logprobs", "finish_reason", "stream_events", "stream_breaks",
-                     "waiting", "kv_cache_usage"):
+                     "opens_with_role", "fails_before_first_token", "waiting", "kv_cache_usage"):
             setattr(self, name, getattr(defaults, name))
         self.received.clear()
         self.abandoned_streams = 0
@@ -86,6 +91,17 @@ class FakeTransformer:
     async def _events(self, body: dict, chat: bool) -> AsyncIterator[bytes]:
         finished = False
         try:
+            if chat and (self.opens_with_role or self.fails_before_first_token):
+                role = {"id": "cmpl-1", "model": body["model"],
+                        "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}
+                yield b"data: " + json.dumps(role).encode() + b"\n\n"
+                await asyncio.sleep(STREAM_EVENT_SECONDS)
+            if self.fails_before_first_token:
+                error = {"error": {"message": "the request timed out in the queue", "type": "server_error",
+                                   "param": None, "code": None}}
+                yield b"data: " + json.dumps(error).encode() + b"\n\ndata: [DONE]\n\n"
+                finished = True
+                return
             for index in range(self.stream_events):
                 delta = {"delta": {"content": f"{index} "}} if chat else {"text": f"{index} "}
                 event = {"id": "cmpl-1", "model": body["model"], "choices": [{"index": 0, **delta}]}

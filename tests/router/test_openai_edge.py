@@ -195,6 +195,42 @@ def test_a_timeout_falls_back(router, http, fakes):
     assert response.status_code == 200 and response.headers["x-route-fallback"] == "large:timeout"
 
 
+def test_a_chat_streams_role_chunk_is_held_for_its_first_token_and_passed_on_intact(http, fakes):
+    fakes["llm-large-a"].opens_with_role = True
+    with http.stream("POST", CHAT, json=chat(DEMANDING, stream=True)) as response:
+        events = [json.loads(line.removeprefix("data: ")) for line in response.iter_lines()
+                  if line and line != "data: [DONE]"]
+    assert response.headers["x-route"] == "large" and "x-route-fallback" not in response.headers
+    assert events[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert [event["choices"][0]["delta"]["content"] for event in events[1:]] == ["0 ", "1 ", "2 "]
+
+
+@pytest.mark.parametrize("path", [CHAT, COMPLETIONS])
+def test_a_stream_that_fails_before_its_first_token_falls_back(router, http, fakes, path):
+    """The transformer admitted the request (200), then its predictor failed it before any token:
+    nothing has reached the client yet, so the other model answers."""
+    before = router_metric(router, "router_fallbacks_total", from_route="large", reason="failed")
+    fakes["llm-large-a"].fails_before_first_token = True
+    body = chat(DEMANDING, stream=True) if path == CHAT else {"model": "auto", "prompt": DEMANDING, "stream": True}
+    with http.stream("POST", path, json=body) as response:
+        text = response.read().decode()
+    assert response.status_code == 200 and response.headers["x-route"] == "small"
+    assert response.headers["x-route-fallback"] == "large:failed"
+    assert '"error"' not in text and '"llm-small"' in text and text.endswith("data: [DONE]\n\n")
+    assert router_metric(router, "router_fallbacks_total", from_route="large", reason="failed") == before + 1
+
+
+def test_a_named_models_stream_that_fails_before_its_first_token_ends_as_it_did(http, fakes):
+    fakes["llm-large-a"].fails_before_first_token = True
+    with http.stream("POST", CHAT, json=chat(DEMANDING, model="llm-large", stream=True)) as response:
+        events = [line.removeprefix("data: ") for line in response.iter_lines() if line]
+    assert response.status_code == 200 and response.headers["x-route"] == "large"
+    assert json.loads(events[0])["choices"][0]["delta"]["role"] == "assistant"
+    assert json.loads(events[1])["error"]["message"] == "the request timed out in the queue"
+    assert events[2:] == ["[DONE]"]
+    assert received(fakes, "llm-small") == []
+
+
 def test_a_named_model_does_not_fall_back(http, fakes):
     fakes["llm-large-a"].status = 503
     response = http.post(CHAT, json=chat(CHIT_CHAT, model="llm-large"))
