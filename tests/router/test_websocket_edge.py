@@ -121,6 +121,18 @@ async def test_an_overloaded_model_falls_back_or_is_an_error_with_a_retry_hint(u
     assert "llm-small-a answered 503" in done["named"]["message"]
 
 
+async def test_a_model_that_fails_before_its_first_token_falls_back(url, fakes):
+    fakes["llm-small-a"].fails_before_first_token = True
+    async with connect(url) as socket:
+        await socket.send(generate("auto", messages=[{"role": "user", "content": CHIT_CHAT}]))
+        await socket.send(generate("named", prompt=CHIT_CHAT, model="llm-small"))
+        messages = await until_ends(socket, {"auto", "named"})
+    done = ends(messages)
+    assert done["auto"]["type"] == "done" and done["auto"]["model"] == "llm-large"
+    assert text_of(messages, "auto") == "0 1 2 "
+    assert done["named"]["type"] == "error" and "timed out in the queue" in done["named"]["message"]
+
+
 async def test_a_target_that_breaks_mid_stream_is_an_upstream_error(url, fakes):
     fakes["llm-small-a"].stream_breaks = True
     async with connect(url) as socket:
