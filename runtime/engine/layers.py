@@ -38,13 +38,21 @@ _BUCKET_OF = [0] + [next(bucket for bucket in ROW_BUCKETS if bucket >= rows) for
 
 
 def _onednn_linear():
-    """oneDNN's linear (x, weight, bias, "none", [], "") -> x @ weight.T + bias, or None."""
+    """oneDNN's linear (x, weight, bias, "none", [], "") -> x @ weight.T + bias, or None where this
+    torch lacks it. A private op: it is checked on a small product before the engine relies on it,
+    so that a torch that changed it falls back instead of failing steps."""
     if not torch.backends.mkldnn.is_available():
         return None
     try:
-        return torch.ops.mkldnn._linear_pointwise.default
-    except (AttributeError, RuntimeError):
-        return None
+        op = torch.ops.mkldnn._linear_pointwise.default
+        # Fixed values: drawing random ones would move the global RNG at import.
+        rows = torch.arange(24, dtype=torch.float32).reshape(3, 8).sin()
+        weight, bias = torch.arange(40, dtype=torch.float32).reshape(5, 8).cos(), torch.arange(5.0)
+        if torch.allclose(op(rows, weight, bias, "none", [], ""), F.linear(rows, weight, bias), atol=1e-5):
+            return op
+    except (AttributeError, RuntimeError, TypeError):
+        pass
+    return None
 
 
 ONEDNN_LINEAR = _onednn_linear()
