@@ -121,14 +121,10 @@ class Answer:
         if self.response is not None:
             self.response.release()
 
-    def discard(self) -> None:
-        """Drop an answer that will not be sent (its stream closed, aborting it upstream)."""
-        if self.response is not None:
-            self.response.release()
-
 
 class TargetFailed(Exception):
-    """Every replica of a target failed; `answer` is the last one's 503 or 504, if it gave one."""
+    """Every replica of a target failed; `answer` is the last one's 503 or 504, or its stream that
+    failed before the first token, if it gave one."""
 
     def __init__(self, route: Route, failure: Failure, reason: str, answer: Answer | None = None) -> None:
         super().__init__(reason)
@@ -152,8 +148,6 @@ class Upstream:
         except TargetFailed as failed:
             if plan.fallback is None:
                 return _answer_of(failed)
-            if failed.answer is not None:
-                failed.answer.discard()
             self.count_fallback(failed)
             fallback, first_failure = Fallback(failed.route, failed.failure), str(failed)
         try:
@@ -172,10 +166,7 @@ class Upstream:
         model = self.replica_sets[route].model
         if not endpoints:
             raise TargetFailed(route, Failure.DOWN, f"every {model} replica is skipped after refusing connections")
-        last = None
         for endpoint in endpoints:
-            if last is not None and last.answer is not None:
-                last.answer.discard()
             try:
                 return await self._attempt(route, endpoint, call)
             except _AttemptFailed as failed:
@@ -222,7 +213,8 @@ async def _read(route: Route, response: Response, stream: bool) -> Answer:
         first, event, event_end = await _up_to_first_event(rest)
         if event is None or not _is_server_error(event):
             return Answer(route, response.status, content_type, first, rest, response)
-        # What the client gets if no other target may answer: the stream as it ended.
+        # What the client gets if no other target may answer: the stream as it ended, whole, so
+        # that a failed answer never holds a connection (as a 503's does not).
         response.release()
         ended = Answer(route, response.status, content_type, first[:event_end] + OPENAI_DONE_EVENT, _no_chunks())
         error = event["error"]

@@ -193,8 +193,7 @@ class WebSocketSession:
         await self.websocket.accept(self.subprotocol)
         self._accepted = True
         try:
-            if self.draining:
-                await self._close_for_shutdown()
+            self._close_if_drained()
             while (raw := await self._next_message()) is not None:
                 await self._handle(raw)
         finally:

@@ -9,13 +9,16 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 import pytest
 import websockets
 
-from tests.runtime.conftest import start_server
 from serving.websocket_session import SHUTDOWN_CLOSE_REASON
+from tests.runtime.conftest import start_server
 from tests.servers import Server
 from tests.transformer.conftest import start_transformer
 
@@ -63,59 +66,58 @@ async def test_sigterm_on_a_loaded_predictor_finishes_every_request(tmp_path):
         predictor.stop()
 
 
-async def test_sigterm_on_a_loaded_transformer_finishes_every_stream(tmp_path):
+@contextmanager
+def predictor_and_transformer(tmp_path: Path) -> Iterator[tuple[Server, Server]]:
     predictor = start_server(tmp_path)
     try:
         transformer = start_transformer(tmp_path, f"127.0.0.1:{predictor.http_port}")
         try:
-            async with httpx.AsyncClient(base_url=transformer.url, timeout=60) as client:
-                expected = [await complete(client, prompt, MAX_TOKENS) for prompt in PROMPTS]
-                in_flight = [asyncio.create_task(stream_completion(client, prompt, MAX_TOKENS))
-                             for prompt in PROMPTS]
-                await wait_until_running(predictor, IN_FLIGHT)
-                transformer.process.send_signal(signal.SIGTERM)
-                await refused_after_sigterm(transformer, lambda late: complete(late, PROMPTS[0], 2))
-                outcomes = await asyncio.gather(*in_flight)
-            for outcome, reference in zip(outcomes, expected):
-                assert outcome.status == 200 and outcome.error is None and outcome.text == reference.text
-            check_exit(transformer)
+            yield predictor, transformer
         finally:
             transformer.stop()
     finally:
         predictor.stop()
+
+
+async def test_sigterm_on_a_loaded_transformer_finishes_every_stream(tmp_path):
+    with predictor_and_transformer(tmp_path) as (predictor, transformer):
+        async with httpx.AsyncClient(base_url=transformer.url, timeout=60) as client:
+            expected = [await complete(client, prompt, MAX_TOKENS) for prompt in PROMPTS]
+            in_flight = [asyncio.create_task(stream_completion(client, prompt, MAX_TOKENS))
+                         for prompt in PROMPTS]
+            await wait_until_running(predictor, IN_FLIGHT)
+            transformer.process.send_signal(signal.SIGTERM)
+            await refused_after_sigterm(transformer, lambda late: complete(late, PROMPTS[0], 2))
+            outcomes = await asyncio.gather(*in_flight)
+        for outcome, reference in zip(outcomes, expected):
+            assert outcome.status == 200 and outcome.error is None and outcome.text == reference.text
+        check_exit(transformer)
 
 
 async def test_sigterm_on_a_transformer_finishes_websocket_requests_then_closes_with_1012(tmp_path):
-    predictor = start_server(tmp_path)
-    try:
-        transformer = start_transformer(tmp_path, f"127.0.0.1:{predictor.http_port}")
-        try:
-            async with httpx.AsyncClient(base_url=transformer.url, timeout=60) as client:
-                expected = [await complete(client, prompt, MAX_TOKENS) for prompt in PROMPTS]
-            url = f"ws://127.0.0.1:{transformer.http_port}/ws/v1/generate"
-            async with websockets.connect(url) as socket:
-                for index, prompt in enumerate(PROMPTS):
-                    await socket.send(json.dumps({"type": "generate", "id": str(index), "prompt": prompt,
-                                                  "max_tokens": MAX_TOKENS, "temperature": 0}))
-                await wait_until_running(predictor, IN_FLIGHT)
-                transformer.process.send_signal(signal.SIGTERM)
-                await refused_after_sigterm(transformer, lambda late: complete(late, PROMPTS[0], 2))
-                await socket.send(json.dumps({"type": "generate", "id": "late", "prompt": "hi", "max_tokens": 2}))
-                texts, ends = {}, {}
-                with pytest.raises(websockets.ConnectionClosed) as closed:
-                    while True:
-                        message = json.loads(await asyncio.wait_for(socket.recv(), 60))
-                        if message["type"] == "delta":
-                            texts[message["id"]] = texts.get(message["id"], "") + message["text"]
-                        else:
-                            ends[message["id"]] = message
-            assert closed.value.rcvd.code == 1012 and closed.value.rcvd.reason == SHUTDOWN_CLOSE_REASON
-            assert ends["late"]["code"] == "overloaded"
-            for index, reference in enumerate(expected):
-                assert ends[str(index)]["type"] == "done", ends[str(index)]
-                assert texts[str(index)] == reference.text
-            check_exit(transformer)
-        finally:
-            transformer.stop()
-    finally:
-        predictor.stop()
+    with predictor_and_transformer(tmp_path) as (predictor, transformer):
+        async with httpx.AsyncClient(base_url=transformer.url, timeout=60) as client:
+            expected = [await complete(client, prompt, MAX_TOKENS) for prompt in PROMPTS]
+        url = f"ws://127.0.0.1:{transformer.http_port}/ws/v1/generate"
+        async with websockets.connect(url) as socket:
+            for index, prompt in enumerate(PROMPTS):
+                await socket.send(json.dumps({"type": "generate", "id": str(index), "prompt": prompt,
+                                              "max_tokens": MAX_TOKENS, "temperature": 0}))
+            await wait_until_running(predictor, IN_FLIGHT)
+            transformer.process.send_signal(signal.SIGTERM)
+            await refused_after_sigterm(transformer, lambda late: complete(late, PROMPTS[0], 2))
+            await socket.send(json.dumps({"type": "generate", "id": "late", "prompt": "hi", "max_tokens": 2}))
+            texts, ends = {}, {}
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                while True:
+                    message = json.loads(await asyncio.wait_for(socket.recv(), 60))
+                    if message["type"] == "delta":
+                        texts[message["id"]] = texts.get(message["id"], "") + message["text"]
+                    else:
+                        ends[message["id"]] = message
+        assert closed.value.rcvd.code == 1012 and closed.value.rcvd.reason == SHUTDOWN_CLOSE_REASON
+        assert ends["late"]["code"] == "overloaded"
+        for index, reference in enumerate(expected):
+            assert ends[str(index)]["type"] == "done", ends[str(index)]
+            assert texts[str(index)] == reference.text
+        check_exit(transformer)
