@@ -107,7 +107,9 @@ class Sampler:
             logits = logits.float()
             if early_stops is not None:
                 stop_rows, stop_ids = (to_device(indices, torch.long, logits.device) for indices in early_stops)
-                logits[stop_rows, stop_ids] = float("-inf")
+                # The value goes in as a device tensor: given a Python float, index_put_ copies it
+                # to the GPU with a blocking copy, a synchronisation in every min_tokens step.
+                logits.index_put_((stop_rows, stop_ids), logits.new_full((), float("-inf")))
             token_ids = logits.argmax(dim=-1) if all_greedy else self._sample(logits, seqs)
         return self._pending(token_ids, raw_logprobs, params)
 
