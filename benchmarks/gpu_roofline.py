@@ -320,6 +320,10 @@ def run_engine(
         async_scheduling=async_scheduling == "on",
     )
     engine = LLMEngine(config, model=model)
+    # As the server does once started (serving/server.py, freeze_startup_heap): without it, a full
+    # garbage collection over the heap the model build left stalls the step loop for 100+ ms.
+    gc.collect()
+    gc.freeze()
     actual = engine.runner.attention_backend.name
     if actual != backend:
         raise RuntimeError(f"asked for attention backend {backend!r}, engine runs {actual!r}")
@@ -341,6 +345,7 @@ def run_engine(
             logger.info("%s", results[-1])
     finally:
         del engine
+        gc.unfreeze()  # so that the engine's KV cache can be collected
         release_memory(args.device)
     return results
 

@@ -153,7 +153,7 @@ def test_decode_launch_parses_and_refuses_what_triton_cannot_run():
     assert backend.DecodeLaunch(32, None, 1).options() == {"num_stages": 1}
     assert str(backend.DecodeLaunch(128, 8, 2)) == "128:8:2" and str(backend.DecodeLaunch()) == "64"
     for text, message in [("48", "power of two >= 16"), ("8", "power of two >= 16"),
-                          ("64:x", "TILE\[:WARPS\[:STAGES\]\] in whole numbers"), ("1:2:3:4", "TILE")]:
+                          ("64:x", r"TILE\[:WARPS\[:STAGES\]\] in whole numbers"), ("1:2:3:4", "TILE")]:
         with pytest.raises(ValueError, match=message):
             backend.DecodeLaunch.parse(text)
 
