@@ -200,6 +200,9 @@ class LLMEngine:
         for token in params.stop_token_ids:
             if not 0 <= token < self.vocab_size:
                 raise RequestRejected(f"stop token id {token} is outside the vocabulary [0, {self.vocab_size - 1}]")
+        for token in params.logit_bias or ():
+            if token >= self.vocab_size:
+                raise RequestRejected(f"logit_bias token id {token} is outside the vocabulary [0, {self.vocab_size - 1}]")
 
     def add_request(
         self,

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from .host_to_device import to_device
+from .penalties import apply_bias_and_penalties, needs_logit_processing
 from .sampling import SamplingParams
 from .sequence import Sequence
 
@@ -100,7 +101,8 @@ class Sampler:
             raw_logprobs = torch.log_softmax(logits.float(), dim=-1)
         early_stops = self._early_stops(seqs)
         all_greedy = all(each.greedy for each in params)
-        if all_greedy and early_stops is None:
+        processed = any(needs_logit_processing(seq) for seq in seqs)
+        if all_greedy and early_stops is None and not processed:
             # The raw logits' argmax is their float32 copy's: no copy needed.
             token_ids = logits.argmax(dim=-1)
         else:
@@ -110,6 +112,8 @@ class Sampler:
                 # The value goes in as a device tensor: given a Python float, index_put_ copies it
                 # to the GPU with a blocking copy, a synchronisation in every min_tokens step.
                 logits.index_put_((stop_rows, stop_ids), logits.new_full((), float("-inf")))
+            if processed:
+                apply_bias_and_penalties(logits, seqs)
             token_ids = logits.argmax(dim=-1) if all_greedy else self._sample(logits, seqs)
         return self._pending(token_ids, raw_logprobs, params)
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import enum
+import functools
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from .outputs import GeneratedLists
@@ -73,6 +75,12 @@ class Sequence:
     @property
     def num_prompt_tokens(self) -> int:
         return len(self.prompt_token_ids)
+
+    @functools.cached_property
+    def distinct_prompt_token_ids(self) -> np.ndarray:
+        """The prompt's token ids, each once, for the repetition penalty (kept: the prompt never
+        changes, and converting it anew each step would cost more than the rest of the step)."""
+        return np.unique(np.asarray(self.prompt_token_ids, dtype=np.int64))
 
     @property
     def num_tokens(self) -> int:

@@ -336,7 +336,8 @@ def test_async_scheduling_feeds_graph_replays_from_the_device(tiny_llama, platfo
 @needs_cuda
 def test_async_scheduling_queues_each_step_without_waiting(tiny_llama):
     """With async scheduling only fetching a step's tokens waits for the GPU: queueing a step,
-    its sampling included (temperature, top-k/p, min_tokens, logprobs), never does."""
+    its sampling included (temperature, top-k/p, min_tokens, logprobs, the penalties counting
+    tokens still on the device, logit bias), never does."""
     engine = make_engine(tiny_llama, Platform("cuda", "triton", None), max_num_batched_tokens=32, max_num_seqs=10,
                          async_scheduling=True)
     graph_steps = record_graph_steps(engine)
@@ -346,9 +347,11 @@ def test_async_scheduling_queues_each_step_without_waiting(tiny_llama):
         SamplingParams(max_tokens=12, temperature=0.8, top_k=20, top_p=0.9, seed=1, ignore_eos=True),
         SamplingParams(max_tokens=12, temperature=0.0, min_tokens=4, stop_token_ids=(5, 6), logprobs=True,
                        top_logprobs=2),
+        SamplingParams(max_tokens=12, temperature=0.7, seed=2, presence_penalty=0.5, frequency_penalty=0.3,
+                       repetition_penalty=1.2, logit_bias={7: 2.0, 9: -3.0}, ignore_eos=True),
     ]
     prompts = random_prompts(9, 5, 70, seed=11)
-    outputs = engine.generate(prompts, [params[index % 3] for index in range(9)])
+    outputs = engine.generate(prompts, [params[index % len(params)] for index in range(9)])
     assert all(output.finished for output in outputs)
     assert graph_steps
 
