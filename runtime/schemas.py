@@ -6,6 +6,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
 
 from runtime.engine import SamplingParams
+from serving.openai_protocol import logit_bias_from_text
 
 
 class SamplingFields(BaseModel):
@@ -28,6 +29,16 @@ class SamplingFields(BaseModel):
     logprobs: bool | None = None
     top_logprobs: int | None = None
     min_tokens: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    repetition_penalty: float | None = None
+    # {token id: bias}, or "token:bias,token:bias" where a dict cannot go (v2 parameters).
+    logit_bias: dict[int, float] | None = None
+
+    @field_validator("logit_bias", mode="before")
+    @classmethod
+    def _parse_logit_bias(cls, value: object) -> object:
+        return logit_bias_from_text(value)
 
     @field_validator("stop_token_ids", mode="before")
     @classmethod

@@ -15,6 +15,11 @@ MAX_STOP_STRINGS = 4
 MAX_STOP_STRING_CHARS = 256
 MAX_CHOICES = 16
 MAX_TOP_LOGPROBS = 20
+# OpenAI's ranges (the engine checks the same ones: runtime/engine/sampling.py).
+MAX_ADDITIVE_PENALTY = 2.0
+MAX_LOGIT_BIAS = 100.0
+MAX_LOGIT_BIAS_TOKENS = 300
+MIN_REPETITION_PENALTY, MAX_REPETITION_PENALTY = 0.01, 10.0
 
 
 class _Body(BaseModel):
@@ -29,15 +34,48 @@ class StreamOptions(_Body):
 Stop = str | Annotated[list[str], Field(max_length=MAX_STOP_STRINGS)] | None
 
 
+def logit_bias_from_text(value: object) -> object:
+    """A logit bias written as "token:bias,token:bias" (v2 parameters hold no objects) as a dict;
+    any other value as it is."""
+    if not isinstance(value, str):
+        return value
+    bias = {}
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        token, separator, number = item.partition(":")
+        try:
+            if not separator:
+                raise ValueError
+            bias[int(token)] = float(number)
+        except ValueError:
+            raise ValueError('a logit_bias string must be "token:bias" pairs separated by commas, '
+                             f"got {item!r}") from None
+    return bias
+
+
+LogitBias = Annotated[dict[int, Annotated[float, Field(ge=-MAX_LOGIT_BIAS, le=MAX_LOGIT_BIAS)]],
+                      Field(max_length=MAX_LOGIT_BIAS_TOKENS)]
+AdditivePenalty = Annotated[float, Field(ge=-MAX_ADDITIVE_PENALTY, le=MAX_ADDITIVE_PENALTY)]
+
+
 class SamplingBase(_Body):
     """The sampling fields the OpenAI routes and the WebSocket protocol share beyond OpenAI's own
-    (whose ranges differ by route): stop strings and vLLM's extensions (the openai client sends
-    those through `extra_body`)."""
+    (whose ranges differ by route): stop strings, the penalties and logit bias, and vLLM's
+    extensions (the openai client sends those through `extra_body`)."""
 
     stop: Stop = None
     top_k: Annotated[int, Field(ge=-1)] | None = None
     min_tokens: Annotated[int, Field(ge=0)] | None = None
     ignore_eos: bool | None = None
+    presence_penalty: AdditivePenalty | None = None
+    frequency_penalty: AdditivePenalty | None = None
+    repetition_penalty: Annotated[float, Field(ge=MIN_REPETITION_PENALTY, le=MAX_REPETITION_PENALTY)] | None = None
+    # {token id: bias}; JSON object keys are strings, so "50256" is read as 50256.
+    logit_bias: LogitBias | None = None
+
+    @field_validator("logit_bias", mode="before")
+    @classmethod
+    def _parse_logit_bias(cls, value: object) -> object:
+        return logit_bias_from_text(value)
 
     @field_validator("stop")
     @classmethod
@@ -61,17 +99,6 @@ class _SamplingRequest(SamplingBase):
     stream_options: StreamOptions | None = None
     seed: int | None = None
     user: str | None = None
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    logit_bias: dict[str, float] | None = None
-
-    @model_validator(mode="after")
-    def _refuse_unsupported(self) -> _SamplingRequest:
-        if self.presence_penalty or self.frequency_penalty:
-            raise ValueError("presence_penalty and frequency_penalty are not supported; leave them at 0")
-        if self.logit_bias:
-            raise ValueError("logit_bias is not supported")
-        return self
 
     @property
     def include_usage(self) -> bool:

@@ -94,7 +94,8 @@ class GenerateMessage(SamplingBase):
 
 
 SAMPLING_FIELDS = frozenset({"max_tokens", "temperature", "top_p", "seed", "stop", "logprobs", "top_k",
-                             "min_tokens", "ignore_eos"})
+                             "min_tokens", "ignore_eos", "presence_penalty", "frequency_penalty",
+                             "repetition_penalty", "logit_bias"})
 
 
 class CancelMessage(BaseModel):

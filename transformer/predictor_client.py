@@ -144,7 +144,7 @@ class PredictorClient:
         tensor = InferInput("input_ids", [1, len(prompt_ids)], "INT64")
         tensor.set_data_from_numpy(np.array([prompt_ids], dtype=np.int64))
         # KServe's gRPC parameters hold bool, int64 or string: floats travel as strings.
-        grpc_parameters = {key: str(value) if isinstance(value, float) else value for key, value in parameters.items()}
+        grpc_parameters = {key: _grpc_parameter(value) for key, value in parameters.items()}
         request = InferRequest(model_name=self.model_name, infer_inputs=[tensor], parameters=grpc_parameters)
         if self._grpc is None:
             settings = self.settings
@@ -177,6 +177,19 @@ class PredictorClient:
             raise BadGateway(f"the predictor closed the connection mid-answer ({exc})") from None
         except UpstreamUnreachable as exc:
             raise ServiceUnavailable(self.model_name, f"the predictor at {self.settings.rest_host} is unreachable ({exc})") from None
+
+
+def _grpc_parameter(value: object) -> object:
+    """A predictor parameter as KServe's gRPC parameters hold it (bool, int64 or string), in the
+    text forms the predictor reads back: floats as strings, token lists as "1,2,3", a logit
+    bias as "token:bias,token:bias"."""
+    if isinstance(value, float):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(item) for item in value)
+    if isinstance(value, dict):
+        return ",".join(f"{key}:{item}" for key, item in value.items())
+    return value
 
 
 def _generated(message: dict) -> Generated:

@@ -52,6 +52,11 @@ BAD_REQUESTS = [
     (GENERATE, {"input_ids": [1] * 3000}, ["max_model_len"]),
     (GENERATE, {"input_ids": [1, 2], "parameters": {"stop_token_ids": "x"}}, ["stop_token_ids"]),
     (GENERATE, {"prompt": [1, 2]}, ["input_ids"]),
+    (GENERATE, {"input_ids": [1, 2], "parameters": {"presence_penalty": 2.5}}, ["presence_penalty", "[-2, 2]"]),
+    (GENERATE, {"input_ids": [1, 2], "parameters": {"repetition_penalty": 0}}, ["repetition_penalty", "[0.01, 10]"]),
+    (GENERATE, {"input_ids": [1, 2], "parameters": {"logit_bias": {"9000": 1}}}, ["logit_bias", "9000", "vocabulary"]),
+    (GENERATE, {"input_ids": [1, 2], "parameters": {"logit_bias": {"5": 200}}}, ["logit_bias", "[-100, 100]"]),
+    (INFER, infer_body(parameters={"logit_bias": "5=1"}), ["logit_bias", "token:bias"]),
 ]
 
 

@@ -30,6 +30,19 @@ def test_generate_with_logprobs_and_defaults(http):
     assert http.post(GENERATE, json={"input_ids": [5, 6, 7]}).status_code == 200
 
 
+def test_a_logit_bias_reaches_the_engine_over_each_protocol(http):
+    """As a JSON object on the generate extension, as "token:bias" text in v2 parameters."""
+    forced = [77] * 4
+    parameters = {"max_tokens": 4, "temperature": 0, "ignore_eos": True}
+    generated = http.post(GENERATE, json={"input_ids": [5, 6, 7], "parameters": {**parameters,
+                                                                               "logit_bias": {"77": 100}}})
+    assert generated.json()["output_ids"] == forced
+    infer = {"inputs": [{"name": "input_ids", "shape": [1, 3], "datatype": "INT64", "data": [5, 6, 7]}],
+             "parameters": {**parameters, "logit_bias": "77:100, 78:-5"}}
+    outputs = http.post(f"/v2/models/{MODEL_NAME}/infer", json=infer).json()["outputs"]
+    assert next(output["data"] for output in outputs if output["name"] == "output_ids") == forced
+
+
 def test_generate_stream_sends_one_event_per_step(http, reference_outputs):
     body = {"input_ids": PROMPTS[12], "parameters": GREEDY}
     with http.stream("POST", GENERATE_STREAM, json=body) as response:

@@ -70,7 +70,9 @@ def test_generate_and_cancel_messages_parse():
     ('{"type": "generate", "id": "a", "prompt": "x", "max_tokens": 0}', "a", "max_tokens: Input should be"),
     ('{"type": "generate", "id": "a", "prompt": "x", "temperature": 3}', "a", "temperature"),
     ('{"type": "generate", "id": "a", "prompt": "x", "stop": ["", "y"]}', "a", "stop string"),
-    ('{"type": "generate", "id": "a", "prompt": "x", "frequency_penalty": 1}', "a", "frequency_penalty: Extra"),
+    ('{"type": "generate", "id": "a", "prompt": "x", "best_of": 2}', "a", "best_of: Extra"),
+    ('{"type": "generate", "id": "a", "prompt": "x", "frequency_penalty": 3}', "a", "frequency_penalty: Input should"),
+    ('{"type": "generate", "id": "a", "prompt": "x", "logit_bias": {"x": 1}}', "a", "logit_bias.x.[key]"),
     ('{"type": "cancel"}', None, "id: Field required"),
     ('{"type": "generate", "id": "", "prompt": "x"}', "", "id: String should have at least 1"),
 ])

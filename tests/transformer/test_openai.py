@@ -64,6 +64,27 @@ def test_max_completion_tokens_and_extensions_reach_the_predictor(client):
     assert completion.choices[0].finish_reason == "length"
 
 
+def test_logit_bias_and_penalties_steer_the_tokens(client):
+    free = client.completions.create(model=MODEL_NAME, prompt="Iterators", max_tokens=6, temperature=0, logprobs=0)
+    first = free.choices[0].logprobs.tokens[0]
+    forced = client.completions.create(model=MODEL_NAME, prompt="Iterators", max_tokens=6, temperature=0, logprobs=0,
+                                       logit_bias={"7": 100})
+    # Every token is the biased one (the same text each time), whatever the model preferred.
+    assert len(set(forced.choices[0].logprobs.tokens)) == 1 and forced.choices[0].logprobs.tokens[0] != first
+    # Two forced tokens ("$" and "%" in the demo vocabulary): a frequency penalty of 2 a use
+    # soon outweighs whatever the model prefers between them, so both appear.
+    both = client.completions.create(model=MODEL_NAME, prompt="Iterators", max_tokens=12, temperature=0, logprobs=0,
+                                     logit_bias={"7": 100, "8": 100}, frequency_penalty=2)
+    assert set(both.choices[0].logprobs.tokens) == {"$", "%"}
+
+
+def test_out_of_range_penalties_are_a_400_naming_the_field(client):
+    for settings, field in [({"presence_penalty": 2.5}, "presence_penalty"), ({"logit_bias": {"1": 101}}, "logit_bias"),
+                            ({"extra_body": {"repetition_penalty": 0}}, "repetition_penalty")]:
+        with pytest.raises(openai.BadRequestError, match=field):
+            client.completions.create(model=MODEL_NAME, prompt="x", max_tokens=2, **settings)
+
+
 def test_stop_string_across_tokens_ends_the_request_early(client, transformer, predictor):
     prompt = "Classes and instances"
     free = client.completions.create(model=MODEL_NAME, prompt=prompt, max_tokens=40, logprobs=0, **SEEDED)

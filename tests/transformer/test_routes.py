@@ -15,6 +15,9 @@ from tests.runtime.conftest import parse_sse
 from tests.servers import MODEL_NAME
 
 GREEDY = {"temperature": 0, "max_tokens": 8}
+# Every penalty and a logit bias, which gRPC parameters carry as text ("11:5.0").
+PENALIZED = {**GREEDY, "presence_penalty": 1.5, "frequency_penalty": 0.5, "repetition_penalty": 1.3,
+             "logit_bias": {"11": 5.0, "42": -100}}
 
 
 def test_v1_predict_with_prompt_and_messages(http):
@@ -98,8 +101,10 @@ def test_v2_without_text_input_is_400(http):
 def test_grpc_predictor_protocol_gives_the_same_text(predictor, launch_transformer, http):
     over_grpc = launch_transformer(f"127.0.0.1:{predictor.grpc_port}", "--predictor_protocol", "grpc-v2",
                                    "--predictor_rest_host", f"127.0.0.1:{predictor.http_port}")
-    body = {"instances": [{"prompt": "Functions", **GREEDY}]}
+    body = {"instances": [{"prompt": "Functions", **GREEDY}, {"prompt": "Functions", **PENALIZED}]}
     expected = http.post(f"/v1/models/{MODEL_NAME}:predict", json=body).json()
+    # The penalties reached the predictor (over REST here, over gRPC below: the texts must match).
+    assert expected["predictions"][0]["text"] != expected["predictions"][1]["text"]
     with httpx.Client(base_url=over_grpc.url, timeout=60) as client:
         assert client.post(f"/v1/models/{MODEL_NAME}:predict", json=body).json() == expected
         streamed = client.post("/openai/v1/completions", json={"model": MODEL_NAME, "prompt": "Functions",

@@ -70,24 +70,29 @@ async def test_requests_of_different_lengths_interleave_on_one_connection(transf
     assert "long" in order[:short_done] and "long" in order[short_done + 1:]
 
 
-@pytest.mark.parametrize("with_stop", [False, True])
-async def test_deltas_concatenate_to_the_openai_text(transformer, with_stop):
+PENALTIES = {"presence_penalty": 1.0, "frequency_penalty": 0.5, "repetition_penalty": 1.2, "logit_bias": {"300": 3.0}}
+
+
+@pytest.mark.parametrize("with_stop, penalties", [(False, {}), (True, {}), (False, PENALTIES)],
+                         ids=["plain", "stop", "penalties"])
+async def test_deltas_concatenate_to_the_openai_text(transformer, with_stop, penalties):
     prompt, messages_in = "Classes and instances", [{"role": "user", "content": "Tell me about modules"}]
+    settings = {**SEEDED, **penalties}
     with httpx.Client(base_url=transformer.url, timeout=60) as http:
         completion = http.post("/openai/v1/completions", json={"model": MODEL_NAME, "prompt": prompt,
-                                                                "max_tokens": 30, **SEEDED}).json()
+                                                                "max_tokens": 30, **settings}).json()
         text = completion["choices"][0]["text"]
         # A stop string from the middle of the free text, so that it ends the request early.
         stop_strings = [text[12:16]] if with_stop else None
         completion = http.post("/openai/v1/completions", json={"model": MODEL_NAME, "prompt": prompt,
                                                                 "max_tokens": 30, "stop": stop_strings,
-                                                                **SEEDED}).json()
+                                                                **settings}).json()
         chat = http.post("/openai/v1/chat/completions", json={"model": MODEL_NAME, "messages": messages_in,
                                                                "max_tokens": 30, "stop": stop_strings,
-                                                               **SEEDED}).json()
+                                                               **settings}).json()
     async with websockets.connect(ws_url(transformer)) as socket:
-        await socket.send(generate("text", prompt=prompt, max_tokens=30, stop=stop_strings, **SEEDED))
-        await socket.send(generate("chat", messages=messages_in, max_tokens=30, stop=stop_strings, **SEEDED))
+        await socket.send(generate("text", prompt=prompt, max_tokens=30, stop=stop_strings, **settings))
+        await socket.send(generate("chat", messages=messages_in, max_tokens=30, stop=stop_strings, **settings))
         messages = await until_ends(socket, {"text", "chat"})
     for request_id, openai in (("text", completion), ("chat", chat)):
         choice = openai["choices"][0]
