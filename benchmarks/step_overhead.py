@@ -17,7 +17,7 @@ one's tokens (the default on CUDA): on a GPU its host work overlaps the device's
 prints for it is the host work per step that a GPU step has to cover, not time the GPU waits.
 
 Usage: PYTHONPATH=. python benchmarks/step_overhead.py [--batch_sizes 1,16,64,256]
-       [--modes cuda_graphs,eager] [--profile 64] [--json PATH]
+       [--modes cuda_graphs,eager] [--penalties] [--profile 64] [--json PATH]
 """
 
 from __future__ import annotations
@@ -57,6 +57,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--context_len", type=int, default=1024, help="prompt tokens per request")
     parser.add_argument("--steps", type=int, default=50, help="timed decode steps per repeat")
     parser.add_argument("--repeats", type=int, default=5, help="the repeat with the least total time is reported")
+    parser.add_argument("--penalties", action="store_true",
+                        help="every request uses the repetition, frequency and presence penalties and a logit bias "
+                             "(their host work grows with the tokens each request has seen)")
     parser.add_argument("--profile", type=int, default=None, metavar="BATCH",
                         help="also cProfile the timed steps at this batch size and print the top functions")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
@@ -140,7 +143,10 @@ def build_engine(mode: str, async_scheduling: bool, args: argparse.Namespace, cl
 
 def start_decoding(engine: LLMEngine, batch: int, args: argparse.Namespace, rng: random.Random) -> list[str]:
     """Add `batch` requests and step until every one is decoding."""
-    params = SamplingParams(max_tokens=engine.max_model_len - args.context_len, temperature=0.0, ignore_eos=True)
+    penalties = dict(repetition_penalty=1.1, frequency_penalty=0.5, presence_penalty=0.5,
+                     logit_bias={token: 1.0 for token in range(3, 13)}) if args.penalties else {}
+    params = SamplingParams(max_tokens=engine.max_model_len - args.context_len, temperature=0.0, ignore_eos=True,
+                            **penalties)
     request_ids = [f"b{batch}-{index}" for index in range(batch)]
     for request_id in request_ids:
         engine.add_request(request_id, [rng.randrange(3, VOCAB_SIZE) for _ in range(args.context_len)], params)
@@ -202,7 +208,7 @@ def main(argv: list[str] | None = None) -> None:
     for mode, async_scheduling in itertools.product(args.modes, args.async_scheduling):
         clock = PhaseClock()
         engine = build_engine(mode, async_scheduling == "on", args, clock)
-        name = f"{mode}/{'async' if async_scheduling == 'on' else 'sync'}"
+        name = f"{mode}/{'async' if async_scheduling == 'on' else 'sync'}{'/penalties' if args.penalties else ''}"
         for batch in args.batch_sizes:
             results.append({"mode": name, "batch": batch, **measure(engine, clock, name, batch, args, rng)})
     print_table(results)
