@@ -69,6 +69,12 @@ class Call:
         headers = {name: request_headers[name] for name in FORWARDED_HEADERS if name in request_headers}
         return cls(path, payload, headers, stream)
 
+    @property
+    def echoed_prompt(self) -> str | None:
+        """The prompt a completion with `echo` opens its stream with (echo takes one text prompt)."""
+        prompt = self.payload.get("prompt")
+        return prompt if self.payload.get("echo") and isinstance(prompt, str) else None
+
 
 @dataclass(slots=True)
 class Plan:
@@ -179,7 +185,7 @@ class Upstream:
             response = await self.client.request("POST", endpoint.url + call.path, payload, call.headers)
         try:
             with self._failures(route, endpoint):
-                return await _read(route, response, call.stream)
+                return await _read(route, response, call.stream, call.echoed_prompt)
         except BaseException:
             response.release()
             raise
@@ -204,13 +210,13 @@ class _AttemptFailed(Exception):
         self.answer = answer
 
 
-async def _read(route: Route, response: Response, stream: bool) -> Answer:
-    """The answer of an open response: a 200 stream up to its first event past a chat role chunk,
-    anything else whole."""
+async def _read(route: Route, response: Response, stream: bool, echoed_prompt: str | None) -> Answer:
+    """The answer of an open response: a 200 stream up to its first event past the chunks it
+    opens with (a chat role, a completion's echoed prompt), anything else whole."""
     content_type = response.headers.get("content-type")
     if stream and response.status == HTTPStatus.OK:
         rest = response.chunks()
-        first, event, event_end = await _up_to_first_event(rest)
+        first, event, event_end = await _up_to_first_event(rest, echoed_prompt)
         if event is None or not _is_server_error(event):
             return Answer(route, response.status, content_type, first, rest, response)
         # What the client gets if no other target may answer: the stream as it ended, whole, so
@@ -229,18 +235,19 @@ async def _read(route: Route, response: Response, stream: bool) -> Answer:
     return answer
 
 
-async def _up_to_first_event(chunks: AsyncIterator[bytes]) -> tuple[bytes, dict | None, int]:
-    """(the stream's bytes read up to its first whole event that is not a chat role chunk, that
+async def _up_to_first_event(chunks: AsyncIterator[bytes], echoed_prompt: str | None) -> tuple[bytes, dict | None, int]:
+    """(the stream's bytes read up to its first whole event that is not an opening chunk, that
     event parsed, the offset where it ends); the event is None if the stream ended first or it is
-    not JSON. A chat stream opens with the role as soon as the request is admitted: holding it
-    until the first token costs the client nothing, and lets a failure before that token fall back."""
+    not JSON. A chat stream opens with the role, and a completion with `echo` with its prompt, as
+    soon as the request is admitted: holding them until the first token costs the client nothing,
+    and lets a failure before that token fall back."""
     body, scanned = b"", 0
     async for chunk in chunks:
         body += chunk
         while (end := body.find(EVENT_END, scanned)) != -1:
             event = _parse_event(body[scanned:end])
             scanned = end + len(EVENT_END)
-            if event is None or not _is_role_chunk(event):
+            if event is None or not (_is_role_chunk(event) or _is_echo_chunk(event, echoed_prompt)):
                 return body, event, scanned
     return body, None, len(body)
 
@@ -268,6 +275,15 @@ def _is_role_chunk(event: dict) -> bool:
                and isinstance(choice.get("delta"), dict) and choice["delta"].get("role") is not None
                and not choice["delta"].get("content") and set(choice["delta"]) <= {"role", "content"}
                for choice in choices)
+
+
+def _is_echo_chunk(event: dict, echoed_prompt: str | None) -> bool:
+    """A completion chunk that only repeats the prompt (`echo`), before any token."""
+    choices = event.get("choices")
+    if not echoed_prompt or not isinstance(choices, list) or not choices:
+        return False
+    return all(isinstance(choice, dict) and choice.get("text") == echoed_prompt and choice.get("finish_reason") is None
+               and not choice.get("logprobs") for choice in choices)
 
 
 def _is_server_error(event: dict) -> bool:

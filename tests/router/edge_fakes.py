@@ -96,6 +96,12 @@ class FakeTransformer:
                         "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}
                 yield b"data: " + json.dumps(role).encode() + b"\n\n"
                 await asyncio.sleep(STREAM_EVENT_SECONDS)
+            if not chat and body.get("echo"):
+                # As the transformer does: the prompt, at once, before any token.
+                echoed = {"id": "cmpl-1", "model": body["model"],
+                          "choices": [{"index": 0, "text": body["prompt"], "logprobs": None, "finish_reason": None}]}
+                yield b"data: " + json.dumps(echoed).encode() + b"\n\n"
+                await asyncio.sleep(STREAM_EVENT_SECONDS)
             if self.fails_before_first_token:
                 error = {"error": {"message": "the request timed out in the queue", "type": "server_error",
                                    "param": None, "code": None}}

@@ -205,19 +205,33 @@ def test_a_chat_streams_role_chunk_is_held_for_its_first_token_and_passed_on_int
     assert [event["choices"][0]["delta"]["content"] for event in events[1:]] == ["0 ", "1 ", "2 "]
 
 
-@pytest.mark.parametrize("path", [CHAT, COMPLETIONS])
-def test_a_stream_that_fails_before_its_first_token_falls_back(router, http, fakes, path):
+@pytest.mark.parametrize("path, echo", [(CHAT, False), (COMPLETIONS, False), (COMPLETIONS, True)],
+                         ids=["chat", "completion", "completion-echo"])
+def test_a_stream_that_fails_before_its_first_token_falls_back(router, http, fakes, path, echo):
     """The transformer admitted the request (200), then its predictor failed it before any token:
-    nothing has reached the client yet, so the other model answers."""
+    nothing has reached the client yet (a chat's role chunk and an echoed prompt are held), so the
+    other model answers."""
     before = router_metric(router, "router_fallbacks_total", from_route="large", reason="failed")
     fakes["llm-large-a"].fails_before_first_token = True
-    body = chat(DEMANDING, stream=True) if path == CHAT else {"model": "auto", "prompt": DEMANDING, "stream": True}
+    body = chat(DEMANDING, stream=True) if path == CHAT else {"model": "auto", "prompt": DEMANDING, "stream": True,
+                                                              "echo": echo}
     with http.stream("POST", path, json=body) as response:
         text = response.read().decode()
     assert response.status_code == 200 and response.headers["x-route"] == "small"
     assert response.headers["x-route-fallback"] == "large:failed"
     assert '"error"' not in text and '"llm-small"' in text and text.endswith("data: [DONE]\n\n")
+    # The client sees the prompt echoed once, by the model that answered.
+    assert text.count(json.dumps(DEMANDING)) == (1 if echo else 0)
     assert router_metric(router, "router_fallbacks_total", from_route="large", reason="failed") == before + 1
+
+
+def test_an_echoed_prompt_is_held_for_the_first_token_and_passed_on_intact(http, fakes):
+    body = {"model": "llm-large", "prompt": DEMANDING, "stream": True, "echo": True}
+    with http.stream("POST", COMPLETIONS, json=body) as response:
+        events = [json.loads(line.removeprefix("data: ")) for line in response.iter_lines()
+                  if line and line != "data: [DONE]"]
+    assert events[0]["choices"][0]["text"] == DEMANDING
+    assert [event["choices"][0]["text"] for event in events[1:]] == ["0 ", "1 ", "2 "]
 
 
 def test_a_named_models_stream_that_fails_before_its_first_token_ends_as_it_did(http, fakes):
