@@ -62,7 +62,7 @@ def openai_payload(request: GenerateMessage) -> dict:
     own). `max_tokens` is always sent: unset, it means the rest of the context, as in chat."""
     payload = request.model_dump(include={"temperature", "top_p", "seed", "top_k", "min_tokens", "ignore_eos",
                                           "presence_penalty", "frequency_penalty", "repetition_penalty",
-                                          "logit_bias"},
+                                          "logit_bias", "min_p", "stop_token_ids"},
                                  exclude_none=True)
     payload.update(max_tokens=request.max_tokens, stream=True, stream_options={"include_usage": True})
     if request.stop_strings:

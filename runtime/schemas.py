@@ -6,7 +6,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
 
 from runtime.engine import SamplingParams
-from serving.openai_protocol import logit_bias_from_text
+from serving.openai_protocol import logit_bias_from_text, token_ids_from_text
 
 
 class SamplingFields(BaseModel):
@@ -23,6 +23,7 @@ class SamplingFields(BaseModel):
     temperature: float | None = None
     top_p: float | None = None
     top_k: int | None = None
+    min_p: float | None = None
     seed: int | None = None
     stop_token_ids: list[StrictInt] | None = None
     ignore_eos: bool | None = None
@@ -43,14 +44,7 @@ class SamplingFields(BaseModel):
     @field_validator("stop_token_ids", mode="before")
     @classmethod
     def _split_token_list(cls, value: object) -> object:
-        if isinstance(value, str):
-            try:
-                return [int(part) for part in value.split(",") if part.strip()]
-            except ValueError:
-                raise ValueError("must be a list of token ids or a comma-separated string of them") from None
-        if isinstance(value, int) and not isinstance(value, bool):
-            return [value]
-        return value
+        return token_ids_from_text(value)
 
     def to_sampling_params(self, *, logprobs: bool = False) -> SamplingParams:
         """Build SamplingParams (which checks ranges and raises ValueError with the allowed one);

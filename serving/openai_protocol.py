@@ -9,7 +9,7 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
 
 MAX_STOP_STRINGS = 4
 MAX_STOP_STRING_CHARS = 256
@@ -20,6 +20,7 @@ MAX_ADDITIVE_PENALTY = 2.0
 MAX_LOGIT_BIAS = 100.0
 MAX_LOGIT_BIAS_TOKENS = 300
 MIN_REPETITION_PENALTY, MAX_REPETITION_PENALTY = 0.01, 10.0
+MAX_STOP_TOKEN_IDS = 256
 
 
 class _Body(BaseModel):
@@ -32,6 +33,19 @@ class StreamOptions(_Body):
 
 
 Stop = str | Annotated[list[str], Field(max_length=MAX_STOP_STRINGS)] | None
+
+
+def token_ids_from_text(value: object) -> object:
+    """Token ids written as "1,2,3" (v2 parameters hold no lists), or one id, as a list; any
+    other value as it is."""
+    if isinstance(value, str):
+        try:
+            return [int(part) for part in value.split(",") if part.strip()]
+        except ValueError:
+            raise ValueError("must be a list of token ids or a comma-separated string of them") from None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return [value]
+    return value
 
 
 def logit_bias_from_text(value: object) -> object:
@@ -64,8 +78,10 @@ class SamplingBase(_Body):
 
     stop: Stop = None
     top_k: Annotated[int, Field(ge=-1)] | None = None
+    min_p: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
     min_tokens: Annotated[int, Field(ge=0)] | None = None
     ignore_eos: bool | None = None
+    stop_token_ids: Annotated[list[StrictInt], Field(max_length=MAX_STOP_TOKEN_IDS)] | None = None
     presence_penalty: AdditivePenalty | None = None
     frequency_penalty: AdditivePenalty | None = None
     repetition_penalty: Annotated[float, Field(ge=MIN_REPETITION_PENALTY, le=MAX_REPETITION_PENALTY)] | None = None
@@ -76,6 +92,11 @@ class SamplingBase(_Body):
     @classmethod
     def _parse_logit_bias(cls, value: object) -> object:
         return logit_bias_from_text(value)
+
+    @field_validator("stop_token_ids", mode="before")
+    @classmethod
+    def _parse_token_ids(cls, value: object) -> object:
+        return token_ids_from_text(value)
 
     @field_validator("stop")
     @classmethod

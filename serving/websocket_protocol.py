@@ -95,7 +95,7 @@ class GenerateMessage(SamplingBase):
 
 SAMPLING_FIELDS = frozenset({"max_tokens", "temperature", "top_p", "seed", "stop", "logprobs", "top_k",
                              "min_tokens", "ignore_eos", "presence_penalty", "frequency_penalty",
-                             "repetition_penalty", "logit_bias"})
+                             "repetition_penalty", "logit_bias", "min_p", "stop_token_ids"})
 
 
 class CancelMessage(BaseModel):

@@ -164,8 +164,8 @@ def _sampling_fields(body, max_tokens: int | None, logprobs: bool, top_logprobs:
     # Constructed without validation: each value was validated by the OpenAI request model,
     # whose ranges are the same or narrower.
     return TextSamplingFields.model_construct(
-        max_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p, top_k=body.top_k, seed=body.seed,
-        min_tokens=body.min_tokens, ignore_eos=body.ignore_eos, stop=body.stop_strings or None,
+        max_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p, top_k=body.top_k, min_p=body.min_p,
+        seed=body.seed, stop_token_ids=body.stop_token_ids, min_tokens=body.min_tokens, ignore_eos=body.ignore_eos, stop=body.stop_strings or None,
         logprobs=logprobs or None, top_logprobs=top_logprobs or None, presence_penalty=body.presence_penalty,
         frequency_penalty=body.frequency_penalty, repetition_penalty=body.repetition_penalty,
         logit_bias=body.logit_bias,

@@ -1,4 +1,4 @@
-"""Batched sampling: greedy, temperature, top-k and top-p, with reproducible seeded requests.
+"""Batched sampling: greedy, temperature, min-p, top-k and top-p, with reproducible seeded requests.
 
 Random choices use the exponential-race trick (argmax of probs / Exp(1) noise), where a
 seeded request draws its noise from its own generator: its tokens depend only on its
@@ -137,6 +137,9 @@ class Sampler:
             [1.0 if seq.params.greedy else seq.params.temperature for seq in seqs], torch.float32, device
         )
         scaled = logits / temperatures.unsqueeze(1)
+        min_ps = [seq.params.min_p for seq in seqs]
+        if any(min_ps):
+            scaled = _apply_min_p(scaled, to_device(min_ps, torch.float32, device))
         top_ks = [seq.params.top_k for seq in seqs]
         if any(k > 0 for k in top_ks):
             scaled = _apply_top_k(scaled, top_ks)
@@ -161,6 +164,13 @@ class Sampler:
         if max(num_top):
             top_values, top_indices = raw_logprobs.topk(max(num_top), dim=-1)
         return PendingSample(token_ids, chosen, top_values, top_indices, num_top)
+
+
+def _apply_min_p(logits: torch.Tensor, min_ps: torch.Tensor) -> torch.Tensor:
+    """Drop the tokens less than min_p times as likely as the row's most likely one: in log
+    space, logits below the row's largest + log(min_p) (min_p 0 gives -inf: nothing dropped)."""
+    floor = logits.max(dim=-1, keepdim=True).values + min_ps.log().unsqueeze(1)
+    return logits.masked_fill(logits < floor, float("-inf"))
 
 
 def _apply_top_k(logits: torch.Tensor, top_ks: list[int]) -> torch.Tensor:

@@ -31,13 +31,16 @@ class SamplingParams:
     then `repetition_penalty` r (transformers' and vLLM's) divides a positive logit by r, and
     multiplies a negative one by r, for every token already in the prompt or the output;
     `frequency_penalty` f and `presence_penalty` p (OpenAI's) subtract f x (times the token is
-    in the output so far) and p if it is there at all.
+    in the output so far) and p if it is there at all. A sampled token is then drawn after
+    temperature, from the tokens at least `min_p` times as likely as the most likely one (vLLM's
+    and transformers' min-p), then top-k, then top-p.
     """
 
     max_tokens: int = 16
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = -1
+    min_p: float = 0.0
     seed: int | None = None
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
@@ -58,6 +61,8 @@ class SamplingParams:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or (self.top_k < 1 and self.top_k != -1):
             raise ValueError(f"top_k must be -1 (disabled) or an integer >= 1, got {self.top_k!r}")
+        if not _is_number(self.min_p) or not 0.0 <= self.min_p <= 1.0:
+            raise ValueError(f"min_p must be in [0, 1] (0 disables it), got {self.min_p!r}")
         if self.seed is not None and (
             isinstance(self.seed, bool) or not isinstance(self.seed, int) or not MIN_SEED <= self.seed <= MAX_SEED
         ):

@@ -4,6 +4,7 @@ the batch, stop tokens, EOS, min_tokens, logprobs against transformers, and abor
 from __future__ import annotations
 
 import json
+import math
 import shutil
 
 import pytest
@@ -63,6 +64,8 @@ def sampling(**overrides) -> SamplingParams:
         (dict(min_tokens=17), r"min_tokens must be in \[0, max_tokens=16\], got 17"),
         (dict(top_logprobs=-1), r"top_logprobs must be .*\[0, 20\], got -1"),
         (dict(top_logprobs=21), r"top_logprobs must be .*\[0, 20\], got 21"),
+        (dict(min_p=-0.1), r"min_p must be in \[0, 1\] \(0 disables it\), got -0.1"),
+        (dict(min_p=1.5), r"min_p must be in \[0, 1\]"),
     ],
 )
 def test_invalid_sampling_params_raise_a_clear_value_error(settings, message):
@@ -106,8 +109,8 @@ def test_valid_edges_are_accepted():
 
 @pytest.mark.parametrize(
     "variant",
-    [dict(), dict(top_p=0.9), dict(top_k=50), dict(top_p=0.9, top_k=50)],
-    ids=["plain", "top_p", "top_k", "top_p_and_top_k"],
+    [dict(), dict(top_p=0.9), dict(top_k=50), dict(top_p=0.9, top_k=50), dict(min_p=0.1)],
+    ids=["plain", "top_p", "top_k", "top_p_and_top_k", "min_p"],
 )
 def test_a_seeded_request_gives_the_same_tokens_whatever_else_is_in_the_batch(engine, variant):
     params = SamplingParams(max_tokens=24, temperature=1.0, seed=1234, ignore_eos=True, **variant)
@@ -249,6 +252,23 @@ def test_sampled_tokens_report_their_logprob_under_the_model(engine):
     for logprob, alternatives in zip(output.logprobs, output.top_logprobs):
         assert logprob <= max(alternatives.values()) + 1e-6
         assert logprob <= 0.0
+
+
+@pytest.mark.parametrize("min_p", [0.0, 0.3])
+def test_min_p_draws_only_tokens_near_the_most_likely(engine, min_p):
+    """At temperature 1 the raw logprobs are the sampling distribution's: with min_p every drawn
+    token is at least min_p times as likely as the most likely one. The tiny model's flat
+    distribution breaks that often without it (min_p 0 checks the test can fail)."""
+    params = SamplingParams(max_tokens=64, temperature=1.0, seed=9, top_logprobs=1, ignore_eos=True, min_p=min_p)
+    output = engine.generate([PROMPT], params)[0]
+    floor = math.log(0.3)
+    below = [logprob - max(top.values()) < floor - 1e-5 for logprob, top in zip(output.logprobs, output.top_logprobs)]
+    assert (not any(below)) if min_p else sum(below) >= 5
+
+
+def test_min_p_of_1_is_greedy(engine, greedy_tokens):
+    params = SamplingParams(max_tokens=MAX_TOKENS, temperature=1.0, seed=3, ignore_eos=True, min_p=1.0)
+    assert engine.generate([PROMPT], params)[0].output_token_ids == greedy_tokens
 
 
 def test_streamed_new_logprobs_add_up_to_the_final_list(engine):

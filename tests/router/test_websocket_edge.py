@@ -83,7 +83,8 @@ def text_of(messages: list[dict], request_id: str) -> str:
 async def test_requests_are_routed_by_policy_and_multiplexed(url, fakes):
     async with connect(url) as socket:
         await socket.send(generate("easy", prompt=CHIT_CHAT, max_tokens=8, seed=3, stop=["\n\n"],
-                                   presence_penalty=0.5, repetition_penalty=1.1, logit_bias={"5": 2}))
+                                   presence_penalty=0.5, repetition_penalty=1.1, logit_bias={"5": 2}, min_p=0.05,
+                                   stop_token_ids=[9]))
         await socket.send(generate("hard", messages=[{"role": "user", "content": DEMANDING}], logprobs=True))
         messages = await until_ends(socket, {"easy", "hard"})
     done = ends(messages)
@@ -96,7 +97,8 @@ async def test_requests_are_routed_by_policy_and_multiplexed(url, fakes):
     assert to_small["path"] == "/openai/v1/completions"
     assert to_small["body"] == {"model": "llm-small", "prompt": CHIT_CHAT, "max_tokens": 8, "seed": 3,
                                 "stop": ["\n\n"], "stream": True, "stream_options": {"include_usage": True},
-                                "presence_penalty": 0.5, "repetition_penalty": 1.1, "logit_bias": {"5": 2.0}}
+                                "presence_penalty": 0.5, "repetition_penalty": 1.1, "logit_bias": {"5": 2.0},
+                                "min_p": 0.05, "stop_token_ids": [9]}
     [to_large] = fakes["llm-large-a"].received
     assert to_large["path"] == "/openai/v1/chat/completions"
     assert to_large["body"]["max_tokens"] is None and to_large["body"]["logprobs"] is True

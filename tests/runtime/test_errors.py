@@ -57,6 +57,7 @@ BAD_REQUESTS = [
     (GENERATE, {"input_ids": [1, 2], "parameters": {"logit_bias": {"9000": 1}}}, ["logit_bias", "9000", "vocabulary"]),
     (GENERATE, {"input_ids": [1, 2], "parameters": {"logit_bias": {"5": 200}}}, ["logit_bias", "[-100, 100]"]),
     (INFER, infer_body(parameters={"logit_bias": "5=1"}), ["logit_bias", "token:bias"]),
+    (INFER, infer_body(parameters={"min_p": "1.5"}), ["min_p", "[0, 1]"]),
 ]
 
 

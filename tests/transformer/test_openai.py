@@ -78,9 +78,23 @@ def test_logit_bias_and_penalties_steer_the_tokens(client):
     assert set(both.choices[0].logprobs.tokens) == {"$", "%"}
 
 
+def test_vllm_min_p_and_stop_token_ids_reach_the_predictor(client):
+    prompt = [{"role": "user", "content": "What is a tuple?"}]
+    greedy = client.chat.completions.create(model=MODEL_NAME, messages=prompt, max_tokens=12, temperature=0)
+    # min_p 1 keeps only the most likely token: sampling at temperature 1 is greedy.
+    only_the_top = client.chat.completions.create(model=MODEL_NAME, messages=prompt, max_tokens=12, temperature=1,
+                                                  seed=5, extra_body={"min_p": 1.0})
+    assert only_the_top.choices[0].message.content == greedy.choices[0].message.content
+    stopped = client.completions.create(model=MODEL_NAME, prompt="Iterators", max_tokens=6, temperature=0,
+                                        logit_bias={"7": 100}, extra_body={"stop_token_ids": [7]})
+    assert stopped.choices[0].finish_reason == "stop" and stopped.usage.completion_tokens == 1
+
+
 def test_out_of_range_penalties_are_a_400_naming_the_field(client):
     for settings, field in [({"presence_penalty": 2.5}, "presence_penalty"), ({"logit_bias": {"1": 101}}, "logit_bias"),
-                            ({"extra_body": {"repetition_penalty": 0}}, "repetition_penalty")]:
+                            ({"extra_body": {"repetition_penalty": 0}}, "repetition_penalty"),
+                            ({"extra_body": {"min_p": 1.5}}, "min_p"),
+                            ({"extra_body": {"stop_token_ids": [1.5]}}, "stop_token_ids")]:
         with pytest.raises(openai.BadRequestError, match=field):
             client.completions.create(model=MODEL_NAME, prompt="x", max_tokens=2, **settings)
 

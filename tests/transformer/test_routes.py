@@ -106,7 +106,12 @@ def test_grpc_predictor_protocol_gives_the_same_text(predictor, launch_transform
     # The penalties reached the predictor (over REST here, over gRPC below: the texts must match).
     assert expected["predictions"][0]["text"] != expected["predictions"][1]["text"]
     with httpx.Client(base_url=over_grpc.url, timeout=60) as client:
-        assert client.post(f"/v1/models/{MODEL_NAME}:predict", json=body).json() == expected
+        predictions = client.post(f"/v1/models/{MODEL_NAME}:predict", json=body).json()["predictions"]
+        # The same tokens; `confidence` to float32 rounding (the two instances may share a batch
+        # on one path and not on the other).
+        for prediction, wanted in zip(predictions, expected["predictions"], strict=True):
+            assert prediction["confidence"] == pytest.approx(wanted["confidence"], abs=1e-4)
+            assert {**prediction, "confidence": None} == {**wanted, "confidence": None}
         streamed = client.post("/openai/v1/completions", json={"model": MODEL_NAME, "prompt": "Functions",
                                                                 "stream": True, **GREEDY})
     events = parse_sse([line for line in streamed.text.splitlines() if line != "data: [DONE]"])
