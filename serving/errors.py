@@ -109,6 +109,12 @@ KSERVE_STATUS_CODES: dict[type[Exception], HTTPStatus] = {
 ANSWERED_ERRORS = (*STATUS_CODES, *KSERVE_STATUS_CODES)
 # Routes under this prefix answer errors in OpenAI's shape.
 OPENAI_PATH_PREFIX = "/openai/"
+# vLLM's token routes, which answer errors in OpenAI's shape too.
+OPENAI_ROOT_PATHS = frozenset({"/tokenize", "/detokenize"})
+
+
+def is_openai_path(path: str) -> bool:
+    return path.startswith(OPENAI_PATH_PREFIX) or path in OPENAI_ROOT_PATHS
 
 
 def status_of(exc: BaseException) -> HTTPStatus:
@@ -136,7 +142,7 @@ def openai_error_response(exc: BaseException) -> JSONResponse:
 
 def error_response(exc: Exception, path: str = "") -> JSONResponse:
     """The REST response for one of our exception types, shaped for the route at `path`."""
-    if path.startswith(OPENAI_PATH_PREFIX):
+    if is_openai_path(path):
         return openai_error_response(exc)
     status = status_of(exc)
     logger.warning("%d: %s", status, exc)
@@ -154,7 +160,7 @@ async def _request_validation(request: Request, exc: RequestValidationError) -> 
 def validation_error_response(errors: list[dict] | tuple[dict, ...], path: str) -> JSONResponse:
     """400 for a body that is not valid JSON or not what the route takes, shaped for the route."""
     message = describe_validation_errors(errors)
-    if path.startswith(OPENAI_PATH_PREFIX):
+    if is_openai_path(path):
         body = openai_error_body(HTTPStatus.BAD_REQUEST, message, param=_first_field(errors))
         return JSONResponse(body, status_code=HTTPStatus.BAD_REQUEST)
     return JSONResponse({"error": message}, status_code=HTTPStatus.BAD_REQUEST)

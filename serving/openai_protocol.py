@@ -163,6 +163,39 @@ class ChatMessage(_Body):
         return self.content or ""
 
 
+class TokenizeRequest(_Body):
+    """vLLM's /tokenize: a completion `prompt`, or chat `messages` (rendered by the chat
+    template), as the token ids the completion and chat routes would send the model."""
+
+    model: str | None = None
+    prompt: str | None = None
+    messages: Annotated[list[ChatMessage], Field(min_length=1)] | None = None
+    add_generation_prompt: bool = True
+
+    @model_validator(mode="after")
+    def _one_input(self) -> TokenizeRequest:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("send exactly one of `prompt` (text) or `messages` (chat)")
+        return self
+
+
+class TokenizeResponse(BaseModel):
+    count: int
+    max_model_len: int
+    tokens: list[int]
+
+
+class DetokenizeRequest(_Body):
+    """vLLM's /detokenize: token ids back to text (special tokens skipped, as in completions)."""
+
+    model: str | None = None
+    tokens: list[StrictInt]
+
+
+class DetokenizeResponse(BaseModel):
+    prompt: str
+
+
 class ResponseFormat(_Body):
     type: Literal["text"]
 

@@ -28,8 +28,12 @@ from serving.openai_protocol import (
     CompletionLogprobs,
     CompletionRequest,
     CompletionResponse,
+    DetokenizeRequest,
+    DetokenizeResponse,
     ModelCard,
     ModelList,
+    TokenizeRequest,
+    TokenizeResponse,
     TokenLogprob,
     TopLogprob,
     Usage,
@@ -81,6 +85,23 @@ def add_openai_routes(app: FastAPI, model: TextModel) -> None:
         return await answer_chat_completions(model, body, request.headers)
 
     app.include_router(router)
+
+    # vLLM's token routes, at its paths: what a prompt costs, ids for logit_bias or stop_token_ids.
+    @app.post("/tokenize", tags=["OpenAI"])
+    @_openai_errors
+    async def tokenize(body: TokenizeRequest) -> TokenizeResponse:
+        if body.model is not None:
+            _check_model(model, body.model)
+        tokens = await model.prompt_ids(body.prompt, body.messages, add_generation_prompt=body.add_generation_prompt)
+        return TokenizeResponse(count=len(tokens), max_model_len=model.tokenizer.max_model_len, tokens=tokens)
+
+    @app.post("/detokenize", tags=["OpenAI"])
+    @_openai_errors
+    async def detokenize(body: DetokenizeRequest) -> DetokenizeResponse:
+        if body.model is not None:
+            _check_model(model, body.model)
+        return DetokenizeResponse(prompt=model.tokenizer.decode(await model.prompt_ids(body.tokens)))
+
     # Every streamed token's first byte waits for these two: served ahead of FastAPI's router.
     add_direct_routes(app, {
         f"{OPENAI_PREFIX}/completions": DirectRoute(CompletionRequest, functools.partial(answer_completions, model)),

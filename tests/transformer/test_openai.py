@@ -3,6 +3,7 @@ against a real transformer in front of a real predictor."""
 
 from __future__ import annotations
 
+import httpx
 import openai
 import pytest
 
@@ -88,6 +89,28 @@ def test_vllm_min_p_and_stop_token_ids_reach_the_predictor(client):
     stopped = client.completions.create(model=MODEL_NAME, prompt="Iterators", max_tokens=6, temperature=0,
                                         logit_bias={"7": 100}, extra_body={"stop_token_ids": [7]})
     assert stopped.choices[0].finish_reason == "stop" and stopped.usage.completion_tokens == 1
+
+
+def test_tokenize_gives_the_ids_the_generate_routes_use(client, transformer):
+    """vLLM's /tokenize and /detokenize: a prompt's count matches the completion's usage, chat
+    messages are rendered by the template as the chat route does, and ids decode back."""
+    with httpx.Client(base_url=transformer.url, timeout=30) as http:
+        tokenized = http.post("/tokenize", json={"model": MODEL_NAME, "prompt": "Iterators and generators"}).json()
+        messages = [{"role": "user", "content": "What is a tuple?"}]
+        chat = http.post("/tokenize", json={"messages": messages}).json()
+        text = http.post("/detokenize", json={"tokens": tokenized["tokens"]}).json()
+        errors = [http.post("/tokenize", json={"prompt": "x", "messages": messages}),
+                  http.post("/detokenize", json={"tokens": [10**9]}),
+                  http.post("/tokenize", json={"model": "gpt-4", "prompt": "x"})]
+    completion = client.completions.create(model=MODEL_NAME, prompt="Iterators and generators", max_tokens=1)
+    assert tokenized["count"] == len(tokenized["tokens"]) == completion.usage.prompt_tokens
+    assert tokenized["max_model_len"] > 0
+    answer = client.chat.completions.create(model=MODEL_NAME, messages=messages, max_tokens=1)
+    assert chat["count"] == answer.usage.prompt_tokens
+    assert text == {"prompt": "Iterators and generators"}
+    assert [response.status_code for response in errors] == [400, 400, 404]
+    assert "exactly one of" in errors[0].json()["error"]["message"]
+    assert "token ids must be in [0, " in errors[1].json()["error"]["message"]
 
 
 def test_out_of_range_penalties_are_a_400_naming_the_field(client):
