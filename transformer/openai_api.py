@@ -388,15 +388,22 @@ async def _stream_response(model: TextModel, choices: list[Choice], headers: dic
 async def _events(merged: AsyncIterator[tuple[int, TextChunk]], choices: list[Choice],
                   stream: CompletionStream | ChatStream) -> AsyncIterator[bytes]:
     completion_tokens = 0
+    continuous_usage = stream.body.include_continuous_usage
+
+    def event(message: dict) -> bytes:
+        if continuous_usage:
+            message["usage"] = Usage.of(stream.num_prompt_tokens, completion_tokens).model_dump()
+        return _event(message)
+
     async with aclosing(merged):
         try:
             for message in stream.start(choices):
-                yield _event(message)
+                yield event(message)
             async for index, chunk in merged:
                 completion_tokens += len(chunk.token_ids)
                 message = stream.delta(choices[index].index, chunk)
                 if message is not None:
-                    yield _event(message)
+                    yield event(message)
             if stream.body.include_usage:
                 yield _event(stream.usage(completion_tokens))
         except CLIENT_ERRORS as exc:

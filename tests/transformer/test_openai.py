@@ -3,6 +3,8 @@ against a real transformer in front of a real predictor."""
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import openai
 import pytest
@@ -41,6 +43,25 @@ def test_streamed_completion_concatenates_to_the_whole_text(client):
     assert text == whole.choices[0].text
     assert [chunk.choices[0].finish_reason for chunk in chunks if chunk.choices][-1] == "length"
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 24
+
+
+@pytest.mark.parametrize("path, body", [
+    ("/openai/v1/completions", {"prompt": "Once upon a time", "echo": True}),
+    ("/openai/v1/chat/completions", {"messages": [{"role": "user", "content": "What is a set?"}]}),
+], ids=["completion", "chat"])
+def test_continuous_usage_stats_count_the_tokens_so_far(transformer, path, body):
+    """vLLM's stream_options.continuous_usage_stats: every chunk carries the usage so far, which
+    ends at the final usage chunk's."""
+    request = {"model": MODEL_NAME, "max_tokens": 10, "stream": True, **SEEDED, **body,
+               "stream_options": {"include_usage": True, "continuous_usage_stats": True}}
+    with httpx.Client(base_url=transformer.url, timeout=60) as http:
+        lines = http.post(path, json=request).text.splitlines()
+    chunks = [json.loads(line.removeprefix("data: ")) for line in lines if line.startswith("data: {")]
+    completion_tokens = [chunk["usage"]["completion_tokens"] for chunk in chunks]
+    assert completion_tokens[0] == 0 and completion_tokens[-1] == 10
+    assert completion_tokens == sorted(completion_tokens)
+    assert all(chunk["usage"]["prompt_tokens"] == chunks[-1]["usage"]["prompt_tokens"] > 0 for chunk in chunks)
+    assert chunks[-1]["choices"] == []
 
 
 def test_chat_completion_and_its_stream_agree(client):
