@@ -149,6 +149,11 @@ class CompletionRequest(_SamplingRequest):
             raise ValueError("best_of must equal n (or be left out)")
         if self.echo and not isinstance(self.prompt, str):
             raise ValueError("echo is supported for a single text prompt only")
+        if self.echo and self.logprobs is not None:
+            # OpenAI's answer would carry the prompt's logprobs too; giving only the output's would
+            # look the same to a client (an evaluation harness scoring the prompt) and mislead it.
+            raise ValueError("echo with logprobs (the prompt tokens' logprobs) is not supported; "
+                             "ask for one or the other")
         return self
 
 

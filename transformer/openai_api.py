@@ -186,10 +186,10 @@ def _sampling_fields(body, max_tokens: int | None, logprobs: bool, top_logprobs:
     # whose ranges are the same or narrower.
     return TextSamplingFields.model_construct(
         max_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p, top_k=body.top_k, min_p=body.min_p,
-        seed=body.seed, stop_token_ids=body.stop_token_ids, min_tokens=body.min_tokens, ignore_eos=body.ignore_eos, stop=body.stop_strings or None,
-        logprobs=logprobs or None, top_logprobs=top_logprobs or None, presence_penalty=body.presence_penalty,
-        frequency_penalty=body.frequency_penalty, repetition_penalty=body.repetition_penalty,
-        logit_bias=body.logit_bias,
+        seed=body.seed, stop_token_ids=body.stop_token_ids, min_tokens=body.min_tokens, ignore_eos=body.ignore_eos,
+        stop=body.stop_strings or None, logprobs=logprobs or None, top_logprobs=top_logprobs or None,
+        presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty,
+        repetition_penalty=body.repetition_penalty, logit_bias=body.logit_bias,
     )
 
 
@@ -220,7 +220,7 @@ def _completion_response(model: TextModel, body: CompletionRequest, choices: lis
                 index=choice.index,
                 text=echo + result.text,
                 logprobs=_completion_logprobs(model.tokenizer, result.token_ids, result.logprobs, result.top_logprobs,
-                                              len(echo)) if body.logprobs is not None else None,
+                                              0) if body.logprobs is not None else None,
                 finish_reason=result.finish_reason,
             )
             for choice, result in zip(choices, results)
@@ -316,7 +316,7 @@ class CompletionStream:
             return None
         logprobs = None
         if wants_logprobs:
-            offset = self._text_offsets.get(index, len(self.echo))
+            offset = self._text_offsets.get(index, 0)
             logprobs = _completion_logprobs(self.tokenizer, chunk.token_ids, chunk.logprobs, chunk.top_logprobs, offset)
             self._text_offsets[index] = offset + sum(len(token) for token in logprobs.tokens)
             logprobs = logprobs.model_dump()

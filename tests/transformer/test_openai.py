@@ -134,6 +134,11 @@ def test_tokenize_gives_the_ids_the_generate_routes_use(client, transformer):
     assert "token ids must be in [0, " in errors[1].json()["error"]["message"]
 
 
+def test_echo_with_logprobs_is_refused_rather_than_missing_the_prompts(client):
+    with pytest.raises(openai.BadRequestError, match="echo with logprobs"):
+        client.completions.create(model=MODEL_NAME, prompt="x", max_tokens=2, echo=True, logprobs=0)
+
+
 def test_out_of_range_penalties_are_a_400_naming_the_field(client):
     for settings, field in [({"presence_penalty": 2.5}, "presence_penalty"), ({"logit_bias": {"1": 101}}, "logit_bias"),
                             ({"extra_body": {"repetition_penalty": 0}}, "repetition_penalty"),
