@@ -1,16 +1,17 @@
-"""The router's OpenAI-compatible edge, beside its KServe routes: /openai/v1/models, /completions and
-/chat/completions. `model: "auto"` is routed by the policy (an `x-route: small|large` request header
-overrides it) and falls back to the other model when the chosen one cannot answer; a target's
-model name goes to that target only. Streams pass through byte for byte (KServe's graph router
-cannot stream), and a client that leaves closes the target's stream. A whole answer the policy
-sent to the small model may be escalated by the cascade. Bodies are validated here, so a bad one
-gets an OpenAI-shaped 400 before any target is called.
+"""The router's OpenAI-compatible edge, beside its KServe routes: /openai/v1/models, /completions,
+/chat/completions, /tokenize and /detokenize. `model: "auto"` is routed by the policy (an
+`x-route: small|large` request header overrides it) and falls back to the other model when the
+chosen one cannot answer; a target's model name goes to that target only. Streams pass through
+byte for byte (KServe's graph router cannot stream), and a client that leaves closes the target's
+stream. A whole answer the policy sent to the small model may be escalated by the cascade. Bodies
+are validated here, so a bad one gets an OpenAI-shaped 400 before any target is called.
 
 Response headers say what happened: `x-route` (the model that answered: small | large),
 `x-route-score` (the policy's score, when the policy decided), `x-route-fallback`
 (`<route>:<failure>`: the model that could not answer, and why) and `x-route-escalated` (the
 cascade's reason). Answers keep the `model` name of the target that wrote them, as OpenAI's name
-the snapshot behind an alias."""
+the snapshot behind an alias. vLLM's /tokenize and /detokenize go to the transformer of the model
+they name (`auto` is refused: the two models may tokenize differently)."""
 
 from __future__ import annotations
 
@@ -42,7 +43,15 @@ from router.upstream import Answer, Call, Fallback, Plan, TargetFailed, Upstream
 from serving.direct_routes import DirectRoute, add_direct_routes
 from serving.errors import openai_error_response
 from serving.http_client import Pools
-from serving.openai_protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList, now
+from serving.openai_protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    DetokenizeRequest,
+    ModelCard,
+    ModelList,
+    TokenizeRequest,
+    now,
+)
 from serving.streaming import EventStreamResponse
 
 logger = logging.getLogger(__name__)
@@ -50,6 +59,9 @@ logger = logging.getLogger(__name__)
 OWNER = "kserve-llm-runtime"
 COMPLETIONS_PATH = "/openai/v1/completions"
 CHAT_PATH = "/openai/v1/chat/completions"
+# vLLM's token routes, at its paths, passed to the named model's transformer.
+TOKENIZE_PATH = "/tokenize"
+DETOKENIZE_PATH = "/detokenize"
 SCORE_HEADER = "x-route-score"
 FALLBACK_HEADER = "x-route-fallback"
 ESCALATED_HEADER = "x-route-escalated"
@@ -124,6 +136,24 @@ class OpenAIEdge:
             else:
                 answer, escalated = await self.upstream.send(plan, call), None
             return _response(answer, routing, escalated)
+        except Exception as exc:
+            return openai_error_response(exc)
+
+    async def answer_tokens(self, path: str, body: TokenizeRequest | DetokenizeRequest,
+                            headers: Mapping[str, str]) -> Response:
+        """vLLM's token routes, answered by the named model's transformer. Token ids belong to one
+        model's vocabulary, so `auto` (or no model) is refused rather than guessed."""
+        try:
+            if body.model is None or body.model == AUTO_MODEL:
+                names = " or ".join(self.replica_sets[route].model for route in Route)
+                raise InvalidInput(f"name the model ({names}): `{AUTO_MODEL}` routes each request by its prompt, "
+                                   "and the two models may tokenize differently")
+            route = self._hint(body.model, headers).route
+            call = Call.of(path, body.model_dump(mode="json", exclude_unset=True, exclude={"model"}), headers,
+                           stream=False)
+            answer = await self.upstream.send(Plan(route, self.replica_sets[route].ranked(), None), call)
+            return Response(answer.body, status_code=answer.status, media_type=answer.content_type,
+                            headers={ROUTE_HEADER: answer.route.value})
         except Exception as exc:
             return openai_error_response(exc)
 
@@ -260,6 +290,15 @@ def add_openai_edge(app: FastAPI, edge: OpenAIEdge) -> None:
         return await answer_chat_completions(body, request.headers)
 
     app.include_router(router)
+
+    @app.post(TOKENIZE_PATH, tags=["OpenAI"])
+    async def tokenize(body: TokenizeRequest, request: Request) -> Response:
+        return await edge.answer_tokens(TOKENIZE_PATH, body, request.headers)
+
+    @app.post(DETOKENIZE_PATH, tags=["OpenAI"])
+    async def detokenize(body: DetokenizeRequest, request: Request) -> Response:
+        return await edge.answer_tokens(DETOKENIZE_PATH, body, request.headers)
+
     # Every streamed token's first byte waits for these two: served ahead of FastAPI's router.
     add_direct_routes(app, {COMPLETIONS_PATH: DirectRoute(CompletionRequest, answer_completions),
                             CHAT_PATH: DirectRoute(ChatCompletionRequest, answer_chat_completions)})

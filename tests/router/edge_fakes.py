@@ -57,7 +57,17 @@ class FakeTransformer:
             Route("/openai/v1/completions", self._complete, methods=["POST"]),
             Route("/openai/v1/chat/completions", self._complete, methods=["POST"]),
             Route("/metrics", self._metrics, methods=["GET"]),
+            Route("/tokenize", self._tokenize, methods=["POST"]),
         ])
+
+    async def _tokenize(self, request: Request) -> Response:
+        body = await request.json()
+        self.received.append({"path": request.url.path, "headers": dict(request.headers), "body": body})
+        if self.status != 200:
+            return JSONResponse({"error": {"message": f"{self.name} answered {self.status}"}}, status_code=self.status)
+        # A token per character, so that each fake's answer is easy to predict.
+        tokens = [ord(character) for character in body.get("prompt", "")]
+        return JSONResponse({"count": len(tokens), "max_model_len": 64, "tokens": tokens})
 
     async def _complete(self, request: Request) -> Response:
         body = await request.json()

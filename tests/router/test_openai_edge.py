@@ -390,3 +390,22 @@ def test_routing_latency_is_measured(router, http):
     assert router_metric(router, "router_routing_latency_seconds_count") >= 1
     assert router_metric(router, "router_requests_total", route="small", decided_by="policy") >= 1
 
+
+
+def test_tokenize_goes_to_the_named_models_transformer_and_auto_is_refused(http, fakes):
+    response = http.post("/tokenize", json={"model": "llm-large", "prompt": "hi"})
+    assert response.status_code == 200 and response.headers["x-route"] == "large"
+    assert response.json() == {"count": 2, "max_model_len": 64, "tokens": [104, 105]}
+    [sent] = received(fakes, "llm-large")
+    assert sent["path"] == "/tokenize" and sent["body"] == {"model": "llm-large", "prompt": "hi"}
+    for body in ({"model": "auto", "prompt": "hi"}, {"prompt": "hi"}):
+        refused = http.post("/tokenize", json=body)
+        assert refused.status_code == 400 and "name the model (llm-small or llm-large)" in refused.text
+    assert http.post("/tokenize", json={"model": "gpt-4", "prompt": "hi"}).status_code == 404
+    for name, fake in fakes.items():
+        if name.startswith("llm-small"):
+            fake.status = 503
+    # Each replica is tried; then the named model's own 503, since no other model may answer.
+    assert http.post("/tokenize", json={"model": "llm-small", "prompt": "hi"}).status_code == 503
+    assert len(received(fakes, "llm-small")) == len([name for name in fakes if name.startswith("llm-small")])
+    assert received(fakes, "llm-large") == [sent]
