@@ -3,10 +3,10 @@ validated at the edge, and their conversion to the engine's SamplingParams."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from runtime.engine import SamplingParams
-from serving.openai_protocol import logit_bias_from_text, token_ids_from_text
+from serving.openai_protocol import TokenBias, TokenIds
 
 
 class SamplingFields(BaseModel):
@@ -25,7 +25,7 @@ class SamplingFields(BaseModel):
     top_k: int | None = None
     min_p: float | None = None
     seed: int | None = None
-    stop_token_ids: list[StrictInt] | None = None
+    stop_token_ids: TokenIds | None = None
     ignore_eos: bool | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = None
@@ -34,17 +34,7 @@ class SamplingFields(BaseModel):
     frequency_penalty: float | None = None
     repetition_penalty: float | None = None
     # {token id: bias}, or "token:bias,token:bias" where a dict cannot go (v2 parameters).
-    logit_bias: dict[int, float] | None = None
-
-    @field_validator("logit_bias", mode="before")
-    @classmethod
-    def _parse_logit_bias(cls, value: object) -> object:
-        return logit_bias_from_text(value)
-
-    @field_validator("stop_token_ids", mode="before")
-    @classmethod
-    def _split_token_list(cls, value: object) -> object:
-        return token_ids_from_text(value)
+    logit_bias: TokenBias | None = None
 
     def to_sampling_params(self, *, logprobs: bool = False) -> SamplingParams:
         """Build SamplingParams (which checks ranges and raises ValueError with the allowed one);

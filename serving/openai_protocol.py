@@ -9,7 +9,7 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, field_validator, model_validator
 
 MAX_STOP_STRINGS = 4
 MAX_STOP_STRING_CHARS = 256
@@ -68,8 +68,12 @@ def logit_bias_from_text(value: object) -> object:
     return bias
 
 
+# Token ids and a logit bias as fields, also read from their text forms (v2 parameters hold no
+# lists or objects); the predictor's parameters use these as they are, the edges add bounds.
+TokenIds = Annotated[list[StrictInt], BeforeValidator(token_ids_from_text)]
+TokenBias = Annotated[dict[int, float], BeforeValidator(logit_bias_from_text)]
 LogitBias = Annotated[dict[int, Annotated[float, Field(ge=-MAX_LOGIT_BIAS, le=MAX_LOGIT_BIAS)]],
-                      Field(max_length=MAX_LOGIT_BIAS_TOKENS)]
+                      Field(max_length=MAX_LOGIT_BIAS_TOKENS), BeforeValidator(logit_bias_from_text)]
 AdditivePenalty = Annotated[float, Field(ge=-MAX_ADDITIVE_PENALTY, le=MAX_ADDITIVE_PENALTY)]
 
 
@@ -83,22 +87,12 @@ class SamplingBase(_Body):
     min_p: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
     min_tokens: Annotated[int, Field(ge=0)] | None = None
     ignore_eos: bool | None = None
-    stop_token_ids: Annotated[list[StrictInt], Field(max_length=MAX_STOP_TOKEN_IDS)] | None = None
+    stop_token_ids: Annotated[TokenIds, Field(max_length=MAX_STOP_TOKEN_IDS)] | None = None
     presence_penalty: AdditivePenalty | None = None
     frequency_penalty: AdditivePenalty | None = None
     repetition_penalty: Annotated[float, Field(ge=MIN_REPETITION_PENALTY, le=MAX_REPETITION_PENALTY)] | None = None
     # {token id: bias}; JSON object keys are strings, so "50256" is read as 50256.
     logit_bias: LogitBias | None = None
-
-    @field_validator("logit_bias", mode="before")
-    @classmethod
-    def _parse_logit_bias(cls, value: object) -> object:
-        return logit_bias_from_text(value)
-
-    @field_validator("stop_token_ids", mode="before")
-    @classmethod
-    def _parse_token_ids(cls, value: object) -> object:
-        return token_ids_from_text(value)
 
     @field_validator("stop")
     @classmethod
