@@ -1,6 +1,13 @@
 """What the routing policy measures in a request, each feature as an activation in [0, 1] (how
 strongly it points at the large model), with no model and nothing to download: prompt length in
-tokens, code, maths and multi-step markers, the requested max_tokens and the conversation depth."""
+tokens, code, maths and multi-step markers, the requested max_tokens and the conversation depth.
+
+A request's text is read in bounded time: markers are looked for in its first and last
+SCANNED_CHARS_EACH_END characters only (an instruction sits at a prompt's start or its end), and a
+long text's tokens are counted on that window and scaled to its whole length. No pattern has two
+quantifiers that can match the same characters one after the other (a line's leading space is
+`[ \\t]*`, never `\\s*`, which would run on over blank lines), so each pass is linear in the
+window, or bounded by a fixed span (`{1,400}`) per cue word."""
 
 from __future__ import annotations
 
@@ -11,6 +18,7 @@ from pathlib import Path
 
 # Without a tokenizer, English text and code average about four characters per token.
 CHARACTERS_PER_TOKEN = 4
+SCANNED_CHARS_EACH_END = 4096
 
 # Prompt length: a short sentence (up to LENGTH_FLOOR tokens) says nothing; from there the
 # activation grows with the logarithm of the length, so a longer prompt always scores a little
@@ -29,8 +37,8 @@ DEPTH_CEILING_TURNS = 9
 CODE_MARKERS = {
     "code block": r"```",
     "function or class definition": r"\b(def|fn|func|function|class|struct|interface)\s+[A-Za-z_]\w*\s*[({:<]",
-    "import or include": r"^\s*(import\s+\w|from\s+[\w.]+\s+import\b|#include\b|using\s+namespace\b|package\s+\w)",
-    "statement ending in ; or {": r"[;{]\s*$",
+    "import or include": r"^[ \t]*(import\s+\w|from\s+[\w.]+\s+import\b|#include\b|using\s+namespace\b|package\s+\w)",
+    "statement ending in ; or {": r"[;{][ \t]*$",
     "operator": r"(==|!=|->|=>|::|\+=|&&|\|\|)",
     "identifier": r"\b[a-z]+_[a-z0-9_]+\b|\b[a-z]+[A-Z][A-Za-z0-9]*\(",
     "language or tool": r"(?i)\b(python|javascript|typescript|java|rust|golang|c\+\+|c#|sql|bash|shell script|regex"
@@ -43,7 +51,9 @@ CODE_MARKERS = {
     "SQL query": r"\bSELECT\b[\s\S]{1,400}?\bFROM\b",
 }
 MATH_MARKERS = {
-    "LaTeX": r"\\(frac|sum|int|sqrt|lim|prod|cdot|alpha|beta|theta|pi|infty|mathbb|begin)\b|\$[^$\n]*[\\^_=][^$\n]*\$",
+    # The text before the first operator excludes operators, so a `$` with no closing one is one pass.
+    "LaTeX": r"\\(frac|sum|int|sqrt|lim|prod|cdot|alpha|beta|theta|pi|infty|mathbb|begin)\b"
+             r"|\$[^$\n\\^_=]*[\\^_=][^$\n]*\$",
     # A minus needs spaces around it: "1990-1995" and "2024-05-01" are not sums.
     "arithmetic": r"\d\s*[+*/^×÷]\s*\(?\d|\d\s+-\s+\(?\d",
     "maths symbol or function": r"[√∫∑∏π≤≥≠∞±]|\^\s*\d|\b(sin|cos|tan|log|ln|exp|sqrt)\s*\(",
@@ -62,7 +72,7 @@ MULTI_STEP_MARKERS = {
                   r"|versus|vs\.?)\b",
     "analysis or design": r"(?i)\b(analy[sz]e|analysis|evaluate|assess|design|architect\w*|plan|strategy|critique)\b",
     "sequencing": r"(?is)\bfirst\b.{1,400}?\b(then|next|finally|after that)\b",
-    "enumerated list": r"(?m)(^\s*(\d+[.)]|[-*•])\s+\S.*\n){2,}",
+    "enumerated list": r"(?m)(^[ \t]*(\d+[.)]|[-*•])[ \t]+\S.*\n(?:[ \t]*\n)*){2,}",
     "several questions": r"\?[^?]+\?",
     "constraints": r"(?i)\b(must|at most|at least|constraints?|requirements?|edge cases?|without using)\b",
 }
@@ -99,7 +109,16 @@ class TokenCounter:
     def count(self, text: str) -> int:
         if self.tokenizer is None:
             return math.ceil(len(text) / CHARACTERS_PER_TOKEN)
-        return len(self.tokenizer.encode(text, add_special_tokens=False))
+        window = scanned_text(text)
+        tokens = len(self.tokenizer.encode(window, add_special_tokens=False))
+        return tokens if len(window) == len(text) else math.ceil(tokens * len(text) / len(window))
+
+
+def scanned_text(text: str) -> str:
+    """The part of a text that is read: all of it, or both ends of a long one."""
+    if len(text) <= 2 * SCANNED_CHARS_EACH_END:
+        return text
+    return text[:SCANNED_CHARS_EACH_END] + "\n" + text[-SCANNED_CHARS_EACH_END:]
 
 
 class TokenizerError(Exception):
@@ -159,8 +178,9 @@ _MARKER_CATEGORIES = {
 
 
 def measure_markers(category: str, request: RoutingRequest) -> Measurement:
-    """The cues of one category found in the text (their labels are the value)."""
-    found = [label for label, pattern in _MARKER_CATEGORIES[category].items() if pattern.search(request.text)]
+    """The cues of one category found in the text's scanned window (their labels are the value)."""
+    text = scanned_text(request.text)
+    found = [label for label, pattern in _MARKER_CATEGORIES[category].items() if pattern.search(text)]
     return Measurement(found, 1.0 - 0.5 ** len(found))
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from transformers import PreTrainedTokenizerFast
 
-from router.features import RoutingRequest, TokenCounter, TokenizerError
+from router.features import SCANNED_CHARS_EACH_END, RoutingRequest, TokenCounter, TokenizerError
 from router.policy import DEFAULT_WEIGHTS, Hint, Route, RoutingPolicy, batch_decision, parse_hint
 
 CHIT_CHAT = ["hi!", "How are you doing today?", "Tell me a joke.", "I just adopted a puppy!"]
@@ -126,3 +126,29 @@ def test_a_tokenizer_directory_that_cannot_be_loaded_is_refused(tmp_path):
         TokenCounter(tmp_path / "missing")
     with pytest.raises(TokenizerError, match="cannot load a tokenizer from"):
         TokenCounter(tmp_path)
+
+
+# Each of these took the old marker patterns quadratic time (a lone `$` before many `^`, blank
+# lines before a list marker, a `;` before a long run of spaces); at the body limit, seconds to hours.
+PATHOLOGICAL_PROMPTS = {
+    "unclosed LaTeX": "$" + "a^" * 60_000,
+    "blank lines": "\n" * 500_000 + "x",
+    "spaces after a semicolon": (";" + " " * 1000 + "x") * 500,
+    "list markers without items": "1.\n\n" * 200_000,
+    "a dollar on every line": "$ a = b\n" * 100_000,
+}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("name", PATHOLOGICAL_PROMPTS)
+def test_pathological_prompts_are_decided_from_their_bounded_window(policy, name):
+    """Not timed: a prompt that still took the patterns superlinear time would hang this test
+    past its timeout. The markers come from the prompt's ends, its length from the whole."""
+    text = PATHOLOGICAL_PROMPTS[name]
+    decision = policy.decide(RoutingRequest(text))
+    window = text[:SCANNED_CHARS_EACH_END] + "\n" + text[-SCANNED_CHARS_EACH_END:]
+    windowed = {feature.name: feature.measurement.value for feature in policy.decide(RoutingRequest(window)).features}
+    measured = {feature.name: feature.measurement.value for feature in decision.features}
+    assert {name: value for name, value in measured.items() if name != "prompt_tokens"} == \
+        {name: value for name, value in windowed.items() if name != "prompt_tokens"}
+    assert measured["prompt_tokens"] == -(-len(text) // 4)
