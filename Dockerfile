@@ -24,6 +24,7 @@ COPY runtime /tmp/src/runtime
 COPY transformer /tmp/src/transformer
 COPY router /tmp/src/router
 COPY serving /tmp/src/serving
+COPY task_models /tmp/src/task_models
 RUN pip install /tmp/src && pip check && rm -rf /tmp/src
 
 # A numeric user, so that Kubernetes can check runAsNonRoot. No compiler is installed: the CPU

@@ -25,7 +25,7 @@ $(VENV_PYTHON):
 $(INSTALL_STAMP): setup.cfg pyproject.toml | $(VENV_PYTHON)
 	$(PIP_INSTALL) --upgrade pip
 	$(PIP_INSTALL) torch==$(TORCH_VERSION)
-	$(PIP_INSTALL) -e '.[test]'
+	$(PIP_INSTALL) -e '.[test,bench,embeddings]'
 	$(PIP) check
 	touch $@
 

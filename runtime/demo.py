@@ -14,8 +14,8 @@ import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 from pydoc_data.topics import topics as PYDOC_TOPICS
@@ -148,7 +148,7 @@ def _write_checkpoint(size: str, directory: Path) -> None:
     logger.info("Saving %s demo weights (%d parameters, float32)", size, model.num_parameters())
     model.save_pretrained(directory)
     tokenizer.save(str(directory / "tokenizer.json"))
-    _write_tokenizer_config(directory, config.max_position_embeddings)
+    write_tokenizer_config(directory, config.max_position_embeddings)
     # transformers writes the weights owner-only; the cache may be shared between users.
     for path in directory.iterdir():
         path.chmod(0o644)
@@ -156,17 +156,25 @@ def _write_checkpoint(size: str, directory: Path) -> None:
 
 def _train_tokenizer() -> Tokenizer:
     logger.info("Training a byte-level BPE tokenizer on %d pydoc topics", len(PYDOC_TOPICS))
+    # Sorted keys give the trainer the same corpus in the same order on every build.
+    return train_byte_level_bpe((PYDOC_TOPICS[key] for key in sorted(PYDOC_TOPICS)), TOKENIZER_VOCAB_SIZE)
+
+
+def train_byte_level_bpe(corpus: Iterable[str], vocab_size: int,
+                         split_first: pre_tokenizers.PreTokenizer | None = None) -> Tokenizer:
+    """A byte-level BPE tokenizer trained on `corpus`, with the demo models' special tokens and a
+    BOS prepended to every encoded text; `split_first` cuts the text before the byte-level split."""
     tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.pre_tokenizer = byte_level if split_first is None else pre_tokenizers.Sequence([split_first, byte_level])
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=TOKENIZER_VOCAB_SIZE,
+        vocab_size=vocab_size,
         special_tokens=SPECIAL_TOKENS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    # Sorted keys give the trainer the same corpus in the same order on every build.
-    tokenizer.train_from_iterator((PYDOC_TOPICS[key] for key in sorted(PYDOC_TOPICS)), trainer)
+    tokenizer.train_from_iterator(corpus, trainer)
     tokenizer.post_processor = processors.TemplateProcessing(
         single=f"{BOS_TOKEN} $A",
         pair=f"{BOS_TOKEN} $A {BOS_TOKEN} $B",
@@ -210,7 +218,7 @@ def _generation_config(tokenizer: Tokenizer) -> GenerationConfig:
     )
 
 
-def _write_tokenizer_config(directory: Path, model_max_length: int) -> None:
+def write_tokenizer_config(directory: Path, model_max_length: int) -> None:
     tokenizer_config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "bos_token": BOS_TOKEN,
