@@ -17,7 +17,9 @@ with config_flag_hidden_from_kserve():
 
     from router.auth import ApiKeys, ApiKeysError, require_api_keys
     from router.config import ConfigError, RouterConfig, load_config
+    from router.decision_log import DecisionLogError
     from router.features import TokenizerError
+    from router.learned_policy import LearnedModelError
     from router.model import RouterModel
     from router.openai_edge import OpenAIEdge, add_openai_edge
     from router.websocket_edge import RoutedGenerationBackend
@@ -31,7 +33,6 @@ with config_flag_hidden_from_kserve():
     )
 
 logger = logging.getLogger("router")
-
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,13 +87,17 @@ def main() -> None:
         api_keys = load_api_keys(args)
         model = build_model(args, load_config(args.config))
         model.load()
-    except (ApiKeysError, ConfigError, TokenizerError) as exc:
+    except (ApiKeysError, ConfigError, TokenizerError, LearnedModelError) as exc:
         logger.error("cannot start the router: %s", exc)
         sys.exit(2)
     logger.info("serving router %r on http %d / grpc %d: max_body_bytes=%d grace_period=%ds api_keys=%s",
                 model.name, args.http_port, args.grpc_port, args.max_body_bytes, args.grace_period,
                 "required" if api_keys.required else "off")
-    install_routes(model_server.app, model, args, api_keys)
+    try:
+        install_routes(model_server.app, model, args, api_keys)
+    except DecisionLogError as exc:
+        logger.error("cannot start the router: %s", exc)
+        sys.exit(2)
     kserve.ModelServer(grace_period=args.grace_period).start([model])
 
 

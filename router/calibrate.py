@@ -23,11 +23,12 @@ from pydantic import ValidationError
 
 from router.cli import CONFIG_FLAG, config_flag_hidden_from_kserve
 from router.features import TokenCounter, TokenizerError
-from router.policy import SCORE_DECIMALS, RoutingPolicy
+from router.policy import SCORE_DECIMALS
 from router.schemas import Instance
 
 with config_flag_hidden_from_kserve():
     from router.config import ConfigError, load_config, parse_config
+    from router.learned_policy import LearnedModelError, load_policy
     from serving.errors import describe_validation_errors
 
 DEFAULT_CONFIG = "router/router.yaml"
@@ -158,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--large_share", type=float, required=True,
                         help="the share of prompts to send to the large model, in [0, 1]")
     parser.add_argument(CONFIG_FLAG, type=Path, default=Path(DEFAULT_CONFIG),
-                        help="the router config whose policy.threshold is set (its weights are used)")
+                        help="the router config whose policy.threshold is set (its weights or learned model score)")
     parser.add_argument("--tokenizer_dir", default=None,
                         help="count prompt tokens with this tokenizer, as the router will (unset: estimate)")
     return parser
@@ -170,14 +171,14 @@ def main() -> None:
     if not 0.0 <= args.large_share <= 1.0:
         parser.error(f"--large_share must be in [0, 1], got {args.large_share}")
     try:
+        prompts = read_prompts(args.prompts)
         config = load_config(args.config)
         counter = TokenCounter(args.tokenizer_dir)
-        policy = RoutingPolicy(config.policy.threshold, config.policy.weights, counter)
-        prompts = read_prompts(args.prompts)
+        policy = load_policy(config.policy, counter)
         scores = [policy.decide(prompt.routing_request()).score for prompt in prompts]
         threshold = choose_threshold(scores, args.large_share)
         kept_layout = write_threshold(args.config, threshold)
-    except (CalibrationError, ConfigError, TokenizerError, OSError) as exc:
+    except (CalibrationError, ConfigError, TokenizerError, LearnedModelError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     print(f"scored {len(scores)} prompts; prompt tokens counted by {counter.method}")

@@ -1,9 +1,9 @@
 """The cascade's rule: when the small model's answer is not good enough, ask the large model. An
-answer is escalated when it is empty, when it was cut short by a length limit that is not the
-client's own `max_tokens` (the small model's context, its server's default), or when its
-confidence - the log-probability of its least likely token - is under the configured floor.
-An answer that used up the client's `max_tokens` is judged on its confidence alone: the large
-model would stop at the same length. The minimum rather than the mean, because one wild guess in
+answer is escalated when it is empty, when its confidence - the log-probability of its least
+likely token - is under the configured floor, or (with `escalate_on_length`) when it was cut short
+by a length limit that is not the client's own `max_tokens` (the small model's context, its
+server's default). An answer that used up the client's `max_tokens` is judged on its confidence
+alone: the large model would stop at the same length. The minimum rather than the mean, because one wild guess in
 an otherwise fluent answer (a wrong number, a made-up name) is exactly what the mean averages
 away."""
 
@@ -49,7 +49,7 @@ def should_escalate(answer: SmallAnswer, cascade: CascadeConfig) -> tuple[bool, 
         return False, Verdict.CASCADE_DISABLED
     if not answer.text.strip():
         return True, Verdict.EMPTY
-    if answer.finish_reason == "length" and not answer.used_client_limit:
+    if answer.finish_reason == "length" and not answer.used_client_limit and cascade.escalate_on_length:
         return True, Verdict.LENGTH
     if answer.confidence is not None and answer.confidence < cascade.min_confidence:
         return True, Verdict.LOW_CONFIDENCE

@@ -10,6 +10,7 @@ from typing import Annotated
 import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
+from router.decision_log import PromptLogging
 from router.policy import Route, check_weights
 from serving.errors import describe_validation_errors
 
@@ -89,7 +90,10 @@ class Targets(_Section):
 
 class PolicyConfig(_Section):
     threshold: float = Field(0.5, ge=0.0, le=1.0, description="score >= threshold -> large; set by router.calibrate")
-    weights: dict[str, float] = Field(default_factory=dict, description="overrides of the features' weights")
+    weights: dict[str, float] = Field(default_factory=dict, description="overrides of the rule features' weights")
+    learned_model: Path | None = Field(
+        None, description="a model fitted by router.train (relative to this file); unset: the rule policy"
+    )
 
     @field_validator("weights")
     @classmethod
@@ -97,11 +101,31 @@ class PolicyConfig(_Section):
         check_weights(weights)
         return weights
 
+    @model_validator(mode="after")
+    def _weights_are_the_rule_policys(self) -> PolicyConfig:
+        if self.learned_model is not None and self.weights:
+            raise ValueError("weights set the rule policy's score; a learned_model fits its own: drop one of them")
+        return self
+
 
 class CascadeConfig(_Section):
     enabled: bool = True
     # A confidence is the least likely token's log-probability, so never above 0.
     min_confidence: float = Field(-2.5, le=0.0, description="escalate when the small model's confidence is below")
+    escalate_on_length: bool = Field(
+        False, description="escalate an answer cut short by a limit that is not the client's own max_tokens"
+    )
+
+
+class LearningConfig(_Section):
+    """What the router keeps of its own traffic for router.train (nothing by default)."""
+
+    decision_log: Path | None = Field(None, description="JSON lines file of decisions (relative to this file)")
+    log_prompts: PromptLogging = Field(PromptLogging.REDACTED, description="full, redacted or hashed")
+    explore_share: float = Field(
+        0.0, ge=0.0, le=1.0,
+        description="share of auto requests answered by both models, so the log learns where the policy would not go",
+    )
 
 
 class TimeoutsConfig(_Section):
@@ -123,16 +147,29 @@ class RouterConfig(_Section):
     cascade: CascadeConfig = Field(default_factory=CascadeConfig)
     timeouts: TimeoutsConfig = Field(default_factory=TimeoutsConfig)
     load_balancing: LoadBalancingConfig = Field(default_factory=LoadBalancingConfig)
+    learning: LearningConfig = Field(default_factory=LearningConfig)
+
+    def relative_to(self, directory: Path) -> RouterConfig:
+        """The config with its relative file paths read from `directory` (the YAML file's)."""
+        policy = self.policy.model_copy(update={"learned_model": _under(directory, self.policy.learned_model)})
+        learning = self.learning.model_copy(update={"decision_log": _under(directory, self.learning.decision_log)})
+        return self.model_copy(update={"policy": policy, "learning": learning})
 
 
-def parse_config(data: object, source: str = "the router config") -> RouterConfig:
-    """Validate already-parsed YAML; ConfigError names each wrong field (`policy.threshold: ...`)."""
+def _under(directory: Path, path: Path | None) -> Path | None:
+    return path if path is None or path.is_absolute() else directory / path
+
+
+def parse_config(data: object, source: str = "the router config", directory: Path | None = None) -> RouterConfig:
+    """Validate already-parsed YAML; ConfigError names each wrong field (`policy.threshold: ...`).
+    Relative paths in it are read from `directory` when given."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: must be a YAML mapping with at least `targets`, got {type(data).__name__}")
     try:
-        return RouterConfig.model_validate(data)
+        config = RouterConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(f"{source}: {describe_validation_errors(exc.errors())}") from None
+    return config.relative_to(directory) if directory is not None else config
 
 
 def load_config(path: str | Path) -> RouterConfig:
@@ -144,4 +181,4 @@ def load_config(path: str | Path) -> RouterConfig:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    return parse_config(data, str(path))
+    return parse_config(data, str(path), Path(path).parent)

@@ -8,6 +8,8 @@ series carries `model_name`, as the predictor's do.
 - `router_route_score{model_name}` (histogram): the policy's scores; hinted requests have none.
 - `router_escalations_total{model_name, reason}`: cascade escalations from the small to the large
   model, by router.cascade.Verdict (`empty`, `length`, `low_confidence`).
+- `router_explored_total{model_name}`: requests both models answered for the decision log
+  (`learning.explore_share`), the small one first and the large one's answer returned.
 - `router_fallbacks_total{model_name, from_route, reason}`: requests the other target served because
   the one chosen failed before answering, by router.upstream.Failure (`unavailable`: it answered
   503, `down`: it refused or dropped the connection, `timeout`: no answer in time or a 504,
@@ -35,6 +37,11 @@ ROUTE_SCORES = Histogram(
 ESCALATIONS = Counter(
     "router_escalations", "Cascade escalations from the small to the large model, by reason.",
     ["model_name", "reason"],
+)
+EXPLORED = Counter(
+    "router_explored",
+    "Requests both models answered so that the decision log learns from them (learning.explore_share).",
+    ["model_name"],
 )
 FALLBACKS = Counter(
     "router_fallbacks", "Requests the other target served because the chosen one was unavailable, down or slow.",

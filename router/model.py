@@ -35,6 +35,7 @@ from pydantic import BaseModel, ValidationError
 from router.config import RouterConfig
 from router.features import RoutingRequest, TokenCounter
 from router.metrics import record_decision
+from router.learned_policy import LearnedPolicy, load_policy
 from router.policy import Decision, Hint, RoutingPolicy, batch_decision, parse_hint
 from router.schemas import ROUTER_PARAMETERS, InferParameters, PredictRequest
 from router.tensors import INPUT_METADATA, echo_request, prompts_of, request_parameters
@@ -54,7 +55,7 @@ class RouterModel(kserve.Model):
         super().__init__(name)
         self.config = config
         self.tokenizer_dir = tokenizer_dir
-        self.policy: RoutingPolicy | None = None
+        self.policy: RoutingPolicy | LearnedPolicy | None = None
         self.draining = False
 
     # Lifecycle ----------------------------------------------------------------------
@@ -63,10 +64,11 @@ class RouterModel(kserve.Model):
         # KServe calls load() again whenever healthy() is false (e.g. while draining): build once.
         if self.policy is None:
             counter = TokenCounter(self.tokenizer_dir)
-            self.policy = RoutingPolicy(self.config.policy.threshold, self.config.policy.weights, counter)
-            logger.info("router %r: threshold %.4g, prompt tokens counted by %s, targets small=%s large=%s",
-                        self.name, self.policy.threshold, counter.method, self.config.targets.small.model,
-                        self.config.targets.large.model)
+            self.policy = load_policy(self.config.policy, counter)
+            learned = self.config.policy.learned_model
+            logger.info("router %r: %s policy, threshold %.4g, prompt tokens counted by %s, targets small=%s large=%s",
+                        self.name, f"learned ({learned})" if learned else "rule", self.policy.threshold,
+                        counter.method, self.config.targets.small.model, self.config.targets.large.model)
         self.ready = True
         return self.ready
 

@@ -58,5 +58,30 @@ def judge(answers: list[SmallAnswer], cascade: CascadeConfig) -> tuple[bool, Ver
     return False, verdict
 
 
+def lowest_confidence(answers: list[SmallAnswer]) -> float | None:
+    """The least confident choice's confidence (None when no choice reported one)."""
+    confidences = [answer.confidence for answer in answers if answer.confidence is not None]
+    return min(confidences) if confidences else None
+
+
+def answer_texts(response: dict, chat: bool) -> list[str]:
+    return [(choice["message"].get("content") or "") if chat else choice["text"] for choice in response["choices"]]
+
+
+def same_answer(first: str, second: str) -> bool:
+    """Whether two answers say the same, up to case, spacing and a final full stop."""
+    return _comparable(first) == _comparable(second)
+
+
+def _comparable(text: str) -> str:
+    return " ".join(text.split()).rstrip(".").strip().lower()
+
+
+def answers_agree(small_response: dict, large_response: dict, chat: bool) -> bool:
+    """Whether the two models answered every choice alike."""
+    small, large = answer_texts(small_response, chat), answer_texts(large_response, chat)
+    return len(small) == len(large) and all(same_answer(first, second) for first, second in zip(small, large))
+
+
 def without_logprobs(response: dict) -> dict:
     return {**response, "choices": [{**choice, "logprobs": None} for choice in response["choices"]]}

@@ -33,9 +33,19 @@ from starlette.types import Receive, Scope, Send
 from router.config import AUTO_MODEL
 from router.features import RoutingRequest
 from router.load_metrics import LoadPoller
-from router.metrics import ESCALATIONS, ROUTING_LATENCY
+from router.metrics import ESCALATIONS, EXPLORED, ROUTING_LATENCY
 from router.model import ROUTE_HEADER, RouterModel
-from router.openai_cascade import ask_for_logprobs, client_token_limit, judge, small_answers, without_logprobs
+from router.cascade import Verdict
+from router.learning import Learning
+from router.openai_cascade import (
+    answers_agree,
+    ask_for_logprobs,
+    client_token_limit,
+    judge,
+    lowest_confidence,
+    small_answers,
+    without_logprobs,
+)
 from router.policy import Decision, Hint, Route, parse_hint
 from router.replicas import ReplicaSet
 from router.schemas import chat_routing_request
@@ -94,6 +104,7 @@ class OpenAIEdge:
         config = model.config
         self.model = model
         self.cascade = config.cascade
+        self.learning = Learning(model, config.learning)
         self.replica_sets = {route: ReplicaSet(route, config.targets.of(route), config.load_balancing.down_seconds)
                              for route in Route}
         timeouts = config.timeouts
@@ -116,6 +127,7 @@ class OpenAIEdge:
         self.poller.start()
 
     async def stop(self) -> None:
+        self.learning.close()
         await self.poller.stop()
         await self.client.aclose()
         await self.pools.close()
@@ -131,11 +143,15 @@ class OpenAIEdge:
             routing, plan = self.plan(body.model, requests, headers)
             call = Call.of(path, body.model_dump(mode="json", exclude_unset=True, exclude={"model"}), headers,
                            body.stream)
-            if self.cascade.enabled and routing.by_policy and routing.route is Route.SMALL and not body.stream:
-                answer, escalated = await self._cascade(plan, call, chat=path == CHAT_PATH)
+            chat = path == CHAT_PATH
+            if routing.auto and routing.by_policy and not body.stream and self.learning.explores():
+                answer, trace = await self._explore(call, chat)
+            elif self.cascade.enabled and routing.by_policy and routing.route is Route.SMALL and not body.stream:
+                answer, trace = await self._cascade(plan, call, chat)
             else:
-                answer, escalated = await self.upstream.send(plan, call), None
-            return _response(answer, routing, escalated)
+                answer, trace = await self.upstream.send(plan, call), CascadeTrace()
+            self.learning.record(routing.decision, requests, headers, answer, trace)
+            return _response(answer, routing, trace.escalated)
         except Exception as exc:
             return openai_error_response(exc)
 
@@ -186,24 +202,71 @@ class OpenAIEdge:
         except ValueError as exc:
             raise InvalidInput(str(exc)) from None
 
-    async def _cascade(self, plan: Plan, call: Call, chat: bool) -> tuple[Answer, str | None]:
+    async def _cascade(self, plan: Plan, call: Call, chat: bool) -> tuple[Answer, CascadeTrace]:
         """The small model answers first, with logprobs; the large one answers again only when the
         small one was unsure. If the large one then fails, the small one's answer stands."""
         payload, added = ask_for_logprobs(call.payload, chat)
         small = await self.upstream.send(plan, dataclasses.replace(call, payload=payload))
         if small.status != HTTPStatus.OK or small.route is not Route.SMALL:
-            return _stripped(small, added), None
+            return _stripped(small, added), CascadeTrace()
         answers = small_answers(small.json(), chat, client_token_limit(call.payload, chat))
         escalate, verdict = judge(answers, self.cascade)
+        trace = CascadeTrace(verdict, lowest_confidence(answers))
         if not escalate:
-            return _stripped(small, added), None
+            return _stripped(small, added), trace
         ESCALATIONS.labels(self.model.name, verdict.value).inc()
+        large = await self._second_opinion(small, call, chat)
+        if large is None:
+            return _stripped(small, added), dataclasses.replace(trace, escalated=verdict.value)
+        return large, dataclasses.replace(trace, escalated=verdict.value, agreement=_agreement(small, large, chat))
+
+    async def _explore(self, call: Call, chat: bool) -> tuple[Answer, CascadeTrace]:
+        """Both models answer, the small one first as in the cascade, so that the decision log
+        learns how the small one does where the policy would not have sent it. The client gets
+        the large model's answer (the small one's if the large one fails)."""
+        EXPLORED.labels(self.model.name).inc()
+        payload, added = ask_for_logprobs(call.payload, chat)
+        plan = Plan(Route.SMALL, self.replica_sets[Route.SMALL].ranked(), Route.LARGE)
+        small = await self.upstream.send(plan, dataclasses.replace(call, payload=payload))
+        if small.status != HTTPStatus.OK or small.route is not Route.SMALL:
+            return _stripped(small, added), CascadeTrace(explored=True)
+        answers = small_answers(small.json(), chat, client_token_limit(call.payload, chat))
+        _, verdict = judge(answers, self.cascade)
+        trace = CascadeTrace(verdict, lowest_confidence(answers), explored=True)
+        large = await self._second_opinion(small, call, chat)
+        if large is None:
+            return _stripped(small, added), trace
+        return large, dataclasses.replace(trace, agreement=_agreement(small, large, chat))
+
+    async def _second_opinion(self, small: Answer, call: Call, chat: bool) -> Answer | None:
+        """The large model's answer after the small one's, or None (the fallback is counted and
+        set on `small`) if it fails or answers with an error."""
         try:
-            return await self.upstream.send_to(Route.LARGE, self.replica_sets[Route.LARGE].ranked(), call), verdict
+            large = await self.upstream.send_to(Route.LARGE, self.replica_sets[Route.LARGE].ranked(), call)
         except TargetFailed as failed:
             self.upstream.count_fallback(failed)
             small.fallback = Fallback(failed.route, failed.failure)
-            return _stripped(small, added), verdict
+            return None
+        return large
+
+
+@dataclass(frozen=True, slots=True)
+class CascadeTrace:
+    """What the cascade (or an exploration) saw of a request: the verdict on the small model's
+    answer and its confidence, why it was escalated, whether both models' answers agreed."""
+
+    verdict: Verdict | None = None
+    confidence: float | None = None
+    escalated: str | None = None
+    agreement: bool | None = None
+    explored: bool = False
+
+
+def _agreement(small: Answer, large: Answer, chat: bool) -> bool | None:
+    """Whether the two models answered alike (None when the large one answered with an error)."""
+    if large.status != HTTPStatus.OK:
+        return None
+    return answers_agree(small.json(), large.json(), chat)
 
 
 def _other(route: Route) -> Route:

@@ -135,16 +135,18 @@ class RoutingPolicy:
 
     def decide(self, request: RoutingRequest, hint: Hint | None = None) -> Decision:
         if hint is not None:
-            return self._follow(hint)
+            return follow_hint(hint, self.threshold)
         features = self.measure(request)
         score = round(min(1.0, sum(feature.contribution for feature in features)), SCORE_DECIMALS)
         route = Route.LARGE if score >= self.threshold else Route.SMALL
         return Decision(route, score, self.threshold, features)
 
-    def _follow(self, hint: Hint) -> Decision:
-        score = 1.0 if hint.route is Route.LARGE else 0.0
-        feature = FeatureScore(HINT_FEATURE, 1.0, Measurement(hint.route.value, score, hint.source))
-        return Decision(hint.route, score, self.threshold, (feature,))
+
+def follow_hint(hint: Hint, threshold: float) -> Decision:
+    """The decision a hint imposes: its route, scored 1 (large) or 0 (small)."""
+    score = 1.0 if hint.route is Route.LARGE else 0.0
+    feature = FeatureScore(HINT_FEATURE, 1.0, Measurement(hint.route.value, score, hint.source))
+    return Decision(hint.route, score, threshold, (feature,))
 
 
 def batch_decision(decisions: Sequence[Decision]) -> Decision:

@@ -1,6 +1,6 @@
-"""The cascade's rule: escalate to the large model when the small model's answer is empty, cut
-short by a length limit that is not the client's own max_tokens, or unsure - its least likely
-token under the floor, whatever the mean."""
+"""The cascade's rule: escalate to the large model when the small model's answer is empty, unsure
+- its least likely token under the floor, whatever the mean - or, when configured so, cut short by
+a length limit that is not the client's own max_tokens."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from router.cascade import SmallAnswer, Verdict, confidence_of, should_escalate
 from router.config import CascadeConfig
 from router.openai_cascade import client_token_limit, small_answers
 
-CASCADE = CascadeConfig(enabled=True, min_confidence=-2.5)
+CASCADE = CascadeConfig(enabled=True, min_confidence=-2.5, escalate_on_length=True)
 
 
 def answer(text: str = "Canberra.", finish_reason: str = "stop", confidence: float | None = -0.2,
@@ -31,6 +31,13 @@ def test_unsure_cut_short_or_empty_answers_are_escalated(small, verdict):
 @pytest.mark.parametrize("small", [answer(), answer(confidence=-2.5), answer(confidence=None)])
 def test_confident_complete_answers_are_kept(small):
     assert should_escalate(small, CASCADE) == (False, Verdict.ACCEPTED)
+
+
+def test_a_cut_short_answer_is_kept_unless_escalate_on_length_is_set():
+    """The default: the large model's server would likely cut it at the same limit."""
+    cut = answer(finish_reason="length")
+    assert should_escalate(cut, CascadeConfig(min_confidence=-2.5)) == (False, Verdict.ACCEPTED)
+    assert not CascadeConfig().escalate_on_length
 
 
 def test_an_answer_that_used_the_clients_max_tokens_is_judged_on_its_confidence():

@@ -35,7 +35,7 @@ def edge_config(path: Path, small_urls: list, large_urls: list) -> Path:
         targets={"small": {"model": "llm-small", "urls": small_urls},
                  "large": {"model": "llm-large", "urls": large_urls}},
         policy={"threshold": THRESHOLD},
-        cascade={"enabled": True, "min_confidence": -2.5},
+        cascade={"enabled": True, "min_confidence": -2.5, "escalate_on_length": True},
         timeouts={"connect_seconds": 1, "request_seconds": REQUEST_SECONDS},
         load_balancing={"metrics_interval_seconds": METRICS_INTERVAL, "down_seconds": 0.5},
     )
