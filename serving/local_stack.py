@@ -1,7 +1,9 @@
-"""`make serve`: the whole serving stack as local processes on the embedded demo models, on fixed
-ports - for the small and the large model each a predictor and its transformer, the router (OpenAI
-edge and KServe predict) in front of them, and the InferenceGraph runner serving
-manifests/graphs/route.yaml over them. Each component's log lines are prefixed with its name.
+"""`make serve`: the whole serving stack as local processes, on fixed ports - for the small and the
+large model each a predictor and its transformer, the router (OpenAI edge and KServe predict) in
+front of them, and the InferenceGraph runner serving manifests/graphs/route.yaml over them. The
+models are the two trained task models (task_models/), which answer the skill suite's questions
+with really different accuracy; `--demo` serves the random demo models instead. Each component's
+log lines are prefixed with its name.
 Ctrl-C (or SIGTERM) stops everything, each component draining as it would in a pod; if one
 component dies, the others are stopped too."""
 
@@ -25,6 +27,7 @@ import httpx
 import yaml
 
 from runtime.demo import build_demo_model
+from task_models.checkpoint import checkpoint_dir
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 START_TIMEOUT = 300.0
@@ -87,14 +90,38 @@ def kserve_component(name: str, module: str, args: Sequence[str], http_port: int
                      http_port, grpc_port, f"/v2/models/{served_model}/ready")
 
 
-def predictor(size: str, ports: Ports, extra_args: Sequence[str] = ()) -> Component:
-    return kserve_component(f"predictor-{size}", "runtime", ["--demo", size, "--model_name", model_name(size),
-                                                             *extra_args], ports.predictor(size), model_name(size))
+@dataclass(frozen=True, slots=True)
+class ModelSource:
+    """What each size serves: the committed task models, or the demo models (random weights)."""
+
+    demo: bool
+
+    def predictor_args(self, size: str) -> list[str]:
+        return ["--demo", size] if self.demo else ["--model_dir", str(checkpoint_dir(size))]
+
+    def transformer_args(self, size: str) -> list[str]:
+        return ["--demo", size] if self.demo else ["--tokenizer_dir", str(checkpoint_dir(size))]
+
+    def prepare(self) -> None:
+        """Build the demo models first: every component would build them at once otherwise."""
+        if self.demo:
+            for size in SIZES:
+                build_demo_model(size)
 
 
-def transformer(size: str, ports: Ports) -> Component:
-    args = ["--demo", size, "--model_name", model_name(size), "--predictor_host", f"127.0.0.1:{ports.predictor(size)}",
-            "--predictor_protocol", "v2"]
+TASK_MODELS = ModelSource(demo=False)
+DEMO_MODELS = ModelSource(demo=True)
+
+
+def predictor(size: str, ports: Ports, extra_args: Sequence[str] = (), models: ModelSource = DEMO_MODELS) -> Component:
+    return kserve_component(f"predictor-{size}", "runtime", [*models.predictor_args(size), "--model_name",
+                                                             model_name(size), *extra_args],
+                            ports.predictor(size), model_name(size))
+
+
+def transformer(size: str, ports: Ports, models: ModelSource = DEMO_MODELS) -> Component:
+    args = [*models.transformer_args(size), "--model_name", model_name(size), "--predictor_host",
+            f"127.0.0.1:{ports.predictor(size)}", "--predictor_protocol", "v2"]
     return kserve_component(f"transformer-{size}", "transformer", args, ports.transformer(size), model_name(size))
 
 
@@ -119,8 +146,11 @@ def service_urls(ports: Ports) -> dict[str, str]:
 
 def write_router_config(path: Path, ports: Ports, **sections: object) -> Path:
     """router/router.yaml with its targets on these ports (each replica's load read from its
-    predictor's metrics) and top-level `sections` replaced."""
+    predictor's metrics), its learned model's path made absolute, and top-level `sections` replaced."""
     config = yaml.safe_load(ROUTER_CONFIG.read_text())
+    learned_model = config.get("policy", {}).get("learned_model")
+    if learned_model is not None:
+        config["policy"]["learned_model"] = str(ROUTER_CONFIG.parent / learned_model)
     config["targets"] = {
         size: {"model": model_name(size), "urls": [{"url": local_url(ports.transformer(size)),
                                                    "metrics_url": local_url(ports.predictor(size)) + "/metrics"}]}
@@ -131,13 +161,14 @@ def write_router_config(path: Path, ports: Ports, **sections: object) -> Path:
     return path
 
 
-def stack_components(ports: Ports, router_config: Path, predictor_args: Sequence[str] = ()) -> list[Component]:
+def stack_components(ports: Ports, router_config: Path, predictor_args: Sequence[str] = (),
+                     models: ModelSource = DEMO_MODELS) -> list[Component]:
     """The stack, front components first."""
     return [
         graph_runner("graph", ports.graph, ROUTE_GRAPH, service_urls(ports)),
         router("router", ports.router, router_config),
-        *(transformer(size, ports) for size in SIZES),
-        *(predictor(size, ports, predictor_args) for size in SIZES),
+        *(transformer(size, ports, models) for size in SIZES),
+        *(predictor(size, ports, predictor_args, models) for size in SIZES),
     ]
 
 
@@ -230,26 +261,33 @@ def _relay_output(component: Component) -> None:
 
 
 def example_calls(ports: Ports) -> list[str]:
-    chat = ('{"model": "auto", "messages": [{"role": "user", "content": "Write a Python function that merges two '
-            'sorted lists"}], "max_tokens": 16}')
-    predict = '{"instances": [{"prompt": "How are you today?", "max_tokens": 16}]}'
+    chat = ('{"model": "auto", "messages": [{"role": "user", "content": "Sort these numbers from smallest to '
+            'largest: 72, 56, 18."}], "temperature": 0}')
+    predict = ('{"instances": [{"messages": [{"role": "user", "content": "What is 7 plus 5?"}], '
+               '"temperature": 0}]}')
     small = model_name("small")
-    direct = f'{{"model": "{small}", "prompt": "Hello", "max_tokens": 16}}'
+    direct = (f'{{"model": "{small}", "messages": [{{"role": "user", "content": "Reverse this list: apple, '
+              f'river, stone, cloud."}}], "temperature": 0}}')
     json_body = "-H content-type:application/json -d"
     return [
         "# the router's OpenAI edge (model auto: the policy picks; -i shows the x-route headers):",
         f"curl -si {local_url(ports.router)}/openai/v1/chat/completions {json_body} '{chat}'",
-        f"python examples/router_openai_client.py --url {local_url(ports.router)}",
+        f"python examples/routing_demo.py --url {local_url(ports.router)}   # easy and hard questions, checked",
         "# the route graph: the router decides, a Switch calls that model's transformer (v1 predict):",
         f"curl -s {local_url(ports.graph)} {json_body} '{predict}'",
         f"python examples/graph_client.py --url {local_url(ports.graph)}",
         "# a transformer directly (OpenAI API, KServe v1/v2):",
-        f"curl -s {local_url(ports.transformer('small'))}/openai/v1/completions {json_body} '{direct}'",
+        f"curl -s {local_url(ports.transformer('small'))}/openai/v1/chat/completions {json_body} '{direct}'",
     ]
 
 
-def print_table(components: list[Component], ports: Ports) -> None:
-    print("\n[stack] ready (demo models: random weights, so the text is gibberish):", flush=True)
+def print_table(components: list[Component], ports: Ports, models: ModelSource) -> None:
+    if models.demo:
+        print("\n[stack] ready (demo models: random weights, so the text is gibberish):", flush=True)
+    else:
+        print("\n[stack] ready: the task models answer arithmetic, comparing numbers, sorting and reversing lists, and "
+              "questions on an invented fact table (task_models/checkpoints/*/MODEL_CARD.md); greedy "
+              "(temperature 0) is how they were measured", flush=True)
     print(f"  {'component':<20}{'http':>6}{'grpc':>6}  command")
     for component in components:
         grpc = str(component.grpc_port) if component.grpc_port is not None else "-"
@@ -270,23 +308,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--router_port", type=int, default=defaults.router,
                         help="the router: OpenAI edge and KServe predict (gRPC: +10)")
     parser.add_argument("--graph_port", type=int, default=defaults.graph, help="the route graph's runner")
+    parser.add_argument("--demo", action="store_true", help="serve the demo models (random weights) instead of the "
+                                                            "task models")
     args = parser.parse_args(argv)
     ports = Ports(args.base_port, args.router_port, args.graph_port)
-    for size in SIZES:
-        build_demo_model(size)
+    models = DEMO_MODELS if args.demo else TASK_MODELS
+    models.prepare()
     with tempfile.TemporaryDirectory(prefix="kserve-llm-stack-") as directory:
         router_config = write_router_config(Path(directory) / "router.yaml", ports)
-        sys.exit(run(Stack(stack_components(ports, router_config)), ports))
+        sys.exit(run(Stack(stack_components(ports, router_config, models=models)), ports, models))
 
 
-def run(stack: Stack, ports: Ports) -> int:
+def run(stack: Stack, ports: Ports, models: ModelSource = DEMO_MODELS) -> int:
     """Serve until Ctrl-C or a component exits; the exit code."""
     signal.signal(signal.SIGINT, stack.request_stop)
     signal.signal(signal.SIGTERM, stack.request_stop)
     code = 0
     try:
         if stack.start():
-            print_table(stack.components, ports)
+            print_table(stack.components, ports, models)
             code = stack.wait()
     except RuntimeError as exc:
         print(f"[stack] {exc}", flush=True)

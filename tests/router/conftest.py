@@ -20,8 +20,11 @@ ROUTER_NAME = MODEL_NAME
 
 
 def write_config(path: Path, **overrides: object) -> Path:
-    """The example config with top-level sections replaced by `overrides`."""
+    """The example config with top-level sections replaced by `overrides` (its learned model's
+    path made absolute, so that the copy finds it)."""
     config = yaml.safe_load(EXAMPLE_CONFIG.read_text())
+    if config.get("policy", {}).get("learned_model"):
+        config["policy"]["learned_model"] = str(EXAMPLE_CONFIG.parent / config["policy"]["learned_model"])
     config.update(overrides)
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path

@@ -11,18 +11,27 @@ import yaml
 
 from router.calibrate import choose_threshold, main, read_prompts, write_threshold
 from router.config import load_config
+from router.learned_policy import load_policy
 from router.policy import RoutingPolicy
 
-from .conftest import EXAMPLE_CONFIG, SHIPPED_PROMPTS, run_python
+from .conftest import EXAMPLE_CONFIG, SHIPPED_PROMPTS, run_python, write_config
+
+TASK_OUTCOMES = EXAMPLE_CONFIG.parent / "data" / "task_outcomes.jsonl"
+TASK_ROUTER = EXAMPLE_CONFIG.parent / "data" / "task_router.safetensors"
+
+
+def copy_of_example(path):
+    """router/router.yaml, comments and all, with its learned model's path made absolute."""
+    path.write_text(EXAMPLE_CONFIG.read_text().replace("data/task_router.safetensors", str(TASK_ROUTER)))
+    return path
 
 
 def calibrate(*args: str):
     return run_python("-m", "router.calibrate", *map(str, args))
 
 
-def test_the_shipped_prompts_calibrate_to_30_percent_large(tmp_path):
-    config_path = tmp_path / "router.yaml"
-    config_path.write_text(EXAMPLE_CONFIG.read_text())
+def test_the_shipped_prompts_calibrate_the_rule_policy_to_30_percent_large(tmp_path):
+    config_path = write_config(tmp_path / "router.yaml", policy={"threshold": 0.5})
     finished = calibrate(SHIPPED_PROMPTS, "--large_share", "0.3", "--config", config_path)
     assert finished.returncode == 0, finished.stderr
     config = load_config(config_path)
@@ -35,11 +44,24 @@ def test_the_shipped_prompts_calibrate_to_30_percent_large(tmp_path):
     assert f"wrote policy.threshold: {config.policy.threshold} into {config_path}" in finished.stdout
 
 
+def test_the_task_outcomes_calibrate_the_shipped_learned_policy(tmp_path):
+    """The shipped config's learned model, read from the config's own folder, scores the prompts."""
+    config_path = copy_of_example(tmp_path / "router.yaml")
+    finished = calibrate(TASK_OUTCOMES, "--large_share", "0.3", "--config", config_path)
+    assert finished.returncode == 0, finished.stderr
+    config = load_config(config_path)
+    policy = load_policy(config.policy)
+    prompts = read_prompts(TASK_OUTCOMES)
+    num_large = sum(policy.decide(prompt.routing_request()).route == "large" for prompt in prompts)
+    assert abs(num_large - 0.3 * len(prompts)) <= 0.01 * len(prompts)
+    assert "fact table, level 4" in finished.stdout
+
+
 def test_only_the_threshold_line_changes(tmp_path):
-    config_path = tmp_path / "router.yaml"
-    config_path.write_text(EXAMPLE_CONFIG.read_text())
+    config_path = copy_of_example(tmp_path / "router.yaml")
+    before = config_path.read_text().splitlines()
     assert write_threshold(config_path, 0.4125) is True
-    before, after = EXAMPLE_CONFIG.read_text().splitlines(), config_path.read_text().splitlines()
+    after = config_path.read_text().splitlines()
     changed = [(old, new) for old, new in zip(before, after) if old != new]
     assert len(before) == len(after) and len(changed) == 1
     old, new = changed[0]
@@ -83,12 +105,12 @@ def run_main(monkeypatch, *args: object) -> int:
 def test_a_bad_prompt_line_is_reported_with_its_number(tmp_path, monkeypatch, capsys):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text('{"prompt": "hi"}\n\n{"max_tokens": 5}\n')
-    config_path = tmp_path / "router.yaml"
-    config_path.write_text(EXAMPLE_CONFIG.read_text())
+    config_path = copy_of_example(tmp_path / "router.yaml")
+    before = config_path.read_text()
     assert run_main(monkeypatch, prompts, "--large_share", "0.3", "--config", config_path) == 2
     error = capsys.readouterr().err
     assert f"{prompts} line 3: " in error and "an instance needs exactly one of `prompt`" in error
-    assert config_path.read_text() == EXAMPLE_CONFIG.read_text()
+    assert config_path.read_text() == before
 
 
 @pytest.mark.parametrize("share", ["-0.1", "1.5"])

@@ -23,7 +23,10 @@ def test_the_example_config_loads():
     assert config.targets.of(Route.LARGE).replicas == [
         Replica(url="http://127.0.0.1:9002", metrics_url="http://127.0.0.1:9004/metrics")]
     assert 0.0 <= config.policy.threshold <= 1.0 and config.policy.weights == {}
-    assert config.cascade.enabled and config.cascade.min_confidence == -2.5
+    # The learned model's path is read from the config file's folder.
+    assert config.policy.learned_model == EXAMPLE_CONFIG.parent / "data" / "task_router.safetensors"
+    assert config.cascade.enabled and config.cascade.min_confidence == -3.0 and not config.cascade.escalate_on_length
+    assert config.learning.decision_log is None and config.learning.explore_share == 0.0
     assert (config.timeouts.connect_seconds, config.timeouts.request_seconds) == (5, 600)
     assert (config.load_balancing.metrics_interval_seconds, config.load_balancing.down_seconds) == (1, 5)
 

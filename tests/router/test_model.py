@@ -212,9 +212,12 @@ async def test_a_draining_router_refuses_new_requests_with_503(tmp_path):
         model.predict({"instances": [{"prompt": "hi"}]})
 
 
-def test_the_router_never_imports_torch(tmp_path, tokenizer_dir):
-    """What `python -m router` imports and runs, with a tokenizer, in a fresh interpreter."""
-    config = write_config(tmp_path / "router.yaml")
+@pytest.mark.parametrize("policy", ["rule", "learned"])
+def test_the_router_never_imports_torch(tmp_path, tokenizer_dir, policy):
+    """What `python -m router` imports and runs, with a tokenizer, in a fresh interpreter: the
+    rule policy, or the learned one of the shipped config."""
+    config = write_config(tmp_path / "router.yaml", **({"policy": {"threshold": 0.5}} if policy == "rule" else {}))
+    detail = "['prompt_tokens']['detail'] == 'tokenizer'" if policy == "rule" else "['words']['logit'] != 0"
     script = (
         "import sys\n"
         f"sys.argv = ['router', '--config', {str(config)!r}, '--tokenizer_dir', {str(tokenizer_dir)!r}]\n"
@@ -223,7 +226,7 @@ def test_the_router_never_imports_torch(tmp_path, tokenizer_dir):
         "model = main.build_model(args, main.load_config(args.config))\n"
         "model.load()\n"
         "routed = model.predict({'instances': [{'prompt': 'hello'}]})\n"
-        "assert routed['route_decisions'][0]['features']['prompt_tokens']['detail'] == 'tokenizer'\n"
+        f"assert routed['route_decisions'][0]['features']{detail}\n"
         "print('torch' in sys.modules)\n"
     )
     finished = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True,

@@ -47,6 +47,8 @@ MATHS = ["Calculate the integral of x^2 * sin(x) from 0 to pi and prove the resu
 # Greedy, the small demo model answers "wh" and stops (it goes on with "ether..."): a complete
 # answer whose confidence is about -7.7.
 STOPPED_EARLY = {"max_tokens": 8, "temperature": 0, "stop": ["e"]}
+RULE_POLICY = {"threshold": 0.233}
+CASCADE = {"enabled": True, "min_confidence": -2.5}
 SPLIT_REQUESTS = 300
 SPLIT_SMALL_PERCENT = 70
 
@@ -62,15 +64,18 @@ def split_graph(path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory) -> Iterator[Stack]:
-    """The stack with the router/router.yaml config (the cascade escalates below -2.5), plus a
-    router that accepts any confidence, and graph runners for the cascade and a 70/30 split."""
+    """The stack with the router/router.yaml config on the rule policy (the cascade escalates
+    below -2.5), plus a router that accepts any confidence, and graph runners for the cascade and
+    a 70/30 split."""
     for size in SIZES:
         build_demo_model(size)
     directory = tmp_path_factory.mktemp("stack")
     base = free_port_block(40)
     ports = Ports(base=base, router=base + 15, graph=base + 17)
-    config = write_router_config(directory / "router.yaml", ports)
-    confident = write_router_config(directory / "confident.yaml", ports, cascade={"min_confidence": -1000.0})
+    # The rule policy: the demo models' random weights give the learned one nothing to go by.
+    config = write_router_config(directory / "router.yaml", ports, policy=RULE_POLICY, cascade=CASCADE)
+    confident = write_router_config(directory / "confident.yaml", ports, policy=RULE_POLICY,
+                                    cascade={**CASCADE, "min_confidence": -1000.0})
     services = service_urls(ports)
     extras = [router("router-confident", base + 16, confident),
               graph_runner("graph-cascade", base + 18, CASCADE_GRAPH, services),

@@ -1,6 +1,7 @@
-"""`make serve`'s launcher: the whole stack comes up on its ports and answers through the router's
-OpenAI edge, the route graph and a transformer; Ctrl-C stops every component (exit 0, nothing left
-listening)."""
+"""`make serve`'s launcher: the whole stack comes up on its ports with the two task models and
+answers through the router's OpenAI edge (an easy question stays with the small model, a hard one
+goes to the large one), the route graph and a transformer; Ctrl-C stops every component (exit 0,
+nothing left listening)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,12 @@ from tests.servers import REPO_ROOT
 from .ports import free_port_block, is_listening
 
 START_TIMEOUT = 240
+HARD = "Sort these numbers from smallest to largest: 72, 56, 18."
+
+
+def chat(content: str, model: str = "auto", **fields: object) -> dict:
+    """A greedy chat completion: the task models' answers are checked, not sampled."""
+    return {"model": model, "messages": [{"role": "user", "content": content}], "temperature": 0, **fields}
 
 
 def listening_ports(ports: Ports) -> list[int]:
@@ -42,16 +49,28 @@ def test_stack_serves_and_stops_on_ctrl_c(tmp_path):
             assert time.monotonic() < deadline, "the stack did not come up"
             time.sleep(0.5)
         with httpx.Client(timeout=60) as client:
-            edge = client.post(f"http://127.0.0.1:{ports.router}/openai/v1/completions",
-                               json={"model": "auto", "prompt": "Hello", "max_tokens": 4, "stream": True})
+            easy = client.post(f"http://127.0.0.1:{ports.router}/openai/v1/chat/completions",
+                               json=chat("What is 7 plus 5?"))
+            streamed = client.post(f"http://127.0.0.1:{ports.router}/openai/v1/chat/completions",
+                                   json=chat("Reverse this list: apple, river.", stream=True))
+            hard = client.post(f"http://127.0.0.1:{ports.router}/openai/v1/chat/completions", json=chat(HARD))
             graph = client.post(f"http://127.0.0.1:{ports.graph}",
-                                json={"instances": [{"prompt": "Hello", "max_tokens": 4}]})
-            direct = client.post(f"http://127.0.0.1:{ports.transformer('large')}/openai/v1/completions",
-                                 json={"model": "llm-large", "prompt": "Hello", "max_tokens": 4})
-        assert edge.status_code == 200 and edge.headers["x-route"] == "small"
-        assert edge.text.endswith("data: [DONE]\n\n")
-        assert graph.status_code == 200 and graph.json()["predictions"][0]["completion_tokens"] == 4
-        assert direct.status_code == 200 and direct.json()["usage"]["completion_tokens"] == 4
+                                json={"instances": [{"messages": [{"role": "user", "content": "What is 7 plus 5?"}],
+                                                    "temperature": 0}]})
+            direct = client.post(f"http://127.0.0.1:{ports.transformer('large')}/openai/v1/chat/completions",
+                                 json=chat("Reverse this list: apple, river, stone, cloud.", model="llm-large"))
+        # The task models answer: an easy question stays with the small one, a hard one goes large.
+        assert easy.status_code == 200 and easy.headers["x-route"] == "small"
+        assert easy.json()["choices"][0]["message"]["content"] == "12"
+        assert streamed.headers["x-route"] == "small" and streamed.text.endswith("data: [DONE]\n\n")
+        assert hard.status_code == 200 and hard.headers["x-route"] == "large"
+        assert hard.json()["choices"][0]["message"]["content"] == "18, 56, 72"
+        assert graph.status_code == 200 and graph.json()["predictions"][0]["text"] == "12"
+        assert direct.json()["choices"][0]["message"]["content"] == "cloud, stone, river, apple"
+        demo = subprocess.run([sys.executable, "examples/routing_demo.py", "--url", f"http://127.0.0.1:{ports.router}",
+                               "--questions", "8"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+        assert demo.returncode == 0, demo.stderr
+        assert "answered by the large model" in demo.stdout and "small model" in demo.stdout
         stack.send_signal(signal.SIGINT)
         assert stack.wait(90) == 0
     finally:
