@@ -199,11 +199,28 @@ def decision_latency_ms(policy: RoutingPolicy | LearnedPolicy, items: list[Item]
         passes.append(sorted(timings))
     best = min(passes, key=lambda timings: statistics.median(timings))
     limit_prompt = RoutingRequest(body_limit_text(), 1, MAX_TOKENS)
-    started = time.perf_counter()
-    policy.decide(limit_prompt)
-    limit_ms = (time.perf_counter() - started) * 1000
     return {"p50_ms": round(statistics.median(best), 4), "p99_ms": round(best[int(0.99 * (len(best) - 1))], 4),
-            "body_limit_prompt_ms": round(limit_ms, 2), "body_limit_chars": len(limit_prompt.text)}
+            "body_limit_prompt_ms": round(_decision_ms(policy, limit_prompt), 2),
+            "body_limit_chars": len(limit_prompt.text),
+            "pathological_prompt_ms": {name: round(_decision_ms(policy, RoutingRequest(text, 1, MAX_TOKENS)), 2)
+                                       for name, text in pathological_prompts().items()}}
+
+
+def _decision_ms(policy: RoutingPolicy | LearnedPolicy, request: RoutingRequest) -> float:
+    started = time.perf_counter()
+    policy.decide(request)
+    return (time.perf_counter() - started) * 1000
+
+
+def pathological_prompts() -> dict[str, str]:
+    """Prompts near the body limit built to make patterns backtrack (each took the rule policy's old
+    patterns quadratic time): an unclosed LaTeX `$` before many `^` (the 120 KB prompt that froze
+    the router for 15 s), a megabyte of blank lines, and list markers without items."""
+    limit = DEFAULT_MAX_BODY_BYTES - 1024
+    return {"unclosed LaTeX, 120 KB": "$" + "a^" * 60_000,
+            "unclosed LaTeX, 1 MB": ("$" + "a^" * limit)[:limit],
+            "blank lines, 1 MB": "\n" * (limit - 1) + "x",
+            "list markers without items, 1 MB": ("1.\n\n" * limit)[:limit]}
 
 
 def body_limit_text() -> str:
@@ -272,6 +289,10 @@ def markdown_report(summary: dict) -> str:
     for name, latency in summary["decision_latency"].items():
         lines.append(f"| {name} | {latency['p50_ms']:.3f} ms | {latency['p99_ms']:.3f} ms | "
                      f"{latency['body_limit_prompt_ms']:.1f} ms ({latency['body_limit_chars']:,} characters) |")
+    lines += ["", "Decision time on pathological prompts:", ""]
+    for name, latency in summary["decision_latency"].items():
+        slowest = ", ".join(f"{prompt} {ms:.1f} ms" for prompt, ms in latency["pathological_prompt_ms"].items())
+        lines.append(f"- {name}: {slowest}")
     lines += ["", "Learned router + cascade settings that keep >= 90 % of the large model's accuracy with <= 40 % "
                   "large calls, cheapest first:", "",
               "| calibrated share | min_confidence | accuracy | large calls | cost |",
