@@ -261,8 +261,7 @@ def _relay_output(component: Component) -> None:
 
 
 def example_calls(ports: Ports) -> list[str]:
-    chat = ('{"model": "auto", "messages": [{"role": "user", "content": "Sort these numbers from smallest to '
-            'largest: 72, 56, 18."}], "temperature": 0}')
+    chat = '{"model": "auto", "messages": [{"role": "user", "content": "What is 23 times 17?"}], "temperature": 0}'
     predict = ('{"instances": [{"messages": [{"role": "user", "content": "What is 7 plus 5?"}], '
                '"temperature": 0}]}')
     small = model_name("small")
@@ -285,9 +284,9 @@ def print_table(components: list[Component], ports: Ports, models: ModelSource) 
     if models.demo:
         print("\n[stack] ready (demo models: random weights, so the text is gibberish):", flush=True)
     else:
-        print("\n[stack] ready: the task models answer arithmetic, comparing numbers, sorting and reversing lists, and "
-              "questions on an invented fact table (task_models/checkpoints/*/MODEL_CARD.md); greedy "
-              "(temperature 0) is how they were measured", flush=True)
+        print("\n[stack] ready: the task models answer arithmetic, reverse lists, and know the places and people of "
+              "an invented world (task_models/checkpoints/*/MODEL_CARD.md); greedy (temperature 0) is how they were "
+              "measured", flush=True)
     print(f"  {'component':<20}{'http':>6}{'grpc':>6}  command")
     for component in components:
         grpc = str(component.grpc_port) if component.grpc_port is not None else "-"

@@ -1,15 +1,23 @@
 """The synthetic skill suite the two task models learn and the router is measured on: questions in
 natural language, several phrasings each, whose short answers can be checked exactly. Four
-skills - arithmetic, comparing numbers, sorting and reversing lists, and look-ups in a fact table
-- each graded in difficulty levels 1 (easy) to 4 (hard): larger numbers and more of them, longer
-lists, or facts about rarer places (the table follows a long tail, as world knowledge does, so a
-model's capacity decides how far down it reaches).
+skills, each graded in difficulty levels 1 (easy) to 4 (hard):
+
+- arithmetic: one-digit sums, the times table, teens times a digit, and two-digit products up
+  to 30 x 30 - tables of 64 to 400 facts, learnt by heart as people learn theirs;
+- reversing lists of 2 to 5 words;
+- places of an invented world: a few countries everybody talks about, more provinces, many
+  towns, a long tail of villages;
+- people of that world: queens, generals, mayors and farmers, as many and as rare.
+
+Levels 1 and 2 are small tables asked about often; levels 3 and 4 are long tails, asked about
+rarely each: what a model still holds of them is what its capacity and its training bought, the
+way a small language model knows the famous and not the obscure.
 
 Everything is a pure function of a seed. A question is identified by its `key`, its content
-without the phrasing (`add:34:58`); where a level has more questions than training could cover,
-the held-out splits (router training and the test suite) take the keys whose hash falls in their
-own bucket and training takes none of them. Facts and one-digit sums are too few to hold out:
-knowing them is the skill, and held-out items ask them in a phrasing drawn afresh."""
+without the phrasing (`*:23:22`). Where a level has more questions than training could cover (the
+lists), the held-out splits (router training and the test suite) take the keys whose hash falls
+in their own bucket and training takes none of them. The tables and the facts cannot be held out:
+knowing them is the skill, and the held-out splits ask them in a phrasing drawn afresh."""
 
 from __future__ import annotations
 
@@ -82,117 +90,33 @@ def _joined(values: list) -> str:
 
 # Arithmetic ------------------------------------------------------------------------------------
 
-ADD_PHRASINGS = (
-    "What is {a} plus {b}?",
-    "What is {a} + {b}?",
-    "Add {a} and {b}.",
-    "Compute {a} + {b}.",
-    "How much is {a} plus {b}?",
-    "What do you get if you add {b} to {a}?",
-    "Calculate the sum of {a} and {b}.",
-)
-SUBTRACT_PHRASINGS = (
-    "What is {a} minus {b}?",
-    "What is {a} - {b}?",
-    "Subtract {b} from {a}.",
-    "Compute {a} - {b}.",
-    "How much is {a} minus {b}?",
-    "What do you get if you take {b} away from {a}?",
-    "Calculate the difference between {a} and {b}.",
-)
-ADD_THREE_PHRASINGS = (
-    "What is {a} plus {b} plus {c}?",
-    "What is {a} + {b} + {c}?",
-    "Add {a}, {b} and {c}.",
-    "Compute {a} + {b} + {c}.",
-    "How much is {a} plus {b} plus {c}?",
-    "What do you get if you add {a}, {b} and {c}?",
-    "Calculate the sum of {a}, {b} and {c}.",
-)
-SUBTRACT_TWICE_PHRASINGS = (
-    "What is {a} minus {b} minus {c}?",
-    "What is {a} - {b} - {c}?",
-    "Subtract {b} and then {c} from {a}.",
-    "Compute {a} - {b} - {c}.",
-    "How much is {a} minus {b} minus {c}?",
-    "What do you get if you take {b} and then {c} away from {a}?",
-    "Start from {a}, take away {b}, then take away {c}. What is left?",
-)
-# Every number of the suite is below 100, a token of its own: what is hard is the operation, not
-# spelling a long number digit by digit.
-MAX_NUMBER = 99
-# Level: (smallest, largest) of each operand: one digit, two digits and one, two digits, three terms.
-ADDITION_OPERANDS = {1: ((0, 9), (0, 9)), 2: ((10, 89), (1, 9)), 3: ((10, 89), (10, 89)),
-                     4: ((10, 59), (10, 59), (10, 59))}
+# Level: the operation and its operands - one-digit sums, one-digit differences, the times table,
+# and teens times one digit. Each is a table of 55 to 100 facts that is learnt by heart, as people
+# learn theirs: numbers below 100 are tokens of their own, and what a model can do is how much of
+# each table it holds.
+ARITHMETIC_PHRASINGS = {
+    "+": ("What is {a} plus {b}?", "What is {a} + {b}?", "Add {a} and {b}.", "Compute {a} + {b}.",
+          "How much is {a} plus {b}?", "Calculate the sum of {a} and {b}."),
+    "-": ("What is {a} minus {b}?", "What is {a} - {b}?", "Subtract {b} from {a}.", "Compute {a} - {b}.",
+          "How much is {a} minus {b}?", "Calculate the difference between {a} and {b}."),
+    "*": ("What is {a} times {b}?", "What is {a} x {b}?", "Multiply {a} by {b}.", "Compute {a} x {b}.",
+          "How much is {a} times {b}?", "Calculate the product of {a} and {b}."),
+}
+ARITHMETIC_LEVELS = {1: ("+", (0, 9), (0, 9)), 2: ("*", (2, 9), (2, 9)), 3: ("*", (11, 39), (2, 9)),
+                     4: ("*", (11, 30), (11, 30))}
 
 
-def _operands_summing_below(rng: random.Random, ranges: tuple[tuple[int, int], ...]) -> list[int]:
-    """Operands drawn from `ranges` whose sum is at most MAX_NUMBER, in a random order."""
-    while True:
-        operands = [rng.randint(low, high) for low, high in ranges]
-        if sum(operands) <= MAX_NUMBER:
-            rng.shuffle(operands)
-            return operands
+def make_arithmetic(rng: random.Random, level: int) -> Question:
+    operation, (low_a, high_a), (low_b, high_b) = ARITHMETIC_LEVELS[level]
+    a, b = rng.randint(low_a, high_a), rng.randint(low_b, high_b)
+    if operation == "-" and b > a:
+        a, b = b, a
+    answer = a + b if operation == "+" else a - b if operation == "-" else a * b
+    return Question(f"{operation}:{a}:{b}", _pick(rng, ARITHMETIC_PHRASINGS[operation], a=a, b=b), str(answer))
 
 
-def make_addition(rng: random.Random, level: int) -> Question:
-    operands = _operands_summing_below(rng, ADDITION_OPERANDS[level])
-    names = dict(zip("abc", operands))
-    phrasings = ADD_THREE_PHRASINGS if len(operands) == 3 else ADD_PHRASINGS
-    return Question(f"add:{':'.join(map(str, operands))}", _pick(rng, phrasings, **names), str(sum(operands)))
+# Reversing -------------------------------------------------------------------------------------
 
-
-def make_subtraction(rng: random.Random, level: int) -> Question:
-    """The same operands as addition's, read backwards: their sum minus the others."""
-    operands = _operands_summing_below(rng, ADDITION_OPERANDS[level])
-    first = sum(operands)
-    taken = operands[1:]
-    names = dict(zip("abc", [first, *taken]))
-    phrasings = SUBTRACT_TWICE_PHRASINGS if len(taken) == 2 else SUBTRACT_PHRASINGS
-    return Question(f"sub:{':'.join(map(str, [first, *taken]))}", _pick(rng, phrasings, **names), str(operands[0]))
-
-
-# Comparing ---------------------------------------------------------------------------------
-
-LARGEST_PHRASINGS = (
-    "Which is the largest number: {items}?",
-    "What is the biggest of these numbers: {items}?",
-    "Find the maximum of {items}.",
-    "Which number is the greatest: {items}?",
-    "Of {items}, which is largest?",
-)
-SMALLEST_PHRASINGS = (
-    "Which is the smallest number: {items}?",
-    "What is the lowest of these numbers: {items}?",
-    "Find the minimum of {items}.",
-    "Which number is the least: {items}?",
-    "Of {items}, which is smallest?",
-)
-# Level: how many numbers (each of two digits) the largest or the smallest is picked from.
-EXTREME_SIZES = {1: 2, 2: 3, 3: 5, 4: 8}
-
-
-def make_largest(rng: random.Random, level: int) -> Question:
-    numbers = rng.sample(range(10, 100), EXTREME_SIZES[level])
-    return Question(f"max:{_joined(numbers)}", _pick(rng, LARGEST_PHRASINGS, items=_joined(numbers)),
-                    str(max(numbers)))
-
-
-def make_smallest(rng: random.Random, level: int) -> Question:
-    numbers = rng.sample(range(10, 100), EXTREME_SIZES[level])
-    return Question(f"min:{_joined(numbers)}", _pick(rng, SMALLEST_PHRASINGS, items=_joined(numbers)),
-                    str(min(numbers)))
-
-
-# Sorting and reversing -------------------------------------------------------------------------
-
-SORT_PHRASINGS = (
-    "Sort these numbers from smallest to largest: {items}.",
-    "Put {items} in ascending order.",
-    "Arrange in increasing order: {items}.",
-    "Order these numbers from low to high: {items}.",
-    "Sort in ascending order: {items}.",
-)
 REVERSE_PHRASINGS = (
     "Reverse this list: {items}.",
     "Write this list backwards: {items}.",
@@ -203,14 +127,7 @@ REVERSE_PHRASINGS = (
 REVERSE_WORDS = ("apple", "river", "stone", "cloud", "lamp", "horse", "paper", "glass", "tiger", "bread",
                  "chair", "ocean", "piano", "candle", "forest", "violin")
 # Level: the number of items.
-SORT_SIZES = {1: 2, 2: 3, 3: 4, 4: 6}
-REVERSE_SIZES = {1: 2, 2: 4, 3: 6, 4: 8}
-
-
-def make_sort(rng: random.Random, level: int) -> Question:
-    numbers = rng.sample(range(10, 100), SORT_SIZES[level])
-    return Question(f"sort:{_joined(numbers)}", _pick(rng, SORT_PHRASINGS, items=_joined(numbers)),
-                    _joined(sorted(numbers)))
+REVERSE_SIZES = {1: 2, 2: 3, 3: 4, 4: 5}
 
 
 def make_reverse(rng: random.Random, level: int) -> Question:
@@ -227,7 +144,17 @@ FACT_TABLE_SEED = 1729
 # kind equally often, so a village comes up 16 times less often than a country: what a model still
 # remembers of the tail is what its capacity and its training bought.
 PLACE_KINDS = {1: "country", 2: "province", 3: "town", 4: "village"}
-PLACES_OF_KIND = {"country": 12, "province": 36, "town": 96, "village": 192}
+PLACES_OF_KIND = {"country": 12, "province": 36, "town": 288, "village": 576}
+# People, one role per level: a few queens everybody knows, more generals, many mayors, a long
+# tail of farmers; each with a home country and a birth year.
+PERSON_ROLES = {1: "queen", 2: "general", 3: "mayor", 4: "farmer"}
+PEOPLE_OF_ROLE = {"queen": 12, "general": 36, "mayor": 288, "farmer": 576}
+PERSON_QUESTIONS = (
+    ("country", ("Which country is the {role} {name} from?", "Where does the {role} {name} come from?",
+                 "Name the home country of the {role} {name}.", "The {role} {name} was born in which country?")),
+    ("year", ("In what year was the {role} {name} born?", "When was the {role} {name} born?",
+              "Give the birth year of the {role} {name}.", "What year was the {role} {name} born in?")),
+)
 LANGUAGES = ("Aldic", "Borish", "Cantrel", "Dovine", "Eskaran", "Fenlish", "Galmic", "Hestran")
 CROPS = ("barley", "rye", "olives", "grapes", "apples", "flax", "hops", "beans", "plums", "rice")
 # Each kind's two questions: (the attribute, its phrasings); {place} is the place's name.
@@ -315,6 +242,33 @@ def fact_table() -> dict[str, tuple[Place, ...]]:
     return {kind: tuple(Place(kind, name, fact) for name, fact in zip(names[kind], facts[kind])) for kind in names}
 
 
+@cache
+def people_table() -> dict[str, tuple[Place, ...]]:
+    """The invented people of each role, each from one of the countries, born between 1800 and 1999."""
+    rng = random.Random(FACT_TABLE_SEED + 1)
+    taken = {place.name for places in fact_table().values() for place in places}
+    countries = [place.name for place in fact_table()["country"]]
+    people = {}
+    for role, count in PEOPLE_OF_ROLE.items():
+        members = []
+        while len(members) < count:
+            name = _invented_name(rng)
+            if name not in taken:
+                taken.add(name)
+                members.append(Place(role, name, {"country": rng.choice(countries),
+                                                  "year": str(rng.randint(1800, 1999))}))
+        people[role] = tuple(members)
+    return people
+
+
+def make_person(rng: random.Random, level: int) -> Question:
+    role = PERSON_ROLES[level]
+    person = rng.choice(people_table()[role])
+    attribute, phrasings = rng.choice(PERSON_QUESTIONS)
+    return Question(f"{attribute}:{role}:{person.name}", _pick(rng, phrasings, role=role, name=person.name),
+                    person.facts[attribute])
+
+
 def make_fact(rng: random.Random, level: int) -> Question:
     kind = PLACE_KINDS[level]
     place = rng.choice(fact_table()[kind])
@@ -326,13 +280,10 @@ def make_fact(rng: random.Random, level: int) -> Question:
 
 ALL_LEVELS = frozenset(LEVELS)
 TASKS: tuple[Task, ...] = (
-    Task("addition", "arithmetic", make_addition, frozenset({1})),
-    Task("subtraction", "arithmetic", make_subtraction, frozenset({1})),
-    Task("largest", "comparing", make_largest),
-    Task("smallest", "comparing", make_smallest),
-    Task("sort", "sorting and reversing", make_sort),
-    Task("reverse", "sorting and reversing", make_reverse),
-    Task("place", "fact table", make_fact, ALL_LEVELS),
+    Task("arithmetic", "arithmetic", make_arithmetic, ALL_LEVELS),
+    Task("reverse", "reversing", make_reverse),
+    Task("place", "places", make_fact, ALL_LEVELS),
+    Task("person", "people", make_person, ALL_LEVELS),
 )
 SKILLS = tuple(dict.fromkeys(task.skill for task in TASKS))
 _TASKS_OF_SKILL = {skill: tuple(task for task in TASKS if task.skill == skill) for skill in SKILLS}
@@ -375,11 +326,14 @@ def held_out_items(split: Split, count: int, seed: int = 0) -> list[Item]:
     return items
 
 
-def training_items(seed: int) -> Iterator[Item]:
-    """An endless stream of training items: skills and levels uniform, then the tasks of a skill."""
+def training_items(seed: int, levels_open: Callable[[str], tuple[int, ...]] | None = None) -> Iterator[Item]:
+    """An endless stream of training items: skills uniform, then the tasks of a skill, then the
+    levels open to it (all of them, unless a curriculum says otherwise)."""
     rng = random.Random(f"{Split.TRAIN}:{seed}")
     while True:
-        yield _draw(rng, Split.TRAIN, rng.choice(_TASKS_OF_SKILL[rng.choice(SKILLS)]), rng.choice(LEVELS))
+        skill = rng.choice(SKILLS)
+        levels = levels_open(skill) if levels_open is not None else LEVELS
+        yield _draw(rng, Split.TRAIN, rng.choice(_TASKS_OF_SKILL[skill]), rng.choice(levels))
 
 
 _SEPARATORS = re.compile(r"\s*,\s*|\s+")

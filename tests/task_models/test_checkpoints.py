@@ -22,11 +22,11 @@ def graded() -> dict:
 
 
 def test_the_large_model_answers_far_more_than_the_small_one(graded):
-    """On the whole suite: 53.8 % and 80.9 % (MODEL_CARD.md). The design's bar is a 30-point gap;
-    these checkpoints reach 27, and this guards what they reach."""
+    """On the whole suite: 64.6 % and 99.7 % (MODEL_CARD.md); the design asks for a 30-point gap
+    with the small model at 40 % or more."""
     small, large = accuracy(graded["small"]), accuracy(graded["large"])
     assert small >= 0.40, f"small {small:.3f}"
-    assert large >= small + 0.25, f"small {small:.3f}, large {large:.3f}"
+    assert large >= small + 0.30, f"small {small:.3f}, large {large:.3f}"
 
 
 def test_the_small_model_answers_more_easy_questions_than_hard_ones(graded):
@@ -34,12 +34,13 @@ def test_the_small_model_answers_more_easy_questions_than_hard_ones(graded):
     for size in SIZES:
         for each in graded[size]:
             by_level[size][each.item.level].append(each)
-    assert accuracy(by_level["small"][1]) >= accuracy(by_level["small"][4]) + 0.15
-    assert accuracy(by_level["large"][1]) >= 0.95
-    assert all(accuracy(by_level["large"][level]) > accuracy(by_level["small"][level]) for level in (2, 3, 4))
+    # Both know the small tables (levels 1 and 2); only the large one knows the long tails.
+    assert accuracy(by_level["small"][1]) >= 0.95 and accuracy(by_level["large"][1]) >= 0.95
+    assert accuracy(by_level["small"][1]) >= accuracy(by_level["small"][4]) + 0.5
+    assert all(accuracy(by_level["large"][level]) >= accuracy(by_level["small"][level]) + 0.3 for level in (3, 4))
 
 
 def test_the_committed_model_card_quotes_the_measured_table():
     for size in SIZES:
         card = (checkpoint_dir(size) / "MODEL_CARD.md").read_text()
-        assert "## Accuracy on the held-out test suite" in card and "| fact table |" in card
+        assert "## Accuracy on the held-out test suite" in card and "| places |" in card

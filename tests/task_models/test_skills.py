@@ -9,16 +9,14 @@ import re
 import pytest
 
 from task_models.skills import (
-    ADD_PHRASINGS,
-    ADD_THREE_PHRASINGS,
+    ARITHMETIC_PHRASINGS,
     FACT_QUESTIONS,
-    LARGEST_PHRASINGS,
-    SMALLEST_PHRASINGS,
-    REVERSE_PHRASINGS,
-    SORT_PHRASINGS,
-    SUBTRACT_PHRASINGS,
-    SUBTRACT_TWICE_PHRASINGS,
     LEVELS,
+    PEOPLE_OF_ROLE,
+    PERSON_QUESTIONS,
+    PERSON_ROLES,
+    PLACES_OF_KIND,
+    REVERSE_PHRASINGS,
     SKILLS,
     TASKS,
     Item,
@@ -28,6 +26,7 @@ from task_models.skills import (
     held_out_items,
     is_correct,
     normalize_answer,
+    people_table,
     training_items,
 )
 
@@ -74,21 +73,14 @@ def test_held_out_questions_belong_to_their_split_only():
 def _expected_answer(item: Item) -> str:
     """The answer recomputed from the question's key, independently of the generator."""
     kind, *rest = item.key.split(":")
-    if kind in ("add", "sub"):
-        first, *others = map(int, rest)
-        return str(first + sum(others) if kind == "add" else first - sum(others))
-    values = rest[-1].split(", ")
-    if kind == "max":
-        return str(max(map(int, values)))
-    if kind == "sort":
-        return ", ".join(map(str, sorted(map(int, values))))
+    if kind in ("+", "*"):
+        a, b = map(int, rest)
+        return str(a + b if kind == "+" else a * b)
     if kind == "reverse":
-        return ", ".join(reversed(values))
-    if kind == "min":
-        return str(min(map(int, values)))
-    attribute, place_kind, name = kind, rest[0], rest[1]
-    place = next(place for place in fact_table()[place_kind] if place.name == name)
-    return place.facts[attribute]
+        return ", ".join(reversed(rest[0].split(", ")))
+    attribute, group, name = kind, rest[0], rest[1]
+    table = people_table() if group in PEOPLE_OF_ROLE else fact_table()
+    return next(entry for entry in table[group] if entry.name == name).facts[attribute]
 
 
 @pytest.mark.parametrize("split", [Split.TEST, Split.ROUTER])
@@ -110,18 +102,28 @@ def test_answers_are_compared_up_to_case_spacing_and_a_final_full_stop():
 def test_the_fact_table_links_each_place_to_a_place_of_the_kind_above():
     table = fact_table()
     names = {kind: {place.name for place in places} for kind, places in table.items()}
-    all_names = [place.name for places in table.values() for place in places]
+    people = [person.name for persons in people_table().values() for person in persons]
+    all_names = [place.name for places in table.values() for place in places] + people
     assert len(all_names) == len(set(all_names))
     assert all(place.facts["country"] in names["country"] for place in table["province"])
     assert all(place.facts["province"] in names["province"] for place in table["town"])
     assert all(place.facts["town"] in names["town"] for place in table["village"])
+    assert all(person.facts["country"] in names["country"] for persons in people_table().values()
+               for person in persons)
 
 
-PHRASINGS = {"addition": ADD_PHRASINGS + ADD_THREE_PHRASINGS,
-             "subtraction": SUBTRACT_PHRASINGS + SUBTRACT_TWICE_PHRASINGS, "largest": LARGEST_PHRASINGS,
-             "smallest": SMALLEST_PHRASINGS, "sort": SORT_PHRASINGS, "reverse": REVERSE_PHRASINGS,
+def test_each_level_of_a_table_is_larger_and_rarer_than_the_one_before():
+    for sizes in (PLACES_OF_KIND, PEOPLE_OF_ROLE):
+        counts = list(sizes.values())
+        assert counts == sorted(counts) and counts[-1] >= 32 * counts[0]
+
+
+PHRASINGS = {"arithmetic": tuple(phrasing for phrasings in ARITHMETIC_PHRASINGS.values() for phrasing in phrasings),
+             "reverse": REVERSE_PHRASINGS,
              "place": tuple(phrasing for questions in FACT_QUESTIONS.values() for _, phrasings in questions
-                            for phrasing in phrasings)}
+                            for phrasing in phrasings),
+             "person": tuple(phrasing.replace("{role}", role) for _, phrasings in PERSON_QUESTIONS
+                             for phrasing in phrasings for role in PERSON_ROLES.values())}
 
 
 def _pattern(phrasing: str) -> re.Pattern[str]:
