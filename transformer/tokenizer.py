@@ -17,6 +17,7 @@ logger = logging.getLogger(__name__)
 # Texts longer than this are tokenized in a worker thread, so a huge prompt does not stall every
 # other stream on the event loop; shorter ones cost less than the thread hop.
 INLINE_TOKENIZE_CHARS = 16_384
+INLINE_DECODE_TOKENS = INLINE_TOKENIZE_CHARS // 4
 # tokenizer_config.json's model_max_length is a huge sentinel when the checkpoint does not set it.
 UNSET_MODEL_MAX_LENGTH = 10**9
 
@@ -105,6 +106,11 @@ class TextTokenizer:
         """Text of the ids, special tokens skipped (what a client reads), spaces as decoded (no
         clean-up: it would make streamed deltas differ from the whole text)."""
         return self._backend.decode(token_ids, skip_special_tokens=True)
+
+    async def decode_async(self, token_ids: list[int]) -> str:
+        if len(token_ids) <= INLINE_DECODE_TOKENS:
+            return self.decode(token_ids)
+        return await asyncio.to_thread(self.decode, token_ids)
 
     def token_text(self, token_id: int) -> str:
         """One token on its own, as OpenAI's logprobs show it (special tokens included)."""
