@@ -5,6 +5,7 @@ Ensemble nodes; Soft and Hard dependencies; the routing errors and their status 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import random
@@ -26,6 +27,7 @@ from router.graph_spec import (
     RouterType,
     StepData,
 )
+from serving.request_bodies import off_loop_if_large
 
 logger = logging.getLogger(__name__)
 
@@ -106,8 +108,8 @@ class GraphExecutor:
         for index, step in enumerate(node.steps):
             request = previous.body if step.data is StepData.RESPONSE and index > 0 else body
             if step.map_predictions_to_instances:
-                request = predictions_as_instances(request)
-            if step.condition and not _previous_matches(previous, step.condition):
+                request = await off_loop_if_large(len(request), functools.partial(predictions_as_instances, request))
+            if step.condition and not await _previous_matches(previous, step.condition):
                 logger.debug("node %s step %d: condition %r not met, the sequence ends", name, index, step.condition)
                 return StepResponse(200, previous.body)  # 200 whatever the previous step's status
             previous = await self._run_step(name, index, step, request, headers)
@@ -118,11 +120,10 @@ class GraphExecutor:
         return previous  # the last step's status, even a Soft step's failure
 
     async def _run_switch(self, name: str, node: InferenceRouter, body: bytes, headers: Headers) -> StepResponse:
-        document = parse_json(body)
-        for index, step in enumerate(node.steps):
-            if document is not MISSING and condition_matches(document, step.condition):
-                return await self._run_step(name, index, step, body, headers)
-        raise GraphRoutingError(404, NO_SWITCH_MATCH)
+        index = await off_loop_if_large(len(body), functools.partial(_first_matching_step, node, body))
+        if index is None:
+            raise GraphRoutingError(404, NO_SWITCH_MATCH)
+        return await self._run_step(name, index, node.steps[index], body, headers)
 
     async def _run_splitter(self, name: str, node: InferenceRouter, body: bytes, headers: Headers) -> StepResponse:
         point = self.rng.randrange(100)
@@ -154,7 +155,7 @@ class GraphExecutor:
     async def _run_ensemble_member(self, name: str, index: int, step: InferenceStep, body: bytes,
                                    headers: Headers) -> tuple[StepResponse, Any]:
         response = await self._run_step(name, index, step, body, headers)
-        value = parse_json(response.body)
+        value = await off_loop_if_large(len(response.body), functools.partial(parse_json, response.body))
         # KServe decodes each answer into a map: anything but an object (or null) fails the node.
         if value is not None and not isinstance(value, dict):
             key = step.name or str(index)
@@ -180,11 +181,23 @@ class GraphExecutor:
         return StepResponse(response.status_code, response.content)
 
 
-def _previous_matches(previous: StepResponse, condition: str) -> bool:
-    document = parse_json(previous.body)
+async def _previous_matches(previous: StepResponse, condition: str) -> bool:
+    return await off_loop_if_large(len(previous.body), functools.partial(_condition_met, previous.body, condition))
+
+
+def _condition_met(body: bytes, condition: str) -> bool:
+    document = parse_json(body)
     if document is MISSING:
         raise GraphRoutingError(500, INVALID_RESPONSE)
     return condition_matches(document, condition)
+
+
+def _first_matching_step(node: InferenceRouter, body: bytes) -> int | None:
+    """The switch's first step whose condition the request body meets."""
+    document = parse_json(body)
+    if document is MISSING:
+        return None
+    return next((index for index, step in enumerate(node.steps) if condition_matches(document, step.condition)), None)
 
 
 def predictions_as_instances(request: bytes) -> bytes:

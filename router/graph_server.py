@@ -21,6 +21,7 @@ from router.graph_condition import MISSING, parse_json
 from router.graph_executor import ROUTING_ERROR, GraphExecutor, GraphRoutingError
 from router.graph_spec import InferenceGraph
 from serving.middleware import ClientConnectionMiddleware
+from serving.request_bodies import off_loop_if_large
 
 logger = logging.getLogger(__name__)
 
@@ -134,7 +135,8 @@ async def _run_graph(request: Request) -> Response:
         logger.warning("%d: %s", error.status, error.cause)
         return routing_error_response(error.status, error.cause)
     # Go sets a JSON content type only on a body that is JSON; no upstream header comes back.
-    media_type = None if parse_json(result.body) is MISSING else "application/json"
+    is_json = await off_loop_if_large(len(result.body), lambda: parse_json(result.body) is not MISSING)
+    media_type = "application/json" if is_json else None
     return Response(result.body, status_code=result.status, media_type=media_type)
 
 

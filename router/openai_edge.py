@@ -25,18 +25,18 @@ from dataclasses import dataclass
 from http import HTTPStatus
 
 import httpx
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from kserve.errors import InvalidInput, ModelNotFound
 from starlette.types import Receive, Scope, Send
 
+from router.cascade import Verdict
 from router.config import AUTO_MODEL
 from router.features import RoutingRequest
+from router.learning import Learning
 from router.load_metrics import LoadPoller
 from router.metrics import ESCALATIONS, EXPLORED, ROUTING_LATENCY
 from router.model import ROUTE_HEADER, RouterModel
-from router.cascade import Verdict
-from router.learning import Learning
 from router.openai_cascade import (
     answers_agree,
     ask_for_logprobs,
@@ -62,6 +62,7 @@ from serving.openai_protocol import (
     TokenizeRequest,
     now,
 )
+from serving.request_bodies import json_api_router
 from serving.streaming import EventStreamResponse
 
 logger = logging.getLogger(__name__)
@@ -324,7 +325,7 @@ def completion_routing_requests(body: CompletionRequest) -> list[RoutingRequest]
 
 def add_openai_edge(app: FastAPI, edge: OpenAIEdge) -> None:
     """The edge's routes on `app`; its client and load poller live as long as the app serves."""
-    router = APIRouter(prefix="/openai/v1", tags=["OpenAI"])
+    router = json_api_router(prefix="/openai/v1", tags=["OpenAI"])
 
     @router.get("/models")
     async def list_models() -> ModelList:

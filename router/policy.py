@@ -13,6 +13,7 @@ from router.features import (
     MARKER_CATEGORIES,
     Measurement,
     RoutingRequest,
+    ScannedWindow,
     TokenCounter,
     measure_conversation_depth,
     measure_markers,
@@ -125,9 +126,10 @@ class RoutingPolicy:
         self.token_counter = token_counter or TokenCounter()
 
     def measure(self, request: RoutingRequest) -> tuple[FeatureScore, ...]:
+        window = ScannedWindow.of(request)
         measurements = {
             "prompt_tokens": measure_prompt_tokens(request, self.token_counter),
-            **{category: measure_markers(category, request) for category in MARKER_CATEGORIES},
+            **{category: measure_markers(category, window) for category in MARKER_CATEGORIES},
             "max_tokens": measure_max_tokens(request),
             "conversation_depth": measure_conversation_depth(request),
         }

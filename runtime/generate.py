@@ -6,7 +6,7 @@ engine's stream aborts it."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, FastAPI
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from kserve.errors import ModelNotFound
 
@@ -15,11 +15,12 @@ from runtime.errors import translate_errors
 from runtime.model import LLMModel
 from runtime.schemas import GenerateRequest, GenerateResponse
 from serving.direct_routes import DirectRoute, add_direct_routes
+from serving.request_bodies import json_api_router
 from serving.streaming import EventStreamResponse, server_sent_events, stream_messages
 
 
 def add_generate_routes(app: FastAPI, model: LLMModel) -> None:
-    router = APIRouter(prefix="/v2/models/{model_name}", tags=["generate extension"])
+    router = json_api_router(prefix="/v2/models/{model_name}", tags=["generate extension"])
 
     @router.post("/generate", response_model=GenerateResponse, response_model_exclude_unset=True)
     async def generate(model_name: str, body: GenerateRequest) -> GenerateResponse:

@@ -1,10 +1,10 @@
 """JSON POST routes served ahead of FastAPI's router: the endpoints on every streamed token's path
-(the OpenAI completions and chat routes, the predictor's generate routes). FastAPI's route matching, dependency solving and
-exception middleware cost about a third of a millisecond per request on a small CPU; here the
-body (already read, and bounded, by ClientConnectionMiddleware) is validated by its pydantic model
-and handed to the handler. The same handlers stay declared on the FastAPI app, which documents
-them in /openapi.json and serves them wherever this layer is not installed: both ways run one
-function."""
+(the OpenAI completions and chat routes, the predictor's generate routes). FastAPI's route
+matching, dependency solving and exception middleware cost about a third of a millisecond per
+request on a small CPU; here the body (already read, and bounded, by ClientConnectionMiddleware)
+is validated by its pydantic model (off the event loop when large: serving/request_bodies.py) and
+handed to the handler. The same handlers stay declared on the FastAPI app, which documents them in
+/openapi.json and serves them wherever this layer is not installed: both ways run one function."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from serving.errors import ANSWERED_ERRORS, error_response, validation_error_response
+from serving.request_bodies import validate_json_body
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +42,7 @@ class DirectRoutes:
             return
         body = await _read_body(receive)
         try:
-            parsed = route.body_model.model_validate_json(body)
+            parsed = await validate_json_body(route.body_model, body)
         except ValidationError as exc:
             response = validation_error_response(exc.errors(), scope["path"])
         else:

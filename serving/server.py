@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from serving.errors import add_exception_handlers
 from serving.http_protocol import use_head_coalescing_protocol
 from serving.middleware import ClientConnectionMiddleware, DefaultJSONContentTypeMiddleware, RetryAfterMiddleware
+from serving.request_bodies import ThreadedJSONRoute
 
 
 DEFAULT_MAX_BODY_BYTES = 1 << 20
@@ -162,6 +163,8 @@ def install_http_layers(app: FastAPI, args: argparse.Namespace) -> None:
     """Our middleware and error handlers on KServe's app, and the server settings above; call it
     before `kserve.ModelServer(...).start()`."""
     app.add_middleware(ClientConnectionMiddleware, max_body_bytes=args.max_body_bytes)
+    # Routes declared on the app from here on (ours) decode large JSON bodies off the event loop.
+    app.router.route_class = ThreadedJSONRoute
     app.add_middleware(RetryAfterMiddleware)
     app.add_middleware(DefaultJSONContentTypeMiddleware)
     add_exception_handlers(app)

@@ -4,9 +4,10 @@ stream closes the predictor's stream, which aborts its request there."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import FastAPI, Request
 from kserve.errors import ModelNotFound
 
+from serving.request_bodies import json_api_router
 from serving.streaming import EventStreamResponse, server_sent_events, stream_messages
 from transformer.generation import TextChunk, without_empty
 from transformer.model import TextModel
@@ -14,7 +15,7 @@ from transformer.schemas import TextGenerateEvent, TextGenerateRequest, TextGene
 
 
 def add_generate_routes(app: FastAPI, model: TextModel) -> None:
-    router = APIRouter(prefix="/v2/models/{model_name}", tags=["generate extension"])
+    router = json_api_router(prefix="/v2/models/{model_name}", tags=["generate extension"])
 
     @router.post("/generate", response_model=TextGenerateResponse, response_model_exclude_unset=True)
     async def generate(model_name: str, body: TextGenerateRequest, request: Request) -> TextGenerateResponse:

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from kserve.errors import ModelNotFound
 from pydantic import BaseModel
@@ -41,6 +41,7 @@ from serving.openai_protocol import (
     now,
     openai_error_body,
 )
+from serving.request_bodies import json_api_router
 from serving.streaming import CLIENT_ERRORS, OPENAI_DONE_EVENT, EventStreamResponse
 from transformer.choices import merge_streams
 from transformer.generation import TextChunk, TextRequest, TextResult
@@ -62,7 +63,7 @@ class Choice:
 
 
 def add_openai_routes(app: FastAPI, model: TextModel) -> None:
-    router = APIRouter(prefix=OPENAI_PREFIX, tags=["OpenAI"])
+    router = json_api_router(prefix=OPENAI_PREFIX, tags=["OpenAI"])
     started = now()
 
     @router.get("/models")
@@ -100,7 +101,7 @@ def add_openai_routes(app: FastAPI, model: TextModel) -> None:
     async def detokenize(body: DetokenizeRequest) -> DetokenizeResponse:
         if body.model is not None:
             _check_model(model, body.model)
-        return DetokenizeResponse(prompt=model.tokenizer.decode(await model.prompt_ids(body.tokens)))
+        return DetokenizeResponse(prompt=await model.tokenizer.decode_async(await model.prompt_ids(body.tokens)))
 
     # Every streamed token's first byte waits for these two: served ahead of FastAPI's router.
     add_direct_routes(app, {

@@ -17,6 +17,10 @@ logger = logging.getLogger(__name__)
 # Texts longer than this are tokenized in a worker thread, so a huge prompt does not stall every
 # other stream on the event loop; shorter ones cost less than the thread hop.
 INLINE_TOKENIZE_CHARS = 16_384
+INLINE_DECODE_TOKENS = INLINE_TOKENIZE_CHARS // 4
+# A chat template runs in Python (jinja2) once per message: many short messages cost as much as
+# a long text (10,000 one-word messages take tens of milliseconds).
+INLINE_TEMPLATE_MESSAGES = 64
 # tokenizer_config.json's model_max_length is a huge sentinel when the checkpoint does not set it.
 UNSET_MODEL_MAX_LENGTH = 10**9
 
@@ -97,7 +101,8 @@ class TextTokenizer:
         return await asyncio.to_thread(self.encode, text)
 
     async def encode_chat_async(self, messages: list[ConversationTurn], add_generation_prompt: bool = True) -> list[int]:
-        if sum(len(message.content) for message in messages) <= INLINE_TOKENIZE_CHARS:
+        if (len(messages) <= INLINE_TEMPLATE_MESSAGES
+                and sum(len(message.content) for message in messages) <= INLINE_TOKENIZE_CHARS):
             return self.encode_chat(messages, add_generation_prompt)
         return await asyncio.to_thread(self.encode_chat, messages, add_generation_prompt)
 
@@ -105,6 +110,11 @@ class TextTokenizer:
         """Text of the ids, special tokens skipped (what a client reads), spaces as decoded (no
         clean-up: it would make streamed deltas differ from the whole text)."""
         return self._backend.decode(token_ids, skip_special_tokens=True)
+
+    async def decode_async(self, token_ids: list[int]) -> str:
+        if len(token_ids) <= INLINE_DECODE_TOKENS:
+            return self.decode(token_ids)
+        return await asyncio.to_thread(self.decode, token_ids)
 
     def token_text(self, token_id: int) -> str:
         """One token on its own, as OpenAI's logprobs show it (special tokens included)."""

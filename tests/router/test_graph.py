@@ -19,6 +19,7 @@ import pytest
 from router.graph import main, service_url
 from router.graph_server import ServerDeadlines
 from router.graph_spec import parse_graph
+from serving.request_bodies import INLINE_DECODE_BYTES
 from tests.router.graph_fakes import (
     FakeServices,
     free_port,
@@ -174,6 +175,24 @@ def test_a_body_that_is_not_json_comes_back_without_a_json_content_type(services
         response = http.post(url, json={})
     assert response.content == b"tokens: 1 2 3"
     assert "content-type" not in response.headers
+
+
+@pytest.mark.parametrize("filler", [0, INLINE_DECODE_BYTES], ids=["decoded inline", "decoded in a worker thread"])
+def test_conditions_on_large_bodies_decide_as_on_small_ones(services: FakeServices, service_urls: dict,
+                                                            http: httpx.Client, filler: int) -> None:
+    """Bodies past INLINE_DECODE_BYTES are parsed and matched off the event loop: same answers."""
+    padding = "x" * filler
+    with running_router(switch(("a", "[@this].#(route==small)"), ("b", "route")), service_urls) as url:
+        http.post(url, json={"route": "small", "padding": padding})
+        http.post(url, json={"route": "large", "padding": padding})
+        unmatched = http.post(url, json={"padding": padding})
+    services.answer(predict("a"), body={"predictions": [{"confidence": -3.0}], "padding": padding})
+    with running_router(cascade(), service_urls) as url:
+        escalated = http.post(url, json={"instances": []})
+    assert (unmatched.status_code, unmatched.json()) == (404, NO_MATCH)
+    assert services.paths() == [predict("a"), predict("b"), predict("a"), predict("b")]
+    assert escalated.json()["path"] == predict("b")
+    assert escalated.headers["content-type"] == "application/json"
 
 
 # Switch

@@ -4,6 +4,7 @@ transformers wrapper gives, on the demo model's byte-level BPE and on a Sentence
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
-from transformer.tokenizer import TextTokenizer
+from transformer.tokenizer import INLINE_TOKENIZE_CHARS, TextTokenizer
 
 CORPUS = [
     "Once upon a time there was a tokenizer that split words into pieces.",
@@ -84,3 +85,13 @@ def test_a_prompt_is_neither_truncated_nor_padded(pair):
     ids = ours.encode(text)
     assert len(ids) > 64
     assert ours.decode(ids).strip() == text
+
+
+@pytest.mark.parametrize("words", [10, INLINE_TOKENIZE_CHARS], ids=["inline", "in a worker thread"])
+def test_the_async_forms_give_what_the_plain_ones_give(pair, words):
+    """Long texts and id lists go to a worker thread (off the event loop); the result is the same."""
+    ours, _ = pair
+    text = " ".join(["word"] * words)
+    ids = asyncio.run(ours.encode_async(text))
+    assert ids == ours.encode(text)
+    assert asyncio.run(ours.decode_async(ids)) == ours.decode(ids)
