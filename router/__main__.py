@@ -23,7 +23,13 @@ with config_flag_hidden_from_kserve():
     from router.model import RouterModel
     from router.openai_edge import OpenAIEdge, add_openai_edge
     from router.websocket_edge import RoutedGenerationBackend
-    from serving.server import add_server_limit_arguments, check_server_limits, configure_logging, install_http_layers
+    from serving.server import (
+        add_server_limit_arguments,
+        check_server_limits,
+        configure_logging,
+        describe_server_limits,
+        install_http_layers,
+    )
     from serving.shutdown import drain_on_signal
     from serving.websocket_session import (
         add_websocket_arguments,
@@ -90,9 +96,8 @@ def main() -> None:
     except (ApiKeysError, ConfigError, TokenizerError, LearnedModelError) as exc:
         logger.error("cannot start the router: %s", exc)
         sys.exit(2)
-    logger.info("serving router %r on http %d / grpc %d: max_body_bytes=%d grace_period=%ds api_keys=%s",
-                model.name, args.http_port, args.grpc_port, args.max_body_bytes, args.grace_period,
-                "required" if api_keys.required else "off")
+    logger.info("serving router %r on http %d / grpc %d: %s api_keys=%s", model.name, args.http_port,
+                args.grpc_port, describe_server_limits(args), "required" if api_keys.required else "off")
     try:
         install_routes(model_server.app, model, args, api_keys)
     except DecisionLogError as exc:

@@ -17,6 +17,13 @@ import uvicorn
 
 from router.graph_server import DEFAULT_MAX_BODY_BYTES, ServerDeadlines, create_app
 from router.graph_spec import GraphSpecError, InferenceGraph, load_graph
+from serving.connection_limits import (
+    ConnectionLimits,
+    add_connection_limit_arguments,
+    check_connection_limits,
+    connection_limits,
+    use_connection_limits,
+)
 from serving.shutdown import DRAIN_SIGNALS, drain_on_signal
 
 # Named, not __name__: run with -m, this module is __main__.
@@ -55,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=None, help="seed of the Splitter's draws (unset: random)")
     parser.add_argument("--max_body_bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
                         help="largest request body; larger ones get 413")
+    add_connection_limit_arguments(parser)
     parser.add_argument("--log_level", choices=["debug", "info", "warning", "error"], default="info",
                         help="debug logs every step")
     return parser
@@ -84,7 +92,7 @@ def _compile_patterns(parser: argparse.ArgumentParser, patterns: Sequence[str]) 
 
 
 def _log_startup(graph: InferenceGraph, service_urls: Mapping[str, str], patterns: Sequence[re.Pattern[str]],
-                 deadlines: ServerDeadlines) -> None:
+                 deadlines: ServerDeadlines, limits: ConnectionLimits) -> None:
     logger.info("InferenceGraph %r: %d node(s)", graph.name, len(graph.nodes))
     for name, node in graph.nodes.items():
         steps = ", ".join(step.target + (f" [{step.condition}]" if step.condition else "") for step in node.steps)
@@ -95,6 +103,7 @@ def _log_startup(graph: InferenceGraph, service_urls: Mapping[str, str], pattern
     logger.info("timeouts: read %s s, write %s s, idle %s s, per step %s s; propagated headers: %s",
                 deadlines.read or "no limit", deadlines.write or "no limit", deadlines.idle,
                 service_client or "no limit", ", ".join(pattern.pattern for pattern in patterns) or "none")
+    logger.info("connections: %s", limits.describe())
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -107,6 +116,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error(str(error))
     if args.max_body_bytes < 1:
         parser.error("--max_body_bytes must be >= 1")
+    check_connection_limits(parser, args)
     service_urls = _parse_services(parser, args.service, args.protocol)
     patterns = _compile_patterns(parser, args.propagate_header)
     rng = random.Random(args.seed) if args.seed is not None else None
@@ -117,7 +127,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     for unused in sorted(service_urls.keys() - graph.service_names):
         logger.warning("--service %s: no step of the graph names it", unused)
     deadlines = ServerDeadlines.of(graph)
-    _log_startup(graph, service_urls, patterns, deadlines)
+    limits = connection_limits(args)
+    _log_startup(graph, service_urls, patterns, deadlines, limits)
+    use_connection_limits(limits)
     drain_on_signal(app, app.state.readiness)
     # Uvicorn shuts down gracefully on SIGTERM, then raises the signal again to the handler it
     # found: exit 0 there, as KServe's router does once its server has shut down.

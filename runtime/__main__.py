@@ -15,7 +15,13 @@ from runtime.demo import build_demo_model
 from runtime.engine import ConfigError, EngineConfig, ModelLoadError
 from runtime.generate import add_generate_routes
 from runtime.model import LLMModel
-from serving.server import add_server_limit_arguments, check_server_limits, configure_logging, install_http_layers
+from serving.server import (
+    add_server_limit_arguments,
+    check_server_limits,
+    configure_logging,
+    describe_server_limits,
+    install_http_layers,
+)
 from serving.shutdown import drain_on_signal
 
 logger = logging.getLogger("runtime")
@@ -132,11 +138,8 @@ def main() -> None:
     except (ConfigError, ModelLoadError) as exc:
         logger.error("cannot start the predictor: %s", exc)
         sys.exit(2)
-    logger.info(
-        "serving model %r on http %d / grpc %d: max_queue=%s request_timeout=%s max_body_bytes=%d grace_period=%ds",
-        model.name, args.http_port, args.grpc_port, args.max_queue, args.request_timeout, args.max_body_bytes,
-        args.grace_period,
-    )
+    logger.info("serving model %r on http %d / grpc %d: max_queue=%s request_timeout=%s %s", model.name,
+                args.http_port, args.grpc_port, args.max_queue, args.request_timeout, describe_server_limits(args))
     app = model_server.app
     install_http_layers(app, args)
     add_generate_routes(app, model)

@@ -1,6 +1,7 @@
 """What every component's `__main__` does the same way: KServe's logging format for our loggers,
 the HTTP layers (bounded bodies, disconnect cancellation, Retry-After, JSON by default, our error
-statuses) on KServe's app, and no per-request timing work when latency logging is off."""
+statuses) on KServe's app, bounds on slow and idle connections, and no per-request timing work
+when latency logging is off."""
 
 from __future__ import annotations
 
@@ -17,8 +18,13 @@ from kserve import logging as kserve_logging
 from kserve.protocol.rest import server as kserve_rest_server
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from serving.connection_limits import (
+    add_connection_limit_arguments,
+    check_connection_limits,
+    connection_limits,
+    use_connection_limits,
+)
 from serving.errors import add_exception_handlers
-from serving.http_protocol import use_head_coalescing_protocol
 from serving.middleware import ClientConnectionMiddleware, DefaultJSONContentTypeMiddleware, RetryAfterMiddleware
 from serving.request_bodies import ThreadedJSONRoute
 
@@ -28,11 +34,13 @@ DEFAULT_GRACE_PERIOD = 30
 
 
 def add_server_limit_arguments(group: argparse._ActionsContainer) -> None:
-    """--max_body_bytes and --grace_period, which every component takes."""
+    """--max_body_bytes, --grace_period and the connection limits, which every component takes
+    (with KServe's --timeout-keep-alive)."""
     group.add_argument("--max_body_bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
                        help="largest request body (and WebSocket message); larger ones get 413")
     group.add_argument("--grace_period", type=int, default=DEFAULT_GRACE_PERIOD,
                        help="seconds in-flight requests get to finish after SIGTERM")
+    add_connection_limit_arguments(group)
 
 
 def check_server_limits(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -40,6 +48,16 @@ def check_server_limits(parser: argparse.ArgumentParser, args: argparse.Namespac
         parser.error("--max_body_bytes must be >= 1")
     if args.grace_period < 0:
         parser.error("--grace_period must be >= 0")
+    # The keep-alive timer also runs from a connection's start: at 0 no request would get in.
+    if args.timeout_keep_alive < 1:
+        parser.error("--timeout-keep-alive must be >= 1")
+    check_connection_limits(parser, args)
+
+
+def describe_server_limits(args: argparse.Namespace) -> str:
+    """The limits above, for a component's startup line."""
+    return (f"max_body_bytes={args.max_body_bytes} grace_period={args.grace_period}s "
+            f"keep_alive={args.timeout_keep_alive}s {connection_limits(args).describe()}")
 
 
 def configure_logging(args: argparse.Namespace, logger_name: str) -> None:
@@ -170,5 +188,5 @@ def install_http_layers(app: FastAPI, args: argparse.Namespace) -> None:
     add_exception_handlers(app)
     skip_request_timing(args)
     use_requested_event_loop(args)
-    use_head_coalescing_protocol()
+    use_connection_limits(connection_limits(args))
     freeze_startup_heap(app)

@@ -85,20 +85,21 @@ def start_process(module: str, log_dir: Path, args: list[str], new_session: bool
                                    start_new_session=new_session)
     server = Server(process, http_port, grpc_port, log_path)
     try:
-        _wait_until_ready(server)
+        wait_until_ready(server)
     except BaseException:
         server.stop()
         raise
     return server
 
 
-def _wait_until_ready(server: Server) -> None:
+def wait_until_ready(server: Server, ready_path: str = f"/v2/models/{MODEL_NAME}/ready") -> None:
+    """Returns once GET `ready_path` answers 200; raises if the server exits or takes too long."""
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
             raise RuntimeError(f"the server exited with {server.process.returncode}:\n{server.log()[-3000:]}")
         try:
-            if httpx.get(f"{server.url}/v2/models/{MODEL_NAME}/ready", timeout=2).status_code == 200:
+            if httpx.get(f"{server.url}{ready_path}", timeout=2).status_code == 200:
                 return
         except httpx.TransportError:
             pass

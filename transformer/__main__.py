@@ -14,7 +14,13 @@ import kserve
 from kserve import model_server
 
 from runtime.demo import build_demo_model
-from serving.server import add_server_limit_arguments, check_server_limits, configure_logging, install_http_layers
+from serving.server import (
+    add_server_limit_arguments,
+    check_server_limits,
+    configure_logging,
+    describe_server_limits,
+    install_http_layers,
+)
 from serving.shutdown import drain_on_signal
 from serving.websocket_session import (
     add_websocket_arguments,
@@ -96,8 +102,7 @@ def main() -> None:
         sys.exit(2)
     model = TextModel(args.model_name, tokenizer, predictor_settings(args))
     model.load()
-    logger.info("serving model %r on http %d: max_body_bytes=%d grace_period=%ds",
-                model.name, args.http_port, args.max_body_bytes, args.grace_period)
+    logger.info("serving model %r on http %d: %s", model.name, args.http_port, describe_server_limits(args))
     app = model_server.app
     install_http_layers(app, args)
     add_openai_routes(app, model)
