@@ -92,6 +92,21 @@ def test_v1_bad_input_is_a_kserve_shaped_400(http, body, fragment):
     assert fragment in response.json()["error"]
 
 
+LONE_SURROGATE = "a \ud800 b"
+
+
+# The routes whose JSON parser (Python's) takes half a surrogate pair ("\ud800") into the text;
+# the OpenAI routes' (pydantic's) and KServe's (orjson) refuse such JSON themselves.
+@pytest.mark.parametrize("path, body", [
+    ("/tokenize", {"prompt": LONE_SURROGATE}),
+    (f"/v2/models/{MODEL_NAME}/generate", {"text_input": LONE_SURROGATE}),
+], ids=["tokenize", "generate"])
+def test_a_lone_surrogate_in_the_text_is_a_400_not_a_tokenizer_failure(http, path, body):
+    response = http.post(path, content=json.dumps(body).encode(), headers={"content-type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert "lone surrogate (U+D800)" in response.text
+
+
 def test_v2_without_text_input_is_400(http):
     body = {"inputs": [{"name": "input_ids", "datatype": "INT64", "shape": [1], "data": [1]}]}
     response = http.post(f"/v2/models/{MODEL_NAME}/infer", json=body)

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
-from transformer.tokenizer import TextTokenizer
+from transformer.tokenizer import TextTokenizer, UnencodableTextError
 
 CORPUS = [
     "Once upon a time there was a tokenizer that split words into pieces.",
@@ -84,3 +84,9 @@ def test_a_prompt_is_neither_truncated_nor_padded(pair):
     ids = ours.encode(text)
     assert len(ids) > 64
     assert ours.decode(ids).strip() == text
+
+
+def test_a_lone_surrogate_is_refused_with_what_to_send_instead(pair):
+    ours, _ = pair
+    with pytest.raises(UnencodableTextError, match=r"lone surrogate \(U\+DC00\).*surrogate pair"):
+        ours.encode("half a pair: \udc00")
