@@ -188,6 +188,23 @@ def test_v2_bad_bodies_get_400_saying_what_is_wrong(http, body, message):
     assert message in response.json()["error"]
 
 
+def nested(depth: int) -> list:
+    value: list = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+def test_a_v1_request_too_deeply_nested_to_echo_is_a_400(http):
+    # The router answers with the request; KServe writes a v1 answer with orjson, which reads
+    # JSON nested 1024 deep but writes only 254: deeper requests were read, then failed as a 500.
+    body = {"instances": [{"prompt": "a"}]}
+    assert http.post(PREDICT, json={**body, "extra": nested(253)}).status_code == 200  # 254 with the body's own
+    response = http.post(PREDICT, json={**body, "extra": nested(254)})
+    assert response.status_code == 400, response.text
+    assert "more than 254 levels deep" in response.json()["error"]
+
+
 def test_decisions_are_counted_on_metrics(router, http):
     def sample(route: str, decided_by: str) -> float:
         labels = f'decided_by="{decided_by}",model_name="{ROUTER_NAME}",route="{route}"'
