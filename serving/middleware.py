@@ -16,9 +16,9 @@ logger = logging.getLogger(__name__)
 
 _DISCONNECT: Message = {"type": "http.disconnect"}
 INFERENCE_HEADER_CONTENT_LENGTH = INFERENCE_CONTENT_LENGTH_HEADER.encode()
-# A body over the limit is still read (and dropped) up to this many times the limit, so that its
-# client gets the 413 (see ClientConnectionMiddleware._refuse).
-DRAINED_BODY_LIMITS = 4
+# A body over the limit is still read (and dropped) for this long, so that its client gets the 413
+# (see ClientConnectionMiddleware._refuse).
+DRAIN_SECONDS = 2.0
 
 
 class ClientConnectionMiddleware:
@@ -31,19 +31,17 @@ class ClientConnectionMiddleware:
     def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
-        self.drained_bytes = DRAINED_BODY_LIMITS * max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = _declared_length(scope)
-        if declared > self.max_body_bytes:
-            await self._refuse(scope, receive, send, self.drained_bytes if declared <= self.drained_bytes else -1)
+        if _declared_length(scope) > self.max_body_bytes:
+            await self._refuse(scope, receive, send)
             return
         body = await self._read_body(receive)
         if body is None:
-            await self._refuse(scope, receive, send, self.drained_bytes - self.max_body_bytes)
+            await self._refuse(scope, receive, send)
             return
         await self._run_until_disconnect(scope, body, receive, send)
 
@@ -119,29 +117,30 @@ class ClientConnectionMiddleware:
         response = error_response(InternalError(exc), scope.get("path", ""))
         await response(scope, _no_receive, send)
 
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send, drain_budget: int) -> None:
-        """413. The rest of the body is read and dropped first while it fits `drain_budget` bytes:
-        an HTTP/1.1 client sends its whole body before it reads the answer, and a connection
-        closed on unread bytes is reset, which loses the 413 on its way (asyncio clients, the
-        graph runner's among them, then see a read error where the 413 should be). A body
-        beyond the budget is not worth reading: its connection is closed."""
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """413, once the rest of the body has been read and dropped: an HTTP/1.1 client sends its
+        whole body before it reads the answer, and a connection closed on unread bytes is reset,
+        which loses the 413 on its way (the graph runner's client, and asyncio clients generally,
+        then see a read error where the 413 should be). A client still sending after
+        DRAIN_SECONDS is not waited for: its connection is closed."""
         response = error_response(PayloadTooLarge(self.max_body_bytes), scope.get("path", ""))
-        if not await _drain_body(receive, drain_budget):
+        if not await _drain_body(receive):
             response.headers["connection"] = "close"
         await response(scope, receive, send)
 
 
-async def _drain_body(receive: Receive, budget: int) -> bool:
-    """Reads and drops what is left of a request body while it fits `budget` bytes; whether the
-    body ended within it."""
-    while budget >= 0:
-        message = await receive()
-        if message["type"] != "http.request":
-            return False
-        budget -= len(message.get("body", b""))
-        if not message.get("more_body", False):
-            return budget >= 0
-    return False
+async def _drain_body(receive: Receive) -> bool:
+    """Reads and drops what is left of a request body; whether it ended within DRAIN_SECONDS."""
+    try:
+        async with asyncio.timeout(DRAIN_SECONDS):
+            while True:
+                message = await receive()
+                if message["type"] != "http.request":
+                    return False
+                if not message.get("more_body", False):
+                    return True
+    except TimeoutError:
+        return False
 
 
 async def _no_receive() -> Message:
