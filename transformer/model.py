@@ -18,6 +18,7 @@ from serving.errors import ServiceUnavailable, describe_validation_errors
 from serving.openai_protocol import ChatMessage
 from serving.streaming import gather_or_cancel, json_lines, open_stream, stream_messages
 from serving.v2_parameters import sampling_parameters
+from serving.v2_tensors import element_text, tensor_elements
 from transformer.generation import TextChunk, TextGenerator, TextRequest, TextResult, without_empty
 from transformer.predictor_client import PredictorClient, PredictorSettings
 from transformer.schemas import Prediction, PredictInstance, PredictRequest, TextSamplingFields
@@ -208,13 +209,10 @@ def _text_inputs(request: InferRequest) -> list[str]:
     tensor = inputs[TEXT_INPUT]
     if tensor.datatype != "BYTES":
         raise InvalidInput(f"{TEXT_INPUT} must be BYTES, got {tensor.datatype}; {expected}")
-    values = tensor.as_numpy().reshape(-1)
-    if values.size == 0:
+    values = tensor_elements(tensor)
+    if not values:
         raise InvalidInput(f"{TEXT_INPUT} is empty; {expected}")
-    try:
-        return [value.decode() if isinstance(value, bytes) else str(value) for value in values]
-    except UnicodeDecodeError:
-        raise InvalidInput(f"{TEXT_INPUT} must be UTF-8 text") from None
+    return [element_text(value, TEXT_INPUT) for value in values]
 
 
 def _v2_outputs(results: list[TextResult]) -> list[InferOutput]:

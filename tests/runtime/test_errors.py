@@ -33,6 +33,8 @@ BAD_REQUESTS = [
     (INFER, infer_body(data=[[]], shape=[1, 0]), ["empty"]),
     (INFER, infer_body(data=[[1, VOCAB_SIZE + 5]]), [str(VOCAB_SIZE + 5), "vocabulary"]),
     (INFER, infer_body(data=[[1] * 3000]), ["max_model_len"]),
+    # Past INT64: numpy's OverflowError, which was a 500.
+    (INFER, infer_body(data=[[1, 2**64]]), ["input_ids", "does not match", "INT64"]),
     (INFER, infer_body(parameters={"max_tokens": 0}), ["max_tokens", ">= 1"]),
     (INFER, infer_body(parameters={"temperature": -1}), ["temperature", ">= 0"]),
     (INFER, infer_body(parameters={"top_p": 1.5}), ["top_p", "(0, 1]"]),
