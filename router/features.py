@@ -88,6 +88,17 @@ class RoutingRequest:
     max_tokens: int | None = None
     prompt_tokens: int | None = None
 
+    def __post_init__(self) -> None:
+        # JSON carries half a surrogate pair ("\ud800") into a str that has no UTF-8 form, which
+        # the features' hashing, a tokenizer and the decision log all need: the policy reads
+        # U+FFFD there instead (the target refuses such a prompt, or answers it, as it sees fit).
+        if self.text.isascii():
+            return
+        try:
+            self.text.encode()
+        except UnicodeEncodeError:
+            object.__setattr__(self, "text", self.text.encode("utf-8", "surrogatepass").decode("utf-8", "replace"))
+
 
 @dataclass(frozen=True, slots=True)
 class Measurement:
