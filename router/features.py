@@ -16,6 +16,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from serving.text import without_lone_surrogates
+
 # Without a tokenizer, English text and code average about four characters per token.
 CHARACTERS_PER_TOKEN = 4
 SCANNED_CHARS_EACH_END = 4096
@@ -89,15 +91,9 @@ class RoutingRequest:
     prompt_tokens: int | None = None
 
     def __post_init__(self) -> None:
-        # JSON carries half a surrogate pair ("\ud800") into a str that has no UTF-8 form, which
-        # the features' hashing, a tokenizer and the decision log all need: the policy reads
-        # U+FFFD there instead (the target refuses such a prompt, or answers it, as it sees fit).
-        if self.text.isascii():
-            return
-        try:
-            self.text.encode()
-        except UnicodeEncodeError:
-            object.__setattr__(self, "text", self.text.encode("utf-8", "surrogatepass").decode("utf-8", "replace"))
+        # The features' hashing, a tokenizer and the decision log all need the text's UTF-8 form;
+        # the target refuses a prompt with half a surrogate pair, or answers it, as it sees fit.
+        object.__setattr__(self, "text", without_lone_surrogates(self.text))
 
 
 @dataclass(frozen=True, slots=True)

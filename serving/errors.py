@@ -14,6 +14,7 @@ from grpc_interceptor.exceptions import DeadlineExceeded
 from kserve.errors import InferenceError, InvalidInput, ModelNotFound, ModelNotReady
 
 from serving.openai_protocol import openai_error_body
+from serving.text import without_lone_surrogates
 
 logger = logging.getLogger(__name__)
 
@@ -72,8 +73,9 @@ class PayloadTooLarge(Exception):
 
 
 def error_body(exc: BaseException) -> dict:
-    """The JSON body of an error response (KServe's shape); never a stack trace."""
-    return {"error": str(exc)}
+    """The JSON body of an error response (KServe's shape); never a stack trace. The message may
+    quote the client's input, which must be writable."""
+    return {"error": without_lone_surrogates(str(exc))}
 
 
 class InternalError(Exception):
@@ -184,7 +186,8 @@ def describe_validation_errors(errors: list[dict] | tuple[dict, ...]) -> str:
             continue
         location = ".".join(str(part) for part in error.get("loc", ()) if part != "body")
         messages.append(f"{location or 'body'}: {error.get('msg', 'invalid value')}")
-    return "; ".join(messages) or "invalid request"
+    # A location names the client's own keys, which may hold half a surrogate pair.
+    return without_lone_surrogates("; ".join(messages)) or "invalid request"
 
 
 def add_exception_handlers(app: FastAPI) -> None:

@@ -109,6 +109,14 @@ def test_a_lone_surrogate_in_the_text_is_a_400_not_a_tokenizer_failure(http, pat
     assert "lone surrogate (U+D800)" in response.text
 
 
+def test_an_error_that_quotes_half_a_surrogate_pair_is_still_answered(http):
+    # The 404 quotes the model name, which had no UTF-8 form, and failed as a 500.
+    body = json.dumps({"model": "demo\ud800", "prompt": "x"}).encode()
+    response = http.post("/tokenize", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 404
+    assert "demo\ufffd" in response.json()["error"]["message"]
+
+
 def test_v2_data_that_does_not_fit_its_shape_is_400(http):
     body = {"inputs": [{"name": "text_input", "datatype": "BYTES", "shape": [1], "data": [["a", "b", "c"]]}]}
     response = http.post(f"/v2/models/{MODEL_NAME}/infer", json=body)
