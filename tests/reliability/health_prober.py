@@ -27,6 +27,7 @@ STARTED = "probing"
 class HealthReport:
     probes: int = 0
     worst_seconds: float = 0.0
+    worst_at: float = 0.0  # when the slowest probe started (time.time()), to find what ran then
     p99_seconds: float = 0.0
     failures: list[str] = field(default_factory=list)  # probes that got no 200, the first few
 
@@ -36,12 +37,14 @@ def probe_until(url: str, stopped: threading.Event) -> HealthReport:
     latencies = []
     with httpx.Client(timeout=PROBE_TIMEOUT_SECONDS, trust_env=False) as client:
         while not stopped.is_set():
-            start = time.perf_counter()
+            started_at, start = time.time(), time.perf_counter()
             try:
                 outcome = client.get(url).status_code
             except httpx.HTTPError as exc:
                 outcome = repr(exc)
             latencies.append(time.perf_counter() - start)
+            if latencies[-1] > report.worst_seconds:
+                report.worst_seconds, report.worst_at = latencies[-1], started_at
             if outcome != 200 and len(report.failures) < 10:
                 report.failures.append(f"{outcome} after {latencies[-1]:.3f} s")
             if report.probes == 0:
@@ -49,7 +52,6 @@ def probe_until(url: str, stopped: threading.Event) -> HealthReport:
             report.probes += 1
             stopped.wait(PROBE_INTERVAL_SECONDS)
     latencies.sort()
-    report.worst_seconds = latencies[-1]
     report.p99_seconds = latencies[int(0.99 * (len(latencies) - 1))]
     return report
 

@@ -111,6 +111,11 @@ class Tally:
     kinds: Counter = field(default_factory=Counter)
     statuses: Counter = field(default_factory=Counter)
     failures: list[str] = field(default_factory=list)
+    # (start, end, kind) of each case, in time.time(): what was running when a probe was slow
+    timeline: list[tuple[float, float, str]] = field(default_factory=list)
+
+    def running_at(self, start: float, seconds: float) -> list[str]:
+        return [kind for began, ended, kind in self.timeline if began <= start + seconds and ended >= start]
 
 
 def attack(server: Server, target: Target) -> Tally:
@@ -125,12 +130,15 @@ def attack(server: Server, target: Target) -> Tally:
     def run(case: Case) -> None:
         tally.sent += 1
         tally.kinds[case.kind] += 1
+        began = time.time()
         try:
             answer = send(client, case)
         except (Hang, httpx.TransportError) as exc:
             tally.statuses[type(exc).__name__] += 1
             tally.failures.append(f"{exc!r} for {case!r}")
             return
+        finally:
+            tally.timeline.append((began, time.time(), f"{case.kind} ({len(case.body)} bytes)"))
         tally.statuses[answer.status] += 1
         if (failure := failure_of(answer)) is not None:
             tally.failures.append(f"{failure} for {case!r} -> {answer.status}: {answer.body[:300]!r}")
@@ -145,6 +153,7 @@ def report(name: str, tally: Tally, health: HealthReport, seconds: float) -> Non
           f"{len(tally.failures)} failures; statuses {dict(tally.statuses.most_common())}; health: worst "
           f"{health.worst_seconds * 1000:.0f} ms, p99 {health.p99_seconds * 1000:.0f} ms over {health.probes} probes")
     print(f"  cases by kind: {dict(sorted(tally.kinds.items()))}")
+    print(f"  running during the slowest probe: {tally.running_at(health.worst_at, health.worst_seconds)}")
 
 
 @pytest.mark.parametrize("name", list(TARGETS))
