@@ -82,6 +82,15 @@ def test_malformed_json_is_400(http, route):
     assert http.get(f"/v2/models/{MODEL_NAME}/ready").status_code == 200
 
 
+def test_an_error_quoting_half_a_surrogate_pair_is_still_a_400(http):
+    # JSON's "\ud800" decodes to a str with no UTF-8 form; KServe's own handler wrote the
+    # InvalidInput message that quotes it as it was, and the 400 became a 500.
+    body = b'{"inputs":[{"name":"input_ids","shape":[1,2],"datatype":"INT\\ud80064","data":[1,2]}]}'
+    response = http.post(INFER, content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert "INT\ufffd64" in response.json()["error"]
+
+
 def test_unknown_model_is_404(http):
     assert http.post("/v2/models/nobody/infer", json=infer_body()).status_code == 404
     assert http.post("/v1/models/nobody:predict", json={"instances": [{"input_ids": [1]}]}).status_code == 404
