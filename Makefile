@@ -1,4 +1,5 @@
-# Developer entry points: `make serve` runs the main job, `make test` runs the suite.
+# Developer entry points: `make serve` runs the main job, `make test` runs the suite, `make fuzz` the
+# adversarial suite at full size.
 # Override on the command line, e.g. `make test PYTHON=python3.12 VENV=/tmp/venv PYTEST_ARGS=-x`.
 
 PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
@@ -7,13 +8,15 @@ TORCH_VERSION ?= 2.13.0
 PYTEST_ARGS ?=
 SERVE_ARGS ?=
 BENCH_ARGS ?=
+# Generated requests per server in `make fuzz` (`make test` runs a slice: ADVERSARIAL_CASES' default).
+FUZZ_CASES ?= 10000
 
 VENV_PYTHON := $(VENV)/bin/python
 PIP := $(VENV_PYTHON) -m pip
 PIP_INSTALL := $(PIP) install --progress-bar off
 INSTALL_STAMP := $(VENV)/.installed
 
-.PHONY: install test serve bench clean distclean
+.PHONY: install test fuzz serve bench clean distclean
 
 install: $(INSTALL_STAMP)
 
@@ -31,6 +34,11 @@ $(INSTALL_STAMP): setup.cfg pyproject.toml | $(VENV_PYTHON)
 
 test: install
 	$(VENV_PYTHON) -m pytest -q $(PYTEST_ARGS)
+
+# The adversarial suite (tests/reliability/test_adversarial.py) with FUZZ_CASES requests per server;
+# -s shows each server's counts, time and worst health latency.
+fuzz: install
+	ADVERSARIAL_CASES=$(FUZZ_CASES) $(VENV_PYTHON) -m pytest -q -s -m adversarial $(PYTEST_ARGS) tests/reliability
 
 # The whole stack on the demo models as local processes: predictors, transformers, the router and the
 # route graph (ports in the table it prints; override with SERVE_ARGS="--router_port 8001 ...").

@@ -19,6 +19,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from serving.text import without_lone_surrogates
+
 # Without a tokenizer, English text and code average about four characters per token.
 CHARACTERS_PER_TOKEN = 4
 SCANNED_CHARS_EACH_END = 2048
@@ -90,6 +92,11 @@ class RoutingRequest:
     user_turns: int = 1
     max_tokens: int | None = None
     prompt_tokens: int | None = None
+
+    def __post_init__(self) -> None:
+        # The features' hashing, a tokenizer and the decision log all need the text's UTF-8 form;
+        # the target refuses a prompt with half a surrogate pair, or answers it, as it sees fit.
+        object.__setattr__(self, "text", without_lone_surrogates(self.text))
 
 
 @dataclass(frozen=True, slots=True)

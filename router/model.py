@@ -44,6 +44,9 @@ from serving.errors import ServiceUnavailable, describe_validation_errors
 logger = logging.getLogger(__name__)
 
 ROUTE_HEADER = "x-route"
+# orjson, which KServe writes v1 answers with, writes JSON arrays and objects nested at most this
+# deep, though it reads them up to 1024 deep: a request echoed back must not nest deeper.
+MAX_ECHOED_DEPTH = 254
 OUTPUT_METADATA = [
     {"name": "route", "datatype": "BYTES", "shape": [1]},
     {"name": "route_score", "datatype": "FP32", "shape": [1]},
@@ -113,7 +116,7 @@ class RouterModel(kserve.Model):
         if not isinstance(payload, dict):
             raise InvalidInput('the body must be a JSON object (content-type: application/json): '
                                '{"instances": [{"prompt": "..."} or {"messages": [...]}]}')
-        request = _validated(PredictRequest, payload)
+        request = _validated(PredictRequest, _echoable(payload))
         hint = _hint(headers, request.route, "`route` in the body")
         decision, decisions = self.decide([instance.routing_request() for instance in request.instances], hint)
         return {**payload, **routing_fields(decision, decisions)}
@@ -157,6 +160,29 @@ def _hint(headers: dict[str, str], body_route: str | None, body_source: str) -> 
     except ValueError as exc:
         raise InvalidInput(str(exc)) from None
     return None
+
+
+def _echoable(document: dict) -> dict:
+    """The v1 request to be echoed, refused if it nests deeper than its echo can be written (a v2
+    request cannot nest: its parameters are scalars, its tensors flat)."""
+    if _nests_deeper_than(document, MAX_ECHOED_DEPTH):
+        raise InvalidInput(f"the request nests JSON arrays or objects more than {MAX_ECHOED_DEPTH} levels deep; "
+                           "the router answers with the request itself, which cannot be written that deep")
+    return document
+
+
+def _nests_deeper_than(value: object, limit: int) -> bool:
+    # A walk without recursion: Python's own stack would overflow first.
+    pending = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        pending.extend((child, depth + 1) for child in children)
+    return False
 
 
 Schema = TypeVar("Schema", bound=BaseModel)

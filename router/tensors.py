@@ -6,6 +6,8 @@ from __future__ import annotations
 from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferInput, InferRequest, RequestedOutput, to_http_parameters
 
+from serving.v2_tensors import element_text, tensor_elements
+
 TEXT_INPUT = "text_input"
 INPUT_METADATA = [{"name": TEXT_INPUT, "datatype": "BYTES", "shape": [-1]}]
 _EXPECTED = f"the router takes {TEXT_INPUT} BYTES [B] (one prompt per row)"
@@ -23,7 +25,7 @@ def prompts_of(request: InferRequest) -> list[str]:
         raise InvalidInput(f"missing input tensor {TEXT_INPUT!r} (got {names}); {_EXPECTED}")
     if tensor.datatype != "BYTES":
         raise InvalidInput(f"{TEXT_INPUT} must be BYTES, got {tensor.datatype}; {_EXPECTED}")
-    prompts = [_as_text(element, TEXT_INPUT) for element in _elements(tensor)]
+    prompts = [element_text(element, TEXT_INPUT) for element in tensor_elements(tensor)]
     if not prompts:
         raise InvalidInput(f"{TEXT_INPUT} is empty; {_EXPECTED}")
     return prompts
@@ -41,26 +43,10 @@ def echo_request(request: InferRequest, consumed_parameters: frozenset[str]) -> 
     return {key: value for key, value in echoed.items() if value is not None}
 
 
-def _elements(tensor: InferInput) -> list:
-    try:
-        return tensor.as_numpy().reshape(-1).tolist()
-    except (ValueError, TypeError) as exc:
-        raise InvalidInput(f"{tensor.name}: its data does not match its shape {list(tensor.shape)}: {exc}") from None
-
-
-def _as_text(element: object, tensor_name: str) -> str:
-    if isinstance(element, bytes):
-        try:
-            return element.decode("utf-8")
-        except UnicodeDecodeError:
-            raise InvalidInput(f"{tensor_name} must hold UTF-8 text") from None
-    return str(element)
-
-
 def _echo_tensor(tensor: InferInput) -> dict:
-    elements = _elements(tensor)
+    elements = tensor_elements(tensor)
     if tensor.datatype == "BYTES":
-        elements = [_as_text(element, tensor.name) for element in elements]
+        elements = [element_text(element, tensor.name) for element in elements]
     echoed = {"name": tensor.name, "shape": list(tensor.shape), "datatype": tensor.datatype, "data": elements}
     # Binary inputs arrive with their size as a parameter; the echo is JSON, so it no longer applies.
     parameters = {key: value for key, value in to_http_parameters(tensor.parameters or {}).items()

@@ -12,6 +12,7 @@ from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferInput, InferOutput, InferRequest
 
 from runtime.engine import RequestOutput
+from serving.v2_tensors import tensor_array
 
 INPUT_IDS = "input_ids"
 INPUT_LENGTHS = "input_lengths"
@@ -59,10 +60,7 @@ def decode_prompts(request: InferRequest) -> list[list[int]]:
 def _as_integer_array(tensor: InferInput) -> np.ndarray:
     if tensor.datatype not in INTEGER_DATATYPES:
         raise InvalidInput(f"{tensor.name} must be INT64 (or INT32), got {tensor.datatype}")
-    try:
-        return tensor.as_numpy().astype(np.int64)
-    except (ValueError, TypeError) as exc:
-        raise InvalidInput(f"{tensor.name}: its data does not match its shape {list(tensor.shape)}: {exc}") from None
+    return tensor_array(tensor).astype(np.int64)
 
 
 def encode_outputs(outputs: list[RequestOutput], with_logprobs: bool) -> list[InferOutput]:

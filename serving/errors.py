@@ -14,6 +14,7 @@ from grpc_interceptor.exceptions import DeadlineExceeded
 from kserve.errors import InferenceError, InvalidInput, ModelNotFound, ModelNotReady
 
 from serving.openai_protocol import openai_error_body
+from serving.text import without_lone_surrogates
 
 logger = logging.getLogger(__name__)
 
@@ -72,8 +73,9 @@ class PayloadTooLarge(Exception):
 
 
 def error_body(exc: BaseException) -> dict:
-    """The JSON body of an error response (KServe's shape); never a stack trace."""
-    return {"error": str(exc)}
+    """The JSON body of an error response (KServe's shape); never a stack trace. The message may
+    quote the client's input, which must be writable."""
+    return {"error": without_lone_surrogates(str(exc))}
 
 
 class InternalError(Exception):
@@ -184,11 +186,29 @@ def describe_validation_errors(errors: list[dict] | tuple[dict, ...]) -> str:
             continue
         location = ".".join(str(part) for part in error.get("loc", ()) if part != "body")
         messages.append(f"{location or 'body'}: {error.get('msg', 'invalid value')}")
-    return "; ".join(messages) or "invalid request"
+    # A location names the client's own keys, which may hold half a surrogate pair.
+    return without_lone_surrogates("; ".join(messages)) or "invalid request"
 
 
 def add_exception_handlers(app: FastAPI) -> None:
-    """Register our status codes on the app; malformed or invalid bodies get 400, not 422."""
-    for exception_type in STATUS_CODES:
-        app.add_exception_handler(exception_type, _handle)
-    app.add_exception_handler(RequestValidationError, _request_validation)
+    """Register our status codes on the app; malformed or invalid bodies get 400, not 422.
+
+    KServe's own types are answered here too, with the status and shape KServe gives them: its
+    handlers write the message as it is, and a message that quotes half a surrogate pair from the
+    client (a v2 datatype, say) has no UTF-8 form, so the 400 became a 500. KServe registers its
+    handlers in `ModelServer.start()`, after this runs, so ours are registered again when the app
+    builds its middleware stack (on its first ASGI call), which is when handlers take effect."""
+
+    def register() -> None:
+        for exception_type in ANSWERED_ERRORS:
+            app.add_exception_handler(exception_type, _handle)
+        app.add_exception_handler(RequestValidationError, _request_validation)
+
+    build_middleware_stack = app.build_middleware_stack
+
+    def build_with_our_handlers():  # noqa: ANN202 - Starlette's ASGIApp
+        register()
+        return build_middleware_stack()
+
+    register()
+    app.build_middleware_stack = build_with_our_handlers

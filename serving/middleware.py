@@ -16,6 +16,9 @@ logger = logging.getLogger(__name__)
 
 _DISCONNECT: Message = {"type": "http.disconnect"}
 INFERENCE_HEADER_CONTENT_LENGTH = INFERENCE_CONTENT_LENGTH_HEADER.encode()
+# A body over the limit is still read (and dropped) for this long, so that its client gets the 413
+# (see ClientConnectionMiddleware._refuse).
+DRAIN_SECONDS = 2.0
 
 
 class ClientConnectionMiddleware:
@@ -115,10 +118,29 @@ class ClientConnectionMiddleware:
         await response(scope, _no_receive, send)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        # Close the connection: the rest of the body may still be on its way, unread.
+        """413, once the rest of the body has been read and dropped: an HTTP/1.1 client sends its
+        whole body before it reads the answer, and a connection closed on unread bytes is reset,
+        which loses the 413 on its way (the graph runner's client, and asyncio clients generally,
+        then see a read error where the 413 should be). A client still sending after
+        DRAIN_SECONDS is not waited for: its connection is closed."""
         response = error_response(PayloadTooLarge(self.max_body_bytes), scope.get("path", ""))
-        response.headers["connection"] = "close"
+        if not await _drain_body(receive):
+            response.headers["connection"] = "close"
         await response(scope, receive, send)
+
+
+async def _drain_body(receive: Receive) -> bool:
+    """Reads and drops what is left of a request body; whether it ended within DRAIN_SECONDS."""
+    try:
+        async with asyncio.timeout(DRAIN_SECONDS):
+            while True:
+                message = await receive()
+                if message["type"] != "http.request":
+                    return False
+                if not message.get("more_body", False):
+                    return True
+    except TimeoutError:
+        return False
 
 
 async def _no_receive() -> Message:

@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, field_validator, model_validator
 
+from serving.text import without_lone_surrogates
+
 MAX_STOP_STRINGS = 4
 MAX_STOP_STRING_CHARS = 256
 MAX_CHOICES = 16
@@ -360,5 +362,6 @@ ERROR_TYPES = {
 
 
 def openai_error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> dict:
-    return {"error": {"message": message, "type": ERROR_TYPES.get(status, "server_error"), "param": param,
-                      "code": code}}
+    """The error's body; its message and param may quote the client's input, which must be writable."""
+    return {"error": {"message": without_lone_surrogates(message), "type": ERROR_TYPES.get(status, "server_error"),
+                      "param": None if param is None else without_lone_surrogates(param), "code": code}}

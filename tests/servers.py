@@ -19,6 +19,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 MODEL_NAME = "demo"
 # The first start on a fresh machine may build the demo model.
 START_TIMEOUT = 180.0
+# KServe's servers are ready once the model is.
+MODEL_READY_PATH = f"/v2/models/{MODEL_NAME}/ready"
 STOP_TIMEOUT = 30.0
 
 
@@ -32,8 +34,9 @@ def free_port() -> int:
 class Server:
     process: subprocess.Popen
     http_port: int
-    grpc_port: int
+    grpc_port: int | None
     log_path: Path
+    ready_path: str = MODEL_READY_PATH
 
     @property
     def url(self) -> str:
@@ -77,13 +80,21 @@ def start_process(module: str, log_dir: Path, args: list[str], new_session: bool
     """`python -m module *args` with free HTTP and gRPC ports, once its model is ready.
     `new_session`: the server leads a session of its own, so that what it spawns can be found."""
     http_port, grpc_port = free_port(), free_port()
+    return launch(module, log_dir, [*args, "--http_port", str(http_port), "--grpc_port", str(grpc_port)],
+                  http_port, grpc_port, new_session=new_session)
+
+
+def launch(module: str, log_dir: Path, args: list[str], http_port: int, grpc_port: int | None = None,
+           ready_path: str = MODEL_READY_PATH, new_session: bool = False) -> Server:
+    """`python -m module *args`, listening on the ports its `args` give it, once `ready_path`
+    answers 200."""
     log_path = log_dir / f"{module}-{http_port}.log"
     env = dict(os.environ, KSERVE_LLM_CPU_KERNELS="0", PYTHONUNBUFFERED="1")
-    command = [sys.executable, "-m", module, *args, "--http_port", str(http_port), "--grpc_port", str(grpc_port)]
+    command = [sys.executable, "-m", module, *args]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env=env,
                                    start_new_session=new_session)
-    server = Server(process, http_port, grpc_port, log_path)
+    server = Server(process, http_port, grpc_port, log_path, ready_path)
     try:
         wait_until_ready(server)
     except BaseException:
@@ -92,14 +103,16 @@ def start_process(module: str, log_dir: Path, args: list[str], new_session: bool
     return server
 
 
-def wait_until_ready(server: Server, ready_path: str = f"/v2/models/{MODEL_NAME}/ready") -> None:
-    """Returns once GET `ready_path` answers 200; raises if the server exits or takes too long."""
+def wait_until_ready(server: Server, ready_path: str | None = None) -> None:
+    """Returns once GET `ready_path` (the server's own by default) answers 200; raises if the
+    server exits or takes too long."""
+    ready_path = ready_path or server.ready_path
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
             raise RuntimeError(f"the server exited with {server.process.returncode}:\n{server.log()[-3000:]}")
         try:
-            if httpx.get(f"{server.url}{ready_path}", timeout=2).status_code == 200:
+            if httpx.get(server.url + ready_path, timeout=2).status_code == 200:
                 return
         except httpx.TransportError:
             pass

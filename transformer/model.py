@@ -18,10 +18,11 @@ from serving.errors import ServiceUnavailable, describe_validation_errors
 from serving.openai_protocol import ChatMessage
 from serving.streaming import gather_or_cancel, json_lines, open_stream, stream_messages
 from serving.v2_parameters import sampling_parameters
+from serving.v2_tensors import element_text, tensor_elements
 from transformer.generation import TextChunk, TextGenerator, TextRequest, TextResult, without_empty
 from transformer.predictor_client import PredictorClient, PredictorSettings
 from transformer.schemas import Prediction, PredictInstance, PredictRequest, TextSamplingFields
-from transformer.tokenizer import ChatTemplateError, ConversationTurn, TextTokenizer
+from transformer.tokenizer import ChatTemplateError, ConversationTurn, TextTokenizer, UnencodableTextError
 
 logger = logging.getLogger(__name__)
 
@@ -78,16 +79,16 @@ class TextModel(kserve.Model):
     async def prompt_ids(self, prompt: str | list[int] | None = None, messages: list[ChatMessage] | None = None,
                          add_generation_prompt: bool = True) -> list[int]:
         """Token ids of a text prompt, pre-tokenized ids, or chat messages."""
-        if messages is not None:
-            conversation = [ConversationTurn(message.role, message.text) for message in messages]
-            try:
-                return await self.tokenizer.encode_chat_async(conversation, add_generation_prompt)
-            except ChatTemplateError as exc:
-                raise InvalidInput(str(exc)) from None
         if isinstance(prompt, list):
             self._check_token_ids(prompt)
             return prompt
-        return await self.tokenizer.encode_async(prompt)
+        try:
+            if messages is not None:
+                conversation = [ConversationTurn(message.role, message.text) for message in messages]
+                return await self.tokenizer.encode_chat_async(conversation, add_generation_prompt)
+            return await self.tokenizer.encode_async(prompt)
+        except (ChatTemplateError, UnencodableTextError) as exc:
+            raise InvalidInput(str(exc)) from None
 
     def check_context(self, prompt_ids: list[int], max_tokens: int | None) -> int:
         """Refuse a prompt that does not leave room for its output; returns max_tokens, or the
@@ -208,13 +209,10 @@ def _text_inputs(request: InferRequest) -> list[str]:
     tensor = inputs[TEXT_INPUT]
     if tensor.datatype != "BYTES":
         raise InvalidInput(f"{TEXT_INPUT} must be BYTES, got {tensor.datatype}; {expected}")
-    values = tensor.as_numpy().reshape(-1)
-    if values.size == 0:
+    values = tensor_elements(tensor)
+    if not values:
         raise InvalidInput(f"{TEXT_INPUT} is empty; {expected}")
-    try:
-        return [value.decode() if isinstance(value, bytes) else str(value) for value in values]
-    except UnicodeDecodeError:
-        raise InvalidInput(f"{TEXT_INPUT} must be UTF-8 text") from None
+    return [element_text(value, TEXT_INPUT) for value in values]
 
 
 def _v2_outputs(results: list[TextResult]) -> list[InferOutput]:

@@ -33,6 +33,11 @@ class ChatTemplateError(ValueError):
     """The messages cannot be rendered: no template, or the template refused them."""
 
 
+class UnencodableTextError(ValueError):
+    """The text has a lone surrogate (JSON can carry one, as "\\ud800"): it is not Unicode text,
+    and has no UTF-8 form for the tokenizer to read."""
+
+
 @dataclass(frozen=True, slots=True)
 class ConversationTurn:
     """A chat message reduced to what a chat template reads."""
@@ -93,7 +98,13 @@ class TextTokenizer:
         # The batch call's "fast" variant skips the character offsets, a third of the work for
         # ids alone (one text: no thread pool is involved with TOKENIZERS_PARALLELISM=false,
         # which the transformer sets).
-        return self._backend.encode_batch_fast([text], add_special_tokens=add_special_tokens)[0].ids
+        try:
+            return self._backend.encode_batch_fast([text], add_special_tokens=add_special_tokens)[0].ids
+        except TypeError:
+            # The Rust tokenizer cannot take a str without a UTF-8 form, and says so with an
+            # unrelated message; checked only then, so that valid text pays nothing for it.
+            check_encodable(text)
+            raise
 
     async def encode_async(self, text: str) -> list[int]:
         if len(text) <= INLINE_TOKENIZE_CHARS:
@@ -119,6 +130,17 @@ class TextTokenizer:
     def token_text(self, token_id: int) -> str:
         """One token on its own, as OpenAI's logprobs show it (special tokens included)."""
         return self._backend.decode([token_id], skip_special_tokens=False)
+
+
+def check_encodable(text: str) -> None:
+    """Raise UnencodableTextError if `text` has a lone surrogate."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise UnencodableTextError(
+            f"the text has a lone surrogate (U+{ord(text[exc.start]):04X}), which is not Unicode text: "
+            "send the character whole (both halves of a surrogate pair) or leave it out"
+        ) from None
 
 
 def _context_limit(directory: Path, tokenizer_limit: int) -> int:

@@ -1,5 +1,6 @@
-"""Fixtures: a real router process (`python -m router --config ...`, through tests.servers) and a
-small Hugging Face tokenizer directory built here (nothing downloaded)."""
+"""Fixtures: a real router process (`python -m router --config ...`, through tests.servers), a real
+graph runner process (`python -m router.graph`), and a small Hugging Face tokenizer directory
+built here (nothing downloaded)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.servers import MODEL_NAME, REPO_ROOT, Server, start_process
+from router.graph_server import READINESS_PATH
+from tests.servers import MODEL_NAME, REPO_ROOT, Server, free_port, launch, start_process
 
 EXAMPLE_CONFIG = REPO_ROOT / "router" / "router.yaml"
 SHIPPED_PROMPTS = REPO_ROOT / "router" / "data" / "calibration_prompts.jsonl"
@@ -39,6 +41,15 @@ def run_python(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess
 def start_router(config: Path, log_dir: Path, *extra_args: str) -> Server:
     return start_process("router", log_dir, ["--config", str(config), "--model_name", ROUTER_NAME,
                                              "--enable_latency_logging", "false", *extra_args])
+
+
+def start_graph_runner(graph: Path, services: dict[str, str], log_dir: Path) -> Server:
+    """`python -m router.graph GRAPH --service NAME=URL ...` on a free port, once /readyz answers."""
+    port = free_port()
+    args = [str(graph), "--port", str(port), "--log_level", "warning"]
+    for name, url in services.items():
+        args += ["--service", f"{name}={url}"]
+    return launch("router.graph", log_dir, args, port, ready_path=READINESS_PATH)
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,7 @@ and pass on to the chosen target; hints override; bad bodies get a 400 that says
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -186,6 +187,36 @@ def test_v2_bad_bodies_get_400_saying_what_is_wrong(http, body, message):
     response = http.post(INFER, json=body)
     assert response.status_code == 400
     assert message in response.json()["error"]
+
+
+def nested(depth: int) -> list:
+    value: list = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+def test_a_v1_request_too_deeply_nested_to_echo_is_a_400(http):
+    # The router answers with the request; KServe writes a v1 answer with orjson, which reads
+    # JSON nested 1024 deep but writes only 254: deeper requests were read, then failed as a 500.
+    body = {"instances": [{"prompt": "a"}]}
+    assert http.post(PREDICT, json={**body, "extra": nested(253)}).status_code == 200  # 254 with the body's own
+    response = http.post(PREDICT, json={**body, "extra": nested(254)})
+    assert response.status_code == 400, response.text
+    assert "more than 254 levels deep" in response.json()["error"]
+
+
+HALF_A_PAIR = json.dumps(v2_body(["half \ud800 a pair"])).encode()
+
+
+@pytest.mark.parametrize("body", [HALF_A_PAIR, HALF_A_PAIR.replace(b"\\ud800", b"\xed\xa0\x80")],
+                         ids=["escaped", "raw bytes"])
+def test_a_v2_prompt_with_half_a_surrogate_pair_is_routed(http, body):
+    # KServe's v2 route reads JSON with Python's parser, which lets half a surrogate pair into the
+    # text (escaped, or as its bytes); the policy's hashing needed UTF-8 and failed with a 500.
+    response = http.post(INFER, content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 200, response.text
+    assert response.json()["route"] in ("small", "large")
 
 
 def test_decisions_are_counted_on_metrics(router, http):

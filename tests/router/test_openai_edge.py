@@ -409,3 +409,12 @@ def test_tokenize_goes_to_the_named_models_transformer_and_auto_is_refused(http,
     assert http.post("/tokenize", json={"model": "llm-small", "prompt": "hi"}).status_code == 503
     assert len(received(fakes, "llm-small")) == len([name for name in fakes if name.startswith("llm-small")])
     assert received(fakes, "llm-large") == [sent]
+
+
+def test_an_error_that_quotes_half_a_surrogate_pair_is_still_answered(http):
+    # The token routes read JSON with Python's parser, which lets "\ud800" into the model name;
+    # the 404 that quotes it had no UTF-8 form and failed as a 500.
+    body = json.dumps({"model": "llm-\ud800", "tokens": [1]}).encode()
+    response = http.post("/detokenize", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 404
+    assert "llm-\ufffd" in response.json()["error"]["message"]

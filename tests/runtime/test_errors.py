@@ -33,6 +33,8 @@ BAD_REQUESTS = [
     (INFER, infer_body(data=[[]], shape=[1, 0]), ["empty"]),
     (INFER, infer_body(data=[[1, VOCAB_SIZE + 5]]), [str(VOCAB_SIZE + 5), "vocabulary"]),
     (INFER, infer_body(data=[[1] * 3000]), ["max_model_len"]),
+    # Past INT64: numpy's OverflowError, which was a 500.
+    (INFER, infer_body(data=[[1, 2**64]]), ["input_ids", "does not match", "INT64"]),
     (INFER, infer_body(parameters={"max_tokens": 0}), ["max_tokens", ">= 1"]),
     (INFER, infer_body(parameters={"temperature": -1}), ["temperature", ">= 0"]),
     (INFER, infer_body(parameters={"top_p": 1.5}), ["top_p", "(0, 1]"]),
@@ -78,6 +80,15 @@ def test_malformed_json_is_400(http, route):
     assert response.status_code == 400, response.text
     assert "JSON" in response.json()["error"] or "format" in response.json()["error"]
     assert http.get(f"/v2/models/{MODEL_NAME}/ready").status_code == 200
+
+
+def test_an_error_quoting_half_a_surrogate_pair_is_still_a_400(http):
+    # JSON's "\ud800" decodes to a str with no UTF-8 form; KServe's own handler wrote the
+    # InvalidInput message that quotes it as it was, and the 400 became a 500.
+    body = b'{"inputs":[{"name":"input_ids","shape":[1,2],"datatype":"INT\\ud80064","data":[1,2]}]}'
+    response = http.post(INFER, content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert "INT\ufffd64" in response.json()["error"]
 
 
 def test_unknown_model_is_404(http):

@@ -1,9 +1,19 @@
 """Request bodies over --max_body_bytes get 413, whether declared by Content-Length or streamed
-without one, and the server stays healthy; a v2 infer body without Content-Type is read as JSON."""
+without one, and the server stays healthy; the client gets that 413 even while it is still sending
+(the server reads the rest of the body first, if it comes within seconds); a v2 infer body without
+Content-Type is read as JSON."""
 
 from __future__ import annotations
 
+import asyncio
+import http.client
 import json
+import socket
+import time
+
+import httpx
+
+from serving.middleware import DRAIN_SECONDS
 
 from .conftest import MODEL_NAME
 
@@ -34,6 +44,43 @@ def test_streamed_oversized_body_is_413(http):
                          headers={"content-type": "application/json"})
     assert response.status_code == 413
     assert http.get(f"/v2/models/{MODEL_NAME}/ready").status_code == 200
+
+
+async def test_an_asyncio_client_gets_the_413_of_a_body_just_over_the_limit(server):
+    # httpx's asyncio client sends the whole body, then reads: a server that closed the connection
+    # on the unread rest of the body reset it, and the client saw a read error instead.
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+        for _ in range(10):
+            response = await client.post(f"/v2/models/{MODEL_NAME}/generate", content=b"x" * (LIMIT + 300))
+            assert response.status_code == 413
+            await asyncio.sleep(0)
+
+
+def test_a_body_over_the_limit_is_read_to_its_end_and_the_connection_kept(server):
+    connection = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=30)
+    try:
+        connection.request("POST", f"/v2/models/{MODEL_NAME}/generate", body=b"x" * (2 * LIMIT))
+        response = connection.getresponse()
+        response.read()
+        assert response.status == 413 and response.getheader("connection") != "close"
+        first_socket = connection.sock
+        connection.request("GET", f"/v2/models/{MODEL_NAME}/ready")
+        assert connection.getresponse().status == 200
+        assert connection.sock is first_socket
+    finally:
+        connection.close()
+
+
+def test_a_client_that_stops_sending_its_body_gets_the_413_and_a_close(server):
+    with socket.create_connection(("127.0.0.1", server.http_port), timeout=30) as connection:
+        # The head, and only a part of the body it declares.
+        connection.sendall(f"POST /v2/models/{MODEL_NAME}/generate HTTP/1.1\r\nHost: x\r\n"
+                           f"Content-Length: {2 * LIMIT}\r\n\r\n".encode() + b"x" * 1000)
+        started = time.monotonic()
+        head = connection.recv(65536).lower()
+        waited = time.monotonic() - started
+    assert head.startswith(b"http/1.1 413") and b"connection: close" in head
+    assert DRAIN_SECONDS - 0.5 < waited < DRAIN_SECONDS + 5
 
 
 def test_body_under_the_limit_is_served(http):

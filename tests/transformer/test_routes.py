@@ -92,6 +92,38 @@ def test_v1_bad_input_is_a_kserve_shaped_400(http, body, fragment):
     assert fragment in response.json()["error"]
 
 
+LONE_SURROGATE = "a \ud800 b"
+
+
+# The routes whose JSON parser (Python's, FastAPI's) takes half a surrogate pair ("\ud800") into
+# the text; the OpenAI routes' (pydantic's) and KServe v1's (orjson) refuse such JSON themselves.
+@pytest.mark.parametrize("path, body", [
+    ("/tokenize", {"prompt": LONE_SURROGATE}),
+    (f"/v2/models/{MODEL_NAME}/generate", {"text_input": LONE_SURROGATE}),
+    (f"/v2/models/{MODEL_NAME}/infer",
+     {"inputs": [{"name": "text_input", "shape": [1], "datatype": "BYTES", "data": [LONE_SURROGATE]}]}),
+], ids=["tokenize", "generate", "v2"])
+def test_a_lone_surrogate_in_the_text_is_a_400_not_a_tokenizer_failure(http, path, body):
+    response = http.post(path, content=json.dumps(body).encode(), headers={"content-type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert "lone surrogate (U+D800)" in response.text
+
+
+def test_an_error_that_quotes_half_a_surrogate_pair_is_still_answered(http):
+    # The 404 quotes the model name, which had no UTF-8 form, and failed as a 500.
+    body = json.dumps({"model": "demo\ud800", "prompt": "x"}).encode()
+    response = http.post("/tokenize", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 404
+    assert "demo\ufffd" in response.json()["error"]["message"]
+
+
+def test_v2_data_that_does_not_fit_its_shape_is_400(http):
+    body = {"inputs": [{"name": "text_input", "datatype": "BYTES", "shape": [1], "data": [["a", "b", "c"]]}]}
+    response = http.post(f"/v2/models/{MODEL_NAME}/infer", json=body)
+    assert response.status_code == 400, response.text
+    assert "text_input: its data does not match its shape [1]" in response.json()["error"]
+
+
 def test_v2_without_text_input_is_400(http):
     body = {"inputs": [{"name": "input_ids", "datatype": "INT64", "shape": [1], "data": [1]}]}
     response = http.post(f"/v2/models/{MODEL_NAME}/infer", json=body)

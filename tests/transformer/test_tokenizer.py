@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
-from transformer.tokenizer import INLINE_TOKENIZE_CHARS, TextTokenizer
+from transformer.tokenizer import INLINE_TOKENIZE_CHARS, TextTokenizer, UnencodableTextError
 
 CORPUS = [
     "Once upon a time there was a tokenizer that split words into pieces.",
@@ -95,3 +95,9 @@ def test_the_async_forms_give_what_the_plain_ones_give(pair, words):
     ids = asyncio.run(ours.encode_async(text))
     assert ids == ours.encode(text)
     assert asyncio.run(ours.decode_async(ids)) == ours.decode(ids)
+
+
+def test_a_lone_surrogate_is_refused_with_what_to_send_instead(pair):
+    ours, _ = pair
+    with pytest.raises(UnencodableTextError, match=r"lone surrogate \(U\+DC00\).*surrogate pair"):
+        ours.encode("half a pair: \udc00")

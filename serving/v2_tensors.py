@@ -1,0 +1,34 @@
+"""KServe v2 input tensors as arrays and as text, for every component that reads them: data that
+does not fit its tensor's shape or datatype, and BYTES that are not UTF-8, are the client's error
+(400), not a numpy or codec failure (500)."""
+
+from __future__ import annotations
+
+import numpy as np
+from kserve.errors import InvalidInput
+from kserve.protocol.infer_type import InferInput
+
+
+def tensor_array(tensor: InferInput) -> np.ndarray:
+    """The tensor's data as an array of its shape and datatype."""
+    try:
+        return tensor.as_numpy()
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise InvalidInput(f"{tensor.name}: its data does not match its shape {list(tensor.shape)} and datatype "
+                           f"{tensor.datatype}: {exc}") from None
+
+
+def tensor_elements(tensor: InferInput) -> list:
+    """The tensor's elements, in row-major order."""
+    return tensor_array(tensor).reshape(-1).tolist()
+
+
+def element_text(element: object, tensor_name: str) -> str:
+    """One element of a BYTES tensor as text: bytes (binary and gRPC data) decoded as UTF-8,
+    anything else (REST JSON data) as its string."""
+    if isinstance(element, bytes):
+        try:
+            return element.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidInput(f"{tensor_name} must hold UTF-8 text") from None
+    return str(element)
