@@ -42,6 +42,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks.routing.collect import MAX_TOKENS, Routed, ask_model, ask_router  # noqa: E402
 from benchmarks.routing.metrics import Point, apgr, best_under_share, cpt  # noqa: E402
+from benchmarks.routing.prompts import body_limit_text, pathological_prompts  # noqa: E402
 from benchmarks.routing.strategies import (  # noqa: E402
     MIN_CONFIDENCE_GRID,
     SHARE_STEPS,
@@ -74,7 +75,6 @@ from serving.local_stack import (  # noqa: E402
     transformer,
     write_router_config,
 )
-from serving.server import DEFAULT_MAX_BODY_BYTES  # noqa: E402
 from task_models.checkpoint import checkpoint_dir  # noqa: E402
 from task_models.skills import Item, Split, held_out_items  # noqa: E402
 from tests.serving.ports import free_port_block  # noqa: E402
@@ -210,27 +210,6 @@ def _decision_ms(policy: RoutingPolicy | LearnedPolicy, request: RoutingRequest)
     started = time.perf_counter()
     policy.decide(request)
     return (time.perf_counter() - started) * 1000
-
-
-def pathological_prompts() -> dict[str, str]:
-    """Prompts near the body limit built to make patterns backtrack (each took the rule policy's old
-    patterns quadratic time): an unclosed LaTeX `$` before many `^` (the 120 KB prompt that froze
-    the router for 15 s), a megabyte of blank lines, and list markers without items."""
-    limit = DEFAULT_MAX_BODY_BYTES - 1024
-    return {"unclosed LaTeX, 120 KB": "$" + "a^" * 60_000,
-            "unclosed LaTeX, 1 MB": ("$" + "a^" * limit)[:limit],
-            "blank lines, 1 MB": "\n" * (limit - 1) + "x",
-            "list markers without items, 1 MB": ("1.\n\n" * limit)[:limit]}
-
-
-def body_limit_text() -> str:
-    """Ordinary prose (Python's documentation) filling the router's default body limit."""
-    from pydoc_data.topics import topics
-
-    text = "\n".join(topics[key] for key in sorted(topics))
-    while len(text) < DEFAULT_MAX_BODY_BYTES:
-        text += text
-    return text[: DEFAULT_MAX_BODY_BYTES - 1024]
 
 
 # Report ----------------------------------------------------------------------------------------
