@@ -19,16 +19,14 @@ from __future__ import annotations
 import bisect
 import functools
 import time
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
 from .attention import AttentionBackend, AttentionMetadata
 from .block_manager import blocks_for_tokens
-
-if TYPE_CHECKING:
-    from .model_runner import DeviceTokens
+from .device_tokens import DeviceTokens
 
 # forward(input_ids [rows], positions [rows], metadata, logits_indices [rows]) -> logits [rows, vocab]
 DecodeForward = Callable[[torch.Tensor, torch.Tensor, AttentionMetadata, torch.Tensor], torch.Tensor]

@@ -25,6 +25,7 @@ import torch
 from .attention import AttentionMetadata, PrefillChunk, select_attention_backend
 from .block_manager import blocks_for_tokens
 from .cuda_graphs import DecodeGraphs, GraphCapture
+from .device_tokens import DeviceTokens
 from .host_to_device import to_device
 from .layers import warm_up_cpu_linears
 from .model_loader import LoadedModel
@@ -312,20 +313,6 @@ class DecodeRows:
             return None
         rows = to_device([self.pending_rows, self.source_rows], torch.long, device)
         return DeviceTokens(rows[0], self.pending_source, rows[1])
-
-
-@dataclass(slots=True)
-class DeviceTokens:
-    """Input tokens that only the device has: input_ids[rows[i]] = source[source_rows[i]]."""
-
-    rows: torch.Tensor
-    source: torch.Tensor
-    source_rows: torch.Tensor
-
-    def write_into(self, input_ids: torch.Tensor) -> None:
-        """Queued on the device after the copy of the host's input ids (whose rows here are
-        placeholders) and after the step that samples `source`."""
-        input_ids.index_copy_(0, self.rows, self.source.index_select(0, self.source_rows))
 
 
 def _sampling_rows(ordered: list[ScheduledSequence]) -> tuple[list[ScheduledSequence], list[int]]:
