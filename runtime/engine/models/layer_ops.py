@@ -75,15 +75,3 @@ def rope_depends_on_longest_position(rotary_emb: torch.nn.Module) -> bool:
     rope_type = str(getattr(rotary_emb, "rope_type", "default"))
     return any(name in rope_type for name in LONGEST_POSITION_ROPE_TYPES)
 
-
-def make_layer_ops(hf_model: torch.nn.Module, fused_kernels: bool) -> TorchLayerOps:
-    """Triton kernels with `fused_kernels` (the caller has checked that Triton runs here), else torch."""
-    rotary_emb = hf_model.model.rotary_emb
-    if not fused_kernels:
-        return TorchLayerOps(rotary_emb)
-    # Imported here: it imports triton, which the torch path must not need.
-    from .fused_layer_ops import FusedLayerOps
-
-    config = hf_model.config
-    return FusedLayerOps(rotary_emb, config.max_position_embeddings, hf_model.dtype,
-                         getattr(config, "hidden_act", "silu"))

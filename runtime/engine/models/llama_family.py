@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from ..attention import AttentionMetadata, paged_attention
-from .layer_ops import Norm, TorchLayerOps, make_layer_ops, rope_depends_on_longest_position
+from .layer_ops import Norm, TorchLayerOps, rope_depends_on_longest_position
 
 LLAMA_FAMILY_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 
@@ -41,6 +41,19 @@ def _fuse_linears(*linears: torch.nn.Linear) -> torch.nn.Linear:
             )
     fused.requires_grad_(False)
     return fused
+
+
+def make_layer_ops(hf_model: torch.nn.Module, fused_kernels: bool) -> TorchLayerOps:
+    """Triton kernels with `fused_kernels` (the caller has checked that Triton runs here), else torch."""
+    rotary_emb = hf_model.model.rotary_emb
+    if not fused_kernels:
+        return TorchLayerOps(rotary_emb)
+    # Imported here: it imports triton, which the torch path must not need.
+    from .fused_layer_ops import FusedLayerOps
+
+    config = hf_model.config
+    return FusedLayerOps(rotary_emb, config.max_position_embeddings, hf_model.dtype,
+                         getattr(config, "hidden_act", "silu"))
 
 
 def _rms_norm(norm: torch.nn.Module | None) -> Norm | None:
