@@ -15,7 +15,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig, Pre
 
 from .attention import PAGED_ATTENTION
 from .config import ConfigError, EngineConfig
-from .layers import use_fast_cpu_layers
+from .cpu_linear import use_fast_cpu_layers
 
 logger = logging.getLogger(__name__)
 

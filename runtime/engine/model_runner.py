@@ -24,10 +24,10 @@ import torch
 
 from .attention import AttentionMetadata, PrefillChunk, select_attention_backend
 from .block_manager import blocks_for_tokens
+from .cpu_linear import warm_up_cpu_linears
 from .cuda_graphs import DecodeGraphs, GraphCapture
 from .device_tokens import DeviceTokens
 from .host_to_device import to_device
-from .layers import warm_up_cpu_linears
 from .model_loader import LoadedModel
 from .models import LlamaFamilyForward
 from .scheduler import ScheduledSequence

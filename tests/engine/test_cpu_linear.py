@@ -1,4 +1,4 @@
-"""The CPU linear layer (runtime/engine/layers.py) gives F.linear's result, to float32 rounding, on
+"""The CPU linear layer (runtime/engine/cpu_linear.py) gives F.linear's result, to float32 rounding, on
 every path: oneDNN's inner product, and the row-sliced product and F.linear it falls back to
 (without oneDNN, or in another dtype), for decode- and prefill-sized batches, with and without
 bias, on 2-D and 3-D inputs."""
@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from runtime.engine.layers import (
+from runtime.engine.cpu_linear import (
     MAX_SKINNY_ROWS,
     ONEDNN_LINEAR,
     ONEDNN_MAX_ROWS,

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from ..layers import cpu_linear_if_cpu
+from ..cpu_linear import cpu_linear_if_cpu
 
 # transformers' RoPE variants that choose frequencies from the batch's longest position
 # (with a host-side comparison in some transformers versions).
