@@ -17,7 +17,7 @@ MAX_STOP_STRINGS = 4
 MAX_STOP_STRING_CHARS = 256
 MAX_CHOICES = 16
 MAX_TOP_LOGPROBS = 20
-# OpenAI's ranges (the engine checks the same ones: runtime/engine/sampling.py).
+# OpenAI's ranges (the engine checks the same ones: runtime/engine/sampling_params.py).
 MAX_ADDITIVE_PENALTY = 2.0
 MAX_LOGIT_BIAS = 100.0
 MAX_LOGIT_BIAS_TOKENS = 300

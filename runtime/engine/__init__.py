@@ -7,7 +7,7 @@ from .engine import EngineStats, LLMEngine
 from .errors import EngineDead, QueueFull, RequestRejected
 from .model_loader import ModelLoadError
 from .outputs import RequestMetrics, RequestOutput
-from .sampling import SamplingParams
+from .sampling_params import SamplingParams
 
 __all__ = [
     "AsyncLLMEngine",

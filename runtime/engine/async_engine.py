@@ -19,7 +19,7 @@ from .config import EngineConfig
 from .engine import EngineStats, LLMEngine
 from .errors import EngineDead, QueueFull, RequestRejected
 from .outputs import RequestOutput
-from .sampling import SamplingParams
+from .sampling_params import SamplingParams
 from .sequence import FinishReason
 
 logger = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ from .model_loader import ModelLoadError, adopt_model, load_model
 from .model_runner import ModelRunner
 from .outputs import RequestMetrics, RequestOutput
 from .sampler import PendingSample, SampledTokens, Sampler
-from .sampling import SamplingParams
+from .sampling_params import SamplingParams
 from .scheduler import ScheduledSequence, Scheduler
 from .sequence import FinishReason, Sequence, SequenceStatus
 

@@ -19,7 +19,7 @@ import torch
 
 from .host_to_device import to_device
 from .penalties import apply_bias_and_penalties, needs_logit_processing
-from .sampling import SamplingParams
+from .sampling_params import SamplingParams
 from .sequence import Sequence
 
 

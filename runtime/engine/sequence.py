@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from .outputs import GeneratedLists
-from .sampling import SamplingParams
+from .sampling_params import SamplingParams
 
 
 class SequenceStatus(enum.Enum):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from runtime.engine.block_manager import BlockManager
-from runtime.engine.sampling import SamplingParams
+from runtime.engine.sampling_params import SamplingParams
 from runtime.engine.sequence import Sequence
 
 BLOCK_SIZE = 4

@@ -12,7 +12,7 @@ import torch
 import transformers
 
 from runtime.engine import EngineConfig, LLMEngine, SamplingParams
-from runtime.engine.sampling import MAX_TOP_LOGPROBS
+from runtime.engine.sampling_params import MAX_TOP_LOGPROBS
 
 from .tiny_models import random_prompts
 

@@ -8,7 +8,7 @@ import random
 
 from runtime.engine.block_manager import BlockManager
 from runtime.engine.config import EngineConfig
-from runtime.engine.sampling import SamplingParams
+from runtime.engine.sampling_params import SamplingParams
 from runtime.engine.scheduler import Scheduler, SchedulerOutput
 from runtime.engine.sequence import FinishReason, Sequence, SequenceStatus
 
