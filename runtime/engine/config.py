@@ -57,7 +57,6 @@ class EngineConfig:
     allow_pickle_weights: bool = False
     # torch intra-op threads for CPU inference; None keeps torch's default.
     num_threads: int | None = None
-    seed: int = 0
     enforce_eager: bool = False
     # None: DEFAULT_CUDA_GRAPH_BATCH_SIZES up to max_num_seqs (a sorted tuple after validation).
     cuda_graph_batch_sizes: tuple[int, ...] | None = None
