@@ -51,6 +51,8 @@ class AsyncLLMEngine:
         self.engine = engine or LLMEngine(config)
         self._streams: dict[str, _Stream] = {}
         self._commands: list[_AddCommand | _AbortCommand] = []
+        # Requests admitted and not yet in the engine's waiting queue (under _wakeup).
+        self._num_arriving = 0
         self._wakeup = threading.Condition()
         self._stopping = False
         self._dead_reason: str | None = None
@@ -141,28 +143,30 @@ class AsyncLLMEngine:
         if request_id in self._streams:
             raise RequestRejected(f"request id {request_id!r} is already in use")
         self.engine.validate_request(prompt_token_ids, params)
-        limit = self.engine.config.max_queue_size
-        if limit is not None and self.num_waiting >= limit:
-            raise QueueFull(f"the waiting queue is full ({limit} requests); retry later")
         stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
         self._streams[request_id] = stream
         try:
             self._submit(_AddCommand(request_id, prompt_token_ids, params, priority))
-        except EngineDead:
+        except (QueueFull, EngineDead):
             del self._streams[request_id]
             raise
         return stream
 
     @property
     def num_waiting(self) -> int:
-        """Requests not yet running: queued in the engine, or on their way to it."""
-        pending = sum(isinstance(command, _AddCommand) for command in self._commands)
-        return len(self.engine.scheduler.waiting) + pending
+        """Requests not yet running: in the engine's waiting queue, or on their way to it
+        (the waiting of LLMEngine.check_queue_space)."""
+        return self.engine.num_waiting + self._num_arriving
 
     def _submit(self, command: _AddCommand | _AbortCommand) -> None:
         with self._wakeup:
-            if self._stopping and isinstance(command, _AddCommand):
-                raise EngineDead("the engine is shutting down")
+            if isinstance(command, _AddCommand):
+                # Checked and counted under the lock that the engine thread holds while it moves
+                # a request from arriving to waiting: the count never misses or repeats one.
+                self.engine.check_queue_space(self._num_arriving)
+                if self._stopping:
+                    raise EngineDead("the engine is shutting down")
+                self._num_arriving += 1
             self._commands.append(command)
             self._wakeup.notify()
 
@@ -209,8 +213,12 @@ class AsyncLLMEngine:
                     outputs.append((command.request_id, final))
                 continue
             try:
-                self.engine.add_request(command.request_id, command.prompt_token_ids, command.params, command.priority)
-            except (RequestRejected, QueueFull) as exc:
+                with self._wakeup:
+                    self._num_arriving -= 1
+                    self.engine.add_admitted_request(
+                        command.request_id, command.prompt_token_ids, command.params, command.priority
+                    )
+            except RequestRejected as exc:
                 outputs.append((command.request_id, exc))
         return outputs
 

@@ -50,7 +50,8 @@ class EngineConfig:
     max_model_len: int | None = None
     enable_prefix_caching: bool = True
     attention_backend: str = "auto"
-    # Bound on requests waiting to be scheduled; None means unbounded (a server sets it).
+    # Bound on requests waiting to be scheduled (what counts as waiting: LLMEngine.check_queue_space);
+    # None means unbounded (a server sets it).
     max_queue_size: int | None = None
     trust_remote_code: bool = False
     # Pickle checkpoints (.bin/.pt) can execute code when loaded: refused unless allowed.

@@ -204,6 +204,22 @@ class LLMEngine:
             if token >= self.vocab_size:
                 raise RequestRejected(f"logit_bias token id {token} is outside the vocabulary [0, {self.vocab_size - 1}]")
 
+    @property
+    def num_waiting(self) -> int:
+        """Requests in the scheduler's waiting queue: new ones, and preempted ones due to be recomputed."""
+        return len(self.scheduler.waiting)
+
+    def check_queue_space(self, num_arriving: int = 0) -> None:
+        """Raise QueueFull when max_queue_size requests are waiting.
+
+        The one place the bound is checked. Waiting means admitted and not running: in the
+        scheduler's waiting queue (`num_waiting`), or among the `num_arriving` requests a caller
+        has admitted but not yet handed to add_admitted_request (AsyncLLMEngine's on their way
+        to its engine thread). Running requests do not count: max_num_seqs bounds those."""
+        limit = self.config.max_queue_size
+        if limit is not None and self.num_waiting + num_arriving >= limit:
+            raise QueueFull(f"the waiting queue is full ({limit} requests); retry later")
+
     def add_request(
         self,
         request_id: str,
@@ -211,14 +227,20 @@ class LLMEngine:
         params: SamplingParams | None = None,
         priority: int = 0,
     ) -> None:
+        """Queue a request; raises RequestRejected (bad input, id in use) or QueueFull."""
         params = params or SamplingParams()
         prompt_token_ids = list(prompt_token_ids)
-        if request_id in self._requests:
-            raise RequestRejected(f"request id {request_id!r} is already in use")
+        self._check_request_id(request_id)
         self.validate_request(prompt_token_ids, params)
-        limit = self.config.max_queue_size
-        if limit is not None and len(self.scheduler.waiting) >= limit:
-            raise QueueFull(f"the waiting queue is full ({limit} requests); retry later")
+        self.check_queue_space()
+        self.add_admitted_request(request_id, prompt_token_ids, params, priority)
+
+    def add_admitted_request(
+        self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, priority: int = 0
+    ) -> None:
+        """Queue a request its caller has already admitted (validate_request, check_queue_space):
+        only a request id in use is refused (RequestRejected)."""
+        self._check_request_id(request_id)
         generator = None
         if params.seed is not None:
             generator = torch.Generator(device=self.device).manual_seed(params.seed)
@@ -232,6 +254,10 @@ class LLMEngine:
         )
         self._requests[request_id] = seq
         self.scheduler.add(seq)
+
+    def _check_request_id(self, request_id: str) -> None:
+        if request_id in self._requests:
+            raise RequestRejected(f"request id {request_id!r} is already in use")
 
     def abort(self, request_id: str) -> RequestOutput | None:
         """Stop a request now and free its blocks; returns its final output, or None if unknown."""
@@ -397,7 +423,7 @@ class LLMEngine:
     def stats(self) -> EngineStats:
         return EngineStats(
             num_requests_running=len(self.scheduler.running),
-            num_requests_waiting=len(self.scheduler.waiting),
+            num_requests_waiting=self.num_waiting,
             kv_cache_usage=self.block_manager.usage,
             num_kv_blocks=self.num_kv_blocks,
             num_free_kv_blocks=self.block_manager.num_free_blocks,
