@@ -1,7 +1,7 @@
 """Prometheus metrics with vLLM's names (so KEDA queries, Grafana dashboards and the Gateway API
 endpoint picker work unchanged), on KServe's /metrics through the default registry.
 
-Gauges and the engine's cumulative counters are read from `AsyncLLMEngine.stats()` at scrape
+Gauges and the engine's cumulative counters are read from `EngineClient.stats()` at scrape
 time, so they are right at every moment, aborts included; per-request counters and histograms
 are fed from each request's outputs by a RequestTracker.
 """

@@ -14,7 +14,7 @@ import kserve
 from kserve.errors import InferenceError, InvalidInput
 from kserve.protocol.infer_type import InferRequest, InferResponse
 
-from runtime.engine import AsyncLLMEngine, EngineConfig, RequestOutput, SamplingParams
+from runtime.engine import AsyncLLMEngine, EngineClient, EngineConfig, RequestOutput, SamplingParams
 from runtime.errors import translate_errors
 from serving.errors import RequestTimeout, ServiceUnavailable
 from serving.streaming import gather_or_cancel, json_lines, stream_messages
@@ -39,7 +39,7 @@ class LLMModel(kserve.Model):
         self.request_timeout = request_timeout
         self.grace_period = grace_period
         # Our engine; KServe's `self.engine` is only the flag that makes it call start_engine().
-        self.llm: AsyncLLMEngine | None = None
+        self.llm: EngineClient | None = None
         self.draining = False
         self.num_in_flight = 0
         self._stats_collector = None
@@ -55,7 +55,7 @@ class LLMModel(kserve.Model):
             self.ready = True
         return self.ready
 
-    def build_engine(self) -> AsyncLLMEngine:
+    def build_engine(self) -> EngineClient:
         return AsyncLLMEngine(self.engine_config)
 
     async def start_engine(self) -> None:

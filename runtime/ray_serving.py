@@ -27,6 +27,7 @@ from runtime.engine import (
     EngineDead,
     EngineStats,
     ModelLoadError,
+    OutputStream,
     RequestOutput,
     SamplingParams,
 )
@@ -103,8 +104,7 @@ class EngineReplica:
 
 
 class RayEngineClient:
-    """The engine API LLMModel uses (start, shutdown, is_running, dead_reason, stats, open),
-    served by the replicas of a Ray Serve application."""
+    """The EngineClient that LLMModel uses, served by the replicas of a Ray Serve application."""
 
     def __init__(self, model_name: str, config: EngineConfig, options: RayOptions) -> None:
         self.app_name = f"llm-{model_name}"
@@ -141,9 +141,7 @@ class RayEngineClient:
         """The replicas' stats added up, as of the last refresh (at most STATS_PERIOD_S old)."""
         return sum_engine_stats([each.engine for each in self.replica_stats])
 
-    async def open(
-        self, request_id: str, prompt_token_ids: list[int], params: SamplingParams
-    ) -> AsyncIterator[RequestOutput]:
+    async def open(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> OutputStream:
         """Like AsyncLLMEngine.open, on a replica: returns once the replica has admitted the
         request (a refused one raises the engine's own error); closing the returned stream
         early cancels the replica's call, which aborts the request."""

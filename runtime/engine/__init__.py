@@ -4,6 +4,7 @@ prefill, prefix caching, preemption and streaming. Knows nothing of HTTP or KSer
 from .async_engine import AsyncLLMEngine
 from .config import ConfigError, EngineConfig
 from .engine import EngineStats, LLMEngine
+from .engine_client import EngineClient, OutputStream
 from .errors import EngineDead, QueueFull, RequestRejected
 from .model_loader import ModelLoadError
 from .outputs import RequestMetrics, RequestOutput
@@ -12,11 +13,13 @@ from .sampling_params import SamplingParams
 __all__ = [
     "AsyncLLMEngine",
     "ConfigError",
+    "EngineClient",
     "EngineConfig",
     "EngineDead",
     "EngineStats",
     "LLMEngine",
     "ModelLoadError",
+    "OutputStream",
     "QueueFull",
     "RequestMetrics",
     "RequestOutput",
