@@ -165,7 +165,7 @@ class LLMModel(kserve.Model):
             final = output
         return final
 
-    async def generate_batch(self, prompts: list[list[int]], params: list[SamplingParams]) -> list[RequestOutput]:
+    async def generate_all(self, prompts: list[list[int]], params: list[SamplingParams]) -> list[RequestOutput]:
         """Run requests concurrently (the engine batches them); if one fails, the rest are aborted."""
         return await gather_or_cancel([self.generate(prompt, p) for prompt, p in zip(prompts, params)])
 
@@ -182,7 +182,7 @@ class LLMModel(kserve.Model):
         with translate_errors(self.name):
             params = SamplingFields.model_validate(sampling_parameters(request.parameters)).to_sampling_params()
         prompts = decode_prompts(request)
-        outputs = await self.generate_batch(prompts, [params] * len(prompts))
+        outputs = await self.generate_all(prompts, [params] * len(prompts))
         return InferResponse(
             response_id=request.id or uuid.uuid4().hex,
             model_name=self.name,
@@ -203,7 +203,7 @@ class LLMModel(kserve.Model):
                 raise InvalidInput(f"a streamed predict takes exactly one instance, got {len(prompts)}")
             outputs = await self.open_stream(prompts[0], params[0])
             return json_lines(stream_messages(outputs, lambda output: _predict_chunk(output, wants_logprobs[0])))
-        outputs = await self.generate_batch(prompts, params)
+        outputs = await self.generate_all(prompts, params)
         return {"predictions": [_prediction(output, wants) for output, wants in zip(outputs, wants_logprobs)]}
 
 
