@@ -9,7 +9,6 @@ cascaded (the cascade judges whole answers)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Mapping
 from contextlib import aclosing
 from http import HTTPStatus
@@ -22,10 +21,8 @@ from router.openai_edge import CHAT_PATH, COMPLETIONS_PATH, OpenAIEdge
 from router.schemas import chat_routing_request
 from router.upstream import Answer, Call
 from serving.openai_protocol import Usage
+from serving.sse import json_events
 from serving.websocket_protocol import Finish, GenerateMessage, RequestFailed, TextDelta
-
-DONE_DATA = b"[DONE]"
-
 
 class RoutedGenerationBackend:
     def __init__(self, edge: OpenAIEdge) -> None:
@@ -81,7 +78,7 @@ async def _relay(answer: Answer, request: GenerateMessage) -> AsyncIterator[Text
     """Deltas from the stream's chunks, then the Finish its usage chunk makes (it comes last)."""
     finish_reason = None
     try:
-        async with aclosing(_event_data(answer.chunks())) as events:
+        async with aclosing(json_events(answer.chunks())) as events:
             async for event in events:
                 if "error" in event:
                     raise RequestFailed(HTTPStatus.BAD_GATEWAY,
@@ -98,22 +95,6 @@ async def _relay(answer: Answer, request: GenerateMessage) -> AsyncIterator[Text
         raise RequestFailed(HTTPStatus.BAD_GATEWAY,
                             f"the {answer.route} model's stream broke ({type(exc).__name__})") from None
     raise RequestFailed(HTTPStatus.BAD_GATEWAY, f"the {answer.route} model's stream ended before the request finished")
-
-
-async def _event_data(chunks: AsyncIterator[bytes]) -> AsyncIterator[dict]:
-    """The JSON data of each server-sent event, up to `[DONE]`."""
-    pending = b""
-    async with aclosing(chunks):
-        async for chunk in chunks:
-            *events, pending = (pending + chunk).split(b"\n\n")
-            for event in events:
-                for line in event.splitlines():
-                    if not line.startswith(b"data:"):
-                        continue
-                    data = line[5:].strip()
-                    if data == DONE_DATA:
-                        return
-                    yield json.loads(data)
 
 
 def _text_delta(choice: dict, wants_logprobs: bool) -> TextDelta | None:

@@ -5,7 +5,6 @@ these routes are ours. Errors are OpenAI-shaped: {"error": {"message", "type", "
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -42,7 +41,8 @@ from serving.openai_protocol import (
     openai_error_body,
 )
 from serving.request_bodies import json_api_router
-from serving.streaming import CLIENT_ERRORS, OPENAI_DONE_EVENT, EventStreamResponse
+from serving.sse import DONE_EVENT, encode_event
+from serving.streaming import CLIENT_ERRORS, EventStreamResponse
 from transformer.choices import merge_streams
 from transformer.generation import TextChunk, TextRequest, TextResult
 from transformer.model import TextModel
@@ -394,7 +394,7 @@ async def _events(merged: AsyncIterator[tuple[int, TextChunk]], choices: list[Ch
     def event(message: dict) -> bytes:
         if continuous_usage:
             message["usage"] = Usage.of(stream.num_prompt_tokens, completion_tokens).model_dump()
-        return _event(message)
+        return encode_event(message)
 
     async with aclosing(merged):
         try:
@@ -406,15 +406,13 @@ async def _events(merged: AsyncIterator[tuple[int, TextChunk]], choices: list[Ch
                 if message is not None:
                     yield event(message)
             if stream.body.include_usage:
-                yield _event(stream.usage(completion_tokens))
+                yield encode_event(stream.usage(completion_tokens))
         except CLIENT_ERRORS as exc:
-            yield _event(openai_error_body(status_of(exc), str(exc)))
+            yield encode_event(openai_error_body(status_of(exc), str(exc)))
         except Exception as exc:
             openai_error_response(exc)  # logs it
-            yield _event(openai_error_body(500, f"internal error ({type(exc).__name__})"))
-    yield OPENAI_DONE_EVENT
+            yield encode_event(openai_error_body(500, f"internal error ({type(exc).__name__})"))
+    yield DONE_EVENT
 
 
-def _event(message: dict) -> bytes:
-    return b"data: " + json.dumps(message, separators=(",", ":")).encode() + b"\n\n"
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, field
 
 import grpc
@@ -18,6 +18,7 @@ from kserve.errors import InvalidInput
 
 from serving.errors import BadGateway, RequestTimeout, ServiceUnavailable
 from serving.http_client import Pools, Response, UpstreamDisconnected, UpstreamUnreachable
+from serving.sse import json_events
 
 logger = logging.getLogger(__name__)
 
@@ -115,17 +116,15 @@ class PredictorClient:
                 if response.status != 200:
                     _raise_for_status(response.status, await response.read())
                 yield Generated(token_ids=[], finish_reason=None)
-                async for line in response.lines():
-                    if not line.startswith(b"data:"):
-                        continue
-                    message = json.loads(line[5:])
-                    if "error" in message:
-                        raise BadGateway(f"the predictor failed mid-stream: {message['error']}")
-                    if message.get("finish_reason") is not None:
-                        # Read the body's end before handing over the last event, so that the
-                        # connection goes back to the pool instead of being closed.
-                        await response.read()
-                    yield _generated(message)
+                async with aclosing(json_events(response.chunks())) as messages:
+                    async for message in messages:
+                        if "error" in message:
+                            raise BadGateway(f"the predictor failed mid-stream: {message['error']}")
+                        if message.get("finish_reason") is not None:
+                            # Read the body's end before handing over the last event, so that the
+                            # connection goes back to the pool instead of being closed.
+                            await response.read()
+                        yield _generated(message)
 
     async def _post(self, route: str, body: dict, headers: dict[str, str]) -> Response:
         """POST, retrying (--predictor_request_retries times) only when no connection could be made,
