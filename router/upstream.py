@@ -19,7 +19,7 @@ from http import HTTPStatus
 from router.metrics import FALLBACKS
 from router.policy import Route
 from router.replicas import Endpoint, ReplicaSet
-from serving.errors import RequestTimeout, ServiceUnavailable
+from serving.errors import RequestTimeout, ServiceUnavailable, error_message
 from serving.http_client import Pools, Response, UpstreamDisconnected, UpstreamUnreachable
 from serving.openai_protocol import openai_error_body
 from serving.sse import DONE_EVENT, EventParser, encode_event
@@ -223,9 +223,7 @@ async def _read(route: Route, response: Response, stream: bool, echoed_prompt: s
         # that a failed answer never holds a connection (as a 503's does not).
         response.release()
         ended = Answer(route, response.status, content_type, first[:event_end] + DONE_EVENT, _no_chunks())
-        error = event["error"]
-        message = error.get("message") if isinstance(error, dict) else error
-        raise _AttemptFailed(Failure.FAILED, f"failed before its first token: {message}", ended)
+        raise _AttemptFailed(Failure.FAILED, f"failed before its first token: {error_message(event)}", ended)
     body = await response.read()
     response.release()
     answer = Answer(route, response.status, content_type, body)

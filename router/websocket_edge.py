@@ -20,6 +20,7 @@ from router.features import RoutingRequest
 from router.openai_edge import CHAT_PATH, COMPLETIONS_PATH, OpenAIEdge
 from router.schemas import chat_routing_request
 from router.upstream import Answer, Call
+from serving.errors import error_message
 from serving.openai_protocol import Usage
 from serving.sse import json_events
 from serving.websocket_protocol import Finish, GenerateMessage, RequestFailed, TextDelta
@@ -82,7 +83,7 @@ async def _relay(answer: Answer, request: GenerateMessage) -> AsyncIterator[Text
             async for event in events:
                 if "error" in event:
                     raise RequestFailed(HTTPStatus.BAD_GATEWAY,
-                                        f"the {answer.route} model failed mid-stream: {_message_of(event)}")
+                                        f"the {answer.route} model failed mid-stream: {error_message(event)}")
                 if event.get("usage"):
                     yield Finish(finish_reason or "stop", event["model"], Usage.model_validate(event["usage"]))
                     return
@@ -115,12 +116,5 @@ def _token_logprobs(logprobs: dict | None) -> list[float] | None:
 
 
 def _error_text(answer: Answer) -> str:
-    try:
-        return _message_of(answer.json())
-    except (ValueError, KeyError, TypeError):
-        return f"the {answer.route} model answered {answer.status}"
-
-
-def _message_of(body: dict) -> str:
-    error = body["error"]
-    return error["message"] if isinstance(error, dict) else str(error)
+    message = error_message(answer.body)
+    return f"the {answer.route} model answered {answer.status}" if message is None else message

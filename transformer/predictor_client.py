@@ -16,7 +16,7 @@ import numpy as np
 from kserve import InferenceGRPCClient, InferInput, InferRequest
 from kserve.errors import InvalidInput
 
-from serving.errors import BadGateway, RequestTimeout, ServiceUnavailable
+from serving.errors import BadGateway, RequestTimeout, ServiceUnavailable, error_message, upstream_error
 from serving.http_client import Pools, Response, UpstreamDisconnected, UpstreamUnreachable
 from serving.sse import json_events
 
@@ -204,17 +204,8 @@ def _generated(message: dict) -> Generated:
 def _raise_for_status(status: int, content: bytes) -> None:
     if status == 200:
         return
-    try:
-        message = json.loads(content)["error"]
-    except (ValueError, KeyError, TypeError):
-        message = content[:200].decode(errors="replace")
-    if status == 400:
-        raise InvalidInput(str(message))
-    if status in (429, 503):
-        raise ServiceUnavailable("predictor", f"the predictor is overloaded or not ready: {message}")
-    if status == 504:
-        raise RequestTimeout(f"the predictor timed out: {message}")
-    raise BadGateway(f"the predictor answered {status}: {message}")
+    message = error_message(content)
+    raise upstream_error("predictor", status, content[:200].decode(errors="replace") if message is None else message)
 
 
 _GRPC_UNAVAILABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
