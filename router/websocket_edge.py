@@ -17,13 +17,15 @@ import httpx
 
 from router.config import AUTO_MODEL
 from router.features import RoutingRequest
-from router.openai_edge import CHAT_PATH, COMPLETIONS_PATH, OpenAIEdge
+from router.openai_edge import OpenAIEdge
 from router.schemas import chat_routing_request
 from router.upstream import Answer, Call
 from serving.errors import error_message
 from serving.openai_protocol import Usage
+from serving.openai_routes import CHAT_COMPLETIONS_PATH, COMPLETIONS_PATH
 from serving.sse import json_events
 from serving.websocket_protocol import Finish, GenerateMessage, RequestFailed, TextDelta
+
 
 class RoutedGenerationBackend:
     def __init__(self, edge: OpenAIEdge) -> None:
@@ -42,7 +44,7 @@ class RoutedGenerationBackend:
         """The chosen target's stream, open up to its first chunk; RequestFailed with the target's
         status if it answered with an error."""
         _, plan = self.edge.plan(request.model or AUTO_MODEL, [_routing_request(request)], headers)
-        path = COMPLETIONS_PATH if request.prompt is not None else CHAT_PATH
+        path = COMPLETIONS_PATH if request.prompt is not None else CHAT_COMPLETIONS_PATH
         answer = await self.edge.upstream.send(plan, Call.of(path, openai_payload(request), headers, stream=True))
         if answer.status != HTTPStatus.OK:
             raise RequestFailed(answer.status, _error_text(answer))
