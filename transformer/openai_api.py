@@ -41,7 +41,7 @@ from serving.openai_protocol import (
 from serving.openai_routes import MODEL_OWNER, check_model_name, mount_openai_routes
 from serving.sse import DONE_EVENT, encode_event
 from serving.streaming import CLIENT_ERRORS, EventStreamResponse
-from transformer.choices import merge_streams
+from transformer.stream_merge import merge_streams
 from transformer.generation import TextChunk, TextRequest, TextResult
 from transformer.model import TextModel
 from transformer.schemas import TextSamplingFields
