@@ -41,10 +41,10 @@ from serving.openai_protocol import (
 from serving.openai_routes import MODEL_OWNER, check_model_name, mount_openai_routes
 from serving.sse import DONE_EVENT, encode_event
 from serving.streaming import CLIENT_ERRORS, EventStreamResponse
-from transformer.stream_merge import merge_streams
 from transformer.generation import TextChunk, TextRequest, TextResult
 from transformer.model import TextModel
 from transformer.schemas import TextSamplingFields
+from transformer.stream_merge import merge_streams
 from transformer.tokenizer import TextTokenizer
 
 
@@ -141,7 +141,7 @@ def _usage(prompts: list[list[int]], results: list[TextResult]) -> Usage:
 
 async def _answer(model: TextModel, body: CompletionRequest | ChatCompletionRequest, prompts: list[list[int]],
                   fields: TextSamplingFields, headers: Mapping[str, str],
-                  make_stream: Callable[[], CompletionStream | ChatStream],
+                  make_stream: Callable[[], ChunkStream],
                   make_response: Callable[[list[Choice], list[TextResult]], BaseModel]) -> Response:
     """The request's choices generated: streamed, or whole in one response."""
     choices = await _choices(model, prompts, body, fields)
@@ -156,8 +156,57 @@ def _json(response: BaseModel) -> JSONResponse:
     return JSONResponse(response.model_dump(mode="json", by_alias=True))
 
 
+class ChunkStream:
+    """The chunks of a streamed response. They are plain dicts, in the field order of the
+    endpoint's response and choice models: a chunk per token is on every token's path, and
+    building and dumping a pydantic model for each costs more than the rest of the chunk. Each
+    endpoint's subclass names its chunks' `object` and content field, and makes a choice's first
+    chunks, its content and its logprobs."""
+
+    id_prefix: str
+    object_name: str
+    content_field: str
+    usage_type: type[CompletionResponse | ChatCompletionChunk]
+
+    def __init__(self, model: TextModel, body: CompletionRequest | ChatCompletionRequest, num_prompt_tokens: int,
+                 wants_logprobs: bool) -> None:
+        self.tokenizer = model.tokenizer
+        self.body = body
+        self.id = new_id(self.id_prefix)
+        self.created = now()
+        self.model_name = model.name
+        self.num_prompt_tokens = num_prompt_tokens
+        self.wants_logprobs = wants_logprobs
+        self._head = {"id": self.id, "object": self.object_name, "created": self.created, "model": self.model_name}
+
+    def start(self, choices: list[Choice]) -> list[dict]:
+        raise NotImplementedError
+
+    def delta(self, index: int, chunk: TextChunk) -> dict | None:
+        """The chunk of a choice's new tokens; None when there is nothing to send."""
+        if not (chunk.text or chunk.finish_reason or (self.wants_logprobs and chunk.token_ids)):
+            return None
+        logprobs = self._logprobs(index, chunk) if self.wants_logprobs else None
+        return self._chunk(index, self._content(chunk), logprobs, chunk.finish_reason)
+
+    def usage(self, completion_tokens: int) -> dict:
+        return self.usage_type(id=self.id, created=self.created, model=self.model_name, choices=[],
+                               usage=Usage.of(self.num_prompt_tokens, completion_tokens)).model_dump()
+
+    def _content(self, chunk: TextChunk) -> str | dict:
+        raise NotImplementedError
+
+    def _logprobs(self, index: int, chunk: TextChunk) -> dict:
+        raise NotImplementedError
+
+    def _chunk(self, index: int, content: str | dict, logprobs: dict | None = None,
+               finish_reason: str | None = None) -> dict:
+        return {**self._head, "choices": [{"index": index, self.content_field: content, "logprobs": logprobs,
+                                           "finish_reason": finish_reason}]}
+
+
 async def _stream_response(model: TextModel, choices: list[Choice], headers: dict[str, str],
-                           make_stream: Callable[[], CompletionStream | ChatStream]) -> EventStreamResponse:
+                           make_stream: Callable[[], ChunkStream]) -> EventStreamResponse:
     """Open every choice's stream first (so that a refused request gets its status code), then
     answer with their chunks as server-sent events. The chunk maker is made after the requests
     have gone to the predictor, whose prefill it can wait for."""
@@ -174,7 +223,7 @@ async def _stream_response(model: TextModel, choices: list[Choice], headers: dic
 
 
 async def _events(merged: AsyncIterator[tuple[int, TextChunk]], choices: list[Choice],
-                  stream: CompletionStream | ChatStream) -> AsyncIterator[bytes]:
+                  stream: ChunkStream) -> AsyncIterator[bytes]:
     completion_tokens = 0
     continuous_usage = stream.body.include_continuous_usage
 
@@ -246,46 +295,29 @@ def _completion_logprobs(tokenizer: TextTokenizer, token_ids: list[int], logprob
     )
 
 
-class CompletionStream:
-    """The chunks of a streamed completion. They are plain dicts, in the field order of
-    CompletionResponse and CompletionChoice: a chunk per token is on every token's path, and
-    building and dumping a pydantic model for each costs more than the rest of the chunk."""
+class CompletionStream(ChunkStream):
+    """The chunks of a streamed completion: the echoed prompt first (when asked for), then text."""
+
+    id_prefix, object_name, content_field, usage_type = "cmpl", "text_completion", "text", CompletionResponse
 
     def __init__(self, model: TextModel, body: CompletionRequest, prompts: list[list[int]]) -> None:
-        self.tokenizer = model.tokenizer
-        self.body = body
-        self.id = new_id("cmpl")
-        self.created = now()
-        self.model_name = model.name
-        self.num_prompt_tokens = sum(map(len, prompts))
+        super().__init__(model, body, sum(map(len, prompts)), wants_logprobs=body.logprobs is not None)
         self.echo = body.prompt if body.echo else ""
         self._text_offsets: dict[int, int] = {}
-        self._head = {"id": self.id, "object": "text_completion", "created": self.created, "model": self.model_name}
 
     def start(self, choices: list[Choice]) -> list[dict]:
         if not self.echo:
             return []
         return [self._chunk(choice.index, self.echo) for choice in choices]
 
-    def delta(self, index: int, chunk: TextChunk) -> dict | None:
-        wants_logprobs = self.body.logprobs is not None
-        if not (chunk.text or chunk.finish_reason or (wants_logprobs and chunk.token_ids)):
-            return None
-        logprobs = None
-        if wants_logprobs:
-            offset = self._text_offsets.get(index, 0)
-            logprobs = _completion_logprobs(self.tokenizer, chunk.token_ids, chunk.logprobs, chunk.top_logprobs, offset)
-            self._text_offsets[index] = offset + sum(len(token) for token in logprobs.tokens)
-            logprobs = logprobs.model_dump()
-        return self._chunk(index, chunk.text, logprobs, chunk.finish_reason)
+    def _content(self, chunk: TextChunk) -> str:
+        return chunk.text
 
-    def usage(self, completion_tokens: int) -> dict:
-        return CompletionResponse(id=self.id, created=self.created, model=self.model_name, choices=[],
-                                  usage=Usage.of(self.num_prompt_tokens, completion_tokens)).model_dump()
-
-    def _chunk(self, index: int, text: str, logprobs: dict | None = None, finish_reason: str | None = None) -> dict:
-        return {**self._head, "choices": [{"index": index, "text": text, "logprobs": logprobs,
-                                           "finish_reason": finish_reason}]}
+    def _logprobs(self, index: int, chunk: TextChunk) -> dict:
+        offset = self._text_offsets.get(index, 0)
+        logprobs = _completion_logprobs(self.tokenizer, chunk.token_ids, chunk.logprobs, chunk.top_logprobs, offset)
+        self._text_offsets[index] = offset + sum(len(token) for token in logprobs.tokens)
+        return logprobs.model_dump()
 
 
 # Chat completions ----------------------------------------------------------------------
@@ -331,38 +363,20 @@ def _top_logprob(tokenizer: TextTokenizer, token: int, value: float) -> TopLogpr
     return TopLogprob(token=text, logprob=value, bytes=list(text.encode()))
 
 
-class ChatStream:
-    """The chunks of a streamed chat completion: the role first, then content, then the finish.
-    Plain dicts in the field order of ChatCompletionChunk and ChatChunkChoice, as CompletionStream's."""
+class ChatStream(ChunkStream):
+    """The chunks of a streamed chat completion: the role first, then content, then the finish."""
+
+    id_prefix, object_name, content_field, usage_type = "chatcmpl", "chat.completion.chunk", "delta", ChatCompletionChunk
 
     def __init__(self, model: TextModel, body: ChatCompletionRequest, num_prompt_tokens: int) -> None:
-        self.tokenizer = model.tokenizer
-        self.body = body
-        self.id = new_id("chatcmpl")
-        self.created = now()
-        self.model_name = model.name
-        self.num_prompt_tokens = num_prompt_tokens
-        self._head = {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
-                      "model": self.model_name}
+        super().__init__(model, body, num_prompt_tokens, wants_logprobs=bool(body.logprobs))
 
     def start(self, choices: list[Choice]) -> list[dict]:
         return [self._chunk(choice.index, {"role": "assistant", "content": ""}) for choice in choices]
 
-    def delta(self, index: int, chunk: TextChunk) -> dict | None:
-        wants_logprobs = self.body.logprobs
-        if not (chunk.text or chunk.finish_reason or (wants_logprobs and chunk.token_ids)):
-            return None
-        logprobs = None
-        if wants_logprobs:
-            logprobs = _chat_logprobs(self.tokenizer, chunk.token_ids, chunk.logprobs, chunk.top_logprobs).model_dump()
+    def _content(self, chunk: TextChunk) -> dict:
         # OpenAI sends only the fields a delta sets (the role on the first one only).
-        delta = {"content": chunk.text} if chunk.text else {}
-        return self._chunk(index, delta, logprobs, chunk.finish_reason)
+        return {"content": chunk.text} if chunk.text else {}
 
-    def usage(self, completion_tokens: int) -> dict:
-        return ChatCompletionChunk(id=self.id, created=self.created, model=self.model_name, choices=[],
-                                   usage=Usage.of(self.num_prompt_tokens, completion_tokens)).model_dump()
-
-    def _chunk(self, index: int, delta: dict, logprobs: dict | None = None, finish_reason: str | None = None) -> dict:
-        return {**self._head, "choices": [{"index": index, "delta": delta, "logprobs": logprobs,
-                                           "finish_reason": finish_reason}]}
+    def _logprobs(self, index: int, chunk: TextChunk) -> dict:
+        return _chat_logprobs(self.tokenizer, chunk.token_ids, chunk.logprobs, chunk.top_logprobs).model_dump()
