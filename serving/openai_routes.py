@@ -115,8 +115,8 @@ async def _model_card(handler: OpenAIHandler, name: str) -> ModelCard:
 
 
 async def _answered(answer: Awaitable[Answer]) -> Answer | JSONResponse:
-    """The handler's answer, or its failure in OpenAI's error shape (the app's exception handlers
-    would answer KServe's own types in KServe's shape, and anything else as a bare 500)."""
+    """The handler's answer, or its failure in OpenAI's error shape, whatever it raised (the app's
+    exception handlers answer only the error types they know)."""
     try:
         return await answer
     except Exception as exc:
