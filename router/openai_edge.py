@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 
 import httpx
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.responses import Response
 from kserve.errors import InvalidInput, ModelNotFound
 from starlette.types import Receive, Scope, Send
@@ -50,29 +50,27 @@ from router.policy import Decision, Hint, Route, parse_hint
 from router.replicas import ReplicaSet
 from router.schemas import chat_routing_request
 from router.upstream import Answer, Call, Fallback, Plan, TargetFailed, Upstream
-from serving.direct_routes import DirectRoute, add_direct_routes
-from serving.errors import openai_error_response
 from serving.http_client import Pools
 from serving.openai_protocol import (
     ChatCompletionRequest,
     CompletionRequest,
     DetokenizeRequest,
     ModelCard,
-    ModelList,
     TokenizeRequest,
     now,
 )
-from serving.request_bodies import json_api_router
+from serving.openai_routes import (
+    CHAT_COMPLETIONS_PATH,
+    COMPLETIONS_PATH,
+    DETOKENIZE_PATH,
+    MODEL_OWNER,
+    TOKENIZE_PATH,
+    mount_openai_routes,
+)
 from serving.streaming import EventStreamResponse
 
 logger = logging.getLogger(__name__)
 
-OWNER = "kserve-llm-runtime"
-COMPLETIONS_PATH = "/openai/v1/completions"
-CHAT_PATH = "/openai/v1/chat/completions"
-# vLLM's token routes, at its paths, passed to the named model's transformer.
-TOKENIZE_PATH = "/tokenize"
-DETOKENIZE_PATH = "/detokenize"
 SCORE_HEADER = "x-route-score"
 FALLBACK_HEADER = "x-route-fallback"
 ESCALATED_HEADER = "x-route-escalated"
@@ -135,44 +133,50 @@ class OpenAIEdge:
 
     def model_cards(self) -> list[ModelCard]:
         names = [AUTO_MODEL, *(self.replica_sets[route].model for route in Route)]
-        return [ModelCard(id=name, created=self.created, owned_by=OWNER) for name in names]
+        return [ModelCard(id=name, created=self.created, owned_by=MODEL_OWNER) for name in names]
+
+    async def completions(self, body: CompletionRequest, headers: Mapping[str, str]) -> Response:
+        return await self.answer(COMPLETIONS_PATH, body, completion_routing_requests(body), headers)
+
+    async def chat_completions(self, body: ChatCompletionRequest, headers: Mapping[str, str]) -> Response:
+        routing_request = chat_routing_request(body.messages, body.requested_max_tokens)
+        return await self.answer(CHAT_COMPLETIONS_PATH, body, [routing_request], headers)
+
+    async def tokenize(self, body: TokenizeRequest, headers: Mapping[str, str]) -> Response:
+        return await self.answer_tokens(TOKENIZE_PATH, body, headers)
+
+    async def detokenize(self, body: DetokenizeRequest, headers: Mapping[str, str]) -> Response:
+        return await self.answer_tokens(DETOKENIZE_PATH, body, headers)
 
     async def answer(self, path: str, body: OpenAIRequest, requests: list[RoutingRequest],
                      headers: Mapping[str, str]) -> Response:
-        """Route the request, send it on, and answer with what came back (errors OpenAI-shaped)."""
-        try:
-            routing, plan = self.plan(body.model, requests, headers)
-            call = Call.of(path, body.model_dump(mode="json", exclude_unset=True, exclude={"model"}), headers,
-                           body.stream)
-            chat = path == CHAT_PATH
-            if routing.auto and routing.by_policy and not body.stream and self.learning.explores():
-                answer, trace = await self._explore(call, chat)
-            elif self.cascade.enabled and routing.by_policy and routing.route is Route.SMALL and not body.stream:
-                answer, trace = await self._cascade(plan, call, chat)
-            else:
-                answer, trace = await self.upstream.send(plan, call), CascadeTrace()
-            self.learning.record(routing.decision, requests, headers, answer, trace)
-            return _response(answer, routing, trace.escalated)
-        except Exception as exc:
-            return openai_error_response(exc)
+        """Route the request, send it on, and answer with what came back."""
+        routing, plan = self.plan(body.model, requests, headers)
+        call = Call.of(path, body.model_dump(mode="json", exclude_unset=True, exclude={"model"}), headers, body.stream)
+        chat = path == CHAT_COMPLETIONS_PATH
+        if routing.auto and routing.by_policy and not body.stream and self.learning.explores():
+            answer, trace = await self._explore(call, chat)
+        elif self.cascade.enabled and routing.by_policy and routing.route is Route.SMALL and not body.stream:
+            answer, trace = await self._cascade(plan, call, chat)
+        else:
+            answer, trace = await self.upstream.send(plan, call), CascadeTrace()
+        self.learning.record(routing.decision, requests, headers, answer, trace)
+        return _response(answer, routing, trace.escalated)
 
     async def answer_tokens(self, path: str, body: TokenizeRequest | DetokenizeRequest,
                             headers: Mapping[str, str]) -> Response:
         """vLLM's token routes, answered by the named model's transformer. Token ids belong to one
         model's vocabulary, so `auto` (or no model) is refused rather than guessed."""
-        try:
-            if body.model is None or body.model == AUTO_MODEL:
-                names = " or ".join(self.replica_sets[route].model for route in Route)
-                raise InvalidInput(f"name the model ({names}): `{AUTO_MODEL}` routes each request by its prompt, "
-                                   "and the two models may tokenize differently")
-            route = self._hint(body.model, headers).route
-            call = Call.of(path, body.model_dump(mode="json", exclude_unset=True, exclude={"model"}), headers,
-                           stream=False)
-            answer = await self.upstream.send(Plan(route, self.replica_sets[route].ranked(), None), call)
-            return Response(answer.body, status_code=answer.status, media_type=answer.content_type,
-                            headers={ROUTE_HEADER: answer.route.value})
-        except Exception as exc:
-            return openai_error_response(exc)
+        if body.model is None or body.model == AUTO_MODEL:
+            names = " or ".join(self.replica_sets[route].model for route in Route)
+            raise InvalidInput(f"name the model ({names}): `{AUTO_MODEL}` routes each request by its prompt, "
+                               "and the two models may tokenize differently")
+        route = self._hint(body.model, headers).route
+        call = Call.of(path, body.model_dump(mode="json", exclude_unset=True, exclude={"model"}), headers,
+                       stream=False)
+        answer = await self.upstream.send(Plan(route, self.replica_sets[route].ranked(), None), call)
+        return Response(answer.body, status_code=answer.status, media_type=answer.content_type,
+                        headers={ROUTE_HEADER: answer.route.value})
 
     def plan(self, requested_model: str, requests: list[RoutingRequest],
              headers: Mapping[str, str]) -> tuple[Routing, Plan]:
@@ -317,55 +321,13 @@ class UpstreamStreamResponse(EventStreamResponse):
 
 def completion_routing_requests(body: CompletionRequest) -> list[RoutingRequest]:
     """Each prompt of a completion request; token-id prompts count by their length only."""
-    prompt = body.prompt
-    prompts = [prompt] if isinstance(prompt, str) or not prompt or isinstance(prompt[0], int) else prompt
-    return [RoutingRequest(each, 1, body.max_tokens) if isinstance(each, str)
-            else RoutingRequest("", 1, body.max_tokens, prompt_tokens=len(each)) for each in prompts]
+    return [RoutingRequest(prompt, 1, body.max_tokens) if isinstance(prompt, str)
+            else RoutingRequest("", 1, body.max_tokens, prompt_tokens=len(prompt)) for prompt in body.prompts]
 
 
 def add_openai_edge(app: FastAPI, edge: OpenAIEdge) -> None:
     """The edge's routes on `app`; its client and load poller live as long as the app serves."""
-    router = json_api_router(prefix="/openai/v1", tags=["OpenAI"])
-
-    @router.get("/models")
-    async def list_models() -> ModelList:
-        return ModelList(data=edge.model_cards())
-
-    @router.get("/models/{model_name}")
-    async def get_model(model_name: str) -> Response:
-        for card in edge.model_cards():
-            if card.id == model_name:
-                return Response(card.model_dump_json(), media_type="application/json")
-        return openai_error_response(ModelNotFound(model_name))
-
-    async def answer_completions(body: CompletionRequest, headers: Mapping[str, str]) -> Response:
-        return await edge.answer(COMPLETIONS_PATH, body, completion_routing_requests(body), headers)
-
-    async def answer_chat_completions(body: ChatCompletionRequest, headers: Mapping[str, str]) -> Response:
-        routing_request = chat_routing_request(body.messages, body.requested_max_tokens)
-        return await edge.answer(CHAT_PATH, body, [routing_request], headers)
-
-    @router.post("/completions")
-    async def completions(body: CompletionRequest, request: Request) -> Response:
-        return await answer_completions(body, request.headers)
-
-    @router.post("/chat/completions")
-    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
-        return await answer_chat_completions(body, request.headers)
-
-    app.include_router(router)
-
-    @app.post(TOKENIZE_PATH, tags=["OpenAI"])
-    async def tokenize(body: TokenizeRequest, request: Request) -> Response:
-        return await edge.answer_tokens(TOKENIZE_PATH, body, request.headers)
-
-    @app.post(DETOKENIZE_PATH, tags=["OpenAI"])
-    async def detokenize(body: DetokenizeRequest, request: Request) -> Response:
-        return await edge.answer_tokens(DETOKENIZE_PATH, body, request.headers)
-
-    # Every streamed token's first byte waits for these two: served ahead of FastAPI's router.
-    add_direct_routes(app, {COMPLETIONS_PATH: DirectRoute(CompletionRequest, answer_completions),
-                            CHAT_PATH: DirectRoute(ChatCompletionRequest, answer_chat_completions)})
+    mount_openai_routes(app, edge)
     _run_with_app(app, edge)
 
 

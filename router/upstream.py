@@ -19,10 +19,10 @@ from http import HTTPStatus
 from router.metrics import FALLBACKS
 from router.policy import Route
 from router.replicas import Endpoint, ReplicaSet
-from serving.errors import RequestTimeout, ServiceUnavailable
+from serving.errors import RequestTimeout, ServiceUnavailable, error_message
 from serving.http_client import Pools, Response, UpstreamDisconnected, UpstreamUnreachable
 from serving.openai_protocol import openai_error_body
-from serving.streaming import OPENAI_DONE_EVENT
+from serving.sse import DONE_EVENT, EventParser, encode_event
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ class Answer:
             if not at_event_end:
                 raise
             message = openai_error_body(HTTPStatus.BAD_GATEWAY, f"the {self.route} model failed mid-stream")
-            yield b"data: " + json.dumps(message).encode() + EVENT_END + OPENAI_DONE_EVENT
+            yield encode_event(message) + DONE_EVENT
 
     async def close(self) -> None:
         """Give the connection back, or close it if the answer was left unfinished (which makes
@@ -222,10 +222,8 @@ async def _read(route: Route, response: Response, stream: bool, echoed_prompt: s
         # What the client gets if no other target may answer: the stream as it ended, whole, so
         # that a failed answer never holds a connection (as a 503's does not).
         response.release()
-        ended = Answer(route, response.status, content_type, first[:event_end] + OPENAI_DONE_EVENT, _no_chunks())
-        error = event["error"]
-        message = error.get("message") if isinstance(error, dict) else error
-        raise _AttemptFailed(Failure.FAILED, f"failed before its first token: {message}", ended)
+        ended = Answer(route, response.status, content_type, first[:event_end] + DONE_EVENT, _no_chunks())
+        raise _AttemptFailed(Failure.FAILED, f"failed before its first token: {error_message(event)}", ended)
     body = await response.read()
     response.release()
     answer = Answer(route, response.status, content_type, body)
@@ -241,14 +239,13 @@ async def _up_to_first_event(chunks: AsyncIterator[bytes], echoed_prompt: str | 
     not JSON. A chat stream opens with the role, and a completion with `echo` with its prompt, as
     soon as the request is admitted: holding them until the first token costs the client nothing,
     and lets a failure before that token fall back."""
-    body, scanned = b"", 0
+    body, parser = b"", EventParser()
     async for chunk in chunks:
         body += chunk
-        while (end := body.find(EVENT_END, scanned)) != -1:
-            event = _parse_event(body[scanned:end])
-            scanned = end + len(EVENT_END)
-            if event is None or not (_is_role_chunk(event) or _is_echo_chunk(event, echoed_prompt)):
-                return body, event, scanned
+        for event in parser.feed(chunk):
+            data = _json_object(event.data)
+            if data is None or not (_is_role_chunk(data) or _is_echo_chunk(data, echoed_prompt)):
+                return body, data, event.end
     return body, None, len(body)
 
 
@@ -257,8 +254,7 @@ async def _no_chunks() -> AsyncIterator[bytes]:
     yield
 
 
-def _parse_event(raw: bytes) -> dict | None:
-    data = b"".join(line.removeprefix(b"data:").strip() for line in raw.split(b"\n") if line.startswith(b"data:"))
+def _json_object(data: bytes) -> dict | None:
     try:
         event = json.loads(data)
     except ValueError:

@@ -9,7 +9,6 @@ cascaded (the cascade judges whole answers)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Mapping
 from contextlib import aclosing
 from http import HTTPStatus
@@ -18,13 +17,14 @@ import httpx
 
 from router.config import AUTO_MODEL
 from router.features import RoutingRequest
-from router.openai_edge import CHAT_PATH, COMPLETIONS_PATH, OpenAIEdge
+from router.openai_edge import OpenAIEdge
 from router.schemas import chat_routing_request
 from router.upstream import Answer, Call
+from serving.errors import error_message
 from serving.openai_protocol import Usage
+from serving.openai_routes import CHAT_COMPLETIONS_PATH, COMPLETIONS_PATH
+from serving.sse import json_events
 from serving.websocket_protocol import Finish, GenerateMessage, RequestFailed, TextDelta
-
-DONE_DATA = b"[DONE]"
 
 
 class RoutedGenerationBackend:
@@ -44,7 +44,7 @@ class RoutedGenerationBackend:
         """The chosen target's stream, open up to its first chunk; RequestFailed with the target's
         status if it answered with an error."""
         _, plan = self.edge.plan(request.model or AUTO_MODEL, [_routing_request(request)], headers)
-        path = COMPLETIONS_PATH if request.prompt is not None else CHAT_PATH
+        path = COMPLETIONS_PATH if request.prompt is not None else CHAT_COMPLETIONS_PATH
         answer = await self.edge.upstream.send(plan, Call.of(path, openai_payload(request), headers, stream=True))
         if answer.status != HTTPStatus.OK:
             raise RequestFailed(answer.status, _error_text(answer))
@@ -81,11 +81,11 @@ async def _relay(answer: Answer, request: GenerateMessage) -> AsyncIterator[Text
     """Deltas from the stream's chunks, then the Finish its usage chunk makes (it comes last)."""
     finish_reason = None
     try:
-        async with aclosing(_event_data(answer.chunks())) as events:
+        async with aclosing(json_events(answer.chunks())) as events:
             async for event in events:
                 if "error" in event:
                     raise RequestFailed(HTTPStatus.BAD_GATEWAY,
-                                        f"the {answer.route} model failed mid-stream: {_message_of(event)}")
+                                        f"the {answer.route} model failed mid-stream: {error_message(event)}")
                 if event.get("usage"):
                     yield Finish(finish_reason or "stop", event["model"], Usage.model_validate(event["usage"]))
                     return
@@ -98,22 +98,6 @@ async def _relay(answer: Answer, request: GenerateMessage) -> AsyncIterator[Text
         raise RequestFailed(HTTPStatus.BAD_GATEWAY,
                             f"the {answer.route} model's stream broke ({type(exc).__name__})") from None
     raise RequestFailed(HTTPStatus.BAD_GATEWAY, f"the {answer.route} model's stream ended before the request finished")
-
-
-async def _event_data(chunks: AsyncIterator[bytes]) -> AsyncIterator[dict]:
-    """The JSON data of each server-sent event, up to `[DONE]`."""
-    pending = b""
-    async with aclosing(chunks):
-        async for chunk in chunks:
-            *events, pending = (pending + chunk).split(b"\n\n")
-            for event in events:
-                for line in event.splitlines():
-                    if not line.startswith(b"data:"):
-                        continue
-                    data = line[5:].strip()
-                    if data == DONE_DATA:
-                        return
-                    yield json.loads(data)
 
 
 def _text_delta(choice: dict, wants_logprobs: bool) -> TextDelta | None:
@@ -134,12 +118,5 @@ def _token_logprobs(logprobs: dict | None) -> list[float] | None:
 
 
 def _error_text(answer: Answer) -> str:
-    try:
-        return _message_of(answer.json())
-    except (ValueError, KeyError, TypeError):
-        return f"the {answer.route} model answered {answer.status}"
-
-
-def _message_of(body: dict) -> str:
-    error = body["error"]
-    return error["message"] if isinstance(error, dict) else str(error)
+    message = error_message(answer.body)
+    return f"the {answer.route} model answered {answer.status}" if message is None else message

@@ -13,7 +13,7 @@ from kserve import model_server
 
 from runtime.demo import build_demo_model
 from runtime.engine import ConfigError, EngineConfig, ModelLoadError
-from runtime.generate import add_generate_routes
+from runtime.generate_routes import add_generate_routes
 from runtime.model import LLMModel
 from serving.server import (
     add_server_limit_arguments,

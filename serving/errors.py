@@ -4,6 +4,7 @@ trace."""
 
 from __future__ import annotations
 
+import json
 import logging
 from http import HTTPStatus
 
@@ -126,6 +127,33 @@ def status_of(exc: BaseException) -> HTTPStatus:
         if isinstance(exc, exception_type):
             return status
     return HTTPStatus.INTERNAL_SERVER_ERROR
+
+
+def error_message(body: bytes | object) -> str | None:
+    """The message of an error body (its JSON text, or the value decoded) in either shape,
+    KServe's `{"error": "..."}` or OpenAI's `{"error": {"message": "..."}}`; None if it is neither."""
+    if isinstance(body, bytes):
+        try:
+            body = json.loads(body)
+        except ValueError:
+            return None
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict):
+        error = error.get("message")
+    return None if error is None else str(error)
+
+
+def upstream_error(upstream: str, status: int, message: str) -> Exception:
+    """Our exception for an upstream server's error answer (`upstream` names it, `message` is its
+    own): the client's error stays 400, an overloaded or unready upstream (429, 503) is 503, its
+    timeout 504, anything else 502."""
+    if status == HTTPStatus.BAD_REQUEST:
+        return InvalidInput(message)
+    if status in (HTTPStatus.TOO_MANY_REQUESTS, HTTPStatus.SERVICE_UNAVAILABLE):
+        return ServiceUnavailable(upstream, f"the {upstream} is overloaded or not ready: {message}")
+    if status == HTTPStatus.GATEWAY_TIMEOUT:
+        return RequestTimeout(f"the {upstream} timed out: {message}")
+    return BadGateway(f"the {upstream} answered {status}: {message}")
 
 
 def openai_error_response(exc: BaseException) -> JSONResponse:

@@ -137,6 +137,14 @@ class CompletionRequest(_SamplingRequest):
     best_of: int | None = None
     suffix: str | None = None
 
+    @property
+    def prompts(self) -> list[str] | list[list[int]]:
+        """Its prompts: `prompt` is one (a text or token ids) or a list of them."""
+        prompt = self.prompt
+        if isinstance(prompt, str) or not prompt or isinstance(prompt[0], int):
+            return [prompt]
+        return prompt
+
     @model_validator(mode="after")
     def _refuse_unsupported_completion_fields(self) -> CompletionRequest:
         if self.suffix:

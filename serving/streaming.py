@@ -16,13 +16,12 @@ from kserve.errors import InferenceError, InvalidInput
 from starlette.types import Receive, Scope, Send
 
 from serving.errors import BadGateway, RequestTimeout, ServiceUnavailable
+from serving.sse import encode_event
 
 logger = logging.getLogger(__name__)
 
 # Proxies must pass each event on at once rather than buffer the response.
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
-# The event that ends an OpenAI stream.
-OPENAI_DONE_EVENT = b"data: [DONE]\n\n"
 # Errors whose message is meant for the client; anything else is reported by its type only.
 CLIENT_ERRORS = (InvalidInput, ServiceUnavailable, RequestTimeout, InferenceError, BadGateway)
 
@@ -97,7 +96,7 @@ async def stream_messages(items: AsyncIterator[Item], to_message: Callable[[Item
 async def server_sent_events(messages: AsyncIterator[dict]) -> AsyncIterator[bytes]:
     async with aclosing(messages):
         async for message in messages:
-            yield b"data: " + json.dumps(message).encode() + b"\n\n"
+            yield encode_event(message)
 
 
 async def json_lines(messages: AsyncIterator[dict]) -> AsyncIterator[bytes]:

@@ -28,7 +28,7 @@ from serving.websocket_session import (
     check_websocket_arguments,
     session_limits,
 )
-from transformer.generate import add_generate_routes
+from transformer.generate_routes import add_generate_routes
 from transformer.model import TextModel
 from transformer.openai_api import add_openai_routes
 from transformer.predictor_client import PROTOCOLS, PredictorSettings

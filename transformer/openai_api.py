@@ -1,21 +1,19 @@
-"""The OpenAI-compatible API: /openai/v1/models, /completions and /chat/completions, streamed
-(server-sent events ending in `data: [DONE]`) or not. KServe's own OpenAI layer needs vLLM, so
-these routes are ours. Errors are OpenAI-shaped: {"error": {"message", "type", "param", "code"}}."""
+"""The transformer's answers on the OpenAI routes (serving/openai_routes.py): the model list,
+completions and chat completions (streamed as server-sent events ending in `data: [DONE]`, or
+whole), and vLLM's /tokenize and /detokenize. What both completion endpoints share comes first,
+then each endpoint's own requests, responses, logprobs and stream chunks."""
 
 from __future__ import annotations
 
 import functools
-import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
-from kserve.errors import ModelNotFound
 from pydantic import BaseModel
 
-from serving.direct_routes import DirectRoute, add_direct_routes
 from serving.errors import openai_error_response, status_of
 from serving.openai_protocol import (
     AssistantMessage,
@@ -31,7 +29,6 @@ from serving.openai_protocol import (
     DetokenizeRequest,
     DetokenizeResponse,
     ModelCard,
-    ModelList,
     TokenizeRequest,
     TokenizeResponse,
     TokenLogprob,
@@ -41,16 +38,67 @@ from serving.openai_protocol import (
     now,
     openai_error_body,
 )
-from serving.request_bodies import json_api_router
-from serving.streaming import CLIENT_ERRORS, OPENAI_DONE_EVENT, EventStreamResponse
-from transformer.choices import merge_streams
+from serving.openai_routes import MODEL_OWNER, check_model_name, mount_openai_routes
+from serving.sse import DONE_EVENT, encode_event
+from serving.streaming import CLIENT_ERRORS, EventStreamResponse
 from transformer.generation import TextChunk, TextRequest, TextResult
 from transformer.model import TextModel
 from transformer.schemas import TextSamplingFields
+from transformer.stream_merge import merge_streams
 from transformer.tokenizer import TextTokenizer
 
-OWNER = "kserve-llm-runtime"
-OPENAI_PREFIX = "/openai/v1"
+
+def add_openai_routes(app: FastAPI, model: TextModel) -> None:
+    mount_openai_routes(app, TextModelOpenAI(model))
+
+
+class TextModelOpenAI:
+    """The OpenAI routes answered by the transformer's model (an OpenAIHandler)."""
+
+    def __init__(self, model: TextModel) -> None:
+        self.model = model
+        self.created = now()
+
+    def model_cards(self) -> list[ModelCard]:
+        return [ModelCard(id=self.model.name, created=self.created, owned_by=MODEL_OWNER,
+                          max_model_len=self.model.tokenizer.max_model_len)]
+
+    async def completions(self, body: CompletionRequest, headers: Mapping[str, str]) -> Response:
+        model = self.model
+        model.check_admitting()
+        self._check_model(body.model)
+        prompts = [await model.prompt_ids(prompt) for prompt in body.prompts]
+        return await _answer(model, body, prompts, _completion_fields(body), headers,
+                             functools.partial(CompletionStream, model, body, prompts),
+                             functools.partial(_completion_response, model, body, prompts=prompts))
+
+    async def chat_completions(self, body: ChatCompletionRequest, headers: Mapping[str, str]) -> Response:
+        model = self.model
+        model.check_admitting()
+        self._check_model(body.model)
+        prompt_ids = await model.prompt_ids(messages=body.messages, add_generation_prompt=body.add_generation_prompt)
+        return await _answer(model, body, [prompt_ids], _chat_fields(body), headers,
+                             functools.partial(ChatStream, model, body, len(prompt_ids)),
+                             functools.partial(_chat_response, model, body))
+
+    async def tokenize(self, body: TokenizeRequest, headers: Mapping[str, str]) -> TokenizeResponse:
+        self._check_model(body.model)
+        tokens = await self.model.prompt_ids(body.prompt, body.messages,
+                                             add_generation_prompt=body.add_generation_prompt)
+        return TokenizeResponse(count=len(tokens), max_model_len=self.model.tokenizer.max_model_len, tokens=tokens)
+
+    async def detokenize(self, body: DetokenizeRequest, headers: Mapping[str, str]) -> DetokenizeResponse:
+        self._check_model(body.model)
+        prompt_ids = await self.model.prompt_ids(body.tokens)
+        return DetokenizeResponse(prompt=await self.model.tokenizer.decode_async(prompt_ids))
+
+    def _check_model(self, name: str | None) -> None:
+        """404 for a request that names another model (the token routes may name none)."""
+        if name is not None:
+            check_model_name(name, (self.model.name,))
+
+
+# Shared by both endpoints --------------------------------------------------------------
 
 
 @dataclass(slots=True)
@@ -60,138 +108,6 @@ class Choice:
     index: int
     prompt_index: int
     request: TextRequest
-
-
-def add_openai_routes(app: FastAPI, model: TextModel) -> None:
-    router = json_api_router(prefix=OPENAI_PREFIX, tags=["OpenAI"])
-    started = now()
-
-    @router.get("/models")
-    async def list_models() -> ModelList:
-        card = ModelCard(id=model.name, created=started, owned_by=OWNER, max_model_len=model.tokenizer.max_model_len)
-        return ModelList(data=[card])
-
-    @router.get("/models/{model_name}")
-    @_openai_errors
-    async def get_model(model_name: str) -> ModelCard:
-        _check_model(model, model_name)
-        return ModelCard(id=model.name, created=started, owned_by=OWNER, max_model_len=model.tokenizer.max_model_len)
-
-    @router.post("/completions")
-    async def completions(body: CompletionRequest, request: Request) -> Response:
-        return await answer_completions(model, body, request.headers)
-
-    @router.post("/chat/completions")
-    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
-        return await answer_chat_completions(model, body, request.headers)
-
-    app.include_router(router)
-
-    # vLLM's token routes, at its paths: what a prompt costs, ids for logit_bias or stop_token_ids.
-    @app.post("/tokenize", tags=["OpenAI"])
-    @_openai_errors
-    async def tokenize(body: TokenizeRequest) -> TokenizeResponse:
-        if body.model is not None:
-            _check_model(model, body.model)
-        tokens = await model.prompt_ids(body.prompt, body.messages, add_generation_prompt=body.add_generation_prompt)
-        return TokenizeResponse(count=len(tokens), max_model_len=model.tokenizer.max_model_len, tokens=tokens)
-
-    @app.post("/detokenize", tags=["OpenAI"])
-    @_openai_errors
-    async def detokenize(body: DetokenizeRequest) -> DetokenizeResponse:
-        if body.model is not None:
-            _check_model(model, body.model)
-        return DetokenizeResponse(prompt=await model.tokenizer.decode_async(await model.prompt_ids(body.tokens)))
-
-    # Every streamed token's first byte waits for these two: served ahead of FastAPI's router.
-    add_direct_routes(app, {
-        f"{OPENAI_PREFIX}/completions": DirectRoute(CompletionRequest, functools.partial(answer_completions, model)),
-        f"{OPENAI_PREFIX}/chat/completions": DirectRoute(ChatCompletionRequest,
-                                                         functools.partial(answer_chat_completions, model)),
-    })
-
-
-def _openai_errors(handler: Callable[..., Awaitable]) -> Callable[..., Awaitable]:
-    """Answer any failure of the handler in OpenAI's error shape (KServe's handlers, registered
-    app-wide, would answer in KServe's)."""
-
-    @functools.wraps(handler)
-    async def answer_errors(*args, **kwargs):
-        try:
-            return await handler(*args, **kwargs)
-        except Exception as exc:
-            return openai_error_response(exc)
-
-    return answer_errors
-
-
-def _check_model(model: TextModel, name: str) -> None:
-    if name != model.name:
-        raise ModelNotFound(name)
-
-
-@_openai_errors
-async def answer_completions(model: TextModel, body: CompletionRequest, request_headers: Mapping[str, str]) -> Response:
-    model.check_admitting()
-    _check_model(model, body.model)
-    prompts = await _completion_prompts(model, body)
-    choices = await _choices(model, prompts, body, _completion_fields(body))
-    headers = dict(request_headers)
-    if body.stream:
-        return await _stream_response(model, choices, headers,
-                                      functools.partial(CompletionStream, model, body, prompts))
-    results = await model.generate_all([choice.request for choice in choices], headers)
-    return _json(_completion_response(model, body, choices, results, prompts))
-
-
-@_openai_errors
-async def answer_chat_completions(model: TextModel, body: ChatCompletionRequest,
-                                  request_headers: Mapping[str, str]) -> Response:
-    model.check_admitting()
-    _check_model(model, body.model)
-    prompt_ids = await model.prompt_ids(messages=body.messages, add_generation_prompt=body.add_generation_prompt)
-    choices = await _choices(model, [prompt_ids], body, _chat_fields(body))
-    headers = dict(request_headers)
-    if body.stream:
-        return await _stream_response(model, choices, headers,
-                                      functools.partial(ChatStream, model, body, len(prompt_ids)))
-    results = await model.generate_all([choice.request for choice in choices], headers)
-    return _json(_chat_response(model, body, choices, results))
-
-
-def _json(response: BaseModel) -> JSONResponse:
-    # As FastAPI would serialize a returned model.
-    return JSONResponse(response.model_dump(mode="json", by_alias=True))
-
-
-# Requests -------------------------------------------------------------------------------
-
-
-async def _completion_prompts(model: TextModel, body: CompletionRequest) -> list[list[int]]:
-    prompt = body.prompt
-    if isinstance(prompt, str) or (prompt and isinstance(prompt[0], int)):
-        return [await model.prompt_ids(prompt)]
-    return [await model.prompt_ids(item) for item in prompt]
-
-
-def _completion_fields(body: CompletionRequest) -> TextSamplingFields:
-    return _sampling_fields(body, body.max_tokens, body.logprobs is not None, body.logprobs or 0)
-
-
-def _chat_fields(body: ChatCompletionRequest) -> TextSamplingFields:
-    return _sampling_fields(body, body.requested_max_tokens, body.logprobs, body.top_logprobs or 0)
-
-
-def _sampling_fields(body, max_tokens: int | None, logprobs: bool, top_logprobs: int) -> TextSamplingFields:
-    # Constructed without validation: each value was validated by the OpenAI request model,
-    # whose ranges are the same or narrower.
-    return TextSamplingFields.model_construct(
-        max_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p, top_k=body.top_k, min_p=body.min_p,
-        seed=body.seed, stop_token_ids=body.stop_token_ids, min_tokens=body.min_tokens, ignore_eos=body.ignore_eos,
-        stop=body.stop_strings or None, logprobs=logprobs or None, top_logprobs=top_logprobs or None,
-        presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty,
-        repetition_penalty=body.repetition_penalty, logit_bias=body.logit_bias,
-    )
 
 
 async def _choices(model: TextModel, prompts: list[list[int]], body, fields: TextSamplingFields) -> list[Choice]:
@@ -206,7 +122,140 @@ async def _choices(model: TextModel, prompts: list[list[int]], body, fields: Tex
     return choices
 
 
-# Whole responses ------------------------------------------------------------------------
+def _sampling_fields(body, max_tokens: int | None, logprobs: bool, top_logprobs: int) -> TextSamplingFields:
+    # Constructed without validation: each value was validated by the OpenAI request model,
+    # whose ranges are the same or narrower.
+    return TextSamplingFields.model_construct(
+        max_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p, top_k=body.top_k, min_p=body.min_p,
+        seed=body.seed, stop_token_ids=body.stop_token_ids, min_tokens=body.min_tokens, ignore_eos=body.ignore_eos,
+        stop=body.stop_strings or None, logprobs=logprobs or None, top_logprobs=top_logprobs or None,
+        presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty,
+        repetition_penalty=body.repetition_penalty, logit_bias=body.logit_bias,
+    )
+
+
+def _usage(prompts: list[list[int]], results: list[TextResult]) -> Usage:
+    # As OpenAI counts: each prompt once, however many choices it has.
+    return Usage.of(sum(map(len, prompts)), sum(len(result.token_ids) for result in results))
+
+
+async def _answer(model: TextModel, body: CompletionRequest | ChatCompletionRequest, prompts: list[list[int]],
+                  fields: TextSamplingFields, headers: Mapping[str, str],
+                  make_stream: Callable[[], ChunkStream],
+                  make_response: Callable[[list[Choice], list[TextResult]], BaseModel]) -> Response:
+    """The request's choices generated: streamed, or whole in one response."""
+    choices = await _choices(model, prompts, body, fields)
+    if body.stream:
+        return await _stream_response(model, choices, dict(headers), make_stream)
+    results = await model.generate_all([choice.request for choice in choices], dict(headers))
+    return _json(make_response(choices, results))
+
+
+def _json(response: BaseModel) -> JSONResponse:
+    # As FastAPI would serialize a returned model.
+    return JSONResponse(response.model_dump(mode="json", by_alias=True))
+
+
+class ChunkStream:
+    """The chunks of a streamed response. They are plain dicts, in the field order of the
+    endpoint's response and choice models: a chunk per token is on every token's path, and
+    building and dumping a pydantic model for each costs more than the rest of the chunk. Each
+    endpoint's subclass names its chunks' `object` and content field, and makes a choice's first
+    chunks, its content and its logprobs."""
+
+    id_prefix: str
+    object_name: str
+    content_field: str
+    usage_type: type[CompletionResponse | ChatCompletionChunk]
+
+    def __init__(self, model: TextModel, body: CompletionRequest | ChatCompletionRequest, num_prompt_tokens: int,
+                 wants_logprobs: bool) -> None:
+        self.tokenizer = model.tokenizer
+        self.body = body
+        self.id = new_id(self.id_prefix)
+        self.created = now()
+        self.model_name = model.name
+        self.num_prompt_tokens = num_prompt_tokens
+        self.wants_logprobs = wants_logprobs
+        self._head = {"id": self.id, "object": self.object_name, "created": self.created, "model": self.model_name}
+
+    def start(self, choices: list[Choice]) -> list[dict]:
+        raise NotImplementedError
+
+    def delta(self, index: int, chunk: TextChunk) -> dict | None:
+        """The chunk of a choice's new tokens; None when there is nothing to send."""
+        if not (chunk.text or chunk.finish_reason or (self.wants_logprobs and chunk.token_ids)):
+            return None
+        logprobs = self._logprobs(index, chunk) if self.wants_logprobs else None
+        return self._chunk(index, self._content(chunk), logprobs, chunk.finish_reason)
+
+    def usage(self, completion_tokens: int) -> dict:
+        return self.usage_type(id=self.id, created=self.created, model=self.model_name, choices=[],
+                               usage=Usage.of(self.num_prompt_tokens, completion_tokens)).model_dump()
+
+    def _content(self, chunk: TextChunk) -> str | dict:
+        raise NotImplementedError
+
+    def _logprobs(self, index: int, chunk: TextChunk) -> dict:
+        raise NotImplementedError
+
+    def _chunk(self, index: int, content: str | dict, logprobs: dict | None = None,
+               finish_reason: str | None = None) -> dict:
+        return {**self._head, "choices": [{"index": index, self.content_field: content, "logprobs": logprobs,
+                                           "finish_reason": finish_reason}]}
+
+
+async def _stream_response(model: TextModel, choices: list[Choice], headers: dict[str, str],
+                           make_stream: Callable[[], ChunkStream]) -> EventStreamResponse:
+    """Open every choice's stream first (so that a refused request gets its status code), then
+    answer with their chunks as server-sent events. The chunk maker is made after the requests
+    have gone to the predictor, whose prefill it can wait for."""
+    opened = []
+    try:
+        for choice in choices:
+            opened.append(await model.open_stream(choice.request, headers))
+    except BaseException:
+        for chunks in opened:
+            await chunks.aclose()
+        raise
+    events = _events(merge_streams(opened), choices, make_stream())
+    return EventStreamResponse(events)
+
+
+async def _events(merged: AsyncIterator[tuple[int, TextChunk]], choices: list[Choice],
+                  stream: ChunkStream) -> AsyncIterator[bytes]:
+    completion_tokens = 0
+    continuous_usage = stream.body.include_continuous_usage
+
+    def event(message: dict) -> bytes:
+        if continuous_usage:
+            message["usage"] = Usage.of(stream.num_prompt_tokens, completion_tokens).model_dump()
+        return encode_event(message)
+
+    async with aclosing(merged):
+        try:
+            for message in stream.start(choices):
+                yield event(message)
+            async for index, chunk in merged:
+                completion_tokens += len(chunk.token_ids)
+                message = stream.delta(choices[index].index, chunk)
+                if message is not None:
+                    yield event(message)
+            if stream.body.include_usage:
+                yield encode_event(stream.usage(completion_tokens))
+        except CLIENT_ERRORS as exc:
+            yield encode_event(openai_error_body(status_of(exc), str(exc)))
+        except Exception as exc:
+            openai_error_response(exc)  # logs it
+            yield encode_event(openai_error_body(500, f"internal error ({type(exc).__name__})"))
+    yield DONE_EVENT
+
+
+# Completions ---------------------------------------------------------------------------
+
+
+def _completion_fields(body: CompletionRequest) -> TextSamplingFields:
+    return _sampling_fields(body, body.max_tokens, body.logprobs is not None, body.logprobs or 0)
 
 
 def _completion_response(model: TextModel, body: CompletionRequest, choices: list[Choice], results: list[TextResult],
@@ -230,6 +279,54 @@ def _completion_response(model: TextModel, body: CompletionRequest, choices: lis
     )
 
 
+def _completion_logprobs(tokenizer: TextTokenizer, token_ids: list[int], logprobs: list[float] | None,
+                         top_logprobs: list[dict[int, float]] | None, text_offset: int) -> CompletionLogprobs:
+    tokens = [tokenizer.token_text(token) for token in token_ids]
+    offsets = []
+    for token in tokens:
+        offsets.append(text_offset)
+        text_offset += len(token)
+    return CompletionLogprobs(
+        tokens=tokens,
+        token_logprobs=list(logprobs or []),
+        top_logprobs=[{tokenizer.token_text(token): value for token, value in row.items()} for row in top_logprobs]
+        if top_logprobs else None,
+        text_offset=offsets,
+    )
+
+
+class CompletionStream(ChunkStream):
+    """The chunks of a streamed completion: the echoed prompt first (when asked for), then text."""
+
+    id_prefix, object_name, content_field, usage_type = "cmpl", "text_completion", "text", CompletionResponse
+
+    def __init__(self, model: TextModel, body: CompletionRequest, prompts: list[list[int]]) -> None:
+        super().__init__(model, body, sum(map(len, prompts)), wants_logprobs=body.logprobs is not None)
+        self.echo = body.prompt if body.echo else ""
+        self._text_offsets: dict[int, int] = {}
+
+    def start(self, choices: list[Choice]) -> list[dict]:
+        if not self.echo:
+            return []
+        return [self._chunk(choice.index, self.echo) for choice in choices]
+
+    def _content(self, chunk: TextChunk) -> str:
+        return chunk.text
+
+    def _logprobs(self, index: int, chunk: TextChunk) -> dict:
+        offset = self._text_offsets.get(index, 0)
+        logprobs = _completion_logprobs(self.tokenizer, chunk.token_ids, chunk.logprobs, chunk.top_logprobs, offset)
+        self._text_offsets[index] = offset + sum(len(token) for token in logprobs.tokens)
+        return logprobs.model_dump()
+
+
+# Chat completions ----------------------------------------------------------------------
+
+
+def _chat_fields(body: ChatCompletionRequest) -> TextSamplingFields:
+    return _sampling_fields(body, body.requested_max_tokens, body.logprobs, body.top_logprobs or 0)
+
+
 def _chat_response(model: TextModel, body: ChatCompletionRequest, choices: list[Choice],
                    results: list[TextResult]) -> ChatCompletionResponse:
     return ChatCompletionResponse(
@@ -250,27 +347,6 @@ def _chat_response(model: TextModel, body: ChatCompletionRequest, choices: list[
     )
 
 
-def _usage(prompts: list[list[int]], results: list[TextResult]) -> Usage:
-    # As OpenAI counts: each prompt once, however many choices it has.
-    return Usage.of(sum(map(len, prompts)), sum(len(result.token_ids) for result in results))
-
-
-def _completion_logprobs(tokenizer: TextTokenizer, token_ids: list[int], logprobs: list[float] | None,
-                         top_logprobs: list[dict[int, float]] | None, text_offset: int) -> CompletionLogprobs:
-    tokens = [tokenizer.token_text(token) for token in token_ids]
-    offsets = []
-    for token in tokens:
-        offsets.append(text_offset)
-        text_offset += len(token)
-    return CompletionLogprobs(
-        tokens=tokens,
-        token_logprobs=list(logprobs or []),
-        top_logprobs=[{tokenizer.token_text(token): value for token, value in row.items()} for row in top_logprobs]
-        if top_logprobs else None,
-        text_offset=offsets,
-    )
-
-
 def _chat_logprobs(tokenizer: TextTokenizer, token_ids: list[int], logprobs: list[float] | None,
                    top_logprobs: list[dict[int, float]] | None) -> ChatLogprobs:
     content = []
@@ -287,134 +363,20 @@ def _top_logprob(tokenizer: TextTokenizer, token: int, value: float) -> TopLogpr
     return TopLogprob(token=text, logprob=value, bytes=list(text.encode()))
 
 
-# Streams --------------------------------------------------------------------------------
+class ChatStream(ChunkStream):
+    """The chunks of a streamed chat completion: the role first, then content, then the finish."""
 
-
-class CompletionStream:
-    """The chunks of a streamed completion. They are plain dicts, in the field order of
-    CompletionResponse and CompletionChoice: a chunk per token is on every token's path, and
-    building and dumping a pydantic model for each costs more than the rest of the chunk."""
-
-    def __init__(self, model: TextModel, body: CompletionRequest, prompts: list[list[int]]) -> None:
-        self.tokenizer = model.tokenizer
-        self.body = body
-        self.id = new_id("cmpl")
-        self.created = now()
-        self.model_name = model.name
-        self.num_prompt_tokens = sum(map(len, prompts))
-        self.echo = body.prompt if body.echo else ""
-        self._text_offsets: dict[int, int] = {}
-        self._head = {"id": self.id, "object": "text_completion", "created": self.created, "model": self.model_name}
-
-    def start(self, choices: list[Choice]) -> list[dict]:
-        if not self.echo:
-            return []
-        return [self._chunk(choice.index, self.echo) for choice in choices]
-
-    def delta(self, index: int, chunk: TextChunk) -> dict | None:
-        wants_logprobs = self.body.logprobs is not None
-        if not (chunk.text or chunk.finish_reason or (wants_logprobs and chunk.token_ids)):
-            return None
-        logprobs = None
-        if wants_logprobs:
-            offset = self._text_offsets.get(index, 0)
-            logprobs = _completion_logprobs(self.tokenizer, chunk.token_ids, chunk.logprobs, chunk.top_logprobs, offset)
-            self._text_offsets[index] = offset + sum(len(token) for token in logprobs.tokens)
-            logprobs = logprobs.model_dump()
-        return self._chunk(index, chunk.text, logprobs, chunk.finish_reason)
-
-    def usage(self, completion_tokens: int) -> dict:
-        return CompletionResponse(id=self.id, created=self.created, model=self.model_name, choices=[],
-                                  usage=Usage.of(self.num_prompt_tokens, completion_tokens)).model_dump()
-
-    def _chunk(self, index: int, text: str, logprobs: dict | None = None, finish_reason: str | None = None) -> dict:
-        return {**self._head, "choices": [{"index": index, "text": text, "logprobs": logprobs,
-                                           "finish_reason": finish_reason}]}
-
-
-class ChatStream:
-    """The chunks of a streamed chat completion: the role first, then content, then the finish.
-    Plain dicts in the field order of ChatCompletionChunk and ChatChunkChoice, as CompletionStream's."""
+    id_prefix, object_name, content_field, usage_type = "chatcmpl", "chat.completion.chunk", "delta", ChatCompletionChunk
 
     def __init__(self, model: TextModel, body: ChatCompletionRequest, num_prompt_tokens: int) -> None:
-        self.tokenizer = model.tokenizer
-        self.body = body
-        self.id = new_id("chatcmpl")
-        self.created = now()
-        self.model_name = model.name
-        self.num_prompt_tokens = num_prompt_tokens
-        self._head = {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
-                      "model": self.model_name}
+        super().__init__(model, body, num_prompt_tokens, wants_logprobs=bool(body.logprobs))
 
     def start(self, choices: list[Choice]) -> list[dict]:
         return [self._chunk(choice.index, {"role": "assistant", "content": ""}) for choice in choices]
 
-    def delta(self, index: int, chunk: TextChunk) -> dict | None:
-        wants_logprobs = self.body.logprobs
-        if not (chunk.text or chunk.finish_reason or (wants_logprobs and chunk.token_ids)):
-            return None
-        logprobs = None
-        if wants_logprobs:
-            logprobs = _chat_logprobs(self.tokenizer, chunk.token_ids, chunk.logprobs, chunk.top_logprobs).model_dump()
+    def _content(self, chunk: TextChunk) -> dict:
         # OpenAI sends only the fields a delta sets (the role on the first one only).
-        delta = {"content": chunk.text} if chunk.text else {}
-        return self._chunk(index, delta, logprobs, chunk.finish_reason)
+        return {"content": chunk.text} if chunk.text else {}
 
-    def usage(self, completion_tokens: int) -> dict:
-        return ChatCompletionChunk(id=self.id, created=self.created, model=self.model_name, choices=[],
-                                   usage=Usage.of(self.num_prompt_tokens, completion_tokens)).model_dump()
-
-    def _chunk(self, index: int, delta: dict, logprobs: dict | None = None, finish_reason: str | None = None) -> dict:
-        return {**self._head, "choices": [{"index": index, "delta": delta, "logprobs": logprobs,
-                                           "finish_reason": finish_reason}]}
-
-
-async def _stream_response(model: TextModel, choices: list[Choice], headers: dict[str, str],
-                           make_stream: Callable[[], CompletionStream | ChatStream]) -> EventStreamResponse:
-    """Open every choice's stream first (so that a refused request gets its status code), then
-    answer with their chunks as server-sent events. The chunk maker is made after the requests
-    have gone to the predictor, whose prefill it can wait for."""
-    opened = []
-    try:
-        for choice in choices:
-            opened.append(await model.open_stream(choice.request, headers))
-    except BaseException:
-        for chunks in opened:
-            await chunks.aclose()
-        raise
-    events = _events(merge_streams(opened), choices, make_stream())
-    return EventStreamResponse(events)
-
-
-async def _events(merged: AsyncIterator[tuple[int, TextChunk]], choices: list[Choice],
-                  stream: CompletionStream | ChatStream) -> AsyncIterator[bytes]:
-    completion_tokens = 0
-    continuous_usage = stream.body.include_continuous_usage
-
-    def event(message: dict) -> bytes:
-        if continuous_usage:
-            message["usage"] = Usage.of(stream.num_prompt_tokens, completion_tokens).model_dump()
-        return _event(message)
-
-    async with aclosing(merged):
-        try:
-            for message in stream.start(choices):
-                yield event(message)
-            async for index, chunk in merged:
-                completion_tokens += len(chunk.token_ids)
-                message = stream.delta(choices[index].index, chunk)
-                if message is not None:
-                    yield event(message)
-            if stream.body.include_usage:
-                yield _event(stream.usage(completion_tokens))
-        except CLIENT_ERRORS as exc:
-            yield _event(openai_error_body(status_of(exc), str(exc)))
-        except Exception as exc:
-            openai_error_response(exc)  # logs it
-            yield _event(openai_error_body(500, f"internal error ({type(exc).__name__})"))
-    yield OPENAI_DONE_EVENT
-
-
-def _event(message: dict) -> bytes:
-    return b"data: " + json.dumps(message, separators=(",", ":")).encode() + b"\n\n"
-
+    def _logprobs(self, index: int, chunk: TextChunk) -> dict:
+        return _chat_logprobs(self.tokenizer, chunk.token_ids, chunk.logprobs, chunk.top_logprobs).model_dump()

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, field
 
 import grpc
@@ -16,8 +16,9 @@ import numpy as np
 from kserve import InferenceGRPCClient, InferInput, InferRequest
 from kserve.errors import InvalidInput
 
-from serving.errors import BadGateway, RequestTimeout, ServiceUnavailable
+from serving.errors import BadGateway, RequestTimeout, ServiceUnavailable, error_message, upstream_error
 from serving.http_client import Pools, Response, UpstreamDisconnected, UpstreamUnreachable
+from serving.sse import json_events
 
 logger = logging.getLogger(__name__)
 
@@ -115,17 +116,15 @@ class PredictorClient:
                 if response.status != 200:
                     _raise_for_status(response.status, await response.read())
                 yield Generated(token_ids=[], finish_reason=None)
-                async for line in response.lines():
-                    if not line.startswith(b"data:"):
-                        continue
-                    message = json.loads(line[5:])
-                    if "error" in message:
-                        raise BadGateway(f"the predictor failed mid-stream: {message['error']}")
-                    if message.get("finish_reason") is not None:
-                        # Read the body's end before handing over the last event, so that the
-                        # connection goes back to the pool instead of being closed.
-                        await response.read()
-                    yield _generated(message)
+                async with aclosing(json_events(response.chunks())) as messages:
+                    async for message in messages:
+                        if "error" in message:
+                            raise BadGateway(f"the predictor failed mid-stream: {message['error']}")
+                        if message.get("finish_reason") is not None:
+                            # Read the body's end before handing over the last event, so that the
+                            # connection goes back to the pool instead of being closed.
+                            await response.read()
+                        yield _generated(message)
 
     async def _post(self, route: str, body: dict, headers: dict[str, str]) -> Response:
         """POST, retrying (--predictor_request_retries times) only when no connection could be made,
@@ -205,17 +204,8 @@ def _generated(message: dict) -> Generated:
 def _raise_for_status(status: int, content: bytes) -> None:
     if status == 200:
         return
-    try:
-        message = json.loads(content)["error"]
-    except (ValueError, KeyError, TypeError):
-        message = content[:200].decode(errors="replace")
-    if status == 400:
-        raise InvalidInput(str(message))
-    if status in (429, 503):
-        raise ServiceUnavailable("predictor", f"the predictor is overloaded or not ready: {message}")
-    if status == 504:
-        raise RequestTimeout(f"the predictor timed out: {message}")
-    raise BadGateway(f"the predictor answered {status}: {message}")
+    message = error_message(content)
+    raise upstream_error("predictor", status, content[:200].decode(errors="replace") if message is None else message)
 
 
 _GRPC_UNAVAILABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)

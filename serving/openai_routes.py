@@ -1,0 +1,123 @@
+"""The OpenAI-compatible surface, one for every component that serves it (the transformer answers
+it, the router's edge routes it on): its paths, the interface a component implements to answer
+them (OpenAIHandler), and `mount_openai_routes`, which serves them on an app with every failure
+answered in OpenAI's error shape. KServe's own OpenAI layer needs vLLM, so these routes are ours."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Collection, Mapping
+from typing import Protocol, TypeVar
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from kserve.errors import ModelNotFound
+
+from serving.direct_routes import DirectRoute, add_direct_routes
+from serving.errors import openai_error_response
+from serving.openai_protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    DetokenizeRequest,
+    DetokenizeResponse,
+    ModelCard,
+    ModelList,
+    TokenizeRequest,
+    TokenizeResponse,
+)
+from serving.request_bodies import json_api_router
+
+OPENAI_PREFIX = "/openai/v1"
+MODELS_PATH = f"{OPENAI_PREFIX}/models"
+MODEL_PATH = f"{OPENAI_PREFIX}/models/{{model_name}}"
+COMPLETIONS_PATH = f"{OPENAI_PREFIX}/completions"
+CHAT_COMPLETIONS_PATH = f"{OPENAI_PREFIX}/chat/completions"
+# vLLM's token routes, at its paths: what a prompt costs, ids for logit_bias or stop_token_ids.
+TOKENIZE_PATH = "/tokenize"
+DETOKENIZE_PATH = "/detokenize"
+# Who owns every model card served here.
+MODEL_OWNER = "kserve-llm-runtime"
+
+Answer = TypeVar("Answer")
+
+
+class OpenAIHandler(Protocol):
+    """What a component answers the OpenAI routes with. `headers` are the request's (for
+    authorization and tracing headers to pass on); a failure may be raised as our or KServe's
+    error types, and is answered in OpenAI's shape. The model routes answer from `model_cards`."""
+
+    def model_cards(self) -> list[ModelCard]: ...
+
+    async def completions(self, body: CompletionRequest, headers: Mapping[str, str]) -> Response: ...
+
+    async def chat_completions(self, body: ChatCompletionRequest, headers: Mapping[str, str]) -> Response: ...
+
+    async def tokenize(self, body: TokenizeRequest, headers: Mapping[str, str]) -> TokenizeResponse | Response: ...
+
+    async def detokenize(self, body: DetokenizeRequest,
+                         headers: Mapping[str, str]) -> DetokenizeResponse | Response: ...
+
+
+def check_model_name(name: str, served: Collection[str]) -> None:
+    """ModelNotFound (404) unless `name` is a model served here."""
+    if name not in served:
+        raise ModelNotFound(name)
+
+
+def mount_openai_routes(app: FastAPI, handler: OpenAIHandler) -> None:
+    """The OpenAI routes on `app`, answered by `handler`. The completion routes, on every
+    streamed token's path, are also served ahead of FastAPI's router (serving/direct_routes.py);
+    every route decodes a large body off the event loop (serving/request_bodies.py)."""
+    router = json_api_router(tags=["OpenAI"])
+
+    @router.get(MODELS_PATH, response_model=ModelList)
+    async def list_models() -> ModelList | JSONResponse:
+        return await _answered(_model_list(handler))
+
+    @router.get(MODEL_PATH, response_model=ModelCard)
+    async def get_model(model_name: str) -> ModelCard | JSONResponse:
+        return await _answered(_model_card(handler, model_name))
+
+    async def answer_completions(body: CompletionRequest, headers: Mapping[str, str]) -> Response:
+        return await _answered(handler.completions(body, headers))
+
+    async def answer_chat_completions(body: ChatCompletionRequest, headers: Mapping[str, str]) -> Response:
+        return await _answered(handler.chat_completions(body, headers))
+
+    @router.post(COMPLETIONS_PATH)
+    async def completions(body: CompletionRequest, request: Request) -> Response:
+        return await answer_completions(body, request.headers)
+
+    @router.post(CHAT_COMPLETIONS_PATH)
+    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+        return await answer_chat_completions(body, request.headers)
+
+    @router.post(TOKENIZE_PATH, response_model=TokenizeResponse)
+    async def tokenize(body: TokenizeRequest, request: Request) -> TokenizeResponse | Response:
+        return await _answered(handler.tokenize(body, request.headers))
+
+    @router.post(DETOKENIZE_PATH, response_model=DetokenizeResponse)
+    async def detokenize(body: DetokenizeRequest, request: Request) -> DetokenizeResponse | Response:
+        return await _answered(handler.detokenize(body, request.headers))
+
+    app.include_router(router)
+    add_direct_routes(app, {COMPLETIONS_PATH: DirectRoute(CompletionRequest, answer_completions),
+                            CHAT_COMPLETIONS_PATH: DirectRoute(ChatCompletionRequest, answer_chat_completions)})
+
+
+async def _model_list(handler: OpenAIHandler) -> ModelList:
+    return ModelList(data=handler.model_cards())
+
+
+async def _model_card(handler: OpenAIHandler, name: str) -> ModelCard:
+    cards = {card.id: card for card in handler.model_cards()}
+    check_model_name(name, cards)
+    return cards[name]
+
+
+async def _answered(answer: Awaitable[Answer]) -> Answer | JSONResponse:
+    """The handler's answer, or its failure in OpenAI's error shape, whatever it raised (the app's
+    exception handlers answer only the error types they know)."""
+    try:
+        return await answer
+    except Exception as exc:
+        return openai_error_response(exc)
