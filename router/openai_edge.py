@@ -19,8 +19,7 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 
@@ -53,6 +52,7 @@ from router.upstream import Answer, Call, Fallback, Plan, TargetFailed, Upstream
 from serving.direct_routes import DirectRoute, add_direct_routes
 from serving.errors import openai_error_response
 from serving.http_client import Pools
+from serving.lifespan import chain_lifespan
 from serving.openai_protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -370,15 +370,4 @@ def add_openai_edge(app: FastAPI, edge: OpenAIEdge) -> None:
 
 
 def _run_with_app(app: FastAPI, edge: OpenAIEdge) -> None:
-    serve_app = app.router.lifespan_context
-
-    @asynccontextmanager
-    async def lifespan(app_: FastAPI) -> AsyncIterator[object]:
-        await edge.start()
-        try:
-            async with serve_app(app_) as state:
-                yield state
-        finally:
-            await edge.stop()
-
-    app.router.lifespan_context = lifespan
+    chain_lifespan(app, before_startup=edge.start, after_shutdown=edge.stop)

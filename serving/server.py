@@ -10,8 +10,6 @@ import asyncio
 import collections
 import gc
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from kserve import logging as kserve_logging
@@ -25,6 +23,7 @@ from serving.connection_limits import (
     use_connection_limits,
 )
 from serving.errors import add_exception_handlers
+from serving.lifespan import chain_lifespan
 from serving.middleware import ClientConnectionMiddleware, DefaultJSONContentTypeMiddleware, RetryAfterMiddleware
 from serving.request_bodies import ThreadedJSONRoute
 
@@ -165,16 +164,12 @@ def freeze_startup_heap(app: FastAPI) -> None:
     built (half a million objects in the predictor): 50 to 250 ms during which no stream in the
     process moves. Full collections are rare while serving (none in a 600-request run), but a
     long-running server meets them."""
-    serve_app = app.router.lifespan_context
 
-    @asynccontextmanager
-    async def lifespan(app_: FastAPI) -> AsyncIterator[object]:
-        async with serve_app(app_) as state:
-            gc.collect()
-            gc.freeze()
-            yield state
+    async def freeze() -> None:
+        gc.collect()
+        gc.freeze()
 
-    app.router.lifespan_context = lifespan
+    chain_lifespan(app, after_startup=freeze)
 
 
 def install_http_layers(app: FastAPI, args: argparse.Namespace) -> None:
