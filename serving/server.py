@@ -28,14 +28,16 @@ from serving.middleware import ClientConnectionMiddleware, DefaultJSONContentTyp
 from serving.request_bodies import ThreadedJSONRoute
 
 
-DEFAULT_MAX_BODY_BYTES = 1 << 20
+# The default --max_body_bytes of a component (predictor, transformer, router): one request is one
+# prompt or a small batch of them, and a body is decoded in memory (and checked) before it is served.
+COMPONENT_MAX_BODY_BYTES = 1 << 20
 DEFAULT_GRACE_PERIOD = 30
 
 
 def add_server_limit_arguments(group: argparse._ActionsContainer) -> None:
     """--max_body_bytes, --grace_period and the connection limits, which every component takes
     (with KServe's --timeout-keep-alive)."""
-    group.add_argument("--max_body_bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
+    group.add_argument("--max_body_bytes", type=int, default=COMPONENT_MAX_BODY_BYTES,
                        help="largest request body (and WebSocket message); larger ones get 413")
     group.add_argument("--grace_period", type=int, default=DEFAULT_GRACE_PERIOD,
                        help="seconds in-flight requests get to finish after SIGTERM")
