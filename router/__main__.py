@@ -22,19 +22,12 @@ with config_flag_hidden_from_kserve():
     from router.websocket_edge import RoutedGenerationBackend
     from serving.component import component_parser, exit_if_cannot_start, parse_component_args, serve
     from serving.server import describe_server_limits
-    from serving.shutdown import DrainableSessions
-    from serving.websocket_session import (
-        add_websocket_arguments,
-        add_websocket_route,
-        check_websocket_arguments,
-        session_limits,
-    )
 
 logger = logging.getLogger("router")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = component_parser("python -m router", __doc__.splitlines()[0])
+    parser = component_parser("python -m router", __doc__.splitlines()[0], websocket=True)
     parser.add_argument(CONFIG_FLAG, required=True, help="the router's YAML config (see router/router.yaml)")
     parser.add_argument("--tokenizer_dir", default=None,
                         help="a Hugging Face tokenizer directory to count prompt tokens with "
@@ -42,7 +35,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--api_keys_file", default=None,
                         help="file of API keys, one per line (# comments): /openai/v1/* then requires "
                              "'Authorization: Bearer <key>' (unset: no authentication)")
-    add_websocket_arguments(parser)
     # Unset unless given, so that the config's model_name applies by default.
     parser.set_defaults(model_name=None)
     return parser
@@ -57,26 +49,26 @@ def load_api_keys(args: argparse.Namespace) -> ApiKeys:
     return ApiKeys.from_file(args.api_keys_file) if args.api_keys_file else ApiKeys([])
 
 
-def install_routes(app: FastAPI, model: RouterModel, args: argparse.Namespace, api_keys: ApiKeys) -> DrainableSessions:
-    """What the router adds to KServe's app: the API key check of the OpenAI edge, the edge
-    itself and its WebSocket generate route (same keys), whose sessions drain."""
+def install_routes(app: FastAPI, edge: OpenAIEdge, api_keys: ApiKeys) -> None:
+    """The OpenAI edge, behind its API key check."""
     require_api_keys(app, api_keys)
-    with exit_if_cannot_start(logger, "router", DecisionLogError):
-        edge = OpenAIEdge(model)
     add_openai_edge(app, edge)
-    return add_websocket_route(app, RoutedGenerationBackend(edge), session_limits(args), api_keys.check_api_key)
 
 
 def main() -> None:
     parser = build_parser()
-    args = parse_component_args(parser, logger.name, check_websocket_arguments)
+    args = parse_component_args(parser, logger.name)
     with exit_if_cannot_start(logger, "router", ApiKeysError, ConfigError, TokenizerError, LearnedModelError):
         api_keys = load_api_keys(args)
         model = build_model(args, load_config(args.config))
         model.load()
     logger.info("serving router %r on http %d / grpc %d: %s api_keys=%s", model.name, args.http_port,
                 args.grpc_port, describe_server_limits(args), "required" if api_keys.required else "off")
-    serve(model, args, lambda app: install_routes(app, model, args, api_keys))
+    with exit_if_cannot_start(logger, "router", DecisionLogError):
+        edge = OpenAIEdge(model)
+    # The WebSocket generate route routes as the edge does, behind the same keys.
+    serve(model, args, lambda app: install_routes(app, edge, api_keys),
+          websocket=RoutedGenerationBackend(edge), authorize=api_keys.check_api_key)
 
 
 if __name__ == "__main__":

@@ -13,13 +13,6 @@ from fastapi import FastAPI
 
 from serving.component import component_parser, exit_if_cannot_start, parse_component_args, serve
 from serving.server import describe_server_limits
-from serving.shutdown import DrainableSessions
-from serving.websocket_session import (
-    add_websocket_arguments,
-    add_websocket_route,
-    check_websocket_arguments,
-    session_limits,
-)
 from transformer.generate import add_generate_routes
 from transformer.model import TextModel
 from transformer.openai_api import add_openai_routes
@@ -31,7 +24,7 @@ logger = logging.getLogger("transformer")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = component_parser("python -m transformer", __doc__.splitlines()[0])
+    parser = component_parser("python -m transformer", __doc__.splitlines()[0], websocket=True)
     # KServe's default is v1, which our predictor serves for clients, not for token streams.
     parser.set_defaults(predictor_protocol="v2")
     source = parser.add_mutually_exclusive_group()
@@ -43,7 +36,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--predictor_rest_host", default=None,
                         help="host:port of the predictor's REST server, for streams when the protocol is "
                              "grpc-v2 (unset: the predictor host on port 8080)")
-    add_websocket_arguments(parser)
     return parser
 
 
@@ -54,7 +46,6 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
         parser.error("--predictor_host is required (host:port of the predictor)")
     if args.max_model_len is not None and args.max_model_len < 2:
         parser.error("--max_model_len must be >= 2")
-    check_websocket_arguments(parser, args)
 
 
 def predictor_settings(args: argparse.Namespace) -> PredictorSettings:
@@ -79,11 +70,10 @@ def tokenizer_dir(args: argparse.Namespace) -> str:
     return str(build_demo_model(args.demo))
 
 
-def install_routes(app: FastAPI, model: TextModel, args: argparse.Namespace) -> DrainableSessions:
-    """The OpenAI API, the text generate extension and the WebSocket route, whose sessions drain."""
+def install_routes(app: FastAPI, model: TextModel) -> None:
+    """The OpenAI API and the text generate extension."""
     add_openai_routes(app, model)
     add_generate_routes(app, model)
-    return add_websocket_route(app, TextModelBackend(model), session_limits(args))
 
 
 def main() -> None:
@@ -97,7 +87,7 @@ def main() -> None:
     model = TextModel(args.model_name, tokenizer, predictor_settings(args))
     model.load()
     logger.info("serving model %r on http %d: %s", model.name, args.http_port, describe_server_limits(args))
-    serve(model, args, lambda app: install_routes(app, model, args))
+    serve(model, args, lambda app: install_routes(app, model), websocket=TextModelBackend(model))
 
 
 if __name__ == "__main__":
