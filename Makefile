@@ -43,7 +43,7 @@ fuzz: install
 # The whole stack on the demo models as local processes: predictors, transformers, the router and the
 # route graph (ports in the table it prints; override with SERVE_ARGS="--router_port 8001 ...").
 serve: install
-	exec $(VENV_PYTHON) -m serving.local_stack $(SERVE_ARGS)
+	exec $(VENV_PYTHON) -m devstack.local_stack $(SERVE_ARGS)
 
 bench: install
 	$(VENV_PYTHON) benchmarks/engine_throughput.py $(BENCH_ARGS)

@@ -28,7 +28,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.routing.prompts import pathological_prompts  # noqa: E402
-from serving.local_stack import (  # noqa: E402
+from devstack.local_stack import (  # noqa: E402
     ROUTER_NAME,
     TASK_MODELS,
     Ports,

@@ -62,7 +62,7 @@ from router.learned_policy import LearnedPolicy, load_policy  # noqa: E402
 from router.policy import RoutingPolicy  # noqa: E402
 from router.text_features import DEFAULT_NUM_BUCKETS  # noqa: E402
 from router.train import Example, fit, read_decision_log  # noqa: E402
-from serving.local_stack import (  # noqa: E402
+from devstack.local_stack import (  # noqa: E402
     ROUTER_CONFIG,
     SIZES,
     TASK_MODELS,

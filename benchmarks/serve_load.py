@@ -48,7 +48,7 @@ from benchmarks.load.runner import Level, RunSettings, run_idle, run_level  # no
 from benchmarks.load.search import RateSearch, SearchBounds  # noqa: E402
 from benchmarks.load.workload import WORKLOADS, RequestSource, WorkloadSpec  # noqa: E402
 from runtime.demo import build_demo_model  # noqa: E402
-from serving.local_stack import model_name  # noqa: E402
+from devstack.local_stack import model_name  # noqa: E402
 from transformer.tokenizer import TextTokenizer  # noqa: E402
 
 WARM_UP_PER_TARGET = 2

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 import uvicorn
 
-from router.graph_server import DEFAULT_MAX_BODY_BYTES, ServerDeadlines, create_app
+from router.graph_server import GRAPH_MAX_BODY_BYTES, ServerDeadlines, create_app
 from router.graph_spec import GraphSpecError, InferenceGraph, load_graph
 from serving.connection_limits import (
     ConnectionLimits,
@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="forward the request headers whose names this regular expression finds "
                              "(KServe's router.headers.propagate; by default none, not even Authorization)")
     parser.add_argument("--seed", type=int, default=None, help="seed of the Splitter's draws (unset: random)")
-    parser.add_argument("--max_body_bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
+    parser.add_argument("--max_body_bytes", type=int, default=GRAPH_MAX_BODY_BYTES,
                         help="largest request body; larger ones get 413")
     add_connection_limit_arguments(parser)
     parser.add_argument("--log_level", choices=["debug", "info", "warning", "error"], default="info",

@@ -26,8 +26,11 @@ from serving.request_bodies import off_loop_if_large
 logger = logging.getLogger(__name__)
 
 READINESS_PATH = "/readyz"  # KServe's constants.RouterReadinessEndpoint
-# KServe's router reads bodies without a limit; this bounds what one request can hold in memory.
-DEFAULT_MAX_BODY_BYTES = 16 << 20
+# The graph runner's default --max_body_bytes. KServe's Go router, which it stands in for, reads
+# bodies without a limit and leaves the limit to the services behind it: this only bounds what one
+# request can hold in memory. It is well above COMPONENT_MAX_BODY_BYTES so that the graph refuses
+# nothing its steps take (their own limits may be raised) and a step's own 413 is what a client sees.
+GRAPH_MAX_BODY_BYTES = 16 << 20
 # Go's mux sends every method to the graph handler.
 ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
@@ -148,7 +151,7 @@ async def _readiness(request: Request) -> Response:
 
 def create_app(graph: InferenceGraph, service_urls: Mapping[str, str],
                propagate_headers: Sequence[re.Pattern[str]] = (), rng: random.Random | None = None,
-               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> FastAPI:
+               max_body_bytes: int = GRAPH_MAX_BODY_BYTES) -> FastAPI:
     """The router's ASGI app. Raises ValueError when a service the graph names has no URL."""
     # One client for every step of every request: connections to the services are pooled. No
     # client-wide timeout (Go's default client has none); routerTimeouts.serviceClient bounds a step.

@@ -24,13 +24,9 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from typing import TypeVar
 
-import kserve
-import numpy as np
 from kserve.errors import InvalidInput
-from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
-from pydantic import BaseModel, ValidationError
+from kserve.protocol.infer_type import InferRequest, InferResponse
 
 from router.config import RouterConfig
 from router.features import RoutingRequest, TokenCounter
@@ -38,8 +34,8 @@ from router.metrics import record_decision
 from router.learned_policy import LearnedPolicy, load_policy
 from router.policy import Decision, Hint, RoutingPolicy, batch_decision, parse_hint
 from router.schemas import ROUTER_PARAMETERS, InferParameters, PredictRequest
-from router.tensors import INPUT_METADATA, echo_request, prompts_of, request_parameters
-from serving.errors import ServiceUnavailable, describe_validation_errors
+from router.tensors import INPUT_METADATA, OUTPUT_METADATA, echo_request, prompts_of, request_parameters, route_outputs
+from serving.base_model import ServingModel
 
 logger = logging.getLogger(__name__)
 
@@ -47,19 +43,16 @@ ROUTE_HEADER = "x-route"
 # orjson, which KServe writes v1 answers with, writes JSON arrays and objects nested at most this
 # deep, though it reads them up to 1024 deep: a request echoed back must not nest deeper.
 MAX_ECHOED_DEPTH = 254
-OUTPUT_METADATA = [
-    {"name": "route", "datatype": "BYTES", "shape": [1]},
-    {"name": "route_score", "datatype": "FP32", "shape": [1]},
-]
 
 
-class RouterModel(kserve.Model):
+class RouterModel(ServingModel):
+    draining_reason = "the router is shutting down; retry on another replica"
+
     def __init__(self, name: str, config: RouterConfig, tokenizer_dir: str | None = None) -> None:
         super().__init__(name)
         self.config = config
         self.tokenizer_dir = tokenizer_dir
         self.policy: RoutingPolicy | LearnedPolicy | None = None
-        self.draining = False
 
     # Lifecycle ----------------------------------------------------------------------
 
@@ -75,15 +68,6 @@ class RouterModel(kserve.Model):
         self.ready = True
         return self.ready
 
-    async def healthy(self) -> bool:
-        return self.ready and not self.draining
-
-    def start_draining(self) -> None:
-        """Refuse new requests (503) from now on."""
-        if not self.draining:
-            logger.info("draining: refusing new requests")
-        self.draining = True
-
     # Metadata -----------------------------------------------------------------------
 
     def get_input_types(self) -> list[dict]:
@@ -96,8 +80,7 @@ class RouterModel(kserve.Model):
 
     def decide(self, requests: list[RoutingRequest], hint: Hint | None) -> tuple[Decision, list[Decision]]:
         """The batch's decision and each request's; counted in the metrics."""
-        if self.draining:
-            raise ServiceUnavailable(self.name, "the router is shutting down; retry on another replica")
+        self.check_admitting()
         decisions = [self.policy.decide(request, hint) for request in requests]
         decision = batch_decision(decisions)
         record_decision(self.name, decision, hinted=hint is not None)
@@ -116,13 +99,13 @@ class RouterModel(kserve.Model):
         if not isinstance(payload, dict):
             raise InvalidInput('the body must be a JSON object (content-type: application/json): '
                                '{"instances": [{"prompt": "..."} or {"messages": [...]}]}')
-        request = _validated(PredictRequest, _echoable(payload))
+        request = self.validated(PredictRequest, _echoable(payload))
         hint = _hint(headers, request.route, "`route` in the body")
         decision, decisions = self.decide([instance.routing_request() for instance in request.instances], hint)
         return {**payload, **routing_fields(decision, decisions)}
 
     def _route_v2(self, request: InferRequest, headers: dict[str, str]) -> bytes | InferResponse:
-        parameters = _validated(InferParameters, request_parameters(request))
+        parameters = self.validated(InferParameters, request_parameters(request))
         hint = _hint(headers, parameters.route, "the `route` parameter")
         prompts = prompts_of(request)
         requests = [RoutingRequest(prompt, 1, parameters.max_tokens) for prompt in prompts]
@@ -133,12 +116,8 @@ class RouterModel(kserve.Model):
         return json.dumps(echoed).encode()
 
     def _grpc_response(self, request: InferRequest, decision: Decision) -> InferResponse:
-        route = InferOutput("route", [1], "BYTES")
-        route.set_data_from_numpy(np.array([decision.route.value.encode()], dtype=np.object_), binary_data=False)
-        score = InferOutput("route_score", [1], "FP32")
-        score.set_data_from_numpy(np.array([decision.score], dtype=np.float32), binary_data=False)
         return InferResponse(response_id=request.id or uuid.uuid4().hex, model_name=self.name,
-                             infer_outputs=[route, score])
+                             infer_outputs=route_outputs(decision.route.value, decision.score))
 
 
 def routing_fields(decision: Decision, decisions: list[Decision]) -> dict:
@@ -183,13 +162,3 @@ def _nests_deeper_than(value: object, limit: int) -> bool:
             return True
         pending.extend((child, depth + 1) for child in children)
     return False
-
-
-Schema = TypeVar("Schema", bound=BaseModel)
-
-
-def _validated(schema: type[Schema], data: dict) -> Schema:
-    try:
-        return schema.model_validate(data)
-    except ValidationError as exc:
-        raise InvalidInput(describe_validation_errors(exc.errors())) from None

@@ -19,8 +19,7 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 
@@ -51,6 +50,7 @@ from router.replicas import ReplicaSet
 from router.schemas import chat_routing_request
 from router.upstream import Answer, Call, Fallback, Plan, TargetFailed, Upstream
 from serving.http_client import Pools
+from serving.lifespan import chain_lifespan
 from serving.openai_protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -332,15 +332,4 @@ def add_openai_edge(app: FastAPI, edge: OpenAIEdge) -> None:
 
 
 def _run_with_app(app: FastAPI, edge: OpenAIEdge) -> None:
-    serve_app = app.router.lifespan_context
-
-    @asynccontextmanager
-    async def lifespan(app_: FastAPI) -> AsyncIterator[object]:
-        await edge.start()
-        try:
-            async with serve_app(app_) as state:
-                yield state
-        finally:
-            await edge.stop()
-
-    app.router.lifespan_context = lifespan
+    chain_lifespan(app, before_startup=edge.start, after_shutdown=edge.stop)

@@ -1,15 +1,21 @@
-"""The v2 side of the router: the prompts of a `text_input` BYTES [B] request, and the request
-echoed back as REST JSON so that the next step of an InferenceGraph can take it as its own."""
+"""The v2 side of the router: the prompts of a `text_input` BYTES [B] request, the request echoed
+back as REST JSON so that the next step of an InferenceGraph can take it as its own, and the
+decision as output tensors (`route` BYTES [1], `route_score` FP32 [1]) for gRPC."""
 
 from __future__ import annotations
 
+import numpy as np
 from kserve.errors import InvalidInput
-from kserve.protocol.infer_type import InferInput, InferRequest, RequestedOutput, to_http_parameters
+from kserve.protocol.infer_type import InferInput, InferOutput, InferRequest, RequestedOutput, to_http_parameters
 
-from serving.v2_tensors import element_text, tensor_elements
+from serving.v2_tensors import element_text, output_tensor, tensor_elements, text_rows
 
 TEXT_INPUT = "text_input"
 INPUT_METADATA = [{"name": TEXT_INPUT, "datatype": "BYTES", "shape": [-1]}]
+OUTPUT_METADATA = [
+    {"name": "route", "datatype": "BYTES", "shape": [1]},
+    {"name": "route_score", "datatype": "FP32", "shape": [1]},
+]
 _EXPECTED = f"the router takes {TEXT_INPUT} BYTES [B] (one prompt per row)"
 
 
@@ -23,12 +29,12 @@ def prompts_of(request: InferRequest) -> list[str]:
     if tensor is None:
         names = ", ".join(repr(each.name) for each in request.inputs) or "none"
         raise InvalidInput(f"missing input tensor {TEXT_INPUT!r} (got {names}); {_EXPECTED}")
-    if tensor.datatype != "BYTES":
-        raise InvalidInput(f"{TEXT_INPUT} must be BYTES, got {tensor.datatype}; {_EXPECTED}")
-    prompts = [element_text(element, TEXT_INPUT) for element in tensor_elements(tensor)]
-    if not prompts:
-        raise InvalidInput(f"{TEXT_INPUT} is empty; {_EXPECTED}")
-    return prompts
+    return text_rows(tensor, _EXPECTED)
+
+
+def route_outputs(route: str, score: float) -> list[InferOutput]:
+    return [output_tensor("route", np.array([route.encode()], dtype=np.object_), "BYTES"),
+            output_tensor("route_score", np.array([score], dtype=np.float32), "FP32")]
 
 
 def echo_request(request: InferRequest, consumed_parameters: frozenset[str]) -> dict:

@@ -6,23 +6,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import sys
 
-import kserve
-from kserve import model_server
-
-from runtime.demo import build_demo_model
 from runtime.engine import ConfigError, EngineConfig, ModelLoadError
 from runtime.generate_routes import add_generate_routes
 from runtime.model import LLMModel
-from serving.server import (
-    add_server_limit_arguments,
-    check_server_limits,
-    configure_logging,
-    describe_server_limits,
-    install_http_layers,
-)
-from serving.shutdown import drain_on_signal
+from serving.component import component_parser, exit_if_cannot_start, limits_group, parse_component_args, serve
+from serving.server import describe_server_limits
 
 logger = logging.getLogger("runtime")
 
@@ -31,22 +20,16 @@ _ENGINE_DEFAULTS = {field.name: field.default for field in dataclasses.fields(En
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m runtime",
-        description=__doc__.splitlines()[0],
-        parents=[model_server.parser],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    parser = component_parser("python -m runtime", __doc__.splitlines()[0])
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--model_dir", default="/mnt/models", help="Hugging Face checkpoint directory")
     source.add_argument("--demo", choices=("small", "large"), help="serve the embedded demo model (random weights)")
     _add_engine_arguments(parser.add_argument_group("engine"))
-    limits = parser.add_argument_group("limits")
+    limits = limits_group(parser)
     limits.add_argument("--max_queue", type=int, default=DEFAULT_MAX_QUEUE,
                         help="requests that may wait for a batch slot; more get 503 (negative: unbounded)")
     limits.add_argument("--request_timeout", type=float, default=None,
                         help="seconds a request may take; past it, it is aborted with 504")
-    add_server_limit_arguments(limits)
     ray = parser.add_argument_group("ray (scale-out)")
     ray.add_argument("--ray_replicas", type=int, default=0,
                      help="engine replicas as a Ray Serve deployment (0: one engine in this process)")
@@ -118,33 +101,34 @@ def build_model(args: argparse.Namespace, config: EngineConfig) -> LLMModel:
     return RayLLMModel(args.model_name, config, options, args.request_timeout, args.grace_period)
 
 
-def main() -> None:
-    parser = build_parser()
-    args = parser.parse_args()
+def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.workers != 1:
         parser.error("--workers must be 1: the engine lives in one process (scale with replicas)")
-    check_server_limits(parser, args)
     if args.request_timeout is not None and args.request_timeout <= 0:
         parser.error("--request_timeout must be > 0")
     if args.ray_replicas < 0:
         parser.error("--ray_replicas must be >= 0")
-    configure_logging(args, "runtime")
-    try:
-        model_dir = args.model_dir
-        if args.demo:
-            model_dir = str(build_demo_model(args.demo))
-        model = build_model(args, engine_config(args, model_dir))
+
+
+def checkpoint_dir(args: argparse.Namespace) -> str:
+    """--model_dir, or with --demo the demo model's directory (built on first use)."""
+    if not args.demo:
+        return args.model_dir
+    # Imported only when asked for: the demo model is no part of serving a real checkpoint.
+    from runtime.demo import build_demo_model
+
+    return str(build_demo_model(args.demo))
+
+
+def main() -> None:
+    parser = build_parser()
+    args = parse_component_args(parser, logger.name, check_arguments)
+    with exit_if_cannot_start(logger, "predictor", ConfigError, ModelLoadError):
+        model = build_model(args, engine_config(args, checkpoint_dir(args)))
         model.load()
-    except (ConfigError, ModelLoadError) as exc:
-        logger.error("cannot start the predictor: %s", exc)
-        sys.exit(2)
     logger.info("serving model %r on http %d / grpc %d: max_queue=%s request_timeout=%s %s", model.name,
                 args.http_port, args.grpc_port, args.max_queue, args.request_timeout, describe_server_limits(args))
-    app = model_server.app
-    install_http_layers(app, args)
-    add_generate_routes(app, model)
-    drain_on_signal(app, model)
-    kserve.ModelServer(grace_period=args.grace_period).start([model])
+    serve(model, args, lambda app: add_generate_routes(app, model))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from kserve.errors import InvalidInput
 from pydantic import ValidationError
 
 from runtime.engine import EngineDead, QueueFull, RequestRejected
-from serving.errors import ServiceUnavailable, describe_validation_errors
+from serving.errors import ServiceUnavailable, invalid_input
 
 
 @contextmanager
@@ -20,6 +20,6 @@ def translate_errors(model_name: str) -> Iterator[None]:
     except (QueueFull, EngineDead) as exc:
         raise ServiceUnavailable(model_name, str(exc)) from None
     except ValidationError as exc:
-        raise InvalidInput(describe_validation_errors(exc.errors())) from None
+        raise invalid_input(exc) from None
     except (RequestRejected, ValueError) as exc:
         raise InvalidInput(str(exc)) from None

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
-from kserve.errors import ModelNotFound
 
 from runtime.engine import RequestOutput
 from runtime.errors import translate_errors
@@ -24,12 +23,12 @@ def add_generate_routes(app: FastAPI, model: LLMModel) -> None:
 
     @router.post("/generate", response_model=GenerateResponse, response_model_exclude_unset=True)
     async def generate(model_name: str, body: GenerateRequest) -> GenerateResponse:
-        _check_model_name(model, model_name)
+        model.check_model_name(model_name)
         return await generate_response(model, body)
 
     @router.post("/generate_stream", response_class=EventStreamResponse)
     async def generate_stream(model_name: str, body: GenerateRequest) -> EventStreamResponse:
-        _check_model_name(model, model_name)
+        model.check_model_name(model_name)
         return await generate_stream_response(model, body)
 
     app.include_router(router)
@@ -79,9 +78,4 @@ async def generate_json_response(model: LLMModel, body: GenerateRequest) -> JSON
     """generate_response as FastAPI serializes it (response_model_exclude_unset)."""
     response = await generate_response(model, body)
     return JSONResponse(response.model_dump(mode="json", exclude_unset=True))
-
-
-def _check_model_name(model: LLMModel, model_name: str) -> None:
-    if model_name != model.name:
-        raise ModelNotFound(model_name)
 

@@ -10,12 +10,12 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 
-import kserve
 from kserve.errors import InferenceError, InvalidInput
 from kserve.protocol.infer_type import InferRequest, InferResponse
 
 from runtime.engine import AsyncLLMEngine, EngineClient, EngineConfig, RequestOutput, SamplingParams
 from runtime.errors import translate_errors
+from serving.base_model import ServingModel
 from serving.errors import RequestTimeout, ServiceUnavailable
 from serving.streaming import gather_or_cancel, json_lines, stream_messages
 from serving.v2_parameters import sampling_parameters
@@ -26,7 +26,7 @@ from runtime.tensors import INPUT_METADATA, OUTPUT_METADATA, decode_prompts, enc
 logger = logging.getLogger(__name__)
 
 
-class LLMModel(kserve.Model):
+class LLMModel(ServingModel):
     def __init__(
         self,
         name: str,
@@ -40,7 +40,6 @@ class LLMModel(kserve.Model):
         self.grace_period = grace_period
         # Our engine; KServe's `self.engine` is only the flag that makes it call start_engine().
         self.llm: EngineClient | None = None
-        self.draining = False
         self.num_in_flight = 0
         self._stats_collector = None
 
@@ -63,13 +62,10 @@ class LLMModel(kserve.Model):
         self.ready = True
 
     async def healthy(self) -> bool:
-        return self.ready and not self.draining and self.llm is not None and self.llm.is_running
+        return await super().healthy() and self.llm is not None and self.llm.is_running
 
-    def start_draining(self) -> None:
-        """Refuse new requests (503) from now on; those in flight go on."""
-        if not self.draining:
-            logger.info("draining: refusing new requests, %d in flight", self.num_in_flight)
-        self.draining = True
+    def describe_in_flight(self) -> str:
+        return f", {self.num_in_flight} in flight"
 
     def stop_engine(self) -> None:
         """KServe calls this on shutdown, after uvicorn has drained HTTP. Requests still in
@@ -120,7 +116,7 @@ class LLMModel(kserve.Model):
         its own status code. Nothing waits for the first token, so a streamed response starts
         (its head reaches the client) while the prompt is prefilled; a failure after this
         point ends the stream with an error message."""
-        self._check_admitting()
+        self.check_admitting()
         deadline = None if self.request_timeout is None else asyncio.get_running_loop().time() + self.request_timeout
         with translate_errors(self.name):
             request = await self.llm.open(uuid.uuid4().hex, prompt_token_ids, params)
@@ -151,9 +147,8 @@ class LLMModel(kserve.Model):
         except TimeoutError:
             raise RequestTimeout.after(self.request_timeout) from None
 
-    def _check_admitting(self) -> None:
-        if self.draining:
-            raise ServiceUnavailable(self.name, "the server is shutting down; retry on another replica")
+    def check_admitting(self) -> None:
+        super().check_admitting()
         if self.llm is None or not self.llm.is_running:
             reason = self.llm.dead_reason if self.llm is not None else None
             raise ServiceUnavailable(self.name, f"the engine is not running{f': {reason}' if reason else ''}")

@@ -12,7 +12,7 @@ from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferInput, InferOutput, InferRequest
 
 from runtime.engine import RequestOutput
-from serving.v2_tensors import tensor_array
+from serving.v2_tensors import output_tensor, tensor_array
 
 INPUT_IDS = "input_ids"
 INPUT_LENGTHS = "input_lengths"
@@ -74,14 +74,8 @@ def encode_outputs(outputs: list[RequestOutput], with_logprobs: bool) -> list[In
             logprobs[row, : len(output.logprobs)] = output.logprobs
     lengths = np.array([len(output.output_token_ids) for output in outputs], dtype=np.int64)
     reasons = np.array([output.finish_reason.encode() for output in outputs], dtype=np.object_)
-    tensors = [_tensor("output_ids", ids, "INT64"), _tensor("output_lengths", lengths, "INT64"),
-               _tensor("finish_reason", reasons, "BYTES")]
+    tensors = [output_tensor("output_ids", ids, "INT64"), output_tensor("output_lengths", lengths, "INT64"),
+               output_tensor("finish_reason", reasons, "BYTES")]
     if with_logprobs:
-        tensors.append(_tensor("logprobs", logprobs, "FP32"))
+        tensors.append(output_tensor("logprobs", logprobs, "FP32"))
     return tensors
-
-
-def _tensor(name: str, array: np.ndarray, datatype: str) -> InferOutput:
-    tensor = InferOutput(name=name, shape=list(array.shape), datatype=datatype)
-    tensor.set_data_from_numpy(array, binary_data=False)
-    return tensor

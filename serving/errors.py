@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from grpc_interceptor.exceptions import DeadlineExceeded
 from kserve.errors import InferenceError, InvalidInput, ModelNotFound, ModelNotReady
+from pydantic import ValidationError
 
 from serving.openai_protocol import openai_error_body
 from serving.text import without_lone_surrogates
@@ -216,6 +217,11 @@ def describe_validation_errors(errors: list[dict] | tuple[dict, ...]) -> str:
         messages.append(f"{location or 'body'}: {error.get('msg', 'invalid value')}")
     # A location names the client's own keys, which may hold half a surrogate pair.
     return without_lone_surrogates("; ".join(messages)) or "invalid request"
+
+
+def invalid_input(exc: ValidationError) -> InvalidInput:
+    """A request that does not fit its schema, as KServe's 400."""
+    return InvalidInput(describe_validation_errors(exc.errors()))
 
 
 def add_exception_handlers(app: FastAPI) -> None:

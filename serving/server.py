@@ -10,8 +10,6 @@ import asyncio
 import collections
 import gc
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from kserve import logging as kserve_logging
@@ -25,18 +23,21 @@ from serving.connection_limits import (
     use_connection_limits,
 )
 from serving.errors import add_exception_handlers
+from serving.lifespan import chain_lifespan
 from serving.middleware import ClientConnectionMiddleware, DefaultJSONContentTypeMiddleware, RetryAfterMiddleware
 from serving.request_bodies import ThreadedJSONRoute
 
 
-DEFAULT_MAX_BODY_BYTES = 1 << 20
+# The default --max_body_bytes of a component (predictor, transformer, router): one request is one
+# prompt or a small batch of them, and a body is decoded in memory (and checked) before it is served.
+COMPONENT_MAX_BODY_BYTES = 1 << 20
 DEFAULT_GRACE_PERIOD = 30
 
 
 def add_server_limit_arguments(group: argparse._ActionsContainer) -> None:
     """--max_body_bytes, --grace_period and the connection limits, which every component takes
     (with KServe's --timeout-keep-alive)."""
-    group.add_argument("--max_body_bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
+    group.add_argument("--max_body_bytes", type=int, default=COMPONENT_MAX_BODY_BYTES,
                        help="largest request body (and WebSocket message); larger ones get 413")
     group.add_argument("--grace_period", type=int, default=DEFAULT_GRACE_PERIOD,
                        help="seconds in-flight requests get to finish after SIGTERM")
@@ -165,16 +166,12 @@ def freeze_startup_heap(app: FastAPI) -> None:
     built (half a million objects in the predictor): 50 to 250 ms during which no stream in the
     process moves. Full collections are rare while serving (none in a 600-request run), but a
     long-running server meets them."""
-    serve_app = app.router.lifespan_context
 
-    @asynccontextmanager
-    async def lifespan(app_: FastAPI) -> AsyncIterator[object]:
-        async with serve_app(app_) as state:
-            gc.collect()
-            gc.freeze()
-            yield state
+    async def freeze() -> None:
+        gc.collect()
+        gc.freeze()
 
-    app.router.lifespan_context = lifespan
+    chain_lifespan(app, after_startup=freeze)
 
 
 def install_http_layers(app: FastAPI, args: argparse.Namespace) -> None:

@@ -16,12 +16,13 @@ import asyncio
 import logging
 import signal
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from types import FrameType
 from typing import Protocol
 
 from fastapi import FastAPI
+
+from serving.lifespan import chain_lifespan
 
 logger = logging.getLogger(__name__)
 
@@ -46,17 +47,13 @@ class DrainableSessions(Protocol):
 def drain_on_signal(app: FastAPI, model: Drainable, grace_period: float = 0.0,
                     sessions: DrainableSessions | None = None) -> None:
     """Install the hook at the app's startup, which runs once uvicorn has taken the signals."""
-    serve_app = app.router.lifespan_context
 
-    @asynccontextmanager
-    async def lifespan(app_: FastAPI) -> AsyncIterator[object]:
+    async def install_hook() -> None:
         hook = _DrainHook(model, sessions, grace_period, asyncio.get_running_loop())
         for sig in DRAIN_SIGNALS:
             hook.chain(sig)
-        async with serve_app(app_) as state:
-            yield state
 
-    app.router.lifespan_context = lifespan
+    chain_lifespan(app, before_startup=install_hook)
 
 
 class _DrainHook:

@@ -1,12 +1,12 @@
-"""KServe v2 input tensors as arrays and as text, for every component that reads them: data that
-does not fit its tensor's shape or datatype, and BYTES that are not UTF-8, are the client's error
-(400), not a numpy or codec failure (500)."""
+"""KServe v2 tensors for every component: input tensors as arrays and as text (data that does not
+fit its tensor's shape or datatype, and BYTES that are not UTF-8, are the client's error (400),
+not a numpy or codec failure (500)), and output tensors from arrays."""
 
 from __future__ import annotations
 
 import numpy as np
 from kserve.errors import InvalidInput
-from kserve.protocol.infer_type import InferInput
+from kserve.protocol.infer_type import InferInput, InferOutput
 
 
 def tensor_array(tensor: InferInput) -> np.ndarray:
@@ -32,3 +32,22 @@ def element_text(element: object, tensor_name: str) -> str:
         except UnicodeDecodeError:
             raise InvalidInput(f"{tensor_name} must hold UTF-8 text") from None
     return str(element)
+
+
+def text_rows(tensor: InferInput, expected: str) -> list[str]:
+    """A BYTES [B] tensor of one text per row (B >= 1); `expected` tells a client what the model
+    takes when the tensor is not that."""
+    if tensor.datatype != "BYTES":
+        raise InvalidInput(f"{tensor.name} must be BYTES, got {tensor.datatype}; {expected}")
+    rows = [element_text(element, tensor.name) for element in tensor_elements(tensor)]
+    if not rows:
+        raise InvalidInput(f"{tensor.name} is empty; {expected}")
+    return rows
+
+
+def output_tensor(name: str, array: np.ndarray, datatype: str) -> InferOutput:
+    """An output tensor of the array's shape, its data written as JSON (KServe encodes it as
+    binary when the request asks for that)."""
+    tensor = InferOutput(name=name, shape=list(array.shape), datatype=datatype)
+    tensor.set_data_from_numpy(array, binary_data=False)
+    return tensor

@@ -8,26 +8,11 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 
-import kserve
-from kserve import model_server
+from fastapi import FastAPI
 
-from runtime.demo import build_demo_model
-from serving.server import (
-    add_server_limit_arguments,
-    check_server_limits,
-    configure_logging,
-    describe_server_limits,
-    install_http_layers,
-)
-from serving.shutdown import drain_on_signal
-from serving.websocket_session import (
-    add_websocket_arguments,
-    add_websocket_route,
-    check_websocket_arguments,
-    session_limits,
-)
+from serving.component import component_parser, exit_if_cannot_start, parse_component_args, serve
+from serving.server import describe_server_limits
 from transformer.generate_routes import add_generate_routes
 from transformer.model import TextModel
 from transformer.openai_api import add_openai_routes
@@ -38,14 +23,8 @@ from transformer.websocket import TextModelBackend
 logger = logging.getLogger("transformer")
 
 
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m transformer",
-        description=__doc__.splitlines()[0],
-        parents=[model_server.parser],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    parser = component_parser("python -m transformer", __doc__.splitlines()[0], websocket=True)
     # KServe's default is v1, which our predictor serves for clients, not for token streams.
     parser.set_defaults(predictor_protocol="v2")
     source = parser.add_mutually_exclusive_group()
@@ -57,9 +36,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--predictor_rest_host", default=None,
                         help="host:port of the predictor's REST server, for streams when the protocol is "
                              "grpc-v2 (unset: the predictor host on port 8080)")
-    limits = parser.add_argument_group("limits")
-    add_server_limit_arguments(limits)
-    add_websocket_arguments(parser)
     return parser
 
 
@@ -68,10 +44,8 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
         parser.error(f"--predictor_protocol must be one of {', '.join(PROTOCOLS)} (token ids travel over v2)")
     if not args.predictor_host:
         parser.error("--predictor_host is required (host:port of the predictor)")
-    check_server_limits(parser, args)
     if args.max_model_len is not None and args.max_model_len < 2:
         parser.error("--max_model_len must be >= 2")
-    check_websocket_arguments(parser, args)
 
 
 def predictor_settings(args: argparse.Namespace) -> PredictorSettings:
@@ -86,30 +60,34 @@ def predictor_settings(args: argparse.Namespace) -> PredictorSettings:
     )
 
 
+def tokenizer_dir(args: argparse.Namespace) -> str:
+    """--tokenizer_dir, or with --demo the demo model's directory (built on first use)."""
+    if not args.demo:
+        return args.tokenizer_dir
+    # Imported only when asked for: the demo model is no part of serving a real checkpoint.
+    from runtime.demo import build_demo_model
+
+    return str(build_demo_model(args.demo))
+
+
+def install_routes(app: FastAPI, model: TextModel) -> None:
+    """The OpenAI API and the text generate extension."""
+    add_openai_routes(app, model)
+    add_generate_routes(app, model)
+
+
 def main() -> None:
     # One prompt at a time, on the event loop's thread: the tokenizers thread pool would only add
     # a hand-off to another thread per call.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     parser = build_parser()
-    args = parser.parse_args()
-    check_arguments(parser, args)
-    configure_logging(args, "transformer")
-    try:
-        tokenizer_dir = str(build_demo_model(args.demo)) if args.demo else args.tokenizer_dir
-        tokenizer = TextTokenizer(tokenizer_dir, args.max_model_len)
-    except TokenizerLoadError as exc:
-        logger.error("cannot start the transformer: %s", exc)
-        sys.exit(2)
+    args = parse_component_args(parser, logger.name, check_arguments)
+    with exit_if_cannot_start(logger, "transformer", TokenizerLoadError):
+        tokenizer = TextTokenizer(tokenizer_dir(args), args.max_model_len)
     model = TextModel(args.model_name, tokenizer, predictor_settings(args))
     model.load()
     logger.info("serving model %r on http %d: %s", model.name, args.http_port, describe_server_limits(args))
-    app = model_server.app
-    install_http_layers(app, args)
-    add_openai_routes(app, model)
-    add_generate_routes(app, model)
-    websocket_sessions = add_websocket_route(app, TextModelBackend(model), session_limits(args))
-    drain_on_signal(app, model, args.grace_period, websocket_sessions)
-    kserve.ModelServer(grace_period=args.grace_period).start([model])
+    serve(model, args, lambda app: install_routes(app, model), websocket=TextModelBackend(model))
 
 
 if __name__ == "__main__":

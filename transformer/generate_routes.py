@@ -5,7 +5,6 @@ stream closes the predictor's stream, which aborts its request there."""
 from __future__ import annotations
 
 from fastapi import FastAPI, Request
-from kserve.errors import ModelNotFound
 
 from serving.request_bodies import json_api_router
 from serving.streaming import EventStreamResponse, server_sent_events, stream_messages
@@ -47,8 +46,7 @@ def add_generate_routes(app: FastAPI, model: TextModel) -> None:
 
 
 async def _text_request(model: TextModel, model_name: str, body: TextGenerateRequest):
-    if model_name != model.name:
-        raise ModelNotFound(model_name)
+    model.check_model_name(model_name)
     model.check_admitting()
     prompt_ids = await model.prompt_ids(body.text_input)
     return await model.text_request(prompt_ids, body.parameters, logprobs=bool(body.parameters.logprobs))

@@ -8,42 +8,27 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 
-import kserve
-import numpy as np
 from kserve.errors import InvalidInput
-from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
-from pydantic import ValidationError
+from kserve.protocol.infer_type import InferRequest, InferResponse
 
-from serving.errors import ServiceUnavailable, describe_validation_errors
+from serving.base_model import ServingModel
 from serving.openai_protocol import ChatMessage
 from serving.streaming import gather_or_cancel, json_lines, open_stream, stream_messages
 from serving.v2_parameters import sampling_parameters
-from serving.v2_tensors import element_text, tensor_elements
 from transformer.generation import TextChunk, TextGenerator, TextRequest, TextResult, without_empty
 from transformer.predictor_client import PredictorClient, PredictorSettings
 from transformer.schemas import Prediction, PredictInstance, PredictRequest, TextSamplingFields
+from transformer.tensors import INPUT_METADATA, OUTPUT_METADATA, decode_prompts, encode_results
 from transformer.tokenizer import ChatTemplateError, ConversationTurn, TextTokenizer, UnencodableTextError
 
 logger = logging.getLogger(__name__)
 
-TEXT_INPUT = "text_input"
-INPUT_METADATA = [{"name": TEXT_INPUT, "datatype": "BYTES", "shape": [-1]}]
-OUTPUT_METADATA = [
-    {"name": "text_output", "datatype": "BYTES", "shape": [-1]},
-    {"name": "finish_reason", "datatype": "BYTES", "shape": [-1]},
-    {"name": "prompt_tokens", "datatype": "INT64", "shape": [-1]},
-    {"name": "completion_tokens", "datatype": "INT64", "shape": [-1]},
-    {"name": "confidence", "datatype": "FP32", "shape": [-1]},
-]
-
-
-class TextModel(kserve.Model):
+class TextModel(ServingModel):
     def __init__(self, name: str, tokenizer: TextTokenizer, predictor: PredictorSettings) -> None:
         super().__init__(name)
         self.tokenizer = tokenizer
         self.predictor_settings = predictor
         self.generator: TextGenerator | None = None
-        self.draining = False
 
     # Lifecycle ----------------------------------------------------------------------
 
@@ -56,17 +41,9 @@ class TextModel(kserve.Model):
         return self.ready
 
     async def healthy(self) -> bool:
-        if not self.ready or self.draining:
+        if not await super().healthy():
             return False
         return not self.predictor_settings.check_ready or await self.generator.predictor.ready()
-
-    def start_draining(self) -> None:
-        """Refuse new requests (503) from now on; those in flight go on."""
-        self.draining = True
-
-    def check_admitting(self) -> None:
-        if self.draining:
-            raise ServiceUnavailable(self.name, "the server is shutting down; retry on another replica")
 
     def get_input_types(self) -> list[dict]:
         return INPUT_METADATA
@@ -133,7 +110,7 @@ class TextModel(kserve.Model):
         return await self._predict_v1(payload, headers)
 
     async def _predict_v1(self, payload: dict, headers: dict[str, str]) -> dict | AsyncIterator[bytes]:
-        request = _validate(PredictRequest, payload)
+        request = self.validated(PredictRequest, payload)
         texts = [await self._instance_request(instance) for instance in request.instances]
         if request.stream:
             if len(texts) != 1:
@@ -163,14 +140,14 @@ class TextModel(kserve.Model):
         return await self.text_request(prompt_ids, instance, logprobs=True)
 
     async def _infer_v2(self, request: InferRequest, headers: dict[str, str]) -> InferResponse:
-        prompts = _text_inputs(request)
-        fields = _validate(TextSamplingFields, sampling_parameters(request.parameters))
+        prompts = decode_prompts(request)
+        fields = self.validated(TextSamplingFields, sampling_parameters(request.parameters))
         texts = [await self.text_request(await self.prompt_ids(prompt), fields, logprobs=True) for prompt in prompts]
         results = await self.generate_all(texts, headers)
         return InferResponse(
             response_id=request.id or "",
             model_name=self.name,
-            infer_outputs=_v2_outputs(results),
+            infer_outputs=encode_results(results),
             use_binary_outputs=request.use_binary_outputs,
             requested_outputs=request.request_outputs,
         )
@@ -179,13 +156,6 @@ class TextModel(kserve.Model):
         """Run generations concurrently (the predictor batches them); if one fails, the rest are
         cancelled, which aborts them in the predictor."""
         return await gather_or_cancel([self.generator.generate(request, headers) for request in requests])
-
-
-def _validate(model: type, payload: object):
-    try:
-        return model.model_validate(payload)
-    except ValidationError as exc:
-        raise InvalidInput(describe_validation_errors(exc.errors())) from None
 
 
 def _prediction(result: TextResult, with_logprobs: bool) -> dict:
@@ -199,38 +169,3 @@ def _prediction(result: TextResult, with_logprobs: bool) -> dict:
     if with_logprobs:
         prediction.logprobs = result.logprobs or []
     return prediction.model_dump(exclude_unset=True)
-
-
-def _text_inputs(request: InferRequest) -> list[str]:
-    inputs = {tensor.name: tensor for tensor in request.inputs}
-    expected = f"this model takes {TEXT_INPUT} BYTES [B] (one prompt per row)"
-    if set(inputs) != {TEXT_INPUT}:
-        raise InvalidInput(f"unexpected input tensors {sorted(inputs)}; {expected}")
-    tensor = inputs[TEXT_INPUT]
-    if tensor.datatype != "BYTES":
-        raise InvalidInput(f"{TEXT_INPUT} must be BYTES, got {tensor.datatype}; {expected}")
-    values = tensor_elements(tensor)
-    if not values:
-        raise InvalidInput(f"{TEXT_INPUT} is empty; {expected}")
-    return [element_text(value, TEXT_INPUT) for value in values]
-
-
-def _v2_outputs(results: list[TextResult]) -> list[InferOutput]:
-    columns = [
-        ("text_output", "BYTES", np.array([result.text.encode() for result in results], dtype=np.object_)),
-        ("finish_reason", "BYTES", np.array([result.finish_reason.encode() for result in results], dtype=np.object_)),
-        ("prompt_tokens", "INT64", np.array([result.num_prompt_tokens for result in results], dtype=np.int64)),
-        ("completion_tokens", "INT64", np.array([len(result.token_ids) for result in results], dtype=np.int64)),
-        ("confidence", "FP32", np.array([_or_nan(result.confidence) for result in results], dtype=np.float32)),
-    ]
-    outputs = []
-    for name, datatype, array in columns:
-        tensor = InferOutput(name=name, shape=list(array.shape), datatype=datatype)
-        tensor.set_data_from_numpy(array, binary_data=False)
-        outputs.append(tensor)
-    return outputs
-
-
-def _or_nan(value: float | None) -> float:
-    return float("nan") if value is None else value
-

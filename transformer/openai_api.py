@@ -38,7 +38,7 @@ from serving.openai_protocol import (
     now,
     openai_error_body,
 )
-from serving.openai_routes import MODEL_OWNER, check_model_name, mount_openai_routes
+from serving.openai_routes import MODEL_OWNER, mount_openai_routes
 from serving.sse import DONE_EVENT, encode_event
 from serving.streaming import CLIENT_ERRORS, EventStreamResponse
 from transformer.generation import TextChunk, TextRequest, TextResult
@@ -95,7 +95,7 @@ class TextModelOpenAI:
     def _check_model(self, name: str | None) -> None:
         """404 for a request that names another model (the token routes may name none)."""
         if name is not None:
-            check_model_name(name, (self.model.name,))
+            self.model.check_model_name(name)
 
 
 # Shared by both endpoints --------------------------------------------------------------

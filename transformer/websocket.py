@@ -8,8 +8,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping
 from contextlib import aclosing
 
-from kserve.errors import ModelNotFound
-
 from serving.openai_protocol import Usage
 from serving.websocket_protocol import Finish, GenerateMessage, TextDelta
 from transformer.model import TextModel
@@ -23,8 +21,8 @@ class TextModelBackend:
     async def stream(self, request: GenerateMessage, headers: Mapping[str, str]) -> AsyncIterator[TextDelta | Finish]:
         model = self.model
         model.check_admitting()
-        if request.model is not None and request.model != model.name:
-            raise ModelNotFound(request.model)
+        if request.model is not None:
+            model.check_model_name(request.model)
         prompt_ids = await model.prompt_ids(request.prompt, request.messages)
         fields = TextSamplingFields.model_validate(request.sampling_fields())
         text_request = await model.text_request(prompt_ids, fields, logprobs=request.logprobs)

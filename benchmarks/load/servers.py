@@ -1,5 +1,5 @@
 """The servers a load run needs when it is given no URLs: the small demo model's predictor, its
-transformer and the router, started as `make serve` starts them (serving/local_stack.py), on free
+transformer and the router, started as `make serve` starts them (devstack/local_stack.py), on free
 ports, with their logs in a folder."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from benchmarks.load.clients import DIRECT, ROUTER, Endpoints
-from serving.local_stack import Ports, Stack, local_url, model_name, predictor, router, transformer, write_router_config
+from devstack.local_stack import Ports, Stack, local_url, model_name, predictor, router, transformer, write_router_config
 from tests.serving.ports import free_port_block
 
 SIZE = "small"

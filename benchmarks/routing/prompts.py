@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import json
 
-from serving.server import DEFAULT_MAX_BODY_BYTES
+from serving.server import COMPONENT_MAX_BODY_BYTES
 
 # Room for the rest of the request body around the prompt.
 BODY_MARGIN_BYTES = 1024
 
 
-def pathological_prompts(limit: int = DEFAULT_MAX_BODY_BYTES - BODY_MARGIN_BYTES) -> dict[str, str]:
+def pathological_prompts(limit: int = COMPONENT_MAX_BODY_BYTES - BODY_MARGIN_BYTES) -> dict[str, str]:
     """Prompts near the body limit built to make patterns backtrack (each took the rule policy's old
     patterns quadratic time): an unclosed LaTeX `$` before many `^` (the 120 KB prompt that froze
     the router for 15 s), a megabyte of blank lines, list markers without items, a run of spaces
@@ -35,6 +35,6 @@ def body_limit_text() -> str:
     from pydoc_data.topics import topics
 
     text = "\n".join(topics[key] for key in sorted(topics))
-    while len(text) < DEFAULT_MAX_BODY_BYTES:
+    while len(text) < COMPONENT_MAX_BODY_BYTES:
         text += text
-    return text[: DEFAULT_MAX_BODY_BYTES - BODY_MARGIN_BYTES]
+    return text[: COMPONENT_MAX_BODY_BYTES - BODY_MARGIN_BYTES]

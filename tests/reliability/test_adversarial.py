@@ -18,8 +18,8 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 
-from router.graph_server import DEFAULT_MAX_BODY_BYTES as GRAPH_MAX_BODY_BYTES
-from serving.server import DEFAULT_MAX_BODY_BYTES
+from router.graph_server import GRAPH_MAX_BODY_BYTES
+from serving.server import COMPONENT_MAX_BODY_BYTES
 from tests.servers import Server
 
 from .adversarial_inputs import Case, Route, cases
@@ -48,11 +48,11 @@ class Target:
 
 KSERVE_HEALTH = "/v2/health/live"
 TARGETS = {
-    "predictor": Target(PREDICTOR_ROUTES, KSERVE_HEALTH, (DEFAULT_MAX_BODY_BYTES,)),
-    "transformer": Target(TRANSFORMER_ROUTES, KSERVE_HEALTH, (DEFAULT_MAX_BODY_BYTES,)),
-    "router": Target(ROUTER_ROUTES, KSERVE_HEALTH, (DEFAULT_MAX_BODY_BYTES,)),
+    "predictor": Target(PREDICTOR_ROUTES, KSERVE_HEALTH, (COMPONENT_MAX_BODY_BYTES,)),
+    "transformer": Target(TRANSFORMER_ROUTES, KSERVE_HEALTH, (COMPONENT_MAX_BODY_BYTES,)),
+    "router": Target(ROUTER_ROUTES, KSERVE_HEALTH, (COMPONENT_MAX_BODY_BYTES,)),
     # The graph forwards what it takes to the router, whose limit is the smaller one.
-    "graph": Target(GRAPH_ROUTES, "/readyz", (DEFAULT_MAX_BODY_BYTES, GRAPH_MAX_BODY_BYTES)),
+    "graph": Target(GRAPH_ROUTES, "/readyz", (COMPONENT_MAX_BODY_BYTES, GRAPH_MAX_BODY_BYTES)),
 }
 
 

@@ -1,4 +1,4 @@
-"""The whole stack end to end, as `make serve` runs it (serving.local_stack) on the demo models:
+"""The whole stack end to end, as `make serve` runs it (devstack.local_stack) on the demo models:
 the router's OpenAI edge routes each class of prompt, streams, cascades and falls back, and a
 client that leaves frees the predictor's request; InferenceGraphs route, cascade and split
 traffic through the real transformers; the example clients run against it. The large model's
@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from runtime.demo import build_demo_model
-from serving.local_stack import (
+from devstack.local_stack import (
     REPO_ROOT,
     SIZES,
     Component,

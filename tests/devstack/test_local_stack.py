@@ -13,10 +13,10 @@ import time
 
 import httpx
 
-from serving.local_stack import GRPC_PORT_OFFSET, SIZES, Ports
+from devstack.local_stack import GRPC_PORT_OFFSET, SIZES, Ports
 from tests.servers import REPO_ROOT
 
-from .ports import free_port_block, is_listening
+from tests.serving.ports import free_port_block, is_listening
 
 START_TIMEOUT = 240
 HARD = "What is 23 times 17?"
@@ -38,7 +38,7 @@ def test_stack_serves_and_stops_on_ctrl_c(tmp_path):
     ports = Ports(base=base, router=base + 15, graph=base + 17)
     log_path = tmp_path / "stack.log"
     env = dict(os.environ, KSERVE_LLM_CPU_KERNELS="0", PYTHONUNBUFFERED="1")
-    command = [sys.executable, "-m", "serving.local_stack", "--base_port", str(ports.base),
+    command = [sys.executable, "-m", "devstack.local_stack", "--base_port", str(ports.base),
                "--router_port", str(ports.router), "--graph_port", str(ports.graph)]
     with open(log_path, "wb") as log:
         stack = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)

@@ -1,0 +1,2 @@
+"""Developer tooling that no component imports and the image does not ship: the local stack that
+`make serve` runs."""
