@@ -54,3 +54,15 @@ def should_escalate(answer: SmallAnswer, cascade: CascadeConfig) -> tuple[bool, 
     if answer.confidence is not None and answer.confidence < cascade.min_confidence:
         return True, Verdict.LOW_CONFIDENCE
     return False, Verdict.ACCEPTED
+
+
+@dataclass(frozen=True, slots=True)
+class CascadeTrace:
+    """What the cascade (or an exploration) saw of a request: the verdict on the small model's
+    answer and its confidence, why it was escalated, whether both models' answers agreed."""
+
+    verdict: Verdict | None = None
+    confidence: float | None = None
+    escalated: str | None = None
+    agreement: bool | None = None
+    explored: bool = False

@@ -9,6 +9,7 @@ import random
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+from router.cascade import CascadeTrace
 from router.config import LearningConfig
 from router.decision_log import CascadeOutcome, DecisionLog, LoggedDecision, PromptLogging, prompt_fields
 from router.features import RoutingRequest
@@ -19,7 +20,6 @@ from router.upstream import Answer
 
 if TYPE_CHECKING:
     from router.model import RouterModel
-    from router.openai_edge import CascadeTrace
 
 REQUEST_ID_HEADER = "x-request-id"
 

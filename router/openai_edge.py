@@ -29,7 +29,7 @@ from fastapi.responses import Response
 from kserve.errors import InvalidInput, ModelNotFound
 from starlette.types import Receive, Scope, Send
 
-from router.cascade import Verdict
+from router.cascade import CascadeTrace
 from router.config import AUTO_MODEL
 from router.features import RoutingRequest
 from router.learning import Learning
@@ -253,18 +253,6 @@ class OpenAIEdge:
             small.fallback = Fallback(failed.route, failed.failure)
             return None
         return large
-
-
-@dataclass(frozen=True, slots=True)
-class CascadeTrace:
-    """What the cascade (or an exploration) saw of a request: the verdict on the small model's
-    answer and its confidence, why it was escalated, whether both models' answers agreed."""
-
-    verdict: Verdict | None = None
-    confidence: float | None = None
-    escalated: str | None = None
-    agreement: bool | None = None
-    explored: bool = False
 
 
 def _agreement(small: Answer, large: Answer, chat: bool) -> bool | None:

@@ -15,17 +15,6 @@ ROOT = Path(__file__).resolve().parent.parent
 ENGINE = "runtime.engine"
 ENGINE_FORBIDDEN_IMPORTS = ("kserve", "fastapi")
 
-# Cycles outside the engine that were there when this test was written, each as the set of
-# modules that import one another round a circle (a strongly connected component of the graph).
-# They are being removed on their own branches: take a group out here when its cycle is gone.
-# The test fails on a cycle not listed and on a listed group that no longer forms exactly that
-# cycle, so the list cannot go stale.
-KNOWN_CYCLES: list[frozenset[str]] = [
-    # router.learning imports router.openai_edge's CascadeTrace (under TYPE_CHECKING), and
-    # router.openai_edge builds its Learning.
-    frozenset({"router.learning", "router.openai_edge"}),
-]
-
 
 def shipped_packages() -> list[str]:
     """The top-level packages of setup.cfg's `[options.packages.find] include`."""
@@ -144,13 +133,10 @@ def test_the_shipped_packages_are_found() -> None:
     assert {"runtime.engine.engine", "runtime.model", "serving"} <= set(modules)
 
 
-def test_no_import_cycles_besides_the_known_ones() -> None:
+def test_no_import_cycles() -> None:
     ours, _ = import_graph()
-    components = strongly_connected_components(ours)
-    unknown = [component for component in components if component not in KNOWN_CYCLES]
-    assert not unknown, "import cycles: " + "; ".join(" -> ".join(a_cycle(ours, c)) for c in unknown)
-    stale = [sorted(known) for known in KNOWN_CYCLES if known not in components]
-    assert not stale, f"KNOWN_CYCLES lists groups that no longer form exactly that cycle (update the list): {stale}"
+    cycles = strongly_connected_components(ours)
+    assert not cycles, "import cycles: " + "; ".join(" -> ".join(a_cycle(ours, cycle)) for cycle in cycles)
 
 
 def test_the_engine_imports_neither_kserve_nor_fastapi() -> None:
