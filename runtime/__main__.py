@@ -7,8 +7,10 @@ import argparse
 import dataclasses
 import logging
 
+from runtime.cache import add_cache_dir_argument
 from runtime.engine import ConfigError, EngineConfig, ModelLoadError
 from runtime.generate_routes import add_generate_routes
+from runtime.gguf_checkpoint import GGUFCheckpointError, hf_checkpoint_dir
 from runtime.model import LLMModel
 from serving.component import component_parser, exit_if_cannot_start, limits_group, parse_component_args, serve
 from serving.server import describe_server_limits
@@ -22,8 +24,11 @@ _ENGINE_DEFAULTS = {field.name: field.default for field in dataclasses.fields(En
 def build_parser() -> argparse.ArgumentParser:
     parser = component_parser("python -m runtime", __doc__.splitlines()[0])
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--model_dir", default="/mnt/models", help="Hugging Face checkpoint directory")
+    source.add_argument("--model_dir", default="/mnt/models",
+                        help="Hugging Face checkpoint directory, or a .gguf file (or a directory holding one), "
+                             "converted once into --cache_dir")
     source.add_argument("--demo", choices=("small", "large"), help="serve the embedded demo model (random weights)")
+    add_cache_dir_argument(parser)
     _add_engine_arguments(parser.add_argument_group("engine"))
     limits = limits_group(parser)
     limits.add_argument("--max_queue", type=int, default=DEFAULT_MAX_QUEUE,
@@ -111,19 +116,20 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
 
 
 def checkpoint_dir(args: argparse.Namespace) -> str:
-    """--model_dir, or with --demo the demo model's directory (built on first use)."""
+    """--model_dir (a GGUF file's converted directory, converted on first use), or with --demo the
+    demo model's directory (built on first use)."""
     if not args.demo:
-        return args.model_dir
+        return str(hf_checkpoint_dir(args.model_dir, args.cache_dir))
     # Imported only when asked for: the demo model is no part of serving a real checkpoint.
     from runtime.demo import build_demo_model
 
-    return str(build_demo_model(args.demo))
+    return str(build_demo_model(args.demo, args.cache_dir))
 
 
 def main() -> None:
     parser = build_parser()
     args = parse_component_args(parser, logger.name, check_arguments)
-    with exit_if_cannot_start(logger, "predictor", ConfigError, ModelLoadError):
+    with exit_if_cannot_start(logger, "predictor", ConfigError, ModelLoadError, GGUFCheckpointError):
         model = build_model(args, engine_config(args, checkpoint_dir(args)))
         model.load()
     logger.info("serving model %r on http %d / grpc %d: max_queue=%s request_timeout=%s %s", model.name,

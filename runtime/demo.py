@@ -9,9 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Iterable
@@ -21,6 +18,8 @@ from typing import TYPE_CHECKING
 from pydoc_data.topics import topics as PYDOC_TOPICS
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
+from runtime.cache import CACHE_DIR_ENV, DEFAULT_CACHE_DIR, build_atomically, cache_root
+
 if TYPE_CHECKING:
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
@@ -28,8 +27,6 @@ logger = logging.getLogger(__name__)
 
 # Bump when the recipe changes, so stale caches are not reused.
 FORMAT_VERSION = 1
-CACHE_DIR_ENV = "KSERVE_LLM_CACHE"
-DEFAULT_CACHE_DIR = "~/.cache/kserve-llm-runtime"
 TOKENIZER_VOCAB_SIZE = 8192
 WEIGHTS_SEED = 0
 
@@ -88,8 +85,7 @@ _seeded_init_lock = threading.Lock()
 def demo_model_dir(size: str, cache_dir: str | Path | None = None) -> Path:
     """Where the demo model of `size` lives, whether or not it has been built yet."""
     _check_size(size)
-    cache_root = cache_dir or os.environ.get(CACHE_DIR_ENV) or DEFAULT_CACHE_DIR
-    return Path(cache_root).expanduser().absolute() / f"demo-{size}-v{FORMAT_VERSION}"
+    return cache_root(cache_dir) / f"demo-{size}-v{FORMAT_VERSION}"
 
 
 def build_demo_model(size: str = "small", cache_dir: str | Path | None = None) -> Path:
@@ -98,24 +94,13 @@ def build_demo_model(size: str = "small", cache_dir: str | Path | None = None) -
     if _is_complete(target):
         logger.info("Using the cached %s demo model at %s", size, target)
         return target
-    # Checked again: a concurrent build may have just moved a complete directory into place.
-    if target.exists() and not _is_complete(target):
-        logger.warning("Removing the incomplete demo model directory %s", target)
-        shutil.rmtree(target, ignore_errors=True)
     logger.warning(
         "Building the %s demo model in %s: its weights are random, so its text is gibberish",
         size,
         target,
     )
     started = time.perf_counter()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.building-", dir=target.parent))
-    try:
-        staging.chmod(0o755)
-        _write_checkpoint(size, staging)
-        _move_into_place(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    build_atomically(target, lambda staging: _write_checkpoint(size, staging), _is_complete)
     logger.info("Demo model ready at %s (%.1f s)", target, time.perf_counter() - started)
     return target
 
@@ -130,16 +115,6 @@ def _is_complete(directory: Path) -> bool:
     return all((directory / name).is_file() for name in CHECKPOINT_FILES)
 
 
-def _move_into_place(staging: Path, target: Path) -> None:
-    try:
-        os.rename(staging, target)
-    except OSError:
-        # Another process finished first; its files are byte-identical to ours.
-        if not _is_complete(target):
-            raise
-        logger.info("Another build of %s finished first; using it", target)
-
-
 def _write_checkpoint(size: str, directory: Path) -> None:
     tokenizer = _train_tokenizer()
     config = _model_config(size, tokenizer)
@@ -149,9 +124,6 @@ def _write_checkpoint(size: str, directory: Path) -> None:
     model.save_pretrained(directory)
     tokenizer.save(str(directory / "tokenizer.json"))
     write_tokenizer_config(directory, config.max_position_embeddings)
-    # transformers writes the weights owner-only; the cache may be shared between users.
-    for path in directory.iterdir():
-        path.chmod(0o644)
 
 
 def _train_tokenizer() -> Tokenizer:

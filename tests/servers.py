@@ -24,6 +24,12 @@ MODEL_READY_PATH = f"/v2/models/{MODEL_NAME}/ready"
 STOP_TIMEOUT = 30.0
 
 
+def run_python(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
+    """`python args...` to completion, e.g. run_python("-m", "router.calibrate", ...)."""
+    return subprocess.run([sys.executable, *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
+                          env=dict(os.environ, PYTHONUNBUFFERED="1"))
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -11,6 +11,8 @@ import os
 
 from fastapi import FastAPI
 
+from runtime.cache import add_cache_dir_argument
+from runtime.gguf_checkpoint import GGUFCheckpointError, hf_checkpoint_dir
 from serving.component import component_parser, exit_if_cannot_start, parse_component_args, serve
 from serving.server import describe_server_limits
 from transformer.generate_routes import add_generate_routes
@@ -29,8 +31,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.set_defaults(predictor_protocol="v2")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--tokenizer_dir", default="/mnt/models",
-                        help="checkpoint directory with tokenizer.json / tokenizer_config.json")
+                        help="checkpoint directory with tokenizer.json / tokenizer_config.json, or a .gguf "
+                             "file (or a directory holding one), converted once into --cache_dir")
     source.add_argument("--demo", choices=("small", "large"), help="the embedded demo model's tokenizer")
+    add_cache_dir_argument(parser)
     parser.add_argument("--max_model_len", type=int, default=None,
                         help="context length prompts are checked against (unset: the checkpoint's)")
     parser.add_argument("--predictor_rest_host", default=None,
@@ -61,13 +65,14 @@ def predictor_settings(args: argparse.Namespace) -> PredictorSettings:
 
 
 def tokenizer_dir(args: argparse.Namespace) -> str:
-    """--tokenizer_dir, or with --demo the demo model's directory (built on first use)."""
+    """--tokenizer_dir (a GGUF file's converted directory, converted on first use), or with --demo
+    the demo model's directory (built on first use)."""
     if not args.demo:
-        return args.tokenizer_dir
+        return str(hf_checkpoint_dir(args.tokenizer_dir, args.cache_dir))
     # Imported only when asked for: the demo model is no part of serving a real checkpoint.
     from runtime.demo import build_demo_model
 
-    return str(build_demo_model(args.demo))
+    return str(build_demo_model(args.demo, args.cache_dir))
 
 
 def install_routes(app: FastAPI, model: TextModel) -> None:
@@ -82,7 +87,7 @@ def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     parser = build_parser()
     args = parse_component_args(parser, logger.name, check_arguments)
-    with exit_if_cannot_start(logger, "transformer", TokenizerLoadError):
+    with exit_if_cannot_start(logger, "transformer", TokenizerLoadError, GGUFCheckpointError):
         tokenizer = TextTokenizer(tokenizer_dir(args), args.max_model_len)
     model = TextModel(args.model_name, tokenizer, predictor_settings(args))
     model.load()

@@ -4,16 +4,13 @@ built here (nothing downloaded)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from router.graph_server import READINESS_PATH
-from tests.servers import MODEL_NAME, REPO_ROOT, Server, free_port, launch, start_process
+from tests.servers import MODEL_NAME, REPO_ROOT, Server, free_port, launch, run_python, start_process
 
 EXAMPLE_CONFIG = REPO_ROOT / "router" / "router.yaml"
 SHIPPED_PROMPTS = REPO_ROOT / "router" / "data" / "calibration_prompts.jsonl"
@@ -30,12 +27,6 @@ def write_config(path: Path, **overrides: object) -> Path:
     config.update(overrides)
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
-
-
-def run_python(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
-    """`python args...` to completion, e.g. run_python("-m", "router.calibrate", ...)."""
-    return subprocess.run([sys.executable, *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
-                          env=dict(os.environ, PYTHONUNBUFFERED="1"))
 
 
 def start_router(config: Path, log_dir: Path, *extra_args: str) -> Server:
