@@ -28,7 +28,7 @@ $(VENV_PYTHON):
 $(INSTALL_STAMP): setup.cfg pyproject.toml | $(VENV_PYTHON)
 	$(PIP_INSTALL) --upgrade pip
 	$(PIP_INSTALL) torch==$(TORCH_VERSION)
-	$(PIP_INSTALL) -e '.[test,bench,embeddings]'
+	$(PIP_INSTALL) -e '.[test,bench,embeddings,gguf]'
 	$(PIP) check
 	touch $@
 
