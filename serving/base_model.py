@@ -8,10 +8,9 @@ import logging
 from typing import TypeVar
 
 import kserve
-from kserve.errors import ModelNotFound
 from pydantic import BaseModel, ValidationError
 
-from serving.errors import ServiceUnavailable, invalid_input
+from serving.errors import ServiceUnavailable, check_model_name, invalid_input
 
 Schema = TypeVar("Schema", bound=BaseModel)
 
@@ -46,8 +45,7 @@ class ServingModel(kserve.Model):
 
     def check_model_name(self, name: str) -> None:
         """A route that names a model (in its path or body) names this one, or gets 404."""
-        if name != self.name:
-            raise ModelNotFound(name)
+        check_model_name(name, (self.name,))
 
     @staticmethod
     def validated(schema: type[Schema], payload: object) -> Schema:

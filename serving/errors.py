@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Collection
 from http import HTTPStatus
 
 from fastapi import FastAPI, Request
@@ -78,6 +79,12 @@ def error_body(exc: BaseException) -> dict:
     """The JSON body of an error response (KServe's shape); never a stack trace. The message may
     quote the client's input, which must be writable."""
     return {"error": without_lone_surrogates(str(exc))}
+
+
+def check_model_name(name: str, served: Collection[str]) -> None:
+    """ModelNotFound (404) unless `name` is a model served here."""
+    if name not in served:
+        raise ModelNotFound(name)
 
 
 class InternalError(Exception):

@@ -5,15 +5,14 @@ answered in OpenAI's error shape. KServe's own OpenAI layer needs vLLM, so these
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Collection, Mapping
+from collections.abc import Awaitable, Mapping
 from typing import Protocol, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from kserve.errors import ModelNotFound
 
 from serving.direct_routes import DirectRoute, add_direct_routes
-from serving.errors import openai_error_response
+from serving.errors import check_model_name, openai_error_response
 from serving.openai_protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -55,12 +54,6 @@ class OpenAIHandler(Protocol):
 
     async def detokenize(self, body: DetokenizeRequest,
                          headers: Mapping[str, str]) -> DetokenizeResponse | Response: ...
-
-
-def check_model_name(name: str, served: Collection[str]) -> None:
-    """ModelNotFound (404) unless `name` is a model served here."""
-    if name not in served:
-        raise ModelNotFound(name)
 
 
 def mount_openai_routes(app: FastAPI, handler: OpenAIHandler) -> None:
