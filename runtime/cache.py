@@ -9,6 +9,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,6 +17,9 @@ logger = logging.getLogger(__name__)
 
 CACHE_DIR_ENV = "KSERVE_LLM_CACHE"
 DEFAULT_CACHE_DIR = "~/.cache/kserve-llm-runtime"
+# A staging directory untouched for this long belongs to a build that died (a conversion writes
+# its files within minutes); a live build's is younger.
+STALE_STAGING_SECONDS = 6 * 3600
 
 
 def cache_root(cache_dir: str | Path | None = None) -> Path:
@@ -36,7 +40,9 @@ def build_atomically(target: Path, write: Callable[[Path], None], is_complete: C
         logger.warning("Removing the incomplete directory %s", target)
         shutil.rmtree(target, ignore_errors=True)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.building-", dir=target.parent))
+    prefix = f".{target.name}.building-"
+    _remove_stale_staging(target.parent, prefix)
+    staging = Path(tempfile.mkdtemp(prefix=prefix, dir=target.parent))
     try:
         staging.chmod(0o755)
         write(staging)
@@ -56,3 +62,16 @@ def _move_into_place(staging: Path, target: Path, is_complete: Callable[[Path], 
         if not is_complete(target):
             raise
         logger.info("Another build of %s finished first; using it", target)
+
+
+def _remove_stale_staging(parent: Path, prefix: str) -> None:
+    """Staging directories that killed builds left behind (a gigabyte each for a real model)."""
+    now = time.time()
+    for leftover in parent.glob(f"{prefix}*"):
+        try:
+            age = now - leftover.stat().st_mtime
+        except FileNotFoundError:
+            continue
+        if age > STALE_STAGING_SECONDS:
+            logger.warning("Removing %s, left by a build that stopped %.1f h ago", leftover, age / 3600)
+            shutil.rmtree(leftover, ignore_errors=True)
