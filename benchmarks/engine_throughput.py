@@ -1,7 +1,9 @@
 """Offline throughput benchmark: our engine against transformers' own continuous batching
-(`generate_batch`), in one process, on the same random-weight Llama, prompts and CPU threads.
+(`generate_batch`), in one process, on the same model, prompts and CPU threads. The model is a
+random-weight Llama built here, or with --model one of the real checkpoints of the real-models
+extra (runtime/real_models.py: SmolLM2-135M-Instruct, Gemma 3 270M), float32 as converted.
 
-Usage: python benchmarks/engine_throughput.py [--skip_ours | --skip_hf] [--json PATH]
+Usage: python benchmarks/engine_throughput.py [--model NAME] [--skip_ours | --skip_hf] [--json PATH]
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from transformers import (
 from transformers.utils import logging as transformers_logging
 
 from runtime.engine import EngineConfig, LLMEngine, SamplingParams
+from runtime.real_models import REAL_MODELS, RealModelMissing, checkpoint_dir
 
 logger = logging.getLogger(__name__)
 
@@ -64,8 +67,12 @@ class Workload:
         return sum(len(prompt) for prompt in self.prompts)
 
 
+SYNTHETIC_MODEL = "synthetic"
+
+
 @dataclass(frozen=True)
 class ModelInfo:
+    name: str
     directory: str
     vocab_size: int
     total_parameters: int
@@ -99,6 +106,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--model", default=SYNTHETIC_MODEL, choices=[SYNTHETIC_MODEL, *REAL_MODELS],
+                        help="the random-weight Llama built here, or a real checkpoint (the real-models extra)")
     parser.add_argument("--num_requests", type=int, default=32)
     parser.add_argument("--min_prompt", type=int, default=16, help="shortest prompt, in tokens")
     parser.add_argument("--max_prompt", type=int, default=256, help="longest prompt, in tokens")
@@ -135,8 +144,22 @@ def build_model(directory: str, seed: int) -> ModelInfo:
     model = LlamaForCausalLM(config).to(torch.float32)
     model.save_pretrained(directory, safe_serialization=True)
     return ModelInfo(
+        name=SYNTHETIC_MODEL,
         directory=directory,
         vocab_size=config.vocab_size,
+        total_parameters=sum(parameter.numel() for parameter in model.parameters()),
+        flop_parameters=count_flop_parameters(model),
+    )
+
+
+def real_model(name: str) -> ModelInfo:
+    """A real checkpoint, converted from its GGUF file on first use (into the runtime's cache)."""
+    directory = checkpoint_dir(name)
+    model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
+    return ModelInfo(
+        name=name,
+        directory=str(directory),
+        vocab_size=model.config.get_text_config().vocab_size,
         total_parameters=sum(parameter.numel() for parameter in model.parameters()),
         flop_parameters=count_flop_parameters(model),
     )
@@ -328,6 +351,8 @@ def summarize(
         },
         "machine": asdict(machine),
         "model": {
+            "name": model.name,
+            "vocab_size": model.vocab_size,
             "total_parameters": model.total_parameters,
             "flop_parameters": model.flop_parameters,
         },
@@ -360,6 +385,7 @@ def summarize(
 def print_report(summary: dict) -> None:
     work, machine, model = summary["workload"], summary["machine"], summary["model"]
     low, high = work["prompt_len_range"]
+    print(f"model: {model['name']} ({model['total_parameters']:,} parameters, {model['vocab_size']:,}-token vocabulary)")
     print(
         f"workload: {work['num_requests']} requests, prompts {low}-{high} tokens "
         f"({work['prompt_tokens']} in all), {work['output_len']} new tokens each, greedy, "
@@ -419,8 +445,14 @@ def main(argv: list[str] | None = None) -> None:
     machine = measure_machine(args.threads)
     results: dict[str, SystemResult] = {}
     with tempfile.TemporaryDirectory(prefix="engine-throughput-") as directory:
-        logger.info("building the random-weight Llama in %s", directory)
-        model = build_model(directory, args.seed)
+        if args.model == SYNTHETIC_MODEL:
+            logger.info("building the random-weight Llama in %s", directory)
+            model = build_model(directory, args.seed)
+        else:
+            try:
+                model = real_model(args.model)
+            except RealModelMissing as exc:
+                sys.exit(f"error: {exc}")
         logger.info(
             "model: %s parameters, %s of them in matmuls",
             f"{model.total_parameters:,}", f"{model.flop_parameters:,}",
