@@ -18,6 +18,7 @@ from devstack.local_stack import SIZES, Ports, Stack, stack_components, write_ro
 from devstack.model_sources import REAL_EXTRA_HINT, RealModels, prepare_real_models
 from runtime.gguf_checkpoint import GGUFCheckpointError
 from runtime.real_models import RealModelMissing
+from tests.devstack.stacks import running
 from tests.devstack.test_local_stack import listening_ports
 from tests.serving.ports import free_port_block, is_listening
 
@@ -47,16 +48,8 @@ def stack(real_models, tmp_path_factory) -> Iterator[tuple[Stack, Ports]]:
     base = free_port_block(30)
     ports = Ports(base=base, router=base + 15, graph=base + 17)
     config = write_router_config(directory / "router.yaml", ports, real_models, policy=ARITHMETIC_GOES_LARGE)
-    started = Stack(stack_components(ports, config, PREDICTOR_ARGS, real_models), log_dir=directory)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("KSERVE_LLM_CPU_KERNELS", "0")
-        try:
-            started.start()
-        except BaseException:
-            started.stop()
-            raise
-    yield started, ports
-    started.stop()
+    with running(Stack(stack_components(ports, config, PREDICTOR_ARGS, real_models), log_dir=directory)) as started:
+        yield started, ports
     for port in listening_ports(ports):
         assert not is_listening(port), f"something still listens on {port} after the stack stopped"
 

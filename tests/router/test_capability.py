@@ -18,7 +18,7 @@ import websockets
 from tests.servers import Server
 
 from .conftest import ROUTER_NAME, start_router, write_config
-from .edge_fakes import FakeTransformer, running_transformers
+from .edge_fakes import FakeTransformer, edge_client, running_transformers
 from .test_learning_edge import logged_lines
 from .test_openai_edge import CHAT, CHIT_CHAT, COMPLETIONS, DEMANDING, THRESHOLD, chat, router_metric
 
@@ -56,9 +56,7 @@ def router(fakes, decision_log, tmp_path_factory) -> Iterator[Server]:
 
 @pytest.fixture
 def http(router, fakes) -> Iterator[httpx.Client]:
-    for fake in fakes.values():
-        fake.reset()
-    with httpx.Client(base_url=router.url, timeout=30) as client:
+    with edge_client(router.url, fakes) as client:
         yield client
 
 
