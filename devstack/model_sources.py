@@ -219,7 +219,8 @@ def prepare_real_models(cache_dir: str | Path | None = None) -> RealModels:
     prepared = []
     for name in REAL_MODELS:
         started = time.perf_counter()
-        logger.info("%s: finding its GGUF file, converting it on first use (a minute or two)", name)
+        logger.info("%s: its GGUF file and converted checkpoint (the first start joins and converts it, once: "
+                    "a minute or two)", name)
         gguf = gguf_file(name, cache_dir)
         checkpoint = RealCheckpoint(name, gguf, hf_checkpoint_dir(gguf, cache_dir))
         logger.info("%s: ready in %.1f s, %.2f M matmul parameters per token", name, time.perf_counter() - started,
