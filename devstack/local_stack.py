@@ -2,14 +2,16 @@
 large model each a predictor and its transformer, the router (OpenAI edge and KServe predict) in
 front of them, and the InferenceGraph runner serving manifests/graphs/route.yaml over them. The
 models are the two trained task models (task_models/), which answer the skill suite's questions
-with really different accuracy; `--demo` serves the random demo models instead. Each component's
-log lines are prefixed with its name.
+with really different accuracy; `--demo` serves the random demo models instead, and `--real`
+(`make serve-real`) the real models of the real-models extra, SmolLM2-135M-Instruct and Gemma 3
+270M (devstack/model_sources.py). Each component's log lines are prefixed with its name.
 Ctrl-C (or SIGTERM) stops everything, each component draining as it would in a pod; if one
 component dies, the others are stopped too."""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import subprocess
@@ -26,24 +28,31 @@ from typing import IO
 import httpx
 import yaml
 
-from runtime.demo import build_demo_model
-from task_models.checkpoint import checkpoint_dir
+from devstack.model_sources import (
+    DEMO_MODELS,
+    REAL_EXTRA_HINT,
+    SIZES,
+    TASK_MODELS,
+    ModelSource,
+    model_name,
+    prepare_real_models,
+)
+from router.graph import service_url
+from runtime.gguf_checkpoint import GGUFCheckpointError
+from runtime.real_models import RealModelMissing
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 START_TIMEOUT = 300.0
 STOP_TIMEOUT = 40.0
-SIZES = ("small", "large")
 ROUTER_NAME = "router"
 ROUTER_CONFIG = REPO_ROOT / "router" / "router.yaml"
 ROUTE_GRAPH = REPO_ROOT / "manifests" / "graphs" / "route.yaml"
 GRAPH_READY_PATH = "/readyz"
 GRPC_PORT_OFFSET = 10
+# Whose progress the stack shows while it prepares the models (joining, converting).
+PROGRESS_LOGGERS = ("devstack", "runtime")
 # KServe logs two trace lines per request otherwise.
 QUIET = ["--enable_latency_logging", "false"]
-
-
-def model_name(size: str) -> str:
-    return f"llm-{size}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,39 +99,17 @@ def kserve_component(name: str, module: str, args: Sequence[str], http_port: int
                      http_port, grpc_port, f"/v2/models/{served_model}/ready")
 
 
-@dataclass(frozen=True, slots=True)
-class ModelSource:
-    """What each size serves: the committed task models, or the demo models (random weights)."""
-
-    demo: bool
-
-    def predictor_args(self, size: str) -> list[str]:
-        return ["--demo", size] if self.demo else ["--model_dir", str(checkpoint_dir(size))]
-
-    def transformer_args(self, size: str) -> list[str]:
-        return ["--demo", size] if self.demo else ["--tokenizer_dir", str(checkpoint_dir(size))]
-
-    def prepare(self) -> None:
-        """Build the demo models first: every component would build them at once otherwise."""
-        if self.demo:
-            for size in SIZES:
-                build_demo_model(size)
-
-
-TASK_MODELS = ModelSource(demo=False)
-DEMO_MODELS = ModelSource(demo=True)
-
-
 def predictor(size: str, ports: Ports, extra_args: Sequence[str] = (), models: ModelSource = DEMO_MODELS) -> Component:
-    return kserve_component(f"predictor-{size}", "runtime", [*models.predictor_args(size), "--model_name",
-                                                             model_name(size), *extra_args],
-                            ports.predictor(size), model_name(size))
+    name = models.model_name(size)
+    return kserve_component(f"predictor-{size}", "runtime", [*models.predictor_args(size), "--model_name", name,
+                                                             *extra_args], ports.predictor(size), name)
 
 
 def transformer(size: str, ports: Ports, models: ModelSource = DEMO_MODELS) -> Component:
-    args = [*models.transformer_args(size), "--model_name", model_name(size), "--predictor_host",
+    name = models.model_name(size)
+    args = [*models.transformer_args(size), "--model_name", name, "--predictor_host",
             f"127.0.0.1:{ports.predictor(size)}", "--predictor_protocol", "v2"]
-    return kserve_component(f"transformer-{size}", "transformer", args, ports.transformer(size), model_name(size))
+    return kserve_component(f"transformer-{size}", "transformer", args, ports.transformer(size), name)
 
 
 def router(name: str, port: int, config: Path) -> Component:
@@ -137,23 +124,26 @@ def graph_runner(name: str, port: int, graph: Path, services: Mapping[str, str],
     return Component(name, "router.graph", args, port, None, GRAPH_READY_PATH)
 
 
-def service_urls(ports: Ports) -> dict[str, str]:
-    """The services an InferenceGraph of manifests/graphs names: the router and each model's
-    transformer (KServe's graph calls an InferenceService's transformer when it has one)."""
+def service_urls(ports: Ports, models: ModelSource = DEMO_MODELS) -> dict[str, str]:
+    """The services an InferenceGraph of manifests/graphs names: the router and each size's
+    transformer (KServe's graph calls an InferenceService's transformer when it has one), the
+    latter at the predict path of the model it serves."""
     return {ROUTER_NAME: local_url(ports.router),
-            **{model_name(size): local_url(ports.transformer(size)) for size in SIZES}}
+            **{model_name(size): service_url(models.model_name(size), local_url(ports.transformer(size)), "v1")
+               for size in SIZES}}
 
 
-def write_router_config(path: Path, ports: Ports, **sections: object) -> Path:
-    """router/router.yaml with its targets on these ports (each replica's load read from its
-    predictor's metrics), its learned model's path made absolute, and top-level `sections` replaced."""
+def write_router_config(path: Path, ports: Ports, models: ModelSource = DEMO_MODELS, **sections: object) -> Path:
+    """router/router.yaml with its targets those of `models` on these ports (each replica's load
+    read from its predictor's metrics), its learned model's path made absolute, and top-level
+    `sections` replaced."""
     config = yaml.safe_load(ROUTER_CONFIG.read_text())
     learned_model = config.get("policy", {}).get("learned_model")
     if learned_model is not None:
         config["policy"]["learned_model"] = str(ROUTER_CONFIG.parent / learned_model)
     config["targets"] = {
-        size: {"model": model_name(size), "urls": [{"url": local_url(ports.transformer(size)),
-                                                   "metrics_url": local_url(ports.predictor(size)) + "/metrics"}]}
+        size: {**models.router_target(size), "urls": [{"url": local_url(ports.transformer(size)),
+                                                      "metrics_url": local_url(ports.predictor(size)) + "/metrics"}]}
         for size in SIZES
     }
     config.update(sections)
@@ -165,7 +155,7 @@ def stack_components(ports: Ports, router_config: Path, predictor_args: Sequence
                      models: ModelSource = DEMO_MODELS) -> list[Component]:
     """The stack, front components first."""
     return [
-        graph_runner("graph", ports.graph, ROUTE_GRAPH, service_urls(ports)),
+        graph_runner("graph", ports.graph, ROUTE_GRAPH, service_urls(ports, models)),
         router("router", ports.router, router_config),
         *(transformer(size, ports, models) for size in SIZES),
         *(predictor(size, ports, predictor_args, models) for size in SIZES),
@@ -186,7 +176,8 @@ class Stack:
 
     def start(self) -> bool:
         """Start every component, then wait until all are ready; False if stopped meanwhile. The
-        demo models must be built first: every component would build them at once otherwise."""
+        models must be prepared first (ModelSource.prepare): every component would build or
+        convert them at once otherwise."""
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         for component in self.components:
             with self._output_of(component) as output:
@@ -260,40 +251,16 @@ def _relay_output(component: Component) -> None:
         sys.stdout.buffer.flush()
 
 
-def example_calls(ports: Ports) -> list[str]:
-    chat = '{"model": "auto", "messages": [{"role": "user", "content": "What is 23 times 17?"}], "temperature": 0}'
-    predict = ('{"instances": [{"messages": [{"role": "user", "content": "What is 7 plus 5?"}], '
-               '"temperature": 0}]}')
-    small = model_name("small")
-    direct = (f'{{"model": "{small}", "messages": [{{"role": "user", "content": "Reverse this list: apple, '
-              f'river, stone, cloud."}}], "temperature": 0}}')
-    json_body = "-H content-type:application/json -d"
-    return [
-        "# the router's OpenAI edge (model auto: the policy picks; -i shows the x-route headers):",
-        f"curl -si {local_url(ports.router)}/openai/v1/chat/completions {json_body} '{chat}'",
-        f"python examples/routing_demo.py --url {local_url(ports.router)}   # easy and hard questions, checked",
-        "# the route graph: the router decides, a Switch calls that model's transformer (v1 predict):",
-        f"curl -s {local_url(ports.graph)} {json_body} '{predict}'",
-        f"python examples/graph_client.py --url {local_url(ports.graph)}",
-        "# a transformer directly (OpenAI API, KServe v1/v2):",
-        f"curl -s {local_url(ports.transformer('small'))}/openai/v1/chat/completions {json_body} '{direct}'",
-    ]
-
-
 def print_table(components: list[Component], ports: Ports, models: ModelSource) -> None:
-    if models.demo:
-        print("\n[stack] ready (demo models: random weights, so the text is gibberish):", flush=True)
-    else:
-        print("\n[stack] ready: the task models answer arithmetic, reverse lists, and know the places and people of "
-              "an invented world (task_models/checkpoints/*/MODEL_CARD.md); greedy (temperature 0) is how they were "
-              "measured", flush=True)
+    print(f"\n[stack] {models.ready_message()}", flush=True)
     print(f"  {'component':<20}{'http':>6}{'grpc':>6}  command")
     for component in components:
         grpc = str(component.grpc_port) if component.grpc_port is not None else "-"
         print(f"  {component.name:<20}{component.http_port:>6}{grpc:>6}  python -m {component.module} "
               f"{' '.join(component.args)}")
     print("\n[stack] try:")
-    for call in example_calls(ports):
+    transformers = {size: local_url(ports.transformer(size)) for size in SIZES}
+    for call in models.example_calls(local_url(ports.router), local_url(ports.graph), transformers):
         print(f"  {call}")
     print("\n[stack] Ctrl-C stops everything.\n", flush=True)
 
@@ -307,15 +274,37 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--router_port", type=int, default=defaults.router,
                         help="the router: OpenAI edge and KServe predict (gRPC: +10)")
     parser.add_argument("--graph_port", type=int, default=defaults.graph, help="the route graph's runner")
-    parser.add_argument("--demo", action="store_true", help="serve the demo models (random weights) instead of the "
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--demo", action="store_true", help="serve the demo models (random weights) instead of the "
                                                             "task models")
+    source.add_argument("--real", action="store_true",
+                        help="serve the real models of the real-models extra (SmolLM2-135M-Instruct, Gemma 3 270M), "
+                             "converted once into the cache on first use")
     args = parser.parse_args(argv)
+    logging.basicConfig(format="[stack] %(message)s")
+    for package in PROGRESS_LOGGERS:
+        logging.getLogger(package).setLevel(logging.INFO)
     ports = Ports(args.base_port, args.router_port, args.graph_port)
-    models = DEMO_MODELS if args.demo else TASK_MODELS
-    models.prepare()
+    models = model_source(args)
     with tempfile.TemporaryDirectory(prefix="kserve-llm-stack-") as directory:
-        router_config = write_router_config(Path(directory) / "router.yaml", ports)
+        router_config = write_router_config(Path(directory) / "router.yaml", ports, models)
         sys.exit(run(Stack(stack_components(ports, router_config, models=models)), ports, models))
+
+
+def model_source(args: argparse.Namespace) -> ModelSource:
+    """The models to serve, prepared; exits with what to install when the real ones are missing."""
+    if not args.real:
+        models = DEMO_MODELS if args.demo else TASK_MODELS
+        models.prepare()
+        return models
+    try:
+        return prepare_real_models()
+    except RealModelMissing as exc:
+        sys.exit(f"[stack] the real models ship in the real-models extra, which is not installed; in this checkout: "
+                 f"{REAL_EXTRA_HINT}\n[stack] ({exc})")
+    except GGUFCheckpointError as exc:
+        sys.exit(f"[stack] cannot convert the real models: {exc}\n[stack] the real-models extra brings all they need: "
+                 f"{REAL_EXTRA_HINT}")
 
 
 def run(stack: Stack, ports: Ports, models: ModelSource = DEMO_MODELS) -> int:

@@ -1,6 +1,7 @@
 """The router's YAML configuration: its targets (the small and the large model, each with one or
-more replicas), the policy's threshold and weights, the cascade, the timeouts and how replicas
-are balanced. Unknown fields are errors, and every error names the field and what it allows."""
+more replicas, its cost per token and whether it serves chat), the policy's threshold and weights,
+the cascade, the timeouts and how replicas are balanced. Unknown fields are errors, and every error
+names the field and what it allows."""
 
 from __future__ import annotations
 
@@ -60,6 +61,19 @@ class Target(_Section):
     urls: list[ReplicaEntry] = Field(
         min_length=1, description="the target's replicas: base URLs, or {url, metrics_url} mappings"
     )
+    cost_per_token: float | None = Field(
+        None, gt=0, description="what one token costs on this target, in a unit both targets share "
+                                "(e.g. millions of matmul parameters per token); unset on both: not checked",
+    )
+    chat: bool = Field(True, description="whether the model serves chat (has a chat template; a base model has none)")
+
+    def serves(self, chat: bool) -> bool:
+        """Whether the target can answer a request that is (or is not) a chat."""
+        return self.chat or not chat
+
+    def describe(self) -> str:
+        cost = "" if self.cost_per_token is None else f"cost {self.cost_per_token:g} per token, "
+        return f"{self.model} ({cost}{'chat' if self.chat else 'no chat'})"
 
     @field_validator("urls")
     @classmethod
@@ -82,6 +96,17 @@ class Targets(_Section):
             raise ValueError(f"small and large serve the same model {self.small.model!r}: give each its own name")
         if AUTO_MODEL in (self.small.model, self.large.model):
             raise ValueError(f"{AUTO_MODEL!r} asks the OpenAI edge to choose: no target's model may be named so")
+        return self
+
+    @model_validator(mode="after")
+    def _small_costs_no_more(self) -> Targets:
+        small, large = self.small.cost_per_token, self.large.cost_per_token
+        if (small is None) != (large is None):
+            unset = "small" if small is None else "large"
+            raise ValueError(f"cost_per_token is set on one target only: set it on {unset} too (or on neither)")
+        if small is not None and small > large:
+            raise ValueError(f"small costs more per token than large ({small:g} > {large:g}): the cheaper model "
+                             f"is the small target, swap them")
         return self
 
     def of(self, route: Route) -> Target:

@@ -46,7 +46,7 @@ class Learning:
             features = self._features(request) if self.config.log_prompts is PromptLogging.HASHED else None
             self.log.record(LoggedDecision(
                 request_id=headers.get(REQUEST_ID_HEADER), route=decision.route.value,
-                decided_by="hint" if hinted else "policy", score=None if hinted else decision.score,
+                decided_by=decision.decided_by, score=None if hinted else decision.score,
                 explored=trace.explored, cascade=cascade, answered_by=answer.route.value, agreement=trace.agreement,
                 **prompt_fields(request, self.config.log_prompts, features, self._num_buckets()),
             ))

@@ -3,8 +3,9 @@ follow Prometheus' conventions for instrumented code (snake_case, `_total` on co
 series carries `model_name`, as the predictor's do.
 
 - `router_requests_total{model_name, route, decided_by}`: requests routed, by the route chosen
-  (`small`, `large`) and what chose it (`policy`, or `hint`: an `x-route` header, a `route` field,
-  or a concrete model name on the OpenAI edge).
+  (`small`, `large`) and what chose it (`policy`; `hint`: an `x-route` header, a `route` field,
+  or a concrete model name on the OpenAI edge; `capability`: the target chosen cannot serve the
+  request, a chat to a model without a chat template, so the other one does).
 - `router_route_score{model_name}` (histogram): the policy's scores; hinted requests have none.
 - `router_escalations_total{model_name, reason}`: cascade escalations from the small to the large
   model, by router.cascade.Verdict (`empty`, `length`, `low_confidence`).
@@ -55,6 +56,6 @@ ROUTING_LATENCY = Histogram(
 
 
 def record_decision(model_name: str, decision: Decision, hinted: bool) -> None:
-    ROUTED_REQUESTS.labels(model_name, decision.route.value, "hint" if hinted else "policy").inc()
+    ROUTED_REQUESTS.labels(model_name, decision.route.value, decision.decided_by).inc()
     if not hinted:
         ROUTE_SCORES.labels(model_name).observe(decision.score)

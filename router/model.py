@@ -7,8 +7,9 @@ KServe's Switch evaluates GJSON conditions against the whole JSON body, and a ba
 is not a GJSON query (it looks up a key of that name): the condition that works is
 `[@this].#(route=="large")`. The Switch then sends that same body to the chosen target, so the
 answer has to be a request the target takes:
-- v1 `:predict` returns the body it got, with the three fields added; a `route` hint in it is
-  overwritten by the decision (which follows the hint).
+- v1 `:predict` returns the body it got, with the three fields added (and `route_reason` when a
+  chat was moved to the target that serves chat); a `route` hint in it is overwritten by the
+  decision (which follows the hint, unless its target cannot serve a chat).
 - v2 REST `/infer` returns the request echoed as v2 JSON (`id`, `inputs`, `parameters` without
   the router's own `route`) plus the three fields. It is sent as raw JSON bytes: a v2 response
   object has `outputs` instead of `inputs` and KServe would drop the added fields.
@@ -17,7 +18,8 @@ answer has to be a request the target takes:
 
 A batch is routed as one request, to where its most demanding instance needs (the highest
 score); hints (`x-route: small|large` header, else `route` in the body or v2 parameters) apply to
-the whole batch and override the policy."""
+the whole batch and override the policy. A batch with a chat instance goes only to a target that
+serves chat (router/capability.py), whatever the policy or a hint chose."""
 
 from __future__ import annotations
 
@@ -28,11 +30,12 @@ import uuid
 from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferRequest, InferResponse
 
+from router.capability import placed
 from router.config import RouterConfig
 from router.features import RoutingRequest, TokenCounter
 from router.metrics import record_decision
 from router.learned_policy import LearnedPolicy, load_policy
-from router.policy import Decision, Hint, RoutingPolicy, batch_decision, parse_hint
+from router.policy import CAPABILITY, Decision, Hint, RoutingPolicy, batch_decision, parse_hint
 from router.schemas import ROUTER_PARAMETERS, InferParameters, PredictRequest
 from router.tensors import INPUT_METADATA, OUTPUT_METADATA, echo_request, prompts_of, request_parameters, route_outputs
 from serving.base_model import ServingModel
@@ -64,7 +67,7 @@ class RouterModel(ServingModel):
             learned = self.config.policy.learned_model
             logger.info("router %r: %s policy, threshold %.4g, prompt tokens counted by %s, targets small=%s large=%s",
                         self.name, f"learned ({learned})" if learned else "rule", self.policy.threshold,
-                        counter.method, self.config.targets.small.model, self.config.targets.large.model)
+                        counter.method, self.config.targets.small.describe(), self.config.targets.large.describe())
         self.ready = True
         return self.ready
 
@@ -78,11 +81,13 @@ class RouterModel(ServingModel):
 
     # Decisions ----------------------------------------------------------------------
 
-    def decide(self, requests: list[RoutingRequest], hint: Hint | None) -> tuple[Decision, list[Decision]]:
-        """The batch's decision and each request's; counted in the metrics."""
+    def decide(self, requests: list[RoutingRequest], hint: Hint | None,
+               chat: bool = False) -> tuple[Decision, list[Decision]]:
+        """The batch's decision and each request's; counted in the metrics. `chat`: the batch
+        holds a chat, which must go to a target that serves chat."""
         self.check_admitting()
         decisions = [self.policy.decide(request, hint) for request in requests]
-        decision = batch_decision(decisions)
+        decision = placed(batch_decision(decisions), self.config.targets, chat)
         record_decision(self.name, decision, hinted=hint is not None)
         return decision, decisions
 
@@ -101,7 +106,8 @@ class RouterModel(ServingModel):
                                '{"instances": [{"prompt": "..."} or {"messages": [...]}]}')
         request = self.validated(PredictRequest, _echoable(payload))
         hint = _hint(headers, request.route, "`route` in the body")
-        decision, decisions = self.decide([instance.routing_request() for instance in request.instances], hint)
+        chat = any(instance.messages is not None for instance in request.instances)
+        decision, decisions = self.decide([instance.routing_request() for instance in request.instances], hint, chat)
         return {**payload, **routing_fields(decision, decisions)}
 
     def _route_v2(self, request: InferRequest, headers: dict[str, str]) -> bytes | InferResponse:
@@ -121,12 +127,16 @@ class RouterModel(ServingModel):
 
 
 def routing_fields(decision: Decision, decisions: list[Decision]) -> dict:
-    """What the router adds to a request."""
-    return {
+    """What the router adds to a request (`route_reason` when capability moved it, as the OpenAI
+    edge's x-route-reason header)."""
+    fields = {
         "route": decision.route.value,
         "route_score": decision.score,
         "route_decisions": [each.as_dict() for each in decisions],
     }
+    if decision.capability is not None:
+        fields["route_reason"] = f"{CAPABILITY}: {decision.capability}"
+    return fields
 
 
 def _hint(headers: dict[str, str], body_route: str | None, body_source: str) -> Hint | None:

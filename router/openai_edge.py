@@ -1,17 +1,21 @@
 """The router's OpenAI-compatible edge, beside its KServe routes: /openai/v1/models, /completions,
 /chat/completions, /tokenize and /detokenize. `model: "auto"` is routed by the policy (an
 `x-route: small|large` request header overrides it) and falls back to the other model when the
-chosen one cannot answer; a target's model name goes to that target only. Streams pass through
-byte for byte (KServe's graph router cannot stream), and a client that leaves closes the target's
-stream. A whole answer the policy sent to the small model may be escalated by the cascade. Bodies
-are validated here, so a bad one gets an OpenAI-shaped 400 before any target is called.
+chosen one cannot answer; a target's model name goes to that target only. An `auto` chat goes
+only to a target that serves chat (router/capability.py): never to one configured `chat: false`,
+neither first, nor as fallback, nor by the cascade. Streams pass through byte for byte (KServe's
+graph router cannot stream), and a client that leaves closes the target's stream. A whole answer
+the policy sent to the small model may be escalated by the cascade. Bodies are validated here, so
+a bad one gets an OpenAI-shaped 400 before any target is called.
 
 Response headers say what happened: `x-route` (the model that answered: small | large),
 `x-route-score` (the policy's score, when the policy decided), `x-route-fallback`
-(`<route>:<failure>`: the model that could not answer, and why) and `x-route-escalated` (the
-cascade's reason). Answers keep the `model` name of the target that wrote them, as OpenAI's name
-the snapshot behind an alias. vLLM's /tokenize and /detokenize go to the transformer of the model
-they name (`auto` is refused: the two models may tokenize differently)."""
+(`<route>:<failure>`: the model that could not answer, and why), `x-route-escalated` (the
+cascade's reason) and `x-route-reason` (`capability: <model> serves no chat`, when the model the
+policy or the hint chose cannot serve the request). Answers keep the `model` name of the target
+that wrote them, as OpenAI's name the snapshot behind an alias. vLLM's /tokenize and /detokenize
+go to the transformer of the model they name (`auto` is refused: the two models may tokenize
+differently)."""
 
 from __future__ import annotations
 
@@ -45,7 +49,7 @@ from router.openai_cascade import (
     small_answers,
     without_logprobs,
 )
-from router.policy import Decision, Hint, Route, parse_hint
+from router.policy import CAPABILITY, Decision, Hint, Route, parse_hint
 from router.replicas import ReplicaSet
 from router.schemas import chat_routing_request
 from router.upstream import Answer, Call, Fallback, Plan, TargetFailed, Upstream
@@ -74,6 +78,7 @@ logger = logging.getLogger(__name__)
 SCORE_HEADER = "x-route-score"
 FALLBACK_HEADER = "x-route-fallback"
 ESCALATED_HEADER = "x-route-escalated"
+REASON_HEADER = "x-route-reason"
 # Idle keep-alive connections kept for the load poller's scrapes of the predictors' metrics.
 MAX_KEEPALIVE_CONNECTIONS = 32
 
@@ -82,12 +87,13 @@ OpenAIRequest = CompletionRequest | ChatCompletionRequest
 
 @dataclass(frozen=True, slots=True)
 class Routing:
-    """A request's decision; `by_policy`: no hint or model name chose for it; `auto`: the router
-    may send it to the other model if the chosen one fails."""
+    """A request's decision; `by_policy`: no hint or model name chose for it; `fallback`: the other
+    model, when the router may send the request there too (the client asked for `auto`, and the
+    other model can serve the request)."""
 
     decision: Decision
     by_policy: bool
-    auto: bool
+    fallback: Route | None
 
     @property
     def route(self) -> Route:
@@ -150,13 +156,15 @@ class OpenAIEdge:
 
     async def answer(self, path: str, body: OpenAIRequest, requests: list[RoutingRequest],
                      headers: Mapping[str, str]) -> Response:
-        """Route the request, send it on, and answer with what came back."""
-        routing, plan = self.plan(body.model, requests, headers)
-        call = Call.of(path, body.model_dump(mode="json", exclude_unset=True, exclude={"model"}), headers, body.stream)
+        """Route the request, send it on, and answer with what came back. Both models answer (the
+        exploration, the cascade) only where both can serve the request."""
         chat = path == CHAT_COMPLETIONS_PATH
-        if routing.auto and routing.by_policy and not body.stream and self.learning.explores():
+        routing, plan = self.plan(body.model, requests, headers, chat)
+        call = Call.of(path, body.model_dump(mode="json", exclude_unset=True, exclude={"model"}), headers, body.stream)
+        both = routing.by_policy and routing.fallback is not None and not body.stream
+        if both and self.learning.explores():
             answer, trace = await self._explore(call, chat)
-        elif self.cascade.enabled and routing.by_policy and routing.route is Route.SMALL and not body.stream:
+        elif both and self.cascade.enabled and routing.route is Route.SMALL:
             answer, trace = await self._cascade(plan, call, chat)
         else:
             answer, trace = await self.upstream.send(plan, call), CascadeTrace()
@@ -178,21 +186,26 @@ class OpenAIEdge:
         return Response(answer.body, status_code=answer.status, media_type=answer.content_type,
                         headers={ROUTE_HEADER: answer.route.value})
 
-    def plan(self, requested_model: str, requests: list[RoutingRequest],
-             headers: Mapping[str, str]) -> tuple[Routing, Plan]:
+    def plan(self, requested_model: str, requests: list[RoutingRequest], headers: Mapping[str, str],
+             chat: bool) -> tuple[Routing, Plan]:
         """The request's decision and where it goes: the chosen target's replicas, least loaded
-        first, and the other target as fallback for `auto` (timed in router_routing_latency_seconds)."""
+        first, and the fallback target, if any (timed in router_routing_latency_seconds)."""
         started = time.perf_counter()
-        routing = self.route(requested_model, requests, headers)
-        plan = Plan(routing.route, self.replica_sets[routing.route].ranked(),
-                    _other(routing.route) if routing.auto else None)
+        routing = self.route(requested_model, requests, headers, chat)
+        plan = Plan(routing.route, self.replica_sets[routing.route].ranked(), routing.fallback)
         ROUTING_LATENCY.labels(self.model.name).observe(time.perf_counter() - started)
         return routing, plan
 
-    def route(self, requested_model: str, requests: list[RoutingRequest], headers: Mapping[str, str]) -> Routing:
+    def route(self, requested_model: str, requests: list[RoutingRequest], headers: Mapping[str, str],
+              chat: bool) -> Routing:
+        """A named model is served by its target whatever it is asked; `auto` requests go only
+        where they can be served."""
         hint = self._hint(requested_model, headers)
-        decision, _ = self.model.decide(requests, hint)
-        return Routing(decision, by_policy=hint is None, auto=requested_model == AUTO_MODEL)
+        auto = requested_model == AUTO_MODEL
+        decision, _ = self.model.decide(requests, hint, chat=chat and auto)
+        other = decision.route.other
+        fallback = other if auto and self.model.config.targets.of(other).serves(chat) else None
+        return Routing(decision, by_policy=hint is None, fallback=fallback)
 
     def _hint(self, requested_model: str, headers: Mapping[str, str]) -> Hint | None:
         if requested_model != AUTO_MODEL:
@@ -262,10 +275,6 @@ def _agreement(small: Answer, large: Answer, chat: bool) -> bool | None:
     return answers_agree(small.json(), large.json(), chat)
 
 
-def _other(route: Route) -> Route:
-    return Route.LARGE if route is Route.SMALL else Route.SMALL
-
-
 def _stripped(answer: Answer, added_logprobs: bool) -> Answer:
     """The answer without the logprobs the cascade asked for and the client did not."""
     if added_logprobs and answer.status == HTTPStatus.OK:
@@ -281,6 +290,8 @@ def _route_headers(answer: Answer, routing: Routing, escalated: str | None) -> d
         headers[FALLBACK_HEADER] = str(answer.fallback)
     if escalated is not None:
         headers[ESCALATED_HEADER] = escalated
+    if routing.decision.capability is not None:
+        headers[REASON_HEADER] = f"{CAPABILITY}: {routing.decision.capability}"
     return headers
 
 

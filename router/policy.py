@@ -26,6 +26,10 @@ class Route(StrEnum):
     SMALL = "small"
     LARGE = "large"
 
+    @property
+    def other(self) -> Route:
+        return Route.LARGE if self is Route.SMALL else Route.SMALL
+
 
 # Priors, not fitted weights: what the threshold is calibrated for is the mix of traffic, and these
 # say how far each signal alone should move a request towards the large model. Code, maths and a
@@ -41,6 +45,7 @@ DEFAULT_WEIGHTS: dict[str, float] = {
 }
 FEATURE_NAMES = tuple(DEFAULT_WEIGHTS)
 HINT_FEATURE = "hint"
+CAPABILITY = "capability"
 # Scores are rounded before they are compared, so the score a decision shows is the one it used.
 SCORE_DECIMALS = 4
 
@@ -100,16 +105,29 @@ class Decision:
     score: float
     threshold: float
     features: tuple[FeatureScore, ...]
+    # Set when the route is not the one the score or the hint chose, because that target cannot
+    # serve the request (router/capability.py): says why.
+    capability: str | None = None
+
+    @property
+    def decided_by(self) -> str:
+        """What chose the route: `capability`, `hint` or `policy`."""
+        if self.capability is not None:
+            return CAPABILITY
+        return HINT_FEATURE if any(feature.name == HINT_FEATURE for feature in self.features) else "policy"
 
     def as_dict(self) -> dict:
         """The decision as JSON, features ordered by how much they drove the score."""
         ordered = sorted(self.features, key=lambda feature: feature.contribution, reverse=True)
-        return {
+        described = {
             "route": self.route.value,
             "score": self.score,
             "threshold": self.threshold,
             "features": {feature.name: feature.as_dict() for feature in ordered},
         }
+        if self.capability is not None:
+            described[CAPABILITY] = self.capability
+        return described
 
 
 class RoutingPolicy:

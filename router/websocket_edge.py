@@ -1,11 +1,11 @@
 """The router edge's backend of the WebSocket generate protocol (serving/websocket_session.py). Each
 request is routed as the OpenAI edge routes one (`model` "auto" by the policy, or a target's model
 name; the handshake's `x-route` header as a hint; least-loaded replicas; fallback to the other
-model before the first byte) and sent, as one pooled HTTP stream, to the chosen transformer's
-OpenAI streaming route: completions for a `prompt`, chat completions for `messages`. Its
-server-sent events become deltas, and the usage chunk (asked for) the `done`. Cancelling the
-request closes that stream, which aborts the request in the predictor. Streams are never
-cascaded (the cascade judges whole answers)."""
+model before the first byte; an `auto` chat only to a model that serves chat) and sent, as one
+pooled HTTP stream, to the chosen transformer's OpenAI streaming route: completions for a
+`prompt`, chat completions for `messages`. Its server-sent events become deltas, and the usage
+chunk (asked for) the `done`. Cancelling the request closes that stream, which aborts the request
+in the predictor. Streams are never cascaded (the cascade judges whole answers)."""
 
 from __future__ import annotations
 
@@ -43,8 +43,9 @@ class RoutedGenerationBackend:
     async def _open(self, request: GenerateMessage, headers: Mapping[str, str]) -> Answer:
         """The chosen target's stream, open up to its first chunk; RequestFailed with the target's
         status if it answered with an error."""
-        _, plan = self.edge.plan(request.model or AUTO_MODEL, [_routing_request(request)], headers)
-        path = COMPLETIONS_PATH if request.prompt is not None else CHAT_COMPLETIONS_PATH
+        chat = request.prompt is None
+        _, plan = self.edge.plan(request.model or AUTO_MODEL, [_routing_request(request)], headers, chat)
+        path = CHAT_COMPLETIONS_PATH if chat else COMPLETIONS_PATH
         answer = await self.edge.upstream.send(plan, Call.of(path, openai_payload(request), headers, stream=True))
         if answer.status != HTTPStatus.OK:
             raise RequestFailed(answer.status, _error_text(answer))

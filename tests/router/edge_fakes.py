@@ -10,6 +10,8 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
+import httpx
+
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
@@ -149,6 +151,15 @@ class FakeTransformer:
         labels = f'{{model_name="{self.name.rsplit("-", 1)[0]}"}}'
         return PlainTextResponse(f"vllm:num_requests_waiting{labels} {self.waiting}\n"
                                  f"vllm:kv_cache_usage_perc{labels} {self.kv_cache_usage}\n")
+
+
+@contextmanager
+def edge_client(router_url: str, fakes: dict[str, FakeTransformer]) -> Iterator[httpx.Client]:
+    """A client of the router at `router_url`, with the fakes behind it reset first."""
+    for fake in fakes.values():
+        fake.reset()
+    with httpx.Client(base_url=router_url, timeout=30) as client:
+        yield client
 
 
 @contextmanager

@@ -29,6 +29,9 @@ def test_the_example_config_loads():
     assert config.learning.decision_log is None and config.learning.explore_share == 0.0
     assert (config.timeouts.connect_seconds, config.timeouts.request_seconds) == (5, 600)
     assert (config.load_balancing.metrics_interval_seconds, config.load_balancing.down_seconds) == (1, 5)
+    # The task models' millions of matmul parameters per token; both serve chat.
+    assert (config.targets.small.cost_per_token, config.targets.large.cost_per_token) == (0.72, 2.63)
+    assert config.targets.small.chat and config.targets.large.chat
 
 
 def test_only_targets_are_required_and_urls_lose_their_trailing_slash():
@@ -38,6 +41,19 @@ def test_only_targets_are_required_and_urls_lose_their_trailing_slash():
     assert config.targets.large.urls == ["http://127.0.0.1:9002", "https://large-2.example:8443"]
     assert config.targets.large.replicas == [Replica(url="http://127.0.0.1:9002"),
                                              Replica(url="https://large-2.example:8443")]
+    # Unset costs are not compared; a target serves chat unless it says otherwise.
+    assert config.targets.small.cost_per_token is None and config.targets.large.chat
+
+
+def test_a_target_says_what_a_token_costs_and_whether_it_serves_chat():
+    targets = {"small": {**TARGETS["small"], "cost_per_token": 134.48},
+               "large": {**TARGETS["large"], "cost_per_token": 268.04, "chat": False}}
+    config = parse_config({"targets": targets})
+    assert config.targets.small.serves(chat=True) and config.targets.small.serves(chat=False)
+    assert not config.targets.large.serves(chat=True) and config.targets.large.serves(chat=False)
+    assert config.targets.large.describe() == "llm-large (cost 268.04 per token, no chat)"
+    # Equal costs are allowed: the small target must only not cost more.
+    parse_config({"targets": {**targets, "large": {**targets["large"], "cost_per_token": 134.48}}})
 
 
 def test_a_replica_is_a_url_or_a_url_with_its_predictors_metrics():
@@ -69,6 +85,15 @@ def test_a_replica_is_a_url_or_a_url_with_its_predictors_metrics():
     ({"targets": {**TARGETS, "small": {"model": "llm-large", "urls": ["http://a"]}}},
      "targets: .*small and large serve the same model 'llm-large'"),
     ({"targets": {**TARGETS, "small": {"model": "auto", "urls": ["http://a"]}}}, "targets: .*'auto' asks the OpenAI"),
+    ({"targets": {**TARGETS, "small": {**TARGETS["small"], "cost_per_token": 0}}},
+     "targets.small.cost_per_token: Input should be greater than 0"),
+    ({"targets": {"small": {**TARGETS["small"], "cost_per_token": 268.04},
+                  "large": {**TARGETS["large"], "cost_per_token": 134.48}}},
+     r"targets: .*small costs more per token than large \(268.04 > 134.48\): the cheaper model is the small target"),
+    ({"targets": {**TARGETS, "large": {**TARGETS["large"], "cost_per_token": 2}}},
+     "targets: .*cost_per_token is set on one target only: set it on small too"),
+    ({"targets": {**TARGETS, "large": {**TARGETS["large"], "chat": "sometimes"}}},
+     "targets.large.chat: Input should be a valid boolean"),
     ({"load_balancing": {"metrics_interval_seconds": 0}},
      "load_balancing.metrics_interval_seconds: Input should be greater than 0"),
 ])
@@ -96,4 +121,13 @@ def test_the_router_does_not_start_on_a_bad_config(tmp_path, spelling):
     finished = run_python("-m", "router", *spelling.replace("PATH", str(config)).split())
     assert finished.returncode == 2
     assert f"cannot start the router: {config}: policy.threshold: Input should be less than or equal to 1" \
+        in finished.stdout + finished.stderr
+
+
+def test_the_router_does_not_start_when_small_costs_more(tmp_path):
+    config = tmp_path / "router.yaml"
+    config.write_text(EXAMPLE_CONFIG.read_text().replace("cost_per_token: 0.72", "cost_per_token: 5"))
+    finished = run_python("-m", "router", "--config", str(config))
+    assert finished.returncode == 2
+    assert f"cannot start the router: {config}: targets: Value error, small costs more per token than large (5 > 2.63)" \
         in finished.stdout + finished.stderr

@@ -16,7 +16,7 @@ import pytest
 from tests.servers import Server, free_port
 
 from .conftest import start_router, write_config
-from .edge_fakes import FakeTransformer, running_transformers
+from .edge_fakes import FakeTransformer, edge_client, running_transformers
 
 THRESHOLD = 0.3
 CHIT_CHAT = "How are you doing today?"
@@ -63,9 +63,7 @@ def router(fakes, tmp_path_factory) -> Iterator[Server]:
 
 @pytest.fixture
 def http(router, fakes) -> Iterator[httpx.Client]:
-    for fake in fakes.values():
-        fake.reset()
-    with httpx.Client(base_url=router.url, timeout=30) as client:
+    with edge_client(router.url, fakes) as client:
         yield client
 
 

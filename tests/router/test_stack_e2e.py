@@ -32,6 +32,7 @@ from devstack.local_stack import (
     stop_components,
     write_router_config,
 )
+from tests.devstack.stacks import running
 from tests.serving.ports import free_port_block
 
 # As the predictor tests run it: small, CPU-only, one thread per server on the suite's 2 cores.
@@ -80,16 +81,8 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
     extras = [router("router-confident", base + 16, confident),
               graph_runner("graph-cascade", base + 18, CASCADE_GRAPH, services),
               graph_runner("graph-split", base + 19, split_graph(directory / "split.yaml"), services, "--seed", "0")]
-    started = Stack(stack_components(ports, config, PREDICTOR_ARGS) + extras, log_dir=directory)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("KSERVE_LLM_CPU_KERNELS", "0")
-        try:
-            started.start()
-        except BaseException:
-            started.stop()
-            raise
-    yield started
-    started.stop()
+    with running(Stack(stack_components(ports, config, PREDICTOR_ARGS) + extras, log_dir=directory)) as started:
+        yield started
 
 
 def url(stack: Stack, name: str) -> str:
