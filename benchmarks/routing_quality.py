@@ -50,6 +50,7 @@ from benchmarks.routing.strategies import (  # noqa: E402
     Prices,
     cascade_points,
     escalations,
+    group_means,
     point_of,
     random_points,
     routed_cascade_points,
@@ -403,11 +404,7 @@ def evaluate(args: argparse.Namespace, test: list[Outcome], routed: list[Outcome
 def cell_gain_rates(test: list[Outcome]) -> list[float]:
     """Each item's score as the share of its task-and-level cell that gains from the large model,
     measured on the test suite itself: the best a router that reads only the cell can do."""
-    cells: dict[tuple[str, int], list[bool]] = {}
-    for outcome in test:
-        cells.setdefault((outcome.item.task, outcome.item.level), []).append(outcome.gain)
-    return [sum(cells[outcome.item.task, outcome.item.level]) / len(cells[outcome.item.task, outcome.item.level])
-            for outcome in test]
+    return group_means(test, lambda outcome: (outcome.item.task, outcome.item.level), lambda outcome: outcome.gain)
 
 
 def default_candidates(test: list[Outcome], scores: list[float], prices: Prices, large: Point,
