@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import jsonschema
 import pytest
@@ -159,11 +160,31 @@ def test_regex_choice_grammar_and_json_object(engine, tokenizer, constraint, che
     (dict(regex="([a-z"), "regex cannot be compiled"),
     (dict(grammar="root ::= ("), "grammar cannot"),
     (dict(json={"type": "array", "uniqueItems": True}, strict=True), "uniqueItems"),
-], ids=["regex", "grammar", "strict-unsupported-keyword"])
+    (dict(json='{"type": "array", "items": ' * 300 + '{"type": "integer"}' + "}" * 300), "recursion limit"),
+], ids=["regex", "grammar", "strict-unsupported-keyword", "too-deep"])
 def test_a_constraint_that_does_not_compile_is_refused(engine, constraint, message):
     with pytest.raises(RequestRejected, match=message):
         engine.add_request("bad", PROMPTS[0], SamplingParams(structured_output=StructuredOutput(**constraint)))
     assert not engine.has_unfinished_requests()
+
+
+async def test_a_compile_past_the_time_limit_is_refused_and_the_engine_goes_on(tiny_llama_with_tokenizer):
+    engine = make_engine(tiny_llama_with_tokenizer, grammar_compile_timeout=0.05)
+    compiler = engine.grammar_compiler
+    build = compiler._build
+    # Compiles here take a millisecond: this one is made to take longer than the limit.
+    compiler._build = lambda constraint: time.sleep(0.3) or build(constraint)
+    with pytest.raises(RequestRejected, match="did not compile within 0.05 s; simplify it"):
+        engine.add_request("sync", PROMPTS[0], SamplingParams(structured_output=StructuredOutput(regex="[0-9]{4}")))
+    async_engine = AsyncLLMEngine(engine=engine)
+    async_engine.start()
+    try:
+        with pytest.raises(RequestRejected, match="did not compile within"):
+            await async_engine.generate("async", PROMPTS[0], SamplingParams(structured_output=StructuredOutput(
+                regex="[0-9]{5}")))
+        assert (await async_engine.generate("plain", PROMPTS[0], SamplingParams(max_tokens=2))).finish_reason
+    finally:
+        async_engine.shutdown()
 
 
 def test_without_strict_unsupported_keywords_are_ignored(engine):
