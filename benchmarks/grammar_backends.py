@@ -176,7 +176,8 @@ def print_table(results: list[dict]) -> None:
     for result in results:
         for index, (name, row) in enumerate(result["schemas"].items()):
             tokenizer = f"{result['tokenizer_seconds']:.2f}" if index == 0 else ""
-            print(f"{result['library']:<11} {result['model']:<22} {tokenizer:>11} {name:<10} {row['compile_ms']:>10.1f} "
+            print(f"{result['library']:<11} {result['model']:<22} {tokenizer:>11} {name:<10} "
+                  f"{row['compile_ms']:>10.1f} "
                   f"{row['tokens']:>6} {row['first_mask_us']:>11.0f} {row['mask_us_median']:>11.0f} "
                   f"{row['mask_us_max']:>8.0f} {row['masks_ms_total']:>12.2f}")
 

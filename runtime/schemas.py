@@ -51,9 +51,10 @@ class SamplingFields(StructuredOutputFields):
 
 def engine_structured_output(constraint: StructuredOutputs) -> StructuredOutput:
     """The wire's constraint as the engine's (which bounds its size: ValueError when too large)."""
+    choice = None if constraint.choice is None else tuple(constraint.choice)
     return StructuredOutput(json=constraint.json_schema, json_object=bool(constraint.json_object),
-                            regex=constraint.regex, choice=None if constraint.choice is None else tuple(constraint.choice),
-                            grammar=constraint.grammar, strict=bool(constraint.strict))
+                            regex=constraint.regex, choice=choice, grammar=constraint.grammar,
+                            strict=bool(constraint.strict))
 
 
 class PredictInstance(SamplingFields):

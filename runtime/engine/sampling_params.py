@@ -98,7 +98,8 @@ class SamplingParams:
         else:
             self.logit_bias = None
         if self.structured_output is not None and not isinstance(self.structured_output, StructuredOutput):
-            raise ValueError(f"structured_output must be a StructuredOutput, got {type(self.structured_output).__name__}")
+            raise ValueError("structured_output must be a StructuredOutput, got "
+                             f"{type(self.structured_output).__name__}")
         self.stop_token_ids = tuple(int(t) for t in self.stop_token_ids)
         if self.top_logprobs:
             self.logprobs = True

@@ -45,8 +45,9 @@ TEXT_FIELDS = {**KSERVE_FIELDS, "stop": stops}
 CHOICE_COUNTS = st.one_of(st.sampled_from((0, 1, 2, 16, 17, 1_000)), integers_at_limits)
 OPENAI_FIELDS = {
     **TEXT_FIELDS, "n": CHOICE_COUNTS, "user": pathological_text, "store": wrong_values,
-    "response_format": st.sampled_from(({"type": "text"}, {"type": "json_object"},
-                                        {"type": "json_schema", "json_schema": {"name": "n", "schema": {"type": "object"}}})),
+    "response_format": st.sampled_from((
+        {"type": "text"}, {"type": "json_object"},
+        {"type": "json_schema", "json_schema": {"name": "n", "schema": {"type": "object"}}})),
     "stream_options": st.fixed_dictionaries({"include_usage": st.booleans(),
                                              "continuous_usage_stats": st.booleans()}),
 }

@@ -14,8 +14,8 @@ from tests.servers import Server
 from .conftest import start_router, write_config
 from .edge_fakes import FakeTransformer, running_transformers
 
-FORMAT = {"type": "json_schema", "json_schema": {"name": "answer", "strict": True,
-                                                 "schema": {"type": "object", "properties": {"a": {"type": "integer"}}}}}
+SCHEMA = {"type": "object", "properties": {"a": {"type": "integer"}}}
+FORMAT = {"type": "json_schema", "json_schema": {"name": "answer", "strict": True, "schema": SCHEMA}}
 
 
 @pytest.fixture(scope="module")

@@ -40,7 +40,8 @@ def test_generate_takes_the_constraint(http, tokenizer, parameters):
 def test_v2_infer_and_v1_predict_take_the_constraint(http, tokenizer):
     infer = {"inputs": [{"name": "input_ids", "shape": [1, 3], "datatype": "INT64", "data": [5, 6, 7]}],
              "parameters": {"max_tokens": 10, "structured_outputs": '{"choice": ["alpha", "beta"]}'}}
-    outputs = {output["name"]: output for output in http.post(f"/v2/models/{MODEL_NAME}/infer", json=infer).json()["outputs"]}
+    answer = http.post(f"/v2/models/{MODEL_NAME}/infer", json=infer).json()
+    outputs = {output["name"]: output for output in answer["outputs"]}
     length = outputs["output_lengths"]["data"][0]
     assert tokenizer.decode(outputs["output_ids"]["data"][:length]) in ("alpha", "beta")
     predict = http.post(f"/v1/models/{MODEL_NAME}:predict", json={"instances": [

@@ -70,7 +70,8 @@ def test_guided_json_through_the_grpc_predictor_protocol(predictor, launch_trans
 
 
 @pytest.mark.parametrize(("extra", "message"), [
-    ({"response_format": {"type": "json_object"}, "guided_regex": "a+"}, "response_format (json_object) and guided_regex"),
+    ({"response_format": {"type": "json_object"}, "guided_regex": "a+"},
+     "response_format (json_object) and guided_regex"),
     ({"guided_choice": ["a"], "structured_outputs": {"regex": "b"}}, "guided_choice and structured_outputs"),
     ({"structured_outputs": {"regex": "a", "choice": ["a"]}}, "got regex and choice"),
     ({"response_format": {"type": "json_schema"}}, "json_schema"),
