@@ -317,3 +317,30 @@ def test_the_bitmask_forbids_exactly_the_clear_bits_in_the_chosen_rows(device):
         allowed = [bool(words[token // 32] >> (token % 32) & 1) for token in range(vocab_size)]
         assert [value == 0 for value in logits[row].tolist()] == allowed
     assert (logits[1] == 0).all()
+
+
+def test_under_async_scheduling_a_constrained_step_waits_only_after_queueing_its_forward_pass(
+        tiny_llama_with_tokenizer):
+    """The one sync structured outputs add: a step holding a constrained row waits for the previous
+    step's tokens after its own forward pass is queued and before it is sampled; a step without one
+    never waits before it is sampled."""
+    for schema in (PERSON, None):
+        engine = make_engine(tiny_llama_with_tokenizer, async_scheduling=True)
+        events: list[str] = []
+        execute, sample, launch = engine.runner.execute, engine.sampler.__call__, engine._launch
+
+        def recording_launch(*args):
+            launched = launch(*args)
+            if launched is not None:
+                fetch = launched.pending.fetch
+                launched.pending.fetch = lambda: events.append("fetch") or fetch()
+            return launched
+
+        engine.runner.execute = lambda scheduled: events.append("forward") or execute(scheduled)
+        engine.sampler = lambda logits, seqs: events.append("sample") or sample(logits, seqs)
+        engine._launch = recording_launch
+        params = constrained(schema, temperature=0.0) if schema else SamplingParams(max_tokens=20, temperature=0.0)
+        engine.generate([PROMPTS[0]], params)
+        steps = " ".join(events).split("forward")[2:]  # from the second step on, each has a previous one
+        expected = " sample " if schema is None else " fetch sample "
+        assert len(steps) > 5 and all(step.startswith(expected) for step in steps[:-1]), events
