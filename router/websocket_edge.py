@@ -24,6 +24,7 @@ from serving.errors import error_message
 from serving.openai_protocol import Usage
 from serving.openai_routes import CHAT_COMPLETIONS_PATH, COMPLETIONS_PATH
 from serving.sse import json_events
+from serving.structured_outputs import CONSTRAINT_FIELDS
 from serving.websocket_protocol import Finish, GenerateMessage, RequestFailed, TextDelta
 
 
@@ -63,7 +64,7 @@ def openai_payload(request: GenerateMessage) -> dict:
     own). `max_tokens` is always sent: unset, it means the rest of the context, as in chat."""
     payload = request.model_dump(include={"temperature", "top_p", "seed", "top_k", "min_tokens", "ignore_eos",
                                           "presence_penalty", "frequency_penalty", "repetition_penalty",
-                                          "logit_bias", "min_p", "stop_token_ids"},
+                                          "logit_bias", "min_p", "stop_token_ids", *CONSTRAINT_FIELDS},
                                  exclude_none=True)
     payload.update(max_tokens=request.max_tokens, stream=True, stream_options={"include_usage": True})
     if request.stop_strings:

@@ -5,19 +5,19 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
-from runtime.engine import SamplingParams
+from runtime.engine import SamplingParams, StructuredOutput
 from serving.openai_protocol import TokenBias, TokenIds
+from serving.structured_outputs import CONSTRAINT_FIELDS, StructuredOutputFields, StructuredOutputs
 
 
-class SamplingFields(BaseModel):
+class SamplingFields(StructuredOutputFields):
     """Sampling fields a request may set; anything left out takes SamplingParams' default.
 
     Lax types on purpose: gRPC parameters carry numbers as strings ("0.7"), and JSON clients
     send 1.0 for 1. `stop_token_ids` may also be a comma-separated string, since v2 parameters
-    hold no lists.
+    hold no lists. The output's constraint, if any, is `structured_outputs` (what the transformer
+    sends) or one of vLLM's `guided_*` fields; objects and lists in it may come as JSON text.
     """
-
-    model_config = ConfigDict(extra="forbid")
 
     max_tokens: int | None = None
     temperature: float | None = None
@@ -39,12 +39,22 @@ class SamplingFields(BaseModel):
     def to_sampling_params(self, *, logprobs: bool = False) -> SamplingParams:
         """Build SamplingParams (which checks ranges and raises ValueError with the allowed one);
         `logprobs=True` computes them whatever the request asked."""
-        fields = self.model_dump(include=set(SamplingFields.model_fields), exclude_none=True)
+        fields = self.model_dump(include=set(SamplingFields.model_fields) - set(CONSTRAINT_FIELDS), exclude_none=True)
         if "stop_token_ids" in fields:
             fields["stop_token_ids"] = tuple(fields["stop_token_ids"])
         if logprobs:
             fields["logprobs"] = True
+        if (constraint := self.structured_output) is not None:
+            fields["structured_output"] = engine_structured_output(constraint)
         return SamplingParams(**fields)
+
+
+def engine_structured_output(constraint: StructuredOutputs) -> StructuredOutput:
+    """The wire's constraint as the engine's (which bounds its size: ValueError when too large)."""
+    choice = None if constraint.choice is None else tuple(constraint.choice)
+    return StructuredOutput(json=constraint.json_schema, json_object=bool(constraint.json_object),
+                            regex=constraint.regex, choice=choice, grammar=constraint.grammar,
+                            strict=bool(constraint.strict))
 
 
 class PredictInstance(SamplingFields):

@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, field_validator, model_validator
 
+from serving.structured_outputs import ResponseFormat, StructuredOutputFields, StructuredOutputs
 from serving.text import without_lone_surrogates
 
 MAX_STOP_STRINGS = 4
@@ -23,6 +24,11 @@ MAX_LOGIT_BIAS = 100.0
 MAX_LOGIT_BIAS_TOKENS = 300
 MIN_REPETITION_PENALTY, MAX_REPETITION_PENALTY = 0.01, 10.0
 MAX_STOP_TOKEN_IDS = 256
+# OpenAI request fields that change nothing about the generation, accepted and ignored (and named
+# in the response's x-ignored-fields header): storing completions, their metadata, the service
+# tier, predicted outputs (a latency hint), the end user's id. `parallel_tool_calls` matters only
+# with tools, which are refused.
+BENIGN_FIELDS = ("store", "metadata", "service_tier", "parallel_tool_calls", "prediction", "user")
 
 
 class _Body(BaseModel):
@@ -79,10 +85,11 @@ LogitBias = Annotated[dict[int, Annotated[float, Field(ge=-MAX_LOGIT_BIAS, le=MA
 AdditivePenalty = Annotated[float, Field(ge=-MAX_ADDITIVE_PENALTY, le=MAX_ADDITIVE_PENALTY)]
 
 
-class SamplingBase(_Body):
+class SamplingBase(StructuredOutputFields, _Body):
     """The sampling fields the OpenAI routes and the WebSocket protocol share beyond OpenAI's own
     (whose ranges differ by route): stop strings, the penalties and logit bias, and vLLM's
-    extensions (the openai client sends those through `extra_body`)."""
+    extensions (the openai client sends those through `extra_body`), its structured outputs among
+    them (serving/structured_outputs.py)."""
 
     stop: Stop = None
     top_k: Annotated[int, Field(ge=-1)] | None = None
@@ -117,7 +124,26 @@ class _SamplingRequest(SamplingBase):
     stream: bool = False
     stream_options: StreamOptions | None = None
     seed: int | None = None
+    response_format: ResponseFormat | None = None
+    # BENIGN_FIELDS, typed as OpenAI's so that a wrong value is still refused.
+    store: bool | None = None
+    metadata: dict[str, str] | None = None
+    service_tier: str | None = None
+    parallel_tool_calls: bool | None = None
+    prediction: dict[str, Any] | None = None
     user: str | None = None
+
+    def requested_constraints(self) -> dict[str, StructuredOutputs]:
+        constraints = super().requested_constraints()
+        constraint = None if self.response_format is None else self.response_format.structured_outputs()
+        if constraint is None:
+            return constraints
+        return {f"response_format ({self.response_format.type})": constraint, **constraints}
+
+    @property
+    def ignored_fields(self) -> list[str]:
+        """The BENIGN_FIELDS the request set (and that nothing reads)."""
+        return [name for name in BENIGN_FIELDS if name in self.model_fields_set]
 
     @property
     def include_usage(self) -> bool:
@@ -211,10 +237,6 @@ class DetokenizeResponse(BaseModel):
     prompt: str
 
 
-class ResponseFormat(_Body):
-    type: Literal["text"]
-
-
 class ChatCompletionRequest(_SamplingRequest):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     # No default: the rest of the context window.
@@ -222,7 +244,6 @@ class ChatCompletionRequest(_SamplingRequest):
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
     logprobs: bool = False
     top_logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
-    response_format: ResponseFormat | None = None
     tools: list[Any] | None = None
     tool_choice: Any = None
     add_generation_prompt: bool = True

@@ -1,10 +1,13 @@
 """The OpenAI-compatible surface, one for every component that serves it (the transformer answers
 it, the router's edge routes it on): its paths, the interface a component implements to answer
 them (OpenAIHandler), and `mount_openai_routes`, which serves them on an app with every failure
-answered in OpenAI's error shape. KServe's own OpenAI layer needs vLLM, so these routes are ours."""
+answered in OpenAI's error shape. KServe's own OpenAI layer needs vLLM, so these routes are ours.
+A completion's response names the request fields that were accepted and ignored
+(openai_protocol.BENIGN_FIELDS) in its `x-ignored-fields` header."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Mapping
 from typing import Protocol, TypeVar
 
@@ -35,6 +38,7 @@ TOKENIZE_PATH = "/tokenize"
 DETOKENIZE_PATH = "/detokenize"
 # Who owns every model card served here.
 MODEL_OWNER = "kserve-llm-runtime"
+IGNORED_FIELDS_HEADER = "x-ignored-fields"
 
 Answer = TypeVar("Answer")
 
@@ -61,6 +65,8 @@ def mount_openai_routes(app: FastAPI, handler: OpenAIHandler) -> None:
     streamed token's path, are also served ahead of FastAPI's router (serving/direct_routes.py);
     every route decodes a large body off the event loop (serving/request_bodies.py)."""
     router = json_api_router(tags=["OpenAI"])
+    # The handler's module logger: a child of its component's, which is the one configured.
+    logger = logging.getLogger(type(handler).__module__)
 
     @router.get(MODELS_PATH, response_model=ModelList)
     async def list_models() -> ModelList | JSONResponse:
@@ -71,10 +77,10 @@ def mount_openai_routes(app: FastAPI, handler: OpenAIHandler) -> None:
         return await _answered(_model_card(handler, model_name))
 
     async def answer_completions(body: CompletionRequest, headers: Mapping[str, str]) -> Response:
-        return await _answered(handler.completions(body, headers))
+        return _naming_ignored_fields(await _answered(handler.completions(body, headers)), body, logger)
 
     async def answer_chat_completions(body: ChatCompletionRequest, headers: Mapping[str, str]) -> Response:
-        return await _answered(handler.chat_completions(body, headers))
+        return _naming_ignored_fields(await _answered(handler.chat_completions(body, headers)), body, logger)
 
     @router.post(COMPLETIONS_PATH)
     async def completions(body: CompletionRequest, request: Request) -> Response:
@@ -105,6 +111,24 @@ async def _model_card(handler: OpenAIHandler, name: str) -> ModelCard:
     cards = {card.id: card for card in handler.model_cards()}
     check_model_name(name, cards)
     return cards[name]
+
+
+# The sets of ignored fields already logged (subsets of BENIGN_FIELDS, so few): each is logged once,
+# since an SDK may send the same ones with every request.
+_logged_ignored_fields: set[tuple[str, ...]] = set()
+
+
+def _naming_ignored_fields(response: Response, body: CompletionRequest | ChatCompletionRequest,
+                           logger: logging.Logger) -> Response:
+    ignored = body.ignored_fields
+    if ignored:
+        response.headers[IGNORED_FIELDS_HEADER] = ", ".join(ignored)
+        if tuple(ignored) not in _logged_ignored_fields:
+            _logged_ignored_fields.add(tuple(ignored))
+            logger.info("accepted and ignored OpenAI request fields that do not change generation: %s "
+                        "(named in the %s response header; logged once per set of fields)",
+                        ", ".join(ignored), IGNORED_FIELDS_HEADER)
+    return response
 
 
 async def _answered(answer: Awaitable[Answer]) -> Answer | JSONResponse:

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 
 from serving.errors import RETRY_AFTER_SECONDS, describe_validation_errors
 from serving.openai_protocol import ChatMessage, SamplingBase, Usage
+from serving.structured_outputs import CONSTRAINT_FIELDS
 
 WEBSOCKET_PATH = "/ws/v1/generate"
 MAX_ID_CHARS = 128
@@ -95,7 +96,7 @@ class GenerateMessage(SamplingBase):
 
 SAMPLING_FIELDS = frozenset({"max_tokens", "temperature", "top_p", "seed", "stop", "logprobs", "top_k",
                              "min_tokens", "ignore_eos", "presence_penalty", "frequency_penalty",
-                             "repetition_penalty", "logit_bias", "min_p", "stop_token_ids"})
+                             "repetition_penalty", "logit_bias", "min_p", "stop_token_ids", *CONSTRAINT_FIELDS})
 
 
 class CancelMessage(BaseModel):

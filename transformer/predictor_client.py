@@ -19,6 +19,7 @@ from kserve.errors import InvalidInput
 from serving.errors import BadGateway, RequestTimeout, ServiceUnavailable, error_message, upstream_error
 from serving.http_client import Pools, Response, UpstreamDisconnected, UpstreamUnreachable
 from serving.sse import json_events
+from serving.structured_outputs import STRUCTURED_OUTPUTS_FIELD
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +144,7 @@ class PredictorClient:
         tensor = InferInput("input_ids", [1, len(prompt_ids)], "INT64")
         tensor.set_data_from_numpy(np.array([prompt_ids], dtype=np.int64))
         # KServe's gRPC parameters hold bool, int64 or string: floats travel as strings.
-        grpc_parameters = {key: _grpc_parameter(value) for key, value in parameters.items()}
+        grpc_parameters = {key: _grpc_parameter(key, value) for key, value in parameters.items()}
         request = InferRequest(model_name=self.model_name, infer_inputs=[tensor], parameters=grpc_parameters)
         if self._grpc is None:
             settings = self.settings
@@ -178,10 +179,12 @@ class PredictorClient:
             raise ServiceUnavailable(self.model_name, f"the predictor at {self.settings.rest_host} is unreachable ({exc})") from None
 
 
-def _grpc_parameter(value: object) -> object:
+def _grpc_parameter(key: str, value: object) -> object:
     """A predictor parameter as KServe's gRPC parameters hold it (bool, int64 or string), in the
     text forms the predictor reads back: floats as strings, token lists as "1,2,3", a logit
-    bias as "token:bias,token:bias"."""
+    bias as "token:bias,token:bias", the structured output as JSON text."""
+    if key == STRUCTURED_OUTPUTS_FIELD:
+        return json.dumps(value, separators=(",", ":"))
     if isinstance(value, float):
         return str(value)
     if isinstance(value, (list, tuple)):

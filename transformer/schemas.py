@@ -8,6 +8,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from serving.openai_protocol import MAX_TOP_LOGPROBS, ChatMessage, SamplingBase
+from serving.structured_outputs import CONSTRAINT_FIELDS, STRUCTURED_OUTPUTS_FIELD
 
 
 class TextSamplingFields(SamplingBase):
@@ -25,16 +26,20 @@ class TextSamplingFields(SamplingBase):
     top_logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
 
     def predictor_parameters(self, *, logprobs: bool = False) -> dict:
-        """The fields the predictor takes (all but `stop`, which the transformer applies);
+        """The fields the predictor takes (all but `stop`, which the transformer applies, and the
+        request's constraint goes as one `structured_outputs`, whichever field set it);
         `logprobs=True` asks for them whatever the request said (for `confidence`)."""
         parameters = {name: value for name in _PREDICTOR_FIELDS if (value := getattr(self, name)) is not None}
         if logprobs:
             parameters["logprobs"] = True
+        if (constraint := self.structured_output) is not None:
+            parameters[STRUCTURED_OUTPUTS_FIELD] = constraint.parameter()
         return parameters
 
 
-# What the predictor's parameters take: every sampling field but `stop`.
-_PREDICTOR_FIELDS = tuple(name for name in TextSamplingFields.model_fields if name != "stop")
+# What the predictor's parameters take as they are: every sampling field but `stop` and the constraint.
+_PREDICTOR_FIELDS = tuple(name for name in TextSamplingFields.model_fields
+                          if name != "stop" and name not in CONSTRAINT_FIELDS)
 
 
 class PredictInstance(TextSamplingFields):

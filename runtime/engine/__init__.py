@@ -9,6 +9,7 @@ from .errors import EngineDead, QueueFull, RequestRejected
 from .model_loader import ModelLoadError
 from .outputs import RequestMetrics, RequestOutput
 from .sampling_params import SamplingParams
+from .structured_output import StructuredOutput
 
 __all__ = [
     "AsyncLLMEngine",
@@ -25,4 +26,5 @@ __all__ = [
     "RequestOutput",
     "RequestRejected",
     "SamplingParams",
+    "StructuredOutput",
 ]

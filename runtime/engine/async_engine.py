@@ -2,7 +2,9 @@
 
 The event loop never runs a model step: requests and aborts travel to the engine
 thread as commands, and each step's outputs come back with one
-`loop.call_soon_threadsafe` per event loop per step.
+`loop.call_soon_threadsafe` per event loop per step. A request's structured output is compiled
+before it travels, in the grammar compiler's pool: neither the event loop nor the engine thread
+waits for a compile.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import AsyncIterator
 from .config import EngineConfig
 from .engine import EngineStats, LLMEngine
 from .errors import EngineDead, QueueFull, RequestRejected
+from .grammar import Grammar
 from .outputs import RequestOutput
 from .sampling_params import SamplingParams
 from .sequence import FinishReason
@@ -37,6 +40,7 @@ class _AddCommand:
     prompt_token_ids: list[int]
     params: SamplingParams
     priority: int
+    grammar: Grammar | None
 
 
 @dataclass(slots=True)
@@ -113,10 +117,16 @@ class AsyncLLMEngine:
         priority: int = 0,
     ) -> RequestStream:
         """Admit a request now, without waiting for its first token: a refused one (bad input,
-        full queue, engine stopped) raises here. Its outputs come from the returned stream,
-        which must be read to the end or closed; closing it early aborts the request."""
+        full queue, engine stopped, a structured output that does not compile) raises here. Its
+        outputs come from the returned stream, which must be read to the end or closed; closing
+        it early aborts the request."""
         params = params or SamplingParams()
-        return RequestStream(self, request_id, self._register(request_id, list(prompt_token_ids), params, priority))
+        prompt_token_ids = list(prompt_token_ids)
+        grammar = None
+        if params.structured_output is not None:
+            self._check_admissible(request_id, prompt_token_ids, params)
+            grammar = await self.engine.grammar_compiler.compile_async(params.structured_output)
+        return RequestStream(self, request_id, self._register(request_id, prompt_token_ids, params, priority, grammar))
 
     async def generate(
         self, request_id: str, prompt_token_ids: list[int], params: SamplingParams | None = None, priority: int = 0
@@ -135,7 +145,19 @@ class AsyncLLMEngine:
         if abort:
             self.abort(request_id)
 
-    def _register(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, priority: int) -> _Stream:
+    def _register(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, priority: int,
+                  grammar: Grammar | None) -> _Stream:
+        self._check_admissible(request_id, prompt_token_ids, params)
+        stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
+        self._streams[request_id] = stream
+        try:
+            self._submit(_AddCommand(request_id, prompt_token_ids, params, priority, grammar))
+        except (QueueFull, EngineDead):
+            del self._streams[request_id]
+            raise
+        return stream
+
+    def _check_admissible(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
         if self._dead_reason is not None:
             raise EngineDead(f"the engine has stopped: {self._dead_reason}")
         if not self.is_running:
@@ -143,14 +165,6 @@ class AsyncLLMEngine:
         if request_id in self._streams:
             raise RequestRejected(f"request id {request_id!r} is already in use")
         self.engine.validate_request(prompt_token_ids, params)
-        stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
-        self._streams[request_id] = stream
-        try:
-            self._submit(_AddCommand(request_id, prompt_token_ids, params, priority))
-        except (QueueFull, EngineDead):
-            del self._streams[request_id]
-            raise
-        return stream
 
     @property
     def num_waiting(self) -> int:
@@ -216,7 +230,7 @@ class AsyncLLMEngine:
                 with self._wakeup:
                     self._num_arriving -= 1
                     self.engine.add_admitted_request(
-                        command.request_id, command.prompt_token_ids, command.params, command.priority
+                        command.request_id, command.prompt_token_ids, command.params, command.priority, command.grammar
                     )
             except RequestRejected as exc:
                 outputs.append((command.request_id, exc))

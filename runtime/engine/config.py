@@ -36,6 +36,11 @@ class EngineConfig:
     device before the previous step's tokens reach the host, so the host's work per step
     (scheduling, inputs, sampling setup, outputs) runs while the GPU computes; tokens come out
     one step later than they are computed (LLMEngine.step).
+
+    Structured outputs compile against the tokenizer in `tokenizer` (default: the checkpoint
+    directory `model`), in a pool beside the step loop; a compile that takes longer than
+    `grammar_compile_timeout` seconds is refused, and the last `grammar_cache_size` compiled
+    grammars are kept (grammar_compiler.py).
     """
 
     model: str
@@ -64,6 +69,9 @@ class EngineConfig:
     # Queue each step before the previous one's tokens reach the host (LLMEngine.step).
     # None: on with CUDA, off on the CPU.
     async_scheduling: bool | None = None
+    tokenizer: str | None = None
+    grammar_compile_timeout: float = 10.0
+    grammar_cache_size: int = 256
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -88,6 +96,10 @@ class EngineConfig:
             raise ConfigError(f"enforce_eager must be true or false, got {self.enforce_eager!r}")
         if self.async_scheduling is not None and not isinstance(self.async_scheduling, bool):
             raise ConfigError(f"async_scheduling must be true, false or unset, got {self.async_scheduling!r}")
+        _check_positive("grammar_cache_size", self.grammar_cache_size)
+        timeout = self.grammar_compile_timeout
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < float("inf"):
+            raise ConfigError(f"grammar_compile_timeout must be a positive number of seconds, got {timeout!r}")
         self.cuda_graph_batch_sizes = self._graph_batch_sizes()
 
     def _graph_batch_sizes(self) -> tuple[int, ...]:

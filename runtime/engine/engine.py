@@ -15,6 +15,8 @@ from .config import ConfigError, EngineConfig
 from .cpu_allocator import keep_freed_memory_mapped
 from .cuda_graphs import CudaGraphCapture, GraphCapture
 from .errors import QueueFull, RequestRejected
+from .grammar import Grammar
+from .grammar_compiler import GrammarCompiler
 from .model_loader import ModelLoadError, adopt_model, load_model
 from .model_runner import ModelRunner
 from .outputs import RequestMetrics, RequestOutput
@@ -48,6 +50,8 @@ class _LaunchedStep:
 
     seqs: list[Sequence]
     pending: PendingSample
+    # Its tokens were handed to their requests early, by the next step (see _launch).
+    fetched: bool = False
 
 
 class LLMEngine:
@@ -91,6 +95,10 @@ class LLMEngine:
         self.block_manager = BlockManager(self.num_kv_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(config, self.block_manager)
         self.sampler = Sampler(self.eos_token_ids)
+        self.grammar_compiler = GrammarCompiler(
+            config.tokenizer or config.model, self.vocab_size, self.eos_token_ids, config.grammar_cache_size,
+            config.grammar_compile_timeout, config.trust_remote_code,
+        )
         self.async_scheduling = self._resolve_async_scheduling()
         # With async scheduling: the step launched last, whose tokens the next step() fetches.
         self._in_flight: _LaunchedStep | None = None
@@ -236,11 +244,16 @@ class LLMEngine:
         self.add_admitted_request(request_id, prompt_token_ids, params, priority)
 
     def add_admitted_request(
-        self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, priority: int = 0
+        self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, priority: int = 0,
+        grammar: Grammar | None = None,
     ) -> None:
         """Queue a request its caller has already admitted (validate_request, check_queue_space):
-        only a request id in use is refused (RequestRejected)."""
+        only a request id in use, or a structured output that does not compile, is refused
+        (RequestRejected). `grammar` is the request's compiled structured output, when its caller
+        compiled it off this thread (AsyncLLMEngine); otherwise it is compiled here."""
         self._check_request_id(request_id)
+        if params.structured_output is not None and grammar is None:
+            grammar = self.grammar_compiler.compile(params.structured_output)
         generator = None
         if params.seed is not None:
             generator = torch.Generator(device=self.device).manual_seed(params.seed)
@@ -251,6 +264,7 @@ class LLMEngine:
             arrival_order=next(self._arrival_counter),
             priority=priority,
             generator=generator,
+            grammar=grammar,
         )
         self._requests[request_id] = seq
         self.scheduler.add(seq)
@@ -289,18 +303,30 @@ class LLMEngine:
         step's token for it dropped (a row of wasted work, as in vLLM's async scheduling)."""
         schedule = self.scheduler.schedule()
         previous, self._in_flight = self._in_flight, None
-        launched = None if schedule.is_empty else self._launch(schedule.scheduled)
+        outputs: list[RequestOutput] = []
+        launched = None if schedule.is_empty else self._launch(schedule.scheduled, previous, outputs)
         if not self.async_scheduling:
             return self._fetch(launched)
-        outputs = self._fetch(previous)
+        outputs += self._fetch(previous)
         self._in_flight = launched
         return outputs
 
-    def _launch(self, scheduled: list[ScheduledSequence]) -> _LaunchedStep | None:
+    def _launch(
+        self, scheduled: list[ScheduledSequence], previous: _LaunchedStep | None, early_outputs: list[RequestOutput]
+    ) -> _LaunchedStep | None:
         """Queue the step's forward pass and sampling on the device; None if it samples nothing
-        (prompt chunks that are not their prompt's last)."""
+        (prompt chunks that are not their prompt's last).
+
+        A row with a structured output needs its grammar's mask, and so its previous token, before
+        it is sampled. With async scheduling that token may still be on the device: then, once
+        the forward pass is queued, the host waits for the previous step (already queued ahead of
+        it) and hands its tokens out here, into `early_outputs`. This is the one host sync that
+        structured outputs add, and only in steps that hold such a row: the device goes on with
+        this step's forward pass meanwhile, and unconstrained batches never wait."""
         sampling_items, logits = self.runner.execute(scheduled)
         seqs = [item.seq for item in sampling_items]
+        if previous is not None and any(seq.grammar is not None and seq.num_pending_tokens for seq in seqs):
+            early_outputs += self._fetch(previous)
         pending = self.sampler(logits, seqs) if seqs else None
         # While the device still computes: none of this needs the new tokens.
         self._account_computed(scheduled)
@@ -317,9 +343,10 @@ class LLMEngine:
             self.block_manager.register_full_blocks(item.seq)
 
     def _fetch(self, launched: _LaunchedStep | None) -> list[RequestOutput]:
-        """Wait for a launched step's tokens and hand them to their requests."""
-        if launched is None:
+        """Wait for a launched step's tokens and hand them to their requests (once)."""
+        if launched is None or launched.fetched:
             return []
+        launched.fetched = True
         return self._append_tokens(launched.seqs, launched.pending.fetch())
 
     def _append_tokens(self, seqs: list[Sequence], sampled: SampledTokens) -> list[RequestOutput]:
@@ -346,6 +373,12 @@ class LLMEngine:
             if seq.first_token_time is None:
                 seq.first_token_time = now
             seq.last_token_time = now
+            if seq.grammar is not None and not seq.grammar.accept(token_id):
+                # Only when the grammar failed at a step (llguidance's per-step limits): the mask
+                # allows nothing else.
+                error = f"the structured output could not go on: {seq.grammar.error}"
+                outputs.append(self._finish(seq, FinishReason.ERROR, [token_id], error))
+                continue
             reason = self._stop_reason(seq, token_id)
             if reason is None:
                 outputs.append(self._make_output(seq, [token_id]))
@@ -361,6 +394,8 @@ class LLMEngine:
                 return FinishReason.STOP
             if not params.ignore_eos and token_id in self.eos_token_ids:
                 return FinishReason.STOP
+        if seq.grammar is not None and seq.grammar.is_finished:
+            return FinishReason.STOP
         if num_output >= params.max_tokens or seq.num_known_tokens >= self.max_model_len:
             return FinishReason.LENGTH
         return None

@@ -4,6 +4,11 @@ Random choices use the exponential-race trick (argmax of probs / Exp(1) noise), 
 seeded request draws its noise from its own generator: its tokens depend only on its
 seed and its logits, never on what else is in the batch.
 
+Rows with a structured output first get -inf on every token their grammar forbids (grammar.py);
+their masks are computed on the host from what each grammar has accepted so far, which is why
+LLMEngine hands such a row its previous token before sampling it (see LLMEngine._launch). Other
+rows pay nothing for them.
+
 Sampling is queued on the logits' device and fetched separately, so that the engine can do
 its bookkeeping (or, with async scheduling, queue the next step) while the device computes,
 and wait only once, for the tokens. Nothing here waits for the device: the per-row settings
@@ -16,7 +21,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from llguidance import LLExecutor
 
+from .grammar import apply_grammar_bitmask, grammar_bitmask
 from .host_to_device import to_device
 from .penalties import apply_bias_and_penalties, needs_logit_processing
 from .sampling_params import SamplingParams
@@ -91,6 +98,8 @@ def _copy_to_host(
 class Sampler:
     def __init__(self, eos_token_ids: tuple[int, ...]) -> None:
         self.eos_token_ids = eos_token_ids
+        # Computes the grammar masks of a step's rows in parallel; made at the first one.
+        self._mask_executor: LLExecutor | None = None
 
     @torch.inference_mode()
     def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> PendingSample:
@@ -99,14 +108,17 @@ class Sampler:
         raw_logprobs = None
         if any(each.logprobs for each in params):
             raw_logprobs = torch.log_softmax(logits.float(), dim=-1)
+        constrained = [row for row, seq in enumerate(seqs) if seq.grammar is not None and not seq.is_finished]
         early_stops = self._early_stops(seqs)
         all_greedy = all(each.greedy for each in params)
         processed = any(needs_logit_processing(seq) for seq in seqs)
-        if all_greedy and early_stops is None and not processed:
+        if all_greedy and early_stops is None and not processed and not constrained:
             # The raw logits' argmax is their float32 copy's: no copy needed.
             token_ids = logits.argmax(dim=-1)
         else:
             logits = logits.float()
+            if constrained:
+                self._constrain(logits, seqs, constrained)
             if early_stops is not None:
                 stop_rows, stop_ids = (to_device(indices, torch.long, logits.device) for indices in early_stops)
                 # The value goes in as a device tensor: given a Python float, index_put_ copies it
@@ -117,14 +129,21 @@ class Sampler:
             token_ids = logits.argmax(dim=-1) if all_greedy else self._sample(logits, seqs)
         return self._pending(token_ids, raw_logprobs, params)
 
+    def _constrain(self, logits: torch.Tensor, seqs: list[Sequence], rows: list[int]) -> None:
+        if self._mask_executor is None:
+            self._mask_executor = LLExecutor()
+        bitmask = grammar_bitmask([seqs[row].grammar for row in rows], logits.shape[1], self._mask_executor)
+        apply_grammar_bitmask(logits, rows, bitmask)
+
     def _early_stops(self, seqs: list[Sequence]) -> tuple[list[int], list[int]] | None:
         """(rows, token ids) that cannot be drawn yet: stop tokens are suppressed before
-        min_tokens (output tokens still being sampled count as drawn). None if there are none."""
+        min_tokens (output tokens still being sampled count as drawn). None if there are none.
+        A constrained row's grammar says when it may end, so it is left alone."""
         rows: list[int] = []
         stop_ids: list[int] = []
         for row, seq in enumerate(seqs):
             params = seq.params
-            if seq.num_output_tokens < params.min_tokens:
+            if seq.num_output_tokens < params.min_tokens and seq.grammar is None:
                 stops = list(params.stop_token_ids) + ([] if params.ignore_eos else list(self.eos_token_ids))
                 rows += [row] * len(stops)
                 stop_ids += stops

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from .structured_output import StructuredOutput
+
 # Temperatures below this are treated as greedy decoding (argmax).
 GREEDY_TEMPERATURE = 1e-5
 MAX_TOP_LOGPROBS = 20
@@ -34,6 +36,12 @@ class SamplingParams:
     in the output so far) and p if it is there at all. A sampled token is then drawn after
     temperature, from the tokens at least `min_p` times as likely as the most likely one (vLLM's
     and transformers' min-p), then top-k, then top-p.
+
+    `structured_output` constrains the output to a JSON schema, a regex, a choice or a grammar:
+    before anything else, the tokens it forbids get -inf, and the request stops ("stop") as soon
+    as the output is complete; `max_tokens` first ends it unfinished ("length"), as OpenAI's
+    does. `min_tokens` does not hold back the end of a constrained output, and logprobs stay the
+    model's own (before the constraint).
     """
 
     max_tokens: int = 16
@@ -51,6 +59,7 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     repetition_penalty: float = 1.0
     logit_bias: dict[int, float] | None = None
+    structured_output: StructuredOutput | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int) or self.max_tokens < 1:
@@ -88,6 +97,9 @@ class SamplingParams:
             self.logit_bias = _checked_logit_bias(self.logit_bias)
         else:
             self.logit_bias = None
+        if self.structured_output is not None and not isinstance(self.structured_output, StructuredOutput):
+            raise ValueError("structured_output must be a StructuredOutput, got "
+                             f"{type(self.structured_output).__name__}")
         self.stop_token_ids = tuple(int(t) for t in self.stop_token_ids)
         if self.top_logprobs:
             self.logprobs = True

@@ -6,12 +6,16 @@ import enum
 import functools
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from .outputs import GeneratedLists
 from .sampling_params import SamplingParams
+
+if TYPE_CHECKING:
+    from .grammar import Grammar
 
 
 class SequenceStatus(enum.Enum):
@@ -51,6 +55,8 @@ class Sequence:
     # How many leading blocks of block_table are registered in the prefix cache.
     num_hashed_blocks: int = 0
     generator: torch.Generator | None = None
+    # The request's structured output, advanced once per token it is handed (grammar.py).
+    grammar: Grammar | None = field(default=None, repr=False)
     # Tokens sampled by steps still running on the device (async scheduling): counted in
     # num_tokens, not yet in output_token_ids. `pending_token` is where the newest one will be:
     # (that step's sampled token ids on the device, this sequence's row in them).

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from .tiny_models import build_tiny_model
+from .tiny_models import add_byte_level_tokenizer, build_tiny_model
 
 
 @pytest.fixture(scope="session")
@@ -37,3 +37,10 @@ def restore_torch_threads():
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_with_tokenizer(tmp_path_factory) -> Path:
+    """A tiny Llama with a byte-level tokenizer beside it (structured outputs need one)."""
+    directory = build_tiny_model(tmp_path_factory.mktemp("tiny-llama-text"), "llama")
+    return add_byte_level_tokenizer(directory)

@@ -228,8 +228,8 @@ def test_each_step_is_queued_before_the_previous_one_is_waited_for(tiny_llama):
         events = []
         launch = engine._launch
 
-        def recording_launch(scheduled):
-            launched = launch(scheduled)
+        def recording_launch(*args):
+            launched = launch(*args)
             if launched is not None:
                 step = sum(1 for kind, _ in events if kind == "launch")
                 events.append(("launch", step))

@@ -57,3 +57,24 @@ def random_prompts(count: int, min_len: int, max_len: int, seed: int = 0, vocab:
     lengths = torch.randint(min_len, max_len + 1, (count,), generator=generator).tolist()
     # Ids 0-2 are pad/bos/eos: keep prompts clear of them.
     return [torch.randint(3, vocab, (n,), generator=generator).tolist() for n in lengths]
+
+
+def add_byte_level_tokenizer(directory: Path) -> Path:
+    """A byte-level BPE tokenizer of at most VOCAB_SIZE tokens (pad, bos and eos at COMMON's ids
+    0-2), trained on a little JSON, saved into a tiny model's directory: for the tests that need
+    text, such as structured outputs. Every byte is a token, so any text can be written."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=VOCAB_SIZE, special_tokens=["<pad>", "<s>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    corpus = ['{"name": "Ada", "age": 36, "tags": ["math", "engine"], "active": true, "score": 9.5}',
+              '{"id": 12, "items": [{"sku": "pen", "quantity": 3}], "status": "shipped", "gift": false}',
+              '{"location": "Paris", "unit": "celsius", "days": null}'] * 20
+    tokenizer.train_from_iterator(corpus, trainer)
+    PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", bos_token="<s>",
+                            eos_token="</s>").save_pretrained(str(directory))
+    return directory

@@ -37,18 +37,23 @@ CHEAP_V2_TEXT_SAMPLING = st.builds(lambda fields, stop: {**fields, **stop}, CHEA
 CHEAP_COMPLETION = CHEAP_TEXT_SAMPLING.map(
     lambda fields: {**fields, "logprobs": 2} if fields.get("logprobs") else fields)
 
-KSERVE_FIELDS = sampling_fields(VOCAB_SIZE)
+# Constraints the engine must compile or refuse (a pathological regex, a schema of the wrong shape).
+CONSTRAINT_FIELDS = {"guided_regex": pathological_text, "guided_choice": st.lists(pathological_text, max_size=3),
+                     "guided_json": wrong_values, "structured_outputs": wrong_values}
+KSERVE_FIELDS = {**sampling_fields(VOCAB_SIZE), **CONSTRAINT_FIELDS}
 TEXT_FIELDS = {**KSERVE_FIELDS, "stop": stops}
 CHOICE_COUNTS = st.one_of(st.sampled_from((0, 1, 2, 16, 17, 1_000)), integers_at_limits)
 OPENAI_FIELDS = {
-    **TEXT_FIELDS, "n": CHOICE_COUNTS, "user": pathological_text,
+    **TEXT_FIELDS, "n": CHOICE_COUNTS, "user": pathological_text, "store": wrong_values,
+    "response_format": st.sampled_from((
+        {"type": "text"}, {"type": "json_object"},
+        {"type": "json_schema", "json_schema": {"name": "n", "schema": {"type": "object"}}})),
     "stream_options": st.fixed_dictionaries({"include_usage": st.booleans(),
                                              "continuous_usage_stats": st.booleans()}),
 }
 COMPLETION_FIELDS = {**OPENAI_FIELDS, "logprobs": st.one_of(st.sampled_from((0, 5, 20, 21)), integers_at_limits),
                      "echo": st.booleans(), "best_of": CHOICE_COUNTS, "suffix": pathological_text}
 CHAT_FIELDS = {**OPENAI_FIELDS, "max_completion_tokens": integers_at_limits, "add_generation_prompt": st.booleans(),
-               "response_format": st.sampled_from(({"type": "text"}, {"type": "json_object"})),
                "tools": st.lists(wrong_values, max_size=2), "tool_choice": st.sampled_from(("none", "auto", None))}
 ROUTE_HINTS = st.sampled_from(("small", "large", "LARGE", "auto", "medium", ""))
 # The router's edge takes a route hint in a header.

@@ -104,6 +104,15 @@ async def test_requests_are_routed_by_policy_and_multiplexed(url, fakes):
     assert to_large["body"]["max_tokens"] is None and to_large["body"]["logprobs"] is True
 
 
+async def test_a_structured_output_goes_on_to_the_target_as_written(url, fakes):
+    constraint = {"structured_outputs": {"json": {"type": "object"}, "strict": True}}
+    async with connect(url) as socket:
+        await socket.send(generate("json", prompt=CHIT_CHAT, max_tokens=8, **constraint))
+        await until_ends(socket, {"json"})
+    [to_small] = fakes["llm-small-a"].received
+    assert to_small["body"]["structured_outputs"] == constraint["structured_outputs"]
+
+
 async def test_a_model_name_or_the_handshake_hint_chooses_the_target(url):
     async with connect(url, **{"x-route": "large"}) as socket:
         await socket.send(generate("hinted", prompt=CHIT_CHAT))

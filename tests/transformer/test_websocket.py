@@ -202,3 +202,16 @@ def test_the_example_client_multiplexes_and_cancels(transformer):
             if message["type"] in ("done", "error")}
     assert ends["chat"]["usage"]["completion_tokens"] <= 8 and ends["completion"]["type"] == "done"
     assert ends["cancelled"]["finish_reason"] in ("cancelled", "stop")
+
+
+async def test_a_structured_output_constrains_a_websocket_request(transformer):
+    async with websockets.connect(ws_url(transformer)) as socket:
+        await socket.send(generate("choice", prompt="Pick", max_tokens=10, guided_choice=["left", "right"], **SEEDED))
+        await socket.send(generate("json", prompt="Give", max_tokens=40, temperature=0,
+                                   structured_outputs={"json": {"enum": [1, 2, 3]}}))
+        await socket.send(generate("both", prompt="x", guided_regex="a", guided_choice=["a"]))
+        messages = await until_ends(socket, {"choice", "json", "both"})
+    assert text_of(messages, "choice") in ("left", "right") and end_of(messages, "choice")["finish_reason"] == "stop"
+    assert json.loads(text_of(messages, "json")) in (1, 2, 3)
+    refused = end_of(messages, "both")
+    assert refused["type"] == "error" and "guided_regex and guided_choice" in refused["message"]
