@@ -71,7 +71,7 @@ def test_preemption_keeps_outputs_exact(tiny_model_factory, architecture):
     engine.check_consistency()
 
 
-@pytest.mark.parametrize("architecture", ["llama", "mistral", "qwen2"])
+@pytest.mark.parametrize("architecture", ["llama", "mistral", "qwen2", "gemma3"])
 def test_chunked_prefill_keeps_outputs_exact(tiny_model_factory, architecture):
     model_dir = tiny_model_factory(architecture)
     prompts = random_prompts(6, 40, 120, seed=3)
@@ -112,7 +112,7 @@ def test_everything_at_once(tiny_model_factory):
 
 
 @pytest.mark.parametrize("backend", ["torch", "cpp"])
-@pytest.mark.parametrize("architecture", ["llama", "mistral", "gemma"])
+@pytest.mark.parametrize("architecture", ["llama", "mistral", "gemma", "gemma3"])
 def test_each_decode_attention_backend_matches(tiny_model_factory, architecture, backend):
     model_dir = tiny_model_factory(architecture)
     prompts = random_prompts(8, 1, 60, seed=9)
