@@ -9,8 +9,14 @@ import torch
 import transformers
 
 from runtime.engine import EngineConfig, LLMEngine, SamplingParams
+from runtime.engine.models.gemma3 import Gemma3Forward
 
-from .tiny_models import ARCHITECTURES, OWN_FORWARD_ARCHITECTURES, random_prompts
+from .tiny_models import (
+    ARCHITECTURES,
+    COMMON,
+    OWN_FORWARD_ARCHITECTURES,
+    random_prompts,
+)
 
 MAX_TOKENS = 24
 GREEDY = SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0, ignore_eos=True)
@@ -57,6 +63,25 @@ def test_mixed_batch_matches_transformers(tiny_model_factory, architecture):
     assert_same_tokens(outputs, reference_outputs(model_dir, prompts))
     engine.check_consistency()
     assert engine.stats().num_free_kv_blocks == engine.num_kv_blocks
+
+
+def test_gemma3_own_forward_matches_transformers(tiny_model_factory):
+    """Our Gemma 3 forward, which the runner does not choose (models/gemma3.py says why), put in
+    its place: chunked prompts longer than the sliding window, decodes past it."""
+    model_dir = tiny_model_factory("gemma3")
+    prompts = random_prompts(12, 1, 70, seed=1)
+    engine = make_engine(model_dir, max_num_batched_tokens=32)
+    assert engine.runner.fast_forward is None
+    assert Gemma3Forward.supports(engine.runner.model)
+    engine.runner.fast_forward = Gemma3Forward(engine.runner.model)
+    assert_same_tokens(engine.generate(prompts, GREEDY), reference_outputs(model_dir, prompts))
+    engine.check_consistency()
+
+
+@pytest.mark.parametrize("overrides", [{"final_logit_softcapping": 30.0}, {"use_bidirectional_attention": True}])
+def test_gemma3_own_forward_refuses_what_it_does_not_compute(overrides):
+    config = transformers.Gemma3TextConfig(**{**COMMON, **ARCHITECTURES["gemma3"][2], **overrides})
+    assert not Gemma3Forward.supports(transformers.Gemma3ForCausalLM(config))
 
 
 @pytest.mark.parametrize("architecture", ["llama", "qwen3"])
