@@ -9,8 +9,14 @@ import torch
 import transformers
 
 from runtime.engine import EngineConfig, LLMEngine, SamplingParams
+from runtime.engine.models.gemma3 import Gemma3Forward
 
-from .tiny_models import ARCHITECTURES, OWN_FORWARD_ARCHITECTURES, random_prompts
+from .tiny_models import (
+    ARCHITECTURES,
+    COMMON,
+    OWN_FORWARD_ARCHITECTURES,
+    random_prompts,
+)
 
 MAX_TOKENS = 24
 GREEDY = SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0, ignore_eos=True)
@@ -59,6 +65,25 @@ def test_mixed_batch_matches_transformers(tiny_model_factory, architecture):
     assert engine.stats().num_free_kv_blocks == engine.num_kv_blocks
 
 
+def test_gemma3_own_forward_matches_transformers(tiny_model_factory):
+    """Our Gemma 3 forward, which the runner does not choose (models/gemma3.py says why), put in
+    its place: chunked prompts longer than the sliding window, decodes past it."""
+    model_dir = tiny_model_factory("gemma3")
+    prompts = random_prompts(12, 1, 70, seed=1)
+    engine = make_engine(model_dir, max_num_batched_tokens=32)
+    assert engine.runner.fast_forward is None
+    assert Gemma3Forward.supports(engine.runner.model)
+    engine.runner.fast_forward = Gemma3Forward(engine.runner.model)
+    assert_same_tokens(engine.generate(prompts, GREEDY), reference_outputs(model_dir, prompts))
+    engine.check_consistency()
+
+
+@pytest.mark.parametrize("overrides", [{"final_logit_softcapping": 30.0}, {"use_bidirectional_attention": True}])
+def test_gemma3_own_forward_refuses_what_it_does_not_compute(overrides):
+    config = transformers.Gemma3TextConfig(**{**COMMON, **ARCHITECTURES["gemma3"][2], **overrides})
+    assert not Gemma3Forward.supports(transformers.Gemma3ForCausalLM(config))
+
+
 @pytest.mark.parametrize("architecture", ["llama", "qwen3"])
 def test_preemption_keeps_outputs_exact(tiny_model_factory, architecture):
     model_dir = tiny_model_factory(architecture)
@@ -71,7 +96,7 @@ def test_preemption_keeps_outputs_exact(tiny_model_factory, architecture):
     engine.check_consistency()
 
 
-@pytest.mark.parametrize("architecture", ["llama", "mistral", "qwen2"])
+@pytest.mark.parametrize("architecture", ["llama", "mistral", "qwen2", "gemma3"])
 def test_chunked_prefill_keeps_outputs_exact(tiny_model_factory, architecture):
     model_dir = tiny_model_factory(architecture)
     prompts = random_prompts(6, 40, 120, seed=3)
@@ -112,7 +137,7 @@ def test_everything_at_once(tiny_model_factory):
 
 
 @pytest.mark.parametrize("backend", ["torch", "cpp"])
-@pytest.mark.parametrize("architecture", ["llama", "mistral", "gemma"])
+@pytest.mark.parametrize("architecture", ["llama", "mistral", "gemma", "gemma3"])
 def test_each_decode_attention_backend_matches(tiny_model_factory, architecture, backend):
     model_dir = tiny_model_factory(architecture)
     prompts = random_prompts(8, 1, 60, seed=9)

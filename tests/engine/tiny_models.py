@@ -32,13 +32,25 @@ ARCHITECTURES = {
     # Not in our own-forward family: these run transformers' modules on our paged attention.
     "gemma": (transformers.GemmaConfig, transformers.GemmaForCausalLM, {"head_dim": 16}),
     "phi3": (transformers.Phi3Config, transformers.Phi3ForCausalLM, {}),
+    # Sliding and full layers (own window and RoPE theta each); the 12-token window is shorter
+    # than most test prompts.
+    "gemma3": (transformers.Gemma3TextConfig, transformers.Gemma3ForCausalLM, {
+        "head_dim": 16,
+        "num_hidden_layers": 3,
+        "sliding_window": 12,
+        "layer_types": ["sliding_attention", "full_attention", "sliding_attention"],
+    }),
 }
 OWN_FORWARD_ARCHITECTURES = {"llama", "llama_tied", "mistral", "qwen2", "qwen3"}
+# Norm weights drawn at random rather than all equal, so that a forward pass applying one of a
+# layer's four norms in another's place, or as 1 + weight wrongly, differs from transformers.
+# (Not for all: tests of the others rely on their greedy outputs as they are.)
+RANDOM_NORM_ARCHITECTURES = {"gemma3"}
 
 
 def build_tiny_model(directory: Path, architecture: str, seed: int = 0) -> Path:
     config_class, model_class, extra = ARCHITECTURES[architecture]
-    config = config_class(**COMMON, **extra)
+    config = config_class(**{**COMMON, **extra})
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = model_class(config)
@@ -48,6 +60,8 @@ def build_tiny_model(directory: Path, architecture: str, seed: int = 0) -> Path:
             for parameter in model.parameters():
                 if parameter.dim() > 1:
                     parameter.mul_(4.0)
+                elif architecture in RANDOM_NORM_ARCHITECTURES:
+                    parameter.add_(torch.randn_like(parameter) * 0.2)
     model.save_pretrained(directory, safe_serialization=True)
     return directory
 

@@ -28,12 +28,14 @@ class TorchLayerOps:
         """The module that runs one of the layer's projections."""
         return cpu_linear_if_cpu(linear)
 
+    def norm(self, module: torch.nn.Module) -> Norm:
+        """What rms_norm() needs of one of the model's RMSNorm modules."""
+        return module.weight, module.variance_epsilon
+
     def rms_norm(self, hidden: torch.Tensor, norm: Norm) -> torch.Tensor:
         """transformers' RMSNorm: normalise in float32, scale in the input dtype."""
         weight, eps = norm
-        normalised = hidden.float()
-        normalised = normalised * torch.rsqrt(normalised.pow(2).mean(-1, keepdim=True) + eps)
-        return weight * normalised.to(hidden.dtype)
+        return weight * normalised_rms(hidden, eps).to(hidden.dtype)
 
     def add_rms_norm(
         self, hidden: torch.Tensor, residual: torch.Tensor, norm: Norm
@@ -47,9 +49,10 @@ class TorchLayerOps:
         gate, up = gate_up.chunk(2, dim=-1)
         return act_fn(gate) * up
 
-    def rope_for_step(self, hidden: torch.Tensor, positions: torch.Tensor) -> Any:
-        """What rotate() needs for this step's tokens: here their cos and sin, [tokens, 1, head_dim]."""
-        cos, sin = self.rotary_emb(hidden, positions.unsqueeze(0))
+    def rope_for_step(self, hidden: torch.Tensor, positions: torch.Tensor, *rotary_args: Any) -> Any:
+        """What rotate() needs for this step's tokens: here their cos and sin, [tokens, 1, head_dim].
+        `rotary_args` go to the model's rotary embedding after the positions (Gemma 3's layer type)."""
+        cos, sin = self.rotary_emb(hidden, positions.unsqueeze(0), *rotary_args)
         return cos[0].unsqueeze(1), sin[0].unsqueeze(1)
 
     def rotate(
@@ -61,6 +64,12 @@ class TorchLayerOps:
             queries, keys = self.rms_norm(queries, head_norms[0]), self.rms_norm(keys, head_norms[1])
         cos, sin = rope
         return _rotate_half_embedding(queries, cos, sin), _rotate_half_embedding(keys, cos, sin)
+
+
+def normalised_rms(hidden: torch.Tensor, eps: float) -> torch.Tensor:
+    """`hidden` in float32 divided by its root mean square over the last dimension."""
+    hidden = hidden.float()
+    return hidden * torch.rsqrt(hidden.pow(2).mean(-1, keepdim=True) + eps)
 
 
 def _rotate_half_embedding(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

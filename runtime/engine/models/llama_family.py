@@ -9,12 +9,14 @@ layer_ops.py: torch's, or fused Triton kernels on CUDA.
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 
 from ..attention import AttentionMetadata, paged_attention
-from .layer_ops import Norm, TorchLayerOps, rope_depends_on_longest_position
+from .layer_ops import TorchLayerOps, rope_depends_on_longest_position
 
 LLAMA_FAMILY_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 
@@ -43,23 +45,12 @@ def _fuse_linears(*linears: torch.nn.Linear) -> torch.nn.Linear:
     return fused
 
 
-def make_layer_ops(hf_model: torch.nn.Module, fused_kernels: bool) -> TorchLayerOps:
-    """Triton kernels with `fused_kernels` (the caller has checked that Triton runs here), else torch."""
-    rotary_emb = hf_model.model.rotary_emb
-    if not fused_kernels:
-        return TorchLayerOps(rotary_emb)
-    # Imported here: it imports triton, which the torch path must not need.
-    from .fused_layer_ops import FusedLayerOps
-
-    config = hf_model.config
-    return FusedLayerOps(rotary_emb, config.max_position_embeddings, hf_model.dtype,
-                         getattr(config, "hidden_act", "silu"))
-
-
-def _rms_norm(norm: torch.nn.Module | None) -> Norm | None:
-    if norm is None:
-        return None
-    return norm.weight, norm.variance_epsilon
+def has_llama_layout(hf_layer: torch.nn.Module) -> bool:
+    """Whether a transformers decoder layer has the modules DecoderLayer reads."""
+    attention, mlp = hf_layer.self_attn, hf_layer.mlp
+    return all(hasattr(attention, name) for name in ("q_proj", "k_proj", "v_proj", "o_proj", "scaling")) and all(
+        hasattr(mlp, name) for name in ("gate_proj", "up_proj", "down_proj", "act_fn")
+    )
 
 
 def _sliding_window(attention: torch.nn.Module) -> int | None:
@@ -71,7 +62,7 @@ def _sliding_window(attention: torch.nn.Module) -> int | None:
     return None
 
 
-class _Layer(torch.nn.Module):
+class DecoderLayer(torch.nn.Module):
     def __init__(self, hf_layer: torch.nn.Module, ops: TorchLayerOps) -> None:
         super().__init__()
         self.ops = ops
@@ -87,25 +78,30 @@ class _Layer(torch.nn.Module):
         # Qwen3 RMS-normalises each query and key head before RoPE.
         self.head_norms = None
         if getattr(attention, "q_norm", None) is not None:
-            self.head_norms = (_rms_norm(attention.q_norm), _rms_norm(attention.k_norm))
+            self.head_norms = (ops.norm(attention.q_norm), ops.norm(attention.k_norm))
         self.gate_up_proj = ops.linear(_fuse_linears(mlp.gate_proj, mlp.up_proj))
         self.down_proj = ops.linear(mlp.down_proj)
         self.act_fn = mlp.act_fn
-        self.input_norm = _rms_norm(hf_layer.input_layernorm)
-        self.post_attention_norm = _rms_norm(hf_layer.post_attention_layernorm)
+        self.input_norm = ops.norm(hf_layer.input_layernorm)
+        self.post_attention_norm = ops.norm(hf_layer.post_attention_layernorm)
 
     def forward(
         self, hidden: torch.Tensor, residual: torch.Tensor | None, rope: Any, meta: AttentionMetadata
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(this layer's MLP output, the residual stream before it adds): each layer adds its
         predecessor's output to the residual itself, so the add fuses with the norm after it."""
-        if residual is None:
-            residual, hidden = hidden, self.ops.rms_norm(hidden, self.input_norm)
-        else:
-            hidden, residual = self.ops.add_rms_norm(hidden, residual, self.input_norm)
+        hidden, residual = self._add_input_norm(hidden, residual)
         hidden = self._attention(hidden, rope, meta)
         hidden, residual = self.ops.add_rms_norm(hidden, residual, self.post_attention_norm)
         return self._mlp(hidden), residual
+
+    def _add_input_norm(
+        self, hidden: torch.Tensor, residual: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the attention's input, the residual stream with the previous layer's output added)."""
+        if residual is None:
+            return self.ops.rms_norm(hidden, self.input_norm), hidden
+        return self.ops.add_rms_norm(hidden, residual, self.input_norm)
 
     def _attention(self, hidden: torch.Tensor, rope: Any, meta: AttentionMetadata) -> torch.Tensor:
         num_tokens = hidden.shape[0]
@@ -130,15 +126,30 @@ class LlamaFamilyForward(torch.nn.Module):
     With `fused_kernels` the norms, RoPE and activation run as Triton kernels (runtime/engine/kernels):
     for CUDA, where the runner has chosen the triton attention backend."""
 
+    layer_class = DecoderLayer
+
     def __init__(self, hf_model: torch.nn.Module, fused_kernels: bool = False) -> None:
         super().__init__()
         decoder = hf_model.model
         self.embed_tokens = decoder.embed_tokens
         self.rotary_emb = decoder.rotary_emb
-        self.ops = make_layer_ops(hf_model, fused_kernels)
-        self.layers = torch.nn.ModuleList(_Layer(layer, self.ops) for layer in decoder.layers)
-        self.norm = _rms_norm(decoder.norm)
+        self.ops = self.make_layer_ops(hf_model, fused_kernels)
+        self.layers = torch.nn.ModuleList(self.layer_class(layer, self.ops) for layer in decoder.layers)
+        self.norm = self.ops.norm(decoder.norm)
         self.lm_head = hf_model.get_output_embeddings()
+
+    @staticmethod
+    def make_layer_ops(hf_model: torch.nn.Module, fused_kernels: bool) -> TorchLayerOps:
+        """Triton kernels with `fused_kernels` (the caller has checked that Triton runs here), else torch."""
+        rotary_emb = hf_model.model.rotary_emb
+        if not fused_kernels:
+            return TorchLayerOps(rotary_emb)
+        # Imported here: it imports triton, which the torch path must not need.
+        from .fused_layer_ops import FusedLayerOps
+
+        config = hf_model.config
+        return FusedLayerOps(rotary_emb, config.max_position_embeddings, hf_model.dtype,
+                             getattr(config, "hidden_act", "silu"))
 
     @classmethod
     def supports(cls, hf_model: torch.nn.Module) -> bool:
@@ -146,16 +157,19 @@ class LlamaFamilyForward(torch.nn.Module):
         decoder = getattr(hf_model, "model", None)
         if config.model_type not in LLAMA_FAMILY_TYPES or decoder is None:
             return False
-        layer = decoder.layers[0]
-        return getattr(config, "hidden_act", "silu") in ("silu", "gelu", "gelu_pytorch_tanh") and all(
-            hasattr(layer.self_attn, name) for name in ("q_proj", "k_proj", "v_proj", "o_proj", "scaling")
-        ) and all(hasattr(layer.mlp, name) for name in ("gate_proj", "up_proj", "down_proj", "act_fn"))
+        return getattr(config, "hidden_act", "silu") in ("silu", "gelu", "gelu_pytorch_tanh") and has_llama_layout(
+            decoder.layers[0]
+        )
 
     @property
     def rope_depends_on_longest_position(self) -> bool:
         """Whether RoPE picks its frequencies from the batch's positions, which some transformers
         versions decide on the host: a sync that a CUDA graph cannot hold."""
         return rope_depends_on_longest_position(self.rotary_emb)
+
+    def layer_ropes(self, hidden: torch.Tensor, positions: torch.Tensor) -> Iterable[Any]:
+        """Each layer's RoPE for this step: here all share one."""
+        return itertools.repeat(self.ops.rope_for_step(hidden, positions))
 
     def forward(
         self,
@@ -165,9 +179,8 @@ class LlamaFamilyForward(torch.nn.Module):
         logits_indices: torch.Tensor,
     ) -> torch.Tensor:
         hidden = self.embed_tokens(input_ids)
-        rope = self.ops.rope_for_step(hidden, positions)
         residual = None
-        for layer in self.layers:
+        for layer, rope in zip(self.layers, self.layer_ropes(hidden, positions)):
             hidden, residual = layer(hidden, residual, rope, meta)
         hidden, _ = self.ops.add_rms_norm(hidden[logits_indices], residual[logits_indices], self.norm)
         return self.lm_head(hidden)
