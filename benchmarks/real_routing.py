@@ -233,15 +233,9 @@ def item_oracle(test: Sequence[Outcome]) -> Strategy:
 
 def fit_learned(fit_outcomes: Sequence[Outcome], num_buckets: int, log: Callable[[str], None]) -> LearnedPolicy:
     """The learned router fitted on the fitting split's outcomes, labelled as router.train labels
-    them: the gain (the large model right where the small one is wrong). With one BLAS thread:
-    L-BFGS steps over 65k weights gain nothing from more, and on a busy machine their threads
-    spin against each other (about 20 s against 130 s on two shared cores)."""
-    import sklearn.linear_model  # noqa: F401 - loads scipy's BLAS now: the limit reaches loaded libraries only
-    from threadpoolctl import threadpool_limits
-
+    them: the gain (the large model right where the small one is wrong)."""
     examples = [Example(routing_request(outcome.item), None, outcome.gain, "outcomes") for outcome in fit_outcomes]
-    with threadpool_limits(limits=1):
-        return LearnedPolicy(fit(examples, num_buckets, log=log), 0.5)
+    return LearnedPolicy(fit(examples, num_buckets, log=log), 0.5)
 
 
 def cascade_floor(fit: Sequence[Outcome], prices: Prices) -> CascadeConfig:

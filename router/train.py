@@ -177,6 +177,16 @@ def cross_validated_auc(matrix, labels: np.ndarray, weights: np.ndarray, num_buc
     return float(np.mean(scores))
 
 
+def _one_blas_thread():
+    """L-BFGS steps over a few thousand weights gain nothing from more BLAS threads, and on a busy
+    machine those threads spin against each other: a fit took 130 s with two on two shared cores,
+    20 s with one. The limit reaches only libraries already loaded, hence the import first."""
+    import sklearn.linear_model  # noqa: F401 - loads scipy's BLAS
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1)
+
+
 def fit(examples: list[Example], num_buckets: int = DEFAULT_NUM_BUCKETS, embeddings: bool = False,
         token_counter: TokenCounter | None = None, weak_label_weight: float = 1.0,
         log=print) -> LearnedModel:
@@ -191,14 +201,15 @@ def fit(examples: list[Example], num_buckets: int = DEFAULT_NUM_BUCKETS, embeddi
     weights = np.asarray([1.0 if example.source == "outcomes" else weak_label_weight for example in examples])
     log(f"featurized {len(examples)} examples in {time.perf_counter() - started:.1f} s "
         f"({int(labels.sum())} gain, {len(labels) - int(labels.sum())} no gain)")
-    aucs = {regularization: cross_validated_auc(matrix, labels, weights, num_buckets, regularization)
-            for regularization in REGULARIZATION_GRID}
-    for regularization, auc in aucs.items():
-        log(f"  C={regularization:<5g} cross-validated ROC AUC {auc:.4f}")
-    best = max(aucs, key=aucs.get)
-    mean, scale = _standardizer(matrix, num_buckets)
-    classifier = _classifier(best)
-    classifier.fit(_standardized(matrix, num_buckets, mean, scale), labels, sample_weight=weights)
+    with _one_blas_thread():
+        aucs = {regularization: cross_validated_auc(matrix, labels, weights, num_buckets, regularization)
+                for regularization in REGULARIZATION_GRID}
+        for regularization, auc in aucs.items():
+            log(f"  C={regularization:<5g} cross-validated ROC AUC {auc:.4f}")
+        best = max(aucs, key=aucs.get)
+        mean, scale = _standardizer(matrix, num_buckets)
+        classifier = _classifier(best)
+        classifier.fit(_standardized(matrix, num_buckets, mean, scale), labels, sample_weight=weights)
     coefficients = classifier.coef_[0].astype(np.float32)
     dense_end = num_buckets + len(DENSE_FEATURES)
     sources = Counter(example.source for example in examples)
