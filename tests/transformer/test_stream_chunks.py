@@ -21,6 +21,7 @@ from transformer.model import TextModel
 from transformer.openai_api import ChatStream, Choice, CompletionStream, _chat_logprobs, _completion_logprobs
 from transformer.predictor_client import PredictorSettings
 from transformer.tokenizer import TextTokenizer
+from transformer.tool_parsers import JsonToolParser
 from tests.servers import MODEL_NAME
 
 CHUNKS = [TextChunk("Hello", [5], None, [-0.5], [{5: -0.5, 6: -1.5}]),
@@ -58,7 +59,7 @@ def test_completion_chunks_are_the_models_dumps(model, logprobs):
 def test_chat_chunks_are_the_models_dumps(model, logprobs):
     body = ChatCompletionRequest(model=MODEL_NAME, messages=[{"role": "user", "content": "Hi"}], stream=True,
                                  logprobs=logprobs, top_logprobs=1 if logprobs else None)
-    stream = ChatStream(model, body, 2)
+    stream = ChatStream(model, body, 2, JsonToolParser())
     head = ChatCompletionChunk(id=stream.id, created=stream.created, model=MODEL_NAME,
                                choices=[]).model_dump(exclude={"choices", "usage"})
 
