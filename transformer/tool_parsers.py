@@ -1,11 +1,13 @@
 """Tool calls read out of a model's text, in the format its family was trained on: Hermes'
 `<tool_call>{json}</tool_call>` (Qwen's too), Llama 3's and SmolLM's bare JSON object
-`{"name": ..., "parameters" | "arguments": ...}`, and the one object {"name", "arguments"}
+`{"name": ..., "parameters" | "arguments": ...}`, Gemma's Python calls in a ```tool_code block
+(or the JSON object), and the one object {"name", "arguments"}
 that a forced call (tool_choice "required" or a named function) is constrained to. Text outside
 the calls stays the message's content."""
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 import uuid
@@ -15,6 +17,8 @@ from serving.tool_calling import FunctionCall, ToolCall
 
 HERMES_START, HERMES_END = "<tool_call>", "</tool_call>"
 _HERMES_CALL = re.compile(re.escape(HERMES_START) + r"(.*?)(?:" + re.escape(HERMES_END) + r"|$)", re.DOTALL)
+GEMMA_START = "```tool_code"
+_GEMMA_BLOCK = re.compile(re.escape(GEMMA_START) + r"\s*(.*?)(?:```|$)", re.DOTALL)
 
 
 def new_call_id() -> str:
@@ -78,14 +82,19 @@ class HermesToolParser(ToolParser):
         return ParsedMessage(_content("".join(kept)), calls)
 
     def content_length(self, text: str) -> int:
-        start = text.find(HERMES_START)
-        if start >= 0:
-            return start
-        # A tail that could be the start of the tag is held back until the next text says.
-        for length in range(min(len(HERMES_START) - 1, len(text)), 0, -1):
-            if HERMES_START.startswith(text[-length:]):
-                return len(text) - length
-        return len(text)
+        return _content_before(text, HERMES_START)
+
+
+def _content_before(text: str, marker: str) -> int:
+    """The text's length up to where the marker starts, or to a tail that could be its start
+    (held back until the next text says)."""
+    start = text.find(marker)
+    if start >= 0:
+        return start
+    for length in range(min(len(marker) - 1, len(text)), 0, -1):
+        if marker.startswith(text[-length:]):
+            return len(text) - length
+    return len(text)
 
 
 class JsonToolParser(ToolParser):
@@ -127,9 +136,55 @@ class JsonToolParser(ToolParser):
         return len(text)
 
 
+class GemmaToolParser(ToolParser):
+    """Gemma's: Python calls with literal keyword arguments in a ```tool_code block,
+    `get_weather(city="Paris", days=2)`, one a line; without such a block, the JSON object
+    (Gemma writes either, as prompted)."""
+
+    def parse(self, text: str) -> ParsedMessage:
+        calls, kept, position = [], [], 0
+        for match in _GEMMA_BLOCK.finditer(text):
+            block_calls = _python_calls(match.group(1))
+            if not block_calls:
+                continue
+            calls.extend(block_calls)
+            kept.append(text[position:match.start()])
+            position = match.end()
+        if not calls:
+            return JsonToolParser().parse(text)
+        kept.append(text[position:])
+        return ParsedMessage(_content("".join(kept)), calls)
+
+    def content_length(self, text: str) -> int:
+        if JsonToolParser().content_length(text) == 0:
+            return 0
+        return _content_before(text, GEMMA_START)
+
+
+def _python_calls(code: str) -> list[ToolCall]:
+    """Each `name(key=literal, ...)` statement of the code as a call; none if any statement is
+    something else."""
+    try:
+        statements = ast.parse(code.strip()).body
+        calls = []
+        for statement in statements:
+            call = statement.value if isinstance(statement, ast.Expr) else None
+            if (not isinstance(call, ast.Call) or not isinstance(call.func, ast.Name) or call.args
+                    or any(keyword.arg is None for keyword in call.keywords)):
+                return []
+            arguments = {keyword.arg: ast.literal_eval(keyword.value) for keyword in call.keywords}
+            calls.append(_call({"name": call.func.id, "arguments": arguments}))
+    except (SyntaxError, ValueError, TypeError):
+        return []
+    return calls
+
+
 def parser_for_template(chat_template: str | None) -> ToolParser:
     """The parser of the format a chat template teaches: Hermes' tags where the template writes
-    them, else the bare JSON object (Llama 3, SmolLM)."""
+    them, Gemma's where it is Gemma's (turns as <start_of_turn>), else the bare JSON object
+    (Llama 3, SmolLM)."""
     if chat_template and HERMES_START in chat_template:
         return HermesToolParser()
+    if chat_template and "<start_of_turn>" in chat_template:
+        return GemmaToolParser()
     return JsonToolParser()

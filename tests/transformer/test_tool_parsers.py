@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from transformer.tool_parsers import (
+    GemmaToolParser,
     HermesToolParser,
     JsonToolParser,
     parser_for_template,
@@ -61,7 +62,22 @@ def test_llama_json_other_answers_are_content():
     assert JsonToolParser().content_length("Sure") == 4
 
 
+def test_gemma_tool_code_blocks_and_json():
+    text = 'I will look.\n```tool_code\nget_weather(city="Oslo", days=2)\nget_time(zone="UTC")\n```\nDone.'
+    parsed = GemmaToolParser().parse(text)
+    assert _calls(parsed) == [("get_weather", {"city": "Oslo", "days": 2}), ("get_time", {"zone": "UTC"})]
+    assert parsed.content == "I will look.\n\nDone."
+    assert _calls(GemmaToolParser().parse('{"name": "f", "parameters": {"a": [1, 2]}}')) == [("f", {"a": [1, 2]})]
+    for text in ("```tool_code\nimport os\n```", "```tool_code\nf(x)\n```", "```tool_code\nf(**kw)\n```",
+                 "```tool_code\nf(a=open('x'))\n```", "Plain text."):
+        parsed = GemmaToolParser().parse(text)
+        assert parsed.tool_calls == [] and parsed.content == text
+    assert GemmaToolParser().content_length("See ```tool") == 4
+    assert GemmaToolParser().content_length(" {") == 0
+
+
 def test_parser_for_template():
     assert isinstance(parser_for_template("{{ '<tool_call>' }}"), HermesToolParser)
+    assert isinstance(parser_for_template("{{ '<start_of_turn>user' }}"), GemmaToolParser)
     assert isinstance(parser_for_template("{{ messages }}"), JsonToolParser)
     assert isinstance(parser_for_template(None), JsonToolParser)
