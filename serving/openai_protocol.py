@@ -223,12 +223,17 @@ class TokenizeRequest(_Body):
     model: str | None = None
     prompt: str | None = None
     messages: Annotated[list[ChatMessage], Field(min_length=1)] | None = None
+    # Rendered with the messages, as the chat route renders them.
+    tools: Tools | None = None
     add_generation_prompt: bool = True
 
     @model_validator(mode="after")
     def _one_input(self) -> TokenizeRequest:
         if (self.prompt is None) == (self.messages is None):
             raise ValueError("send exactly one of `prompt` (text) or `messages` (chat)")
+        if self.tools is not None and self.messages is None:
+            raise ValueError("tools go with `messages` (chat), not with a `prompt`")
+        check_tools(self.tools, None)
         return self
 
 

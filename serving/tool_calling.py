@@ -89,6 +89,11 @@ class ToolCall(_Body):
                 "function": {"name": self.function.name, "arguments": arguments}}
 
 
+def template_tools(tools: list[Tool] | None) -> list[dict] | None:
+    """The tools as chat templates read them: OpenAI's {"type": "function", "function": {...}}."""
+    return None if tools is None else [tool.model_dump(exclude_none=True) for tool in tools]
+
+
 def check_tools(tools: list[Tool] | None, tool_choice: ToolChoice | None) -> None:
     """ValueError (a 400) for duplicate function names, or a tool_choice that needs tools the
     request does not offer."""

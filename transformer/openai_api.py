@@ -42,6 +42,7 @@ from serving.openai_protocol import (
 from serving.openai_routes import MODEL_OWNER, mount_openai_routes
 from serving.sse import DONE_EVENT, encode_event
 from serving.streaming import CLIENT_ERRORS, EventStreamResponse
+from serving.tool_calling import template_tools
 from transformer.generation import TextChunk, TextRequest, TextResult
 from transformer.model import TextModel
 from transformer.schemas import TextSamplingFields
@@ -80,9 +81,8 @@ class TextModelOpenAI:
         model = self.model
         model.check_admitting()
         self._check_model(body.model)
-        tools = None if body.tools is None else [tool.model_dump(exclude_none=True) for tool in body.tools]
         prompt_ids = await model.prompt_ids(messages=body.messages, add_generation_prompt=body.add_generation_prompt,
-                                            tools=tools)
+                                            tools=template_tools(body.tools))
         return await _answer(model, body, [prompt_ids], _chat_fields(body), headers,
                              functools.partial(ChatStream, model, body, len(prompt_ids), self.tool_parser),
                              functools.partial(_chat_response, model, body, self.tool_parser))
@@ -90,7 +90,8 @@ class TextModelOpenAI:
     async def tokenize(self, body: TokenizeRequest, headers: Mapping[str, str]) -> TokenizeResponse:
         self._check_model(body.model)
         tokens = await self.model.prompt_ids(body.prompt, body.messages,
-                                             add_generation_prompt=body.add_generation_prompt)
+                                             add_generation_prompt=body.add_generation_prompt,
+                                             tools=template_tools(body.tools))
         return TokenizeResponse(count=len(tokens), max_model_len=self.model.tokenizer.max_model_len, tokens=tokens)
 
     async def detokenize(self, body: DetokenizeRequest, headers: Mapping[str, str]) -> DetokenizeResponse:

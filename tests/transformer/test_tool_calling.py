@@ -98,3 +98,12 @@ def test_invalid_tool_requests_are_400s(transformer, extra, message):
     response = httpx.post(f"{transformer.url}/openai/v1/chat/completions", json=body, timeout=30)
     assert response.status_code == 400, response.text
     assert message in response.json()["error"]["message"]
+
+
+def test_tokenize_renders_the_tools_as_the_chat_route_does(client, transformer):
+    chat = client.chat.completions.create(**CHAT | {"max_tokens": 1})
+    with httpx.Client(base_url=transformer.url, timeout=30) as http:
+        tokenized = http.post("/tokenize", json={"messages": CHAT["messages"], "tools": TOOLS}).json()
+        with_prompt = http.post("/tokenize", json={"prompt": "x", "tools": TOOLS})
+    assert tokenized["count"] == chat.usage.prompt_tokens
+    assert with_prompt.status_code == 400 and "tools go with `messages`" in with_prompt.json()["error"]["message"]
