@@ -278,10 +278,10 @@ class ChatCompletionRequest(_SamplingRequest):
 
     @property
     def effective_tool_choice(self) -> ToolChoice:
-        """OpenAI's default: "auto" with tools, "none" without."""
-        if self.tool_choice is not None:
-            return self.tool_choice
-        return "auto" if self.tools else "none"
+        """"none" without tools (nothing to call); with them, the request's, by default "auto"."""
+        if not self.tools:
+            return "none"
+        return self.tool_choice or "auto"
 
     @property
     def forced_tools(self) -> list:

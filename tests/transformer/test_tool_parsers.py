@@ -1,9 +1,11 @@
-"""The tool-call parsers on what each model family writes: Hermes (Qwen) and Llama 3 / SmolLM JSON."""
+"""The tool-call parsers on what each model family writes (Hermes and Qwen, Llama 3 and SmolLM JSON,
+Gemma), and when a chat request reads calls at all."""
 
 from __future__ import annotations
 
 import json
 
+from serving.openai_protocol import ChatCompletionRequest
 from transformer.tool_parsers import (
     GemmaToolParser,
     HermesToolParser,
@@ -81,3 +83,10 @@ def test_parser_for_template():
     assert isinstance(parser_for_template("{{ '<start_of_turn>user' }}"), GemmaToolParser)
     assert isinstance(parser_for_template("{{ messages }}"), JsonToolParser)
     assert isinstance(parser_for_template(None), JsonToolParser)
+
+
+def test_without_tools_nothing_is_read_as_a_call():
+    messages = [{"role": "user", "content": "x"}]
+    assert ChatCompletionRequest(model="m", messages=messages, tool_choice="auto").effective_tool_choice == "none"
+    tools = [{"type": "function", "function": {"name": "f"}}]
+    assert ChatCompletionRequest(model="m", messages=messages, tools=tools).effective_tool_choice == "auto"
