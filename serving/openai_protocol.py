@@ -13,6 +13,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, f
 
 from serving.structured_outputs import ResponseFormat, StructuredOutputFields, StructuredOutputs
 from serving.text import without_lone_surrogates
+from serving.tool_calling import ToolCall, ToolChoice, Tools, check_tools, forced_tools, tool_call_constraint
 
 MAX_STOP_STRINGS = 4
 MAX_STOP_STRING_CHARS = 256
@@ -26,8 +27,8 @@ MIN_REPETITION_PENALTY, MAX_REPETITION_PENALTY = 0.01, 10.0
 MAX_STOP_TOKEN_IDS = 256
 # OpenAI request fields that change nothing about the generation, accepted and ignored (and named
 # in the response's x-ignored-fields header): storing completions, their metadata, the service
-# tier, predicted outputs (a latency hint), the end user's id. `parallel_tool_calls` matters only
-# with tools, which are refused.
+# tier, predicted outputs (a latency hint), the end user's id. `parallel_tool_calls`: a forced
+# call is always one call, and a model's own format says how many it makes.
 BENIGN_FIELDS = ("store", "metadata", "service_tier", "parallel_tool_calls", "prediction", "user")
 
 
@@ -196,6 +197,17 @@ class ChatMessage(_Body):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextContentPart] | None = None
     name: str | None = None
+    # An assistant's calls, and a tool message's answer to one of them.
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+
+    @model_validator(mode="after")
+    def _tool_fields_with_their_roles(self) -> ChatMessage:
+        if self.tool_calls is not None and self.role != "assistant":
+            raise ValueError(f"only an assistant message carries tool_calls, not a {self.role} message")
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("a tool message needs the tool_call_id of the call it answers")
+        return self
 
     @property
     def text(self) -> str:
@@ -211,12 +223,17 @@ class TokenizeRequest(_Body):
     model: str | None = None
     prompt: str | None = None
     messages: Annotated[list[ChatMessage], Field(min_length=1)] | None = None
+    # Rendered with the messages, as the chat route renders them.
+    tools: Tools | None = None
     add_generation_prompt: bool = True
 
     @model_validator(mode="after")
     def _one_input(self) -> TokenizeRequest:
         if (self.prompt is None) == (self.messages is None):
             raise ValueError("send exactly one of `prompt` (text) or `messages` (chat)")
+        if self.tools is not None and self.messages is None:
+            raise ValueError("tools go with `messages` (chat), not with a `prompt`")
+        check_tools(self.tools, None)
         return self
 
 
@@ -244,14 +261,13 @@ class ChatCompletionRequest(_SamplingRequest):
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
     logprobs: bool = False
     top_logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
-    tools: list[Any] | None = None
-    tool_choice: Any = None
+    tools: Tools | None = None
+    tool_choice: ToolChoice | None = None
     add_generation_prompt: bool = True
 
     @model_validator(mode="after")
     def _refuse_unsupported_chat_fields(self) -> ChatCompletionRequest:
-        if self.tools or self.tool_choice not in (None, "none"):
-            raise ValueError("tools and tool_choice are not supported by this server")
+        check_tools(self.tools, self.tool_choice)
         if self.top_logprobs and not self.logprobs:
             raise ValueError("top_logprobs requires logprobs: true")
         return self
@@ -259,6 +275,25 @@ class ChatCompletionRequest(_SamplingRequest):
     @property
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
+
+    @property
+    def effective_tool_choice(self) -> ToolChoice:
+        """"none" without tools (nothing to call); with them, the request's, by default "auto"."""
+        if not self.tools:
+            return "none"
+        return self.tool_choice or "auto"
+
+    @property
+    def forced_tools(self) -> list:
+        """The tools one of which the model must call ("required", or a named one)."""
+        return forced_tools(self.tools, self.tool_choice)
+
+    def requested_constraints(self) -> dict[str, StructuredOutputs]:
+        constraints = super().requested_constraints()
+        tools = forced_tools(self.tools, self.tool_choice)
+        if not tools:
+            return constraints
+        return {"tool_choice": tool_call_constraint(tools), **constraints}
 
 
 # Responses ------------------------------------------------------------------------------
@@ -314,7 +349,9 @@ class ChatLogprobs(BaseModel):
 
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    # None when the answer is only tool calls.
+    content: str | None
+    tool_calls: list[ToolCall] | None = None
 
 
 class ChatChoice(BaseModel):
@@ -333,9 +370,16 @@ class ChatCompletionResponse(BaseModel):
     usage: Usage
 
 
+class ToolCallDelta(ToolCall):
+    """A call in a stream: sent whole, in the last delta, with its position among the calls."""
+
+    index: int
+
+
 class ChatDelta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
 
 class ChatChunkChoice(BaseModel):

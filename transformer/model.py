@@ -54,15 +54,15 @@ class TextModel(ServingModel):
     # Prompts ------------------------------------------------------------------------
 
     async def prompt_ids(self, prompt: str | list[int] | None = None, messages: list[ChatMessage] | None = None,
-                         add_generation_prompt: bool = True) -> list[int]:
-        """Token ids of a text prompt, pre-tokenized ids, or chat messages."""
+                         add_generation_prompt: bool = True, tools: list[dict] | None = None) -> list[int]:
+        """Token ids of a text prompt, pre-tokenized ids, or chat messages (with the tools offered)."""
         if isinstance(prompt, list):
             self._check_token_ids(prompt)
             return prompt
         try:
             if messages is not None:
-                conversation = [ConversationTurn(message.role, message.text) for message in messages]
-                return await self.tokenizer.encode_chat_async(conversation, add_generation_prompt)
+                conversation = [_conversation_turn(message) for message in messages]
+                return await self.tokenizer.encode_chat_async(conversation, add_generation_prompt, tools)
             return await self.tokenizer.encode_async(prompt)
         except (ChatTemplateError, UnencodableTextError) as exc:
             raise InvalidInput(str(exc)) from None
@@ -169,3 +169,8 @@ def _prediction(result: TextResult, with_logprobs: bool) -> dict:
     if with_logprobs:
         prediction.logprobs = result.logprobs or []
     return prediction.model_dump(exclude_unset=True)
+
+
+def _conversation_turn(message: ChatMessage) -> ConversationTurn:
+    tool_calls = None if message.tool_calls is None else tuple(call.template_form() for call in message.tool_calls)
+    return ConversationTurn(message.role, message.text, tool_calls, message.tool_call_id, message.name)

@@ -32,6 +32,7 @@ from serving.openai_protocol import (
     TokenizeRequest,
     TokenizeResponse,
     TokenLogprob,
+    ToolCallDelta,
     TopLogprob,
     Usage,
     new_id,
@@ -41,11 +42,13 @@ from serving.openai_protocol import (
 from serving.openai_routes import MODEL_OWNER, mount_openai_routes
 from serving.sse import DONE_EVENT, encode_event
 from serving.streaming import CLIENT_ERRORS, EventStreamResponse
+from serving.tool_calling import template_tools
 from transformer.generation import TextChunk, TextRequest, TextResult
 from transformer.model import TextModel
 from transformer.schemas import TextSamplingFields
 from transformer.stream_merge import merge_streams
 from transformer.tokenizer import TextTokenizer
+from transformer.tool_parsers import JsonToolParser, ToolParser, parser_for_template
 
 
 def add_openai_routes(app: FastAPI, model: TextModel) -> None:
@@ -58,6 +61,8 @@ class TextModelOpenAI:
     def __init__(self, model: TextModel) -> None:
         self.model = model
         self.created = now()
+        # The format of the model's own tool calls, read when tool_choice is "auto".
+        self.tool_parser = parser_for_template(model.tokenizer.chat_template)
 
     def model_cards(self) -> list[ModelCard]:
         return [ModelCard(id=self.model.name, created=self.created, owned_by=MODEL_OWNER,
@@ -76,15 +81,17 @@ class TextModelOpenAI:
         model = self.model
         model.check_admitting()
         self._check_model(body.model)
-        prompt_ids = await model.prompt_ids(messages=body.messages, add_generation_prompt=body.add_generation_prompt)
+        prompt_ids = await model.prompt_ids(messages=body.messages, add_generation_prompt=body.add_generation_prompt,
+                                            tools=template_tools(body.tools))
         return await _answer(model, body, [prompt_ids], _chat_fields(body), headers,
-                             functools.partial(ChatStream, model, body, len(prompt_ids)),
-                             functools.partial(_chat_response, model, body))
+                             functools.partial(ChatStream, model, body, len(prompt_ids), self.tool_parser),
+                             functools.partial(_chat_response, model, body, self.tool_parser))
 
     async def tokenize(self, body: TokenizeRequest, headers: Mapping[str, str]) -> TokenizeResponse:
         self._check_model(body.model)
         tokens = await self.model.prompt_ids(body.prompt, body.messages,
-                                             add_generation_prompt=body.add_generation_prompt)
+                                             add_generation_prompt=body.add_generation_prompt,
+                                             tools=template_tools(body.tools))
         return TokenizeResponse(count=len(tokens), max_model_len=self.model.tokenizer.max_model_len, tokens=tokens)
 
     async def detokenize(self, body: DetokenizeRequest, headers: Mapping[str, str]) -> DetokenizeResponse:
@@ -328,8 +335,25 @@ def _chat_fields(body: ChatCompletionRequest) -> TextSamplingFields:
     return _sampling_fields(body, body.requested_max_tokens, body.logprobs, body.top_logprobs or 0)
 
 
-def _chat_response(model: TextModel, body: ChatCompletionRequest, choices: list[Choice],
+# A forced call is the one JSON object {"name", "arguments"} its constraint allows.
+_FORCED_CALL_PARSER = JsonToolParser()
+
+
+def _assistant_message(body: ChatCompletionRequest, parser: ToolParser, text: str,
+                       finish_reason: str) -> tuple[AssistantMessage, str]:
+    """The answer as OpenAI's message and finish reason: its tool calls read out of the text
+    (with "tool_calls" as the reason) where the request offered tools and the answer is complete."""
+    if body.effective_tool_choice == "none" or finish_reason != "stop":
+        return AssistantMessage(content=text), finish_reason
+    parsed = (_FORCED_CALL_PARSER if body.forced_tools else parser).parse(text)
+    if not parsed.tool_calls:
+        return AssistantMessage(content=text), finish_reason
+    return AssistantMessage(content=parsed.content, tool_calls=parsed.tool_calls), "tool_calls"
+
+
+def _chat_response(model: TextModel, body: ChatCompletionRequest, tool_parser: ToolParser, choices: list[Choice],
                    results: list[TextResult]) -> ChatCompletionResponse:
+    answers = [_assistant_message(body, tool_parser, result.text, result.finish_reason) for result in results]
     return ChatCompletionResponse(
         id=new_id("chatcmpl"),
         created=now(),
@@ -337,12 +361,12 @@ def _chat_response(model: TextModel, body: ChatCompletionRequest, choices: list[
         choices=[
             ChatChoice(
                 index=choice.index,
-                message=AssistantMessage(content=result.text),
+                message=message,
                 logprobs=_chat_logprobs(model.tokenizer, result.token_ids, result.logprobs, result.top_logprobs)
                 if body.logprobs else None,
-                finish_reason=result.finish_reason,
+                finish_reason=finish_reason,
             )
-            for choice, result in zip(choices, results)
+            for choice, result, (message, finish_reason) in zip(choices, results, answers)
         ],
         usage=_usage([choices[0].request.prompt_ids], results),
     )
@@ -365,12 +389,40 @@ def _top_logprob(tokenizer: TextTokenizer, token: int, value: float) -> TopLogpr
 
 
 class ChatStream(ChunkStream):
-    """The chunks of a streamed chat completion: the role first, then content, then the finish."""
+    """The chunks of a streamed chat completion: the role first, then content, then the finish.
+    With tools, text that may be a call is held back, and the calls go in the last delta, whole."""
 
     id_prefix, object_name, content_field, usage_type = "chatcmpl", "chat.completion.chunk", "delta", ChatCompletionChunk
 
-    def __init__(self, model: TextModel, body: ChatCompletionRequest, num_prompt_tokens: int) -> None:
+    def __init__(self, model: TextModel, body: ChatCompletionRequest, num_prompt_tokens: int,
+                 tool_parser: ToolParser) -> None:
         super().__init__(model, body, num_prompt_tokens, wants_logprobs=bool(body.logprobs))
+        self.tool_parser = tool_parser
+        self.reads_tool_calls = body.effective_tool_choice != "none"
+        self.forced_call = bool(body.forced_tools)
+        self._texts: dict[int, str] = {}
+        self._sent: dict[int, int] = {}
+
+    def delta(self, index: int, chunk: TextChunk) -> dict | None:
+        if not self.reads_tool_calls:
+            return super().delta(index, chunk)
+        text = self._texts[index] = self._texts.get(index, "") + chunk.text
+        sent = self._sent.get(index, 0)
+        logprobs = self._logprobs(index, chunk) if self.wants_logprobs else None
+        if not chunk.finish_reason:
+            content_end = sent if self.forced_call else max(sent, self.tool_parser.content_length(text))
+            self._sent[index] = content_end
+            if content_end == sent and logprobs is None:
+                return None
+            return self._chunk(index, {"content": text[sent:content_end]} if content_end > sent else {}, logprobs)
+        message, finish_reason = _assistant_message(self.body, self.tool_parser, text, chunk.finish_reason)
+        delta = {}
+        if rest := (message.content or "")[sent:]:
+            delta["content"] = rest
+        if message.tool_calls:
+            delta["tool_calls"] = [ToolCallDelta(index=position, **call.model_dump()).model_dump()
+                                   for position, call in enumerate(message.tool_calls)]
+        return self._chunk(index, delta, logprobs, finish_reason)
 
     def start(self, choices: list[Choice]) -> list[dict]:
         return [self._chunk(choice.index, {"role": "assistant", "content": ""}) for choice in choices]

@@ -44,6 +44,19 @@ class ConversationTurn:
 
     role: str
     content: str
+    # An assistant's tool calls (as templates read them) and a tool message's call id.
+    tool_calls: tuple[dict, ...] | None = None
+    tool_call_id: str | None = None
+    name: str | None = None
+
+    def template_form(self) -> dict:
+        message = {"role": self.role, "content": self.content}
+        if self.tool_calls is not None:
+            message["tool_calls"] = list(self.tool_calls)
+        for field in ("tool_call_id", "name"):
+            if (value := getattr(self, field)) is not None:
+                message[field] = value
+        return message
 
 
 class TextTokenizer:
@@ -80,15 +93,22 @@ class TextTokenizer:
         """A completion prompt's ids, with the special tokens the tokenizer adds (e.g. BOS)."""
         return self._encode_ids(text, add_special_tokens=True)
 
-    def encode_chat(self, messages: list[ConversationTurn], add_generation_prompt: bool = True) -> list[int]:
-        """A conversation rendered by the checkpoint's chat template. The template writes its own
-        special tokens, so none are added on top (that would double the BOS)."""
+    @property
+    def chat_template(self) -> str | None:
+        return self._tokenizer.chat_template
+
+    def encode_chat(self, messages: list[ConversationTurn], add_generation_prompt: bool = True,
+                    tools: list[dict] | None = None) -> list[int]:
+        """A conversation rendered by the checkpoint's chat template, with the tools offered (as
+        OpenAI's {"type": "function", "function": {...}}, which templates that know tools read).
+        The template writes its own special tokens, so none are added on top (that would double
+        the BOS)."""
         if not self.has_chat_template:
             raise ChatTemplateError("this model has no chat template; use the completions API with a plain prompt")
-        conversation = [{"role": message.role, "content": message.content} for message in messages]
+        conversation = [message.template_form() for message in messages]
         try:
             text = self._tokenizer.apply_chat_template(
-                conversation, add_generation_prompt=add_generation_prompt, tokenize=False
+                conversation, tools=tools, add_generation_prompt=add_generation_prompt, tokenize=False
             )
         except Exception as exc:  # jinja2 raises TemplateError subclasses, and raise_exception() in templates
             raise ChatTemplateError(f"the chat template refused these messages: {exc}") from None
@@ -111,11 +131,12 @@ class TextTokenizer:
             return self.encode(text)
         return await asyncio.to_thread(self.encode, text)
 
-    async def encode_chat_async(self, messages: list[ConversationTurn], add_generation_prompt: bool = True) -> list[int]:
-        if (len(messages) <= INLINE_TEMPLATE_MESSAGES
+    async def encode_chat_async(self, messages: list[ConversationTurn], add_generation_prompt: bool = True,
+                                tools: list[dict] | None = None) -> list[int]:
+        if (len(messages) <= INLINE_TEMPLATE_MESSAGES and not tools
                 and sum(len(message.content) for message in messages) <= INLINE_TOKENIZE_CHARS):
             return self.encode_chat(messages, add_generation_prompt)
-        return await asyncio.to_thread(self.encode_chat, messages, add_generation_prompt)
+        return await asyncio.to_thread(self.encode_chat, messages, add_generation_prompt, tools)
 
     def decode(self, token_ids: list[int]) -> str:
         """Text of the ids, special tokens skipped (what a client reads), spaces as decoded (no

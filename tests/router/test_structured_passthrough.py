@@ -16,6 +16,12 @@ from .edge_fakes import FakeTransformer, running_transformers
 
 SCHEMA = {"type": "object", "properties": {"a": {"type": "integer"}}}
 FORMAT = {"type": "json_schema", "json_schema": {"name": "answer", "strict": True, "schema": SCHEMA}}
+TOOLS = {"tools": [{"type": "function", "function": {"name": "f", "description": "F", "parameters": SCHEMA}}],
+         "tool_choice": {"type": "function", "function": {"name": "f"}},
+         "messages": [{"role": "user", "content": "hi"},
+                      {"role": "assistant", "content": None, "tool_calls": [
+                          {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+                      {"role": "tool", "tool_call_id": "call_1", "content": "done"}]}
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +42,8 @@ def router(fakes, tmp_path_factory) -> Iterator[Server]:
 
 
 @pytest.mark.parametrize("constraint", [{"response_format": FORMAT}, {"guided_choice": ["a", "b"]},
-                                        {"structured_outputs": {"json": {"type": "object"}}}])
+                                        {"structured_outputs": {"json": {"type": "object"}}}, TOOLS],
+                         ids=["response_format", "guided_choice", "structured_outputs", "tools"])
 def test_constraints_and_benign_fields_reach_the_transformer_unchanged(router, fakes, constraint):
     body = {"model": "llm-small", "messages": [{"role": "user", "content": "hi"}], "store": False,
             "metadata": {"k": "v"}, **constraint}

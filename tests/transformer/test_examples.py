@@ -30,3 +30,12 @@ def test_steering_example_bans_the_first_words_tokens(transformer):
     banned = printed["banned ids"]
     assert banned.startswith("[") and not banned.startswith("[]"), banned
     assert printed["plain"] and printed["steered"] and printed["steered"] != printed["plain"]
+
+
+def test_tool_calling_example_calls_the_tool_and_answers(transformer):
+    command = [sys.executable, str(REPO_ROOT / "examples" / "tool_calling_client.py"), "--url", transformer.url,
+               "--model", MODEL_NAME]
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert finished.returncode == 0, finished.stderr
+    assert "call: get_weather" in finished.stdout and "finish_reason: tool_calls" in finished.stdout
+    assert "tool answer: " in finished.stdout and "answer: " in finished.stdout

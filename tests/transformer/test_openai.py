@@ -224,10 +224,11 @@ def test_openai_errors(client):
     with pytest.raises(openai.BadRequestError) as bad:
         client.completions.create(model=MODEL_NAME, prompt="x", temperature=7)
     assert bad.value.body["param"] == "temperature" and bad.value.body["type"] == "invalid_request_error"
-    with pytest.raises(openai.BadRequestError) as unsupported:
+    with pytest.raises(openai.BadRequestError) as unknown_tool:
         client.chat.completions.create(model=MODEL_NAME, messages=[{"role": "user", "content": "x"}],
-                                       tools=[{"type": "function", "function": {"name": "f"}}])
-    assert "tools" in unsupported.value.body["message"]
+                                       tools=[{"type": "function", "function": {"name": "f"}}],
+                                       tool_choice={"type": "function", "function": {"name": "g"}})
+    assert "tool_choice" in unknown_tool.value.body["message"]
     with pytest.raises(openai.BadRequestError) as too_many_stops:
         client.completions.create(model=MODEL_NAME, prompt="x", stop=["a", "b", "c", "d", "e"])
     assert "stop" in too_many_stops.value.body["message"]
