@@ -223,10 +223,11 @@ def prepare_real_models(cache_dir: str | Path | None = None) -> RealModels:
                     "a minute or two)", name)
         gguf = gguf_file(name, cache_dir)
         checkpoint = RealCheckpoint(name, gguf, hf_checkpoint_dir(gguf, cache_dir))
+        parameters = matmul_parameters(checkpoint.checkpoint)
         logger.info("%s: ready in %.1f s, %.2f M matmul parameters per token", name, time.perf_counter() - started,
-                    matmul_parameters(checkpoint.checkpoint) / 1e6)
-        prepared.append(checkpoint)
-    cheapest_first = sorted(prepared, key=lambda checkpoint: matmul_parameters(checkpoint.checkpoint))
+                    parameters / 1e6)
+        prepared.append((parameters, checkpoint))
+    cheapest_first = [checkpoint for _, checkpoint in sorted(prepared, key=lambda pair: pair[0])]
     models = RealModels(dict(zip(SIZES, cheapest_first)))
     logger.info("by cost per token: small %s, large %s", models.model_name("small"), models.model_name("large"))
     return models
