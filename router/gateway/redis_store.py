@@ -1,0 +1,92 @@
+"""The gateway's connection to Redis, where router replicas share their limits, ledger, idempotency
+keys and cache. Every call is bounded in time (a Redis that stops answering must never hang a
+request), and every failure becomes RedisUnavailable, counted in `gateway_redis_errors_total` and
+shown by `gateway_redis_up`. What a caller does then depends on its FailureMode: let the request
+through (`open`) or refuse it with a 503 (`closed`)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable
+from enum import StrEnum
+from typing import TypeVar
+
+from prometheus_client import Counter, Gauge
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT_SECONDS = 0.25
+# A failure is logged at most this often: an outage would otherwise log once per request.
+LOG_INTERVAL_SECONDS = 10.0
+
+REDIS_ERRORS = Counter("gateway_redis_errors", "Redis calls of the gateway that failed or timed out, by use.",
+                       ["use"])
+REDIS_UP = Gauge("gateway_redis_up", "Whether the gateway's last Redis call succeeded (1) or failed (0).")
+
+Result = TypeVar("Result")
+
+
+class FailureMode(StrEnum):
+    """What the gateway does with a request when Redis cannot be reached."""
+
+    OPEN = "open"  # serve it, unmetered against the shared limits (the ledger spools locally)
+    CLOSED = "closed"  # refuse it: 503 with Retry-After
+
+
+class RedisUnavailable(Exception):
+    """A Redis call failed or did not answer in time; the message says which call and why."""
+
+
+class RedisStore:
+    """One asyncio Redis client (a connection pool) with a timeout on every socket operation,
+    and the key prefix that keeps this deployment's keys apart from others on the same server."""
+
+    def __init__(self, url: str, timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS, prefix: str = "kllm:") -> None:
+        from redis import asyncio as redis_asyncio
+
+        self.url = url
+        self.prefix = prefix
+        self.timeout_seconds = timeout_seconds
+        self.client = redis_asyncio.Redis.from_url(
+            url, socket_timeout=timeout_seconds, socket_connect_timeout=timeout_seconds,
+            health_check_interval=30, decode_responses=False,
+        )
+        self._last_logged = 0.0
+
+    def key(self, *parts: str) -> str:
+        return self.prefix + ":".join(parts)
+
+    async def call(self, use: str, operation: Awaitable[Result]) -> Result:
+        """The result of `operation` (a coroutine of self.client), or RedisUnavailable. `use`
+        labels the failure metric: limits, ledger, idempotency, cache."""
+        from redis.exceptions import RedisError
+
+        try:
+            result = await operation
+        except (RedisError, OSError, TimeoutError) as exc:
+            REDIS_ERRORS.labels(use).inc()
+            REDIS_UP.set(0)
+            self._log_failure(use, exc)
+            raise RedisUnavailable(f"Redis at {self.describe()} failed for {use}: {type(exc).__name__}: {exc}") from None
+        REDIS_UP.set(1)
+        return result
+
+    async def ping(self) -> None:
+        await self.call("ping", self.client.ping())
+
+    def describe(self) -> str:
+        """The URL without its password."""
+        scheme, _, rest = self.url.partition("://")
+        return f"{scheme}://{rest.rpartition('@')[2]}"
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    def _log_failure(self, use: str, exc: BaseException) -> None:
+        now = time.monotonic()
+        if now - self._last_logged >= LOG_INTERVAL_SECONDS:
+            self._last_logged = now
+            logger.error("Redis at %s failed for %s (%s: %s); logged at most every %g s, counted in "
+                         "gateway_redis_errors_total", self.describe(), use, type(exc).__name__, exc,
+                         LOG_INTERVAL_SECONDS)

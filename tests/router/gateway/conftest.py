@@ -1,0 +1,79 @@
+"""Fixtures of the gateway's tests: a real redis-server on a free port (Debian's `redis-server`
+package; without it, the tests that need it skip and say so)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.servers import free_port
+
+REDIS_MISSING = "needs redis-server (Debian package `redis-server`: apt-get install -y redis-server)"
+
+
+@dataclass
+class RedisServer:
+    process: subprocess.Popen
+    port: int
+    directory: Path
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_redis(directory: Path, *extra: str) -> RedisServer:
+    """redis-server on 127.0.0.1 and a free port, no persistence unless `extra` asks for it,
+    once it answers PING."""
+    executable = shutil.which("redis-server")
+    if executable is None:
+        pytest.skip(REDIS_MISSING)
+    port = free_port()
+    directory.mkdir(parents=True, exist_ok=True)
+    process = subprocess.Popen(
+        [executable, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(directory), *extra],
+        stdout=open(directory / "redis.log", "wb"), stderr=subprocess.STDOUT,
+    )
+    server = RedisServer(process, port, directory)
+    deadline = time.monotonic() + 10
+    import redis
+
+    while True:
+        try:
+            redis.Redis(port=port, socket_timeout=0.5).ping()
+            return server
+        except redis.exceptions.ConnectionError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                server.stop()
+                raise RuntimeError(f"redis-server did not start: see {directory / 'redis.log'}") from None
+            time.sleep(0.05)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory) -> Iterator[RedisServer]:
+    """One redis-server for the session; tests keep apart by key prefix (`redis_prefix`)."""
+    server = start_redis(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_prefix(request) -> str:
+    """A key prefix of this test's own."""
+    return f"test:{request.node.name}:{time.monotonic_ns()}:"
