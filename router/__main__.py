@@ -12,10 +12,19 @@ from router.cli import CONFIG_FLAG, config_flag_hidden_from_kserve
 with config_flag_hidden_from_kserve():
     from fastapi import FastAPI
 
-    from router.auth import ApiKeys, ApiKeysError, require_api_keys
     from router.config import ConfigError, RouterConfig, load_config
     from router.decision_log import DecisionLogError
     from router.features import TokenizerError
+    from router.gateway.gateway import Gateway
+    from router.gateway.setup import (
+        ApiKeysError,
+        TenantsError,
+        add_gateway_arguments,
+        build_gateway,
+        check_gateway_arguments,
+        install_gateway,
+        load_tenants,
+    )
     from router.learned_policy import LearnedModelError
     from router.model import RouterModel
     from router.openai_edge import OpenAIEdge, add_openai_edge
@@ -32,9 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tokenizer_dir", default=None,
                         help="a Hugging Face tokenizer directory to count prompt tokens with "
                              "(unset: estimated from the text's length)")
-    parser.add_argument("--api_keys_file", default=None,
-                        help="file of API keys, one per line (# comments): /openai/v1/* then requires "
-                             "'Authorization: Bearer <key>' (unset: no authentication)")
+    add_gateway_arguments(parser)
     # Unset unless given, so that the config's model_name applies by default.
     parser.set_defaults(model_name=None)
     return parser
@@ -45,30 +52,36 @@ def build_model(args: argparse.Namespace, config: RouterConfig) -> RouterModel:
     return RouterModel(args.model_name or config.model_name, config, args.tokenizer_dir)
 
 
-def load_api_keys(args: argparse.Namespace) -> ApiKeys:
-    return ApiKeys.from_file(args.api_keys_file) if args.api_keys_file else ApiKeys([])
-
-
-def install_routes(app: FastAPI, edge: OpenAIEdge, api_keys: ApiKeys) -> None:
-    """The OpenAI edge, behind its API key check."""
-    require_api_keys(app, api_keys)
+def install_routes(app: FastAPI, edge: OpenAIEdge, gateway: Gateway | None) -> None:
+    """The OpenAI edge, behind the gateway when there is one."""
+    if gateway is not None:
+        install_gateway(app, gateway)
     add_openai_edge(app, edge)
 
 
 def main() -> None:
     parser = build_parser()
-    args = parse_component_args(parser, logger.name)
-    with exit_if_cannot_start(logger, "router", ApiKeysError, ConfigError, TokenizerError, LearnedModelError):
-        api_keys = load_api_keys(args)
+    args = parse_component_args(parser, logger.name, check_gateway_arguments)
+    with exit_if_cannot_start(logger, "router", ApiKeysError, TenantsError, ConfigError, TokenizerError,
+                              LearnedModelError):
+        tenants = load_tenants(args)
         model = build_model(args, load_config(args.config))
         model.load()
     logger.info("serving router %r on http %d / grpc %d: %s api_keys=%s", model.name, args.http_port,
-                args.grpc_port, describe_server_limits(args), "required" if api_keys.required else "off")
+                args.grpc_port, describe_server_limits(args), "required" if tenants.required else "off")
     with exit_if_cannot_start(logger, "router", DecisionLogError):
         edge = OpenAIEdge(model)
-    # The WebSocket generate route routes as the edge does, behind the same keys.
-    serve(model, args, lambda app: install_routes(app, edge, api_keys),
-          websocket=RoutedGenerationBackend(edge), authorize=api_keys.check_api_key)
+        gateway = build_gateway(args, tenants, model.token_counter)
+    # The WebSocket generate route routes as the edge does, behind the same gateway.
+    serve(model, args, lambda app: install_routes(app, edge, gateway),
+          websocket=RoutedGenerationBackend(edge, gateway), authorize=authorizer(gateway))
+
+
+def authorizer(gateway: Gateway | None):
+    """The WebSocket handshake's key check (None: no keys configured)."""
+    if gateway is None or not gateway.tenants.required:
+        return None
+    return lambda authorization: gateway.tenants.authenticate(authorization) is not None
 
 
 if __name__ == "__main__":

@@ -56,13 +56,15 @@ class RouterModel(ServingModel):
         self.config = config
         self.tokenizer_dir = tokenizer_dir
         self.policy: RoutingPolicy | LearnedPolicy | None = None
+        # Counts prompt tokens for the policy and for the gateway's reservations.
+        self.token_counter = TokenCounter(tokenizer_dir)
 
     # Lifecycle ----------------------------------------------------------------------
 
     def load(self) -> bool:
         # KServe calls load() again whenever healthy() is false (e.g. while draining): build once.
         if self.policy is None:
-            counter = TokenCounter(self.tokenizer_dir)
+            counter = self.token_counter
             self.policy = load_policy(self.config.policy, counter)
             learned = self.config.policy.learned_model
             logger.info("router %r: %s policy, threshold %.4g, prompt tokens counted by %s, targets small=%s large=%s",

@@ -5,10 +5,16 @@ model before the first byte; an `auto` chat only to a model that serves chat) an
 pooled HTTP stream, to the chosen transformer's OpenAI streaming route: completions for a
 `prompt`, chat completions for `messages`. Its server-sent events become deltas, and the usage
 chunk (asked for) the `done`. Cancelling the request closes that stream, which aborts the request
-in the predictor. Streams are never cascaded (the cascade judges whole answers)."""
+in the predictor. Streams are never cascaded (the cascade judges whole answers).
+
+Behind the gateway, each request is admitted against its tenant's limits as an HTTP one is (a
+refusal fails that request with 429, 403 or 503, and the session goes on), and metered from the
+usage on every chunk, so that a cancelled request bills the tokens it got; the ledger record is
+durable before the `done` that reports its usage is sent."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Mapping
 from contextlib import aclosing
 from http import HTTPStatus
@@ -17,6 +23,8 @@ import httpx
 
 from router.config import AUTO_MODEL
 from router.features import RoutingRequest
+from router.gateway.gateway import Endpoint, Gateway, Ticket, refusal_of
+from router.gateway.reservation import reserved_tokens
 from router.openai_edge import OpenAIEdge
 from router.schemas import chat_routing_request
 from router.upstream import Answer, Call
@@ -29,25 +37,53 @@ from serving.websocket_protocol import Finish, GenerateMessage, RequestFailed, T
 
 
 class RoutedGenerationBackend:
-    def __init__(self, edge: OpenAIEdge) -> None:
+    def __init__(self, edge: OpenAIEdge, gateway: Gateway | None = None) -> None:
         self.edge = edge
+        self.gateway = gateway
 
     async def stream(self, request: GenerateMessage, headers: Mapping[str, str]) -> AsyncIterator[TextDelta | Finish]:
-        answer = await self._open(request, headers)
+        payload = openai_payload(request, continuous_usage=self.gateway is not None)
+        ticket = await self._admit(request, payload, headers) if self.gateway is not None else None
+        outcome = "failed"
         try:
-            async with aclosing(_relay(answer, request)) as events:
-                async for event in events:
-                    yield event
+            answer = await self._open(request, payload, headers)
+            try:
+                async with aclosing(_relay(answer, request, ticket)) as events:
+                    async for event in events:
+                        yield event
+                outcome = "ok"
+            finally:
+                await answer.close()
+        except (GeneratorExit, asyncio.CancelledError):
+            outcome = "cancelled"
+            raise
         finally:
-            await answer.close()
+            if ticket is not None:
+                await asyncio.shield(ticket.finish(outcome))
 
-    async def _open(self, request: GenerateMessage, headers: Mapping[str, str]) -> Answer:
+    async def _admit(self, request: GenerateMessage, payload: dict, headers: Mapping[str, str]) -> Ticket:
+        """The request's ticket from the gateway, or RequestFailed with the status it refused with."""
+        model = request.model or AUTO_MODEL
+        try:
+            tenant = self.gateway.authenticate(headers.get("authorization"))
+            self.gateway.check_model(tenant, model)
+            reservation = reserved_tokens(request.prompt is None, payload, self.gateway.counter,
+                                          self.gateway.settings.unbounded_max_tokens)
+            return await self.gateway.admit(tenant, Endpoint.WEBSOCKET, reservation, model)
+        except Exception as exc:
+            refusal = refusal_of(exc)
+            if refusal is None:
+                raise
+            retry = refusal.headers.get("retry-after")
+            raise RequestFailed(refusal.status, refusal.message + (f" (retry after {retry} s)" if retry else "")) from None
+
+    async def _open(self, request: GenerateMessage, payload: dict, headers: Mapping[str, str]) -> Answer:
         """The chosen target's stream, open up to its first chunk; RequestFailed with the target's
         status if it answered with an error."""
         chat = request.prompt is None
         _, plan = self.edge.plan(request.model or AUTO_MODEL, [_routing_request(request)], headers, chat)
         path = CHAT_COMPLETIONS_PATH if chat else COMPLETIONS_PATH
-        answer = await self.edge.upstream.send(plan, Call.of(path, openai_payload(request), headers, stream=True))
+        answer = await self.edge.upstream.send(plan, Call.of(path, payload, headers, stream=True))
         if answer.status != HTTPStatus.OK:
             raise RequestFailed(answer.status, _error_text(answer))
         return answer
@@ -59,14 +95,16 @@ def _routing_request(request: GenerateMessage) -> RoutingRequest:
     return chat_routing_request(request.messages, request.max_tokens)
 
 
-def openai_payload(request: GenerateMessage) -> dict:
+def openai_payload(request: GenerateMessage, continuous_usage: bool = False) -> dict:
     """The OpenAI streaming body of a generate message (without `model`: each target gets its
-    own). `max_tokens` is always sent: unset, it means the rest of the context, as in chat."""
+    own). `max_tokens` is always sent: unset, it means the rest of the context, as in chat.
+    `continuous_usage`: usage on every chunk (the gateway meters with it)."""
     payload = request.model_dump(include={"temperature", "top_p", "seed", "top_k", "min_tokens", "ignore_eos",
                                           "presence_penalty", "frequency_penalty", "repetition_penalty",
                                           "logit_bias", "min_p", "stop_token_ids", *CONSTRAINT_FIELDS},
                                  exclude_none=True)
-    payload.update(max_tokens=request.max_tokens, stream=True, stream_options={"include_usage": True})
+    payload.update(max_tokens=request.max_tokens, stream=True,
+                   stream_options={"include_usage": True, "continuous_usage_stats": continuous_usage})
     if request.stop_strings:
         payload["stop"] = request.stop_strings
     if request.prompt is not None:
@@ -79,8 +117,9 @@ def openai_payload(request: GenerateMessage) -> dict:
     return payload
 
 
-async def _relay(answer: Answer, request: GenerateMessage) -> AsyncIterator[TextDelta | Finish]:
-    """Deltas from the stream's chunks, then the Finish its usage chunk makes (it comes last)."""
+async def _relay(answer: Answer, request: GenerateMessage, ticket: Ticket | None) -> AsyncIterator[TextDelta | Finish]:
+    """Deltas from the stream's chunks, then the Finish its usage chunk makes (it comes last); each
+    usage seen goes to the ticket's meter, committed before the Finish."""
     finish_reason = None
     try:
         async with aclosing(json_events(answer.chunks())) as events:
@@ -88,8 +127,13 @@ async def _relay(answer: Answer, request: GenerateMessage) -> AsyncIterator[Text
                 if "error" in event:
                     raise RequestFailed(HTTPStatus.BAD_GATEWAY,
                                         f"the {answer.route} model failed mid-stream: {error_message(event)}")
-                if event.get("usage"):
-                    yield Finish(finish_reason or "stop", event["model"], Usage.model_validate(event["usage"]))
+                usage = event.get("usage")
+                if usage and ticket is not None:
+                    ticket.meter.observe_usage(usage, event.get("model"))
+                if usage and event.get("choices") == []:
+                    if ticket is not None:
+                        await ticket.meter.commit("ok")
+                    yield Finish(finish_reason or "stop", event["model"], Usage.model_validate(usage))
                     return
                 for choice in event["choices"]:
                     delta = _text_delta(choice, request.logprobs)

@@ -93,9 +93,9 @@ def start_process(module: str, log_dir: Path, args: list[str], new_session: bool
 def launch(module: str, log_dir: Path, args: list[str], http_port: int, grpc_port: int | None = None,
            ready_path: str = MODEL_READY_PATH, new_session: bool = False) -> Server:
     """`python -m module *args`, listening on the ports its `args` give it, once `ready_path`
-    answers 200."""
+    answers 200. What it keeps (a router's usage ledger) goes in `log_dir`, not the home directory."""
     log_path = log_dir / f"{module}-{http_port}.log"
-    env = dict(os.environ, KSERVE_LLM_CPU_KERNELS="0", PYTHONUNBUFFERED="1")
+    env = dict(os.environ, KSERVE_LLM_CPU_KERNELS="0", PYTHONUNBUFFERED="1", KSERVE_LLM_STATE_DIR=str(log_dir))
     command = [sys.executable, "-m", module, *args]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env=env,

@@ -1,5 +1,5 @@
-"""Security at the edges: the router's optional API keys (bearer tokens on the OpenAI edge, 401 in
-OpenAI's shape, health and metrics open), bodies over the limit refused (413) by the router as
+"""Security at the edges: the router's optional flat API keys file (bearer tokens on the OpenAI edge,
+401 in OpenAI's shape, health and metrics open; tenants without limits, router/gateway/), bodies over the limit refused (413) by the router as
 by the other servers, and no error body of any component carrying a stack trace.
 (Pickle checkpoints and remote code are refused by the loader: tests/engine/test_model_loader.py.)"""
 
@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from router.auth import ApiKeys, ApiKeysError
+from router.gateway.setup import ApiKeysError, read_api_keys
+from router.gateway.tenants import Tenants
 from tests.router.conftest import run_python, start_router, write_config
 from tests.router.edge_fakes import running_transformers
 from tests.router.graph_fakes import graph_manifest, running_router, sequence
@@ -78,22 +79,22 @@ def http() -> Iterator[httpx.Client]:
 def test_keys_are_read_one_per_line_without_comments(tmp_path):
     path = tmp_path / "keys"
     path.write_text(KEYS_FILE)
-    keys = ApiKeys.from_file(path)
-    assert keys.check_api_key(f"Bearer {KEYS[0]}") and keys.check_api_key(f"bearer {KEYS[1]}")
+    tenants = Tenants.from_api_keys(read_api_keys(path))
+    assert tenants.authenticate(f"Bearer {KEYS[0]}") and tenants.authenticate(f"bearer {KEYS[1]}")
     for header in (None, "", "Bearer", f"Basic {KEYS[0]}", f"Bearer {KEYS[0]}x", "Bearer sk-commented-out",
                    f"Bearer {KEYS[0][:-1]}", "Bearer # the router's API keys"):
-        assert not keys.check_api_key(header), header
+        assert tenants.authenticate(header) is None, header
 
 
-def test_without_keys_every_request_passes():
-    assert ApiKeys([]).check_api_key(None) and not ApiKeys([]).required
+def test_without_keys_no_key_is_required():
+    assert not Tenants.none().required
 
 
 def test_a_keys_file_without_keys_stops_the_router(tmp_path):
     empty = tmp_path / "keys"
     empty.write_text("# nothing here\n\n")
     with pytest.raises(ApiKeysError, match="holds no key"):
-        ApiKeys.from_file(empty)
+        read_api_keys(empty)
     finished = run_python("-m", "router", "--config", str(write_config(tmp_path / "router.yaml")),
                           "--api_keys_file", str(empty), "--http_port", str(free_port()))
     assert finished.returncode == 2 and "holds no key" in finished.stderr + finished.stdout

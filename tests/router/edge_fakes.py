@@ -40,6 +40,9 @@ class FakeTransformer:
     kv_cache_usage: float = 0.0
     received: list[dict] = field(default_factory=list)
     abandoned_streams: int = 0
+    # Requests answering at once (whole answers, while their delay runs), and the most seen.
+    in_flight: int = 0
+    max_in_flight: int = 0
     url: str = ""
 
     def reset(self) -> None:
@@ -49,6 +52,7 @@ class FakeTransformer:
             setattr(self, name, getattr(defaults, name))
         self.received.clear()
         self.abandoned_streams = 0
+        self.in_flight = self.max_in_flight = 0
 
     @property
     def text(self) -> str:
@@ -74,7 +78,12 @@ class FakeTransformer:
     async def _complete(self, request: Request) -> Response:
         body = await request.json()
         self.received.append({"path": request.url.path, "headers": dict(request.headers), "body": body})
-        await asyncio.sleep(self.delay)
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            await asyncio.sleep(self.delay)
+        finally:
+            self.in_flight -= 1
         if self.status != 200:
             error = {"error": {"message": f"{self.name} answered {self.status}", "type": "server_error",
                                "param": None, "code": None}}

@@ -1,0 +1,186 @@
+"""The gateway's decisions for one request, whatever route it came by: who the tenant is (its API
+key), whether it may use the model, whether its limits admit it now (a reservation of prompt +
+max_tokens), and, once it ends, what it used: the Meter's tokens go to the usage ledger, and the
+reservation is settled to them. router/gateway/middleware.py applies it to the HTTP routes,
+router/websocket_edge.py to each WebSocket request."""
+
+from __future__ import annotations
+
+import logging
+import math
+import uuid
+from dataclasses import dataclass
+from enum import StrEnum
+from http import HTTPStatus
+
+from router.features import TokenCounter
+from router.gateway.idempotency import IdempotencyStore
+from router.gateway.ledger import UsageLedger
+from router.gateway.limits import Admission, Limiter, LimitsUnavailable, RateLimited
+from router.gateway.metering import Meter
+from router.gateway.redis_store import FailureMode
+from router.gateway.response_cache import ResponseCache
+from router.gateway.tenants import Tenant, TenantPolicy, Tenants
+
+logger = logging.getLogger(__name__)
+
+# The tenant of every request when no tenants are configured (the cache or idempotency is on).
+ANONYMOUS = Tenant("anonymous", TenantPolicy())
+
+
+class Endpoint(StrEnum):
+    """The kinds of request the gateway tells apart; also the ledger's `endpoint`."""
+
+    CHAT = "chat.completions"
+    COMPLETIONS = "completions"
+    OPENAI = "openai"  # the OpenAI edge's other routes: models, tokenize, detokenize
+    WEBSOCKET = "websocket"
+    V1_PREDICT = "v1.predict"
+    V2_INFER = "v2.infer"
+
+    @property
+    def generates(self) -> bool:
+        return self in (Endpoint.CHAT, Endpoint.COMPLETIONS, Endpoint.WEBSOCKET)
+
+
+class CacheHitBilling(StrEnum):
+    """What a response-cache hit costs its tenant."""
+
+    NONE = "none"  # nothing: no model ran
+    PROMPT = "prompt"  # the prompt's tokens, as if it had been read
+    FULL = "full"  # the usage of the answer it replays
+
+
+@dataclass(frozen=True, slots=True)
+class GatewaySettings:
+    # Reserved as max_tokens for a chat that sets none (it may then generate up to the model's
+    # context, which the router does not know); settled to the real use at its end.
+    unbounded_max_tokens: int = 4096
+    # How long a duplicate of an in-flight Idempotency-Key waits for the first one's answer.
+    idempotency_wait_seconds: float = 60.0
+    cache_hit_billing: CacheHitBilling = CacheHitBilling.NONE
+    # Whether the KServe predict routes need a key too (an InferenceGraph must then propagate
+    # Authorization: router.headers.propagate).
+    authenticate_predict: bool = True
+    # What a request gets when Redis (limits, idempotency, cache) cannot be reached.
+    failure_mode: FailureMode = FailureMode.OPEN
+
+
+class Unauthorized(Exception):
+    """No key, or not one of the tenants' keys."""
+
+
+class ModelNotAllowed(Exception):
+    """The tenant may not use the model it asked for."""
+
+
+class Ticket:
+    """One admitted request: its tenant, its reservation and its meter. `finish` (once, whatever
+    happened) commits the meter to the ledger and settles the reservation to what was used."""
+
+    def __init__(self, gateway: Gateway, admission: Admission, meter: Meter) -> None:
+        self.gateway = gateway
+        self.admission = admission
+        self.meter = meter
+        self._finished = False
+
+    @property
+    def tenant(self) -> Tenant:
+        return self.admission.tenant
+
+    def headers(self) -> dict[str, str]:
+        """The tenant's x-ratelimit-* headers as of its admission."""
+        return self.admission.state.headers()
+
+    async def finish(self, outcome: str) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        try:
+            if not self.meter.committed:
+                await self.meter.commit(outcome)
+        finally:
+            used = self.meter.prompt_tokens + self.meter.completion_tokens
+            await self.gateway.limiter.settle(self.admission, used)
+
+
+class Gateway:
+    """The tenants and the stores their requests go through (in process, or in Redis)."""
+
+    def __init__(self, tenants: Tenants, limiter: Limiter, ledger: UsageLedger, counter: TokenCounter,
+                 settings: GatewaySettings, idempotency: IdempotencyStore | None = None,
+                 cache: ResponseCache | None = None) -> None:
+        self.tenants = tenants
+        self.limiter = limiter
+        self.ledger = ledger
+        self.counter = counter
+        self.settings = settings
+        self.idempotency = idempotency
+        self.cache = cache
+
+    def authenticate(self, authorization: str | None) -> Tenant:
+        if not self.tenants.required:
+            return ANONYMOUS
+        tenant = self.tenants.authenticate(authorization)
+        if tenant is None:
+            raise Unauthorized("a valid API key is required: send it as 'Authorization: Bearer <key>'")
+        return tenant
+
+    def check_model(self, tenant: Tenant, model: object) -> None:
+        if isinstance(model, str) and not tenant.policy.allows_model(model):
+            allowed = ", ".join(sorted(tenant.policy.models or ()))
+            raise ModelNotAllowed(f"the key of tenant {tenant.name!r} may not use model {model!r} (allowed: {allowed})")
+
+    async def admit(self, tenant: Tenant, endpoint: Endpoint, reservation: int, model: str) -> Ticket:
+        """The request's ticket; RateLimited when a limit refuses it, LimitsUnavailable when
+        the limits cannot be checked and the gateway fails closed."""
+        admission = await self.limiter.admit(tenant, reservation)
+        meter = Meter(self.ledger, uuid.uuid4().hex, tenant.name, endpoint.value, model)
+        return Ticket(self, admission, meter)
+
+    async def close(self) -> None:
+        for store in (self.idempotency, self.cache):
+            if store is not None:
+                await store.close()
+        await self.limiter.close()
+        await self.ledger.close()
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A request the gateway answers itself: status, OpenAI error type and code, message, headers."""
+
+    status: int
+    message: str
+    error_type: str
+    code: str | None
+    headers: dict[str, str]
+
+
+def refusal_of(exc: Exception) -> Refusal | None:
+    """How the gateway answers one of its own failures (None: not the gateway's)."""
+    if isinstance(exc, RateLimited):
+        retry_after = max(exc.retry_after_seconds, 0.001)
+        headers = {**exc.state.headers(), "retry-after": str(max(1, math.ceil(retry_after))),
+                   "retry-after-ms": str(math.ceil(retry_after * 1000))}
+        error_type, code = LIMIT_ERRORS.get(exc.limit, ("requests", "rate_limit_exceeded"))
+        return Refusal(HTTPStatus.TOO_MANY_REQUESTS, exc.message, error_type, code, headers)
+    if isinstance(exc, LimitsUnavailable):
+        return Refusal(HTTPStatus.SERVICE_UNAVAILABLE, str(exc), "server_error", None, {"retry-after": "1"})
+    if isinstance(exc, Unauthorized):
+        return Refusal(HTTPStatus.UNAUTHORIZED, str(exc), "authentication_error", "invalid_api_key",
+                       {"www-authenticate": "Bearer"})
+    if isinstance(exc, ModelNotAllowed):
+        return Refusal(HTTPStatus.FORBIDDEN, str(exc), "permission_error", "model_not_allowed", {})
+    return None
+
+
+# OpenAI's error `type` and `code` of a 429, by the limit that refused (its budget refusal is
+# `insufficient_quota`; the official clients raise RateLimitError for every 429).
+LIMIT_ERRORS = {
+    "requests": ("requests", "rate_limit_exceeded"),
+    "tokens": ("tokens", "rate_limit_exceeded"),
+    "request_too_large": ("tokens", "rate_limit_exceeded"),
+    "concurrency": ("requests", "concurrency_limit_exceeded"),
+    "budget": ("insufficient_quota", "insufficient_quota"),
+}

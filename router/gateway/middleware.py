@@ -1,0 +1,418 @@
+"""The gateway on the router's HTTP routes: ASGI middleware inside ClientConnectionMiddleware (the
+body has been read, within its bound) and outside the routes. For each request it authenticates
+the tenant, replays an answer stored under its Idempotency-Key or cached for its exact request,
+admits it against the tenant's limits (429 with OpenAI's headers when refused), and meters what
+the answer carries: a whole answer's `usage`, or a stream's usage as its chunks pass
+(router/gateway/stream_usage.py). The ledger record is durable before the client sees the usage
+that it records: before a whole answer's body, before a stream's closing usage chunk. Every
+response it admitted carries the tenant's x-ratelimit-* headers. It also serves GET /v1/usage.
+
+Streams and Idempotency-Key: a stream is stored once it has ended, and a retry gets its events
+again, whole, in one response; a duplicate that arrives while the stream runs waits for its end.
+A stream the client left before its end is not stored: its tokens were billed, and a retry runs
+(and bills) again."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+from http import HTTPStatus
+
+from starlette.datastructures import MutableHeaders, QueryParams
+from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from router.gateway.gateway import CacheHitBilling, Endpoint, Gateway, Refusal, Ticket, refusal_of
+from router.gateway.idempotency import (
+    IdempotencyConflict,
+    IdempotencyInFlight,
+    InvalidIdempotencyKey,
+    Proceed,
+    Replay,
+)
+from router.gateway.ledger import LedgerUnavailable, parse_period, usage_report
+from router.gateway.limits import LimitsUnavailable
+from router.gateway.redis_store import FailureMode, RedisUnavailable
+from router.gateway.reservation import reserved_tokens
+from router.gateway.response_cache import cache_key
+from router.gateway.stored_response import StoredResponse, body_digest
+from router.gateway.stream_usage import StreamOptions, StreamUsage, ask_for_usage
+from serving.openai_protocol import openai_error_body
+from serving.openai_routes import CHAT_COMPLETIONS_PATH, COMPLETIONS_PATH, OPENAI_PREFIX
+
+logger = logging.getLogger(__name__)
+
+USAGE_PATH = "/v1/usage"
+IDEMPOTENCY_HEADER = b"idempotency-key"
+CACHE_HEADER = "x-cache"
+REPLAYED_HEADER = "idempotent-replayed"
+# The response headers an answer is stored with, to be replayed: the router's own (x-route...).
+STORED_HEADER_PREFIX = "x-route"
+# A response larger than this is not stored for replay or the cache.
+MAX_STORED_BYTES = 8 << 20
+EVENT_STREAM = "text/event-stream"
+
+
+def classify(method: str, path: str, authenticate_predict: bool) -> Endpoint | None:
+    """The gateway's view of a route; None: it passes untouched (health, metrics, metadata)."""
+    if path == CHAT_COMPLETIONS_PATH and method == "POST":
+        return Endpoint.CHAT
+    if path == COMPLETIONS_PATH and method == "POST":
+        return Endpoint.COMPLETIONS
+    if path.startswith(OPENAI_PREFIX + "/") or path in ("/tokenize", "/detokenize"):
+        return Endpoint.OPENAI
+    if authenticate_predict and method == "POST":
+        if path.startswith("/v1/models/") and path.endswith(":predict"):
+            return Endpoint.V1_PREDICT
+        if path.startswith("/v2/models/") and path.endswith("/infer"):
+            return Endpoint.V2_INFER
+    return None
+
+
+class GatewayMiddleware:
+    def __init__(self, app: ASGIApp, gateway: Gateway) -> None:
+        self.app = app
+        self.gateway = gateway
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if scope["path"] == USAGE_PATH:
+            await self._usage(scope, receive, send)
+            return
+        endpoint = classify(scope["method"], scope["path"], self.gateway.settings.authenticate_predict)
+        if endpoint is None:
+            await self.app(scope, receive, send)
+            return
+        await Exchange(self.app, self.gateway, endpoint, scope, receive, send).run()
+
+    async def _usage(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """GET /v1/usage?period=day|...|start_time=&end_time=[&tenant=]: a tenant's token usage by
+        model (an admin's key: every tenant's, or the one it names)."""
+        try:
+            tenant = self.gateway.authenticate(_header(scope, b"authorization"))
+            query = QueryParams(scope["query_string"])
+            named = query.get("tenant")
+            if named is not None and named != tenant.name and not tenant.admin:
+                raise PermissionError(f"the key of tenant {tenant.name!r} may only read its own usage")
+            start, end = parse_period(query, time.time())
+            wanted = named if named is not None else (None if tenant.admin else tenant.name)
+            totals = await self.gateway.ledger.totals(wanted, start, end)
+            response: Response = JSONResponse(usage_report(totals, start, end))
+        except Exception as exc:
+            response = _usage_error(exc)
+        await response(scope, receive, send)
+
+
+class Exchange:
+    """One request through the gateway."""
+
+    def __init__(self, app: ASGIApp, gateway: Gateway, endpoint: Endpoint, scope: Scope, receive: Receive,
+                 send: Send) -> None:
+        self.app = app
+        self.gateway = gateway
+        self.endpoint = endpoint
+        self.scope = scope
+        self.receive = receive
+        self.send = send
+        self.openai = endpoint not in (Endpoint.V1_PREDICT, Endpoint.V2_INFER)
+
+    async def run(self) -> None:
+        try:
+            tenant = self.gateway.authenticate(_header(self.scope, b"authorization"))
+            message = await self.receive()
+            body = _json_object(message.get("body", b"")) if self.endpoint.generates else None
+            if body is not None:
+                self.gateway.check_model(tenant, body.get("model"))
+            await self._serve(tenant, message, body)
+        except Exception as exc:
+            refusal = refusal_of(exc) or _client_error(exc)
+            if refusal is None:
+                raise
+            await self._refuse(refusal)
+
+    async def _serve(self, tenant, message: Message, body: dict | None) -> None:
+        proceed = await self._begin_idempotent(tenant, message)
+        if isinstance(proceed, Replay):
+            await self._replay(tenant, proceed.response, {REPLAYED_HEADER: "true"})
+            return
+        try:
+            key = self._cache_key(tenant, body)
+            cached = await self._cached(key)
+            if cached is not None:
+                await self._replay(tenant, cached, {CACHE_HEADER: "hit"}, billed=True)
+                await self._complete(proceed, cached)
+                return
+            reservation = reserved_tokens(self.endpoint is Endpoint.CHAT, body, self.gateway.counter,
+                                          self.gateway.settings.unbounded_max_tokens) if body is not None else 0
+            ticket = await self.gateway.admit(tenant, self.endpoint, reservation, self._model(body))
+        except BaseException:
+            await self._abandon(proceed)
+            raise
+        stored = await self._forward(ticket, message, body, {CACHE_HEADER: "miss"} if key else {})
+        if stored is not None and stored.status < HTTPStatus.INTERNAL_SERVER_ERROR:
+            await self._complete(proceed, stored)
+            if key is not None and stored.status == HTTPStatus.OK:
+                await self._cache_put(key, stored)
+        else:
+            await self._abandon(proceed)
+
+    # Forwarding and metering -----------------------------------------------------------
+
+    async def _forward(self, ticket: Ticket, message: Message, body: dict | None,
+                       extra_headers: dict[str, str]) -> StoredResponse | None:
+        """Run the route, metering its answer; the answer as stored (None if it did not end, or
+        was too large to store)."""
+        streams = body is not None and body.get("stream") is True
+        if streams:
+            message = _with_body(message, ask_for_usage(body))
+        relay = Relay(ticket, self.send, {**ticket.headers(), **extra_headers},
+                      StreamOptions.of(body) if streams else None)
+        pending = [message]
+
+        async def receive() -> Message:
+            return pending.pop() if pending else await self.receive()
+
+        outcome = "failed"
+        try:
+            await self.app(self.scope, receive, relay.send)
+            outcome = relay.outcome()
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        finally:
+            # Shielded: a client that leaves cancels this task, and what it used is still billed.
+            await asyncio.shield(ticket.finish(outcome))
+        return relay.stored()
+
+    def _model(self, body: dict | None) -> str:
+        if body is not None and isinstance(body.get("model"), str):
+            return body["model"]
+        path = self.scope["path"]
+        return path.split("/")[3].split(":")[0] if self.endpoint in (Endpoint.V1_PREDICT, Endpoint.V2_INFER) else "-"
+
+    # Idempotency and the cache ---------------------------------------------------------
+
+    async def _begin_idempotent(self, tenant, message: Message) -> Proceed | Replay | None:
+        key = _header(self.scope, IDEMPOTENCY_HEADER)
+        store = self.gateway.idempotency
+        if key is None or store is None:
+            return None
+        digest = body_digest(message.get("body", b""))
+        try:
+            return await store.begin(tenant.name, key, digest, self.gateway.settings.idempotency_wait_seconds)
+        except RedisUnavailable:
+            self._fail_open_or_closed("idempotency")
+            return None
+
+    async def _complete(self, proceed: Proceed | Replay | None, response: StoredResponse) -> None:
+        if isinstance(proceed, Proceed):
+            try:
+                await self.gateway.idempotency.complete(proceed, response)
+            except RedisUnavailable:
+                logger.warning("an idempotent answer could not be stored: Redis is unavailable")
+
+    async def _abandon(self, proceed: Proceed | Replay | None) -> None:
+        if isinstance(proceed, Proceed):
+            try:
+                await asyncio.shield(self.gateway.idempotency.abandon(proceed))
+            except RedisUnavailable:
+                logger.warning("an idempotency key could not be freed: Redis is unavailable (it expires)")
+
+    def _cache_key(self, tenant, body: dict | None) -> str | None:
+        if self.gateway.cache is None or body is None:
+            return None
+        return cache_key(tenant.name, self.endpoint.value, body)
+
+    async def _cached(self, key: str | None) -> StoredResponse | None:
+        if key is None:
+            return None
+        try:
+            return await self.gateway.cache.get(key)
+        except RedisUnavailable:
+            self._fail_open_or_closed("the response cache")
+            return None
+
+    async def _cache_put(self, key: str, stored: StoredResponse) -> None:
+        try:
+            await self.gateway.cache.put(key, stored)
+        except RedisUnavailable:
+            pass  # counted and logged by the store; the next request simply misses
+
+    def _fail_open_or_closed(self, what: str) -> None:
+        if self.gateway.settings.failure_mode is FailureMode.CLOSED:
+            raise LimitsUnavailable(f"{what} cannot be reached (Redis) and the gateway fails closed; retry later")
+
+    async def _replay(self, tenant, stored: StoredResponse, marker: dict[str, str], billed: bool = False) -> None:
+        """A stored answer, admitted against the request limits with no tokens reserved; a cache
+        hit is billed as the gateway is configured (an idempotent replay never is)."""
+        ticket = await self.gateway.admit(tenant, self.endpoint, 0, "-")
+        try:
+            headers = {**stored.headers, **ticket.headers(), **marker}
+            if billed:
+                ticket.meter.observe(*self._hit_usage(stored), model=_answer_model(stored))
+                await ticket.finish("cache_hit")
+            response = Response(stored.body, status_code=stored.status, media_type=stored.content_type,
+                                headers=headers)
+            await response(self.scope, self.receive, self.send)
+        finally:
+            if not billed:
+                await ticket.gateway.limiter.settle(ticket.admission, 0)
+
+    def _hit_usage(self, stored: StoredResponse) -> tuple[int, int]:
+        billing = self.gateway.settings.cache_hit_billing
+        if billing is CacheHitBilling.FULL:
+            return stored.prompt_tokens, stored.completion_tokens
+        return (stored.prompt_tokens, 0) if billing is CacheHitBilling.PROMPT else (0, 0)
+
+    async def _refuse(self, refusal: Refusal) -> None:
+        if self.openai:
+            body = openai_error_body(refusal.status, refusal.message, code=refusal.code)
+            body["error"]["type"] = refusal.error_type
+        else:
+            body = {"error": refusal.message}
+        await JSONResponse(body, status_code=refusal.status, headers=refusal.headers)(self.scope, self.receive,
+                                                                                       self.send)
+
+
+class Relay:
+    """The route's response on its way to the client: the gateway's headers added, its usage
+    metered (and committed to the ledger before the client sees it), its bytes kept for storing."""
+
+    def __init__(self, ticket: Ticket, send: Send, headers: dict[str, str], stream_options: StreamOptions | None) -> None:
+        self.ticket = ticket
+        self._send = send
+        self.headers = headers
+        self.stream_options = stream_options
+        self.usage: StreamUsage | None = None
+        self.status: int | None = None
+        self.content_type: str | None = None
+        self.response_headers: dict[str, str] = {}
+        self.chunks: list[bytes] | None = []
+        self.size = 0
+        self.ended = False
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = self._start(message)
+        elif message["type"] == "http.response.body":
+            message = await self._body(message)
+        await self._send(message)
+
+    def _start(self, message: Message) -> Message:
+        self.status = message["status"]
+        headers = MutableHeaders(raw=list(message.get("headers", [])))
+        for name, value in self.headers.items():
+            headers[name] = value
+        self.content_type = headers.get("content-type")
+        if self.stream_options is not None and (self.content_type or "").startswith(EVENT_STREAM):
+            meter = self.ticket.meter
+            self.usage = StreamUsage(self.stream_options,
+                                     lambda prompt, completion, model: meter.observe(prompt, completion, model))
+        self.response_headers = {name: value for name, value in headers.items() if name.startswith(STORED_HEADER_PREFIX)}
+        return {**message, "headers": headers.raw}
+
+    async def _body(self, message: Message) -> Message:
+        chunk = message.get("body", b"")
+        more = message.get("more_body", False)
+        if self.usage is not None:
+            chunk = self.usage.feed(chunk)
+            if self.usage.final and not self.ticket.meter.committed:
+                await self.ticket.meter.commit("failed" if self.usage.failed else "ok")
+        self._keep(chunk)
+        if not more:
+            self.ended = True
+            if self.usage is None and self.status == HTTPStatus.OK:
+                await self._meter_whole_answer()
+        return {**message, "body": chunk}
+
+    async def _meter_whole_answer(self) -> None:
+        answer = _json_object(b"".join(self.chunks)) if self.chunks is not None else None
+        if answer is not None and isinstance(answer.get("usage"), dict):
+            self.ticket.meter.observe_usage(answer["usage"], answer.get("model"))
+        await self.ticket.meter.commit("ok")
+
+    def _keep(self, chunk: bytes) -> None:
+        if self.chunks is None:
+            return
+        self.size += len(chunk)
+        if self.size > MAX_STORED_BYTES:
+            self.chunks = None
+        else:
+            self.chunks.append(chunk)
+
+    def outcome(self) -> str:
+        if not self.ended:
+            return "cancelled"
+        if self.status is None or self.status >= HTTPStatus.INTERNAL_SERVER_ERROR or (self.usage and self.usage.failed):
+            return "failed"
+        return "refused" if self.status >= HTTPStatus.BAD_REQUEST else "ok"
+
+    def stored(self) -> StoredResponse | None:
+        if not self.ended or self.chunks is None or self.status is None:
+            return None
+        meter = self.ticket.meter
+        return StoredResponse(self.status, self.content_type, b"".join(self.chunks), self.response_headers,
+                              meter.prompt_tokens, meter.completion_tokens)
+
+
+def _with_body(message: Message, body: dict) -> Message:
+    return {**message, "body": json.dumps(body).encode()}
+
+
+def _json_object(data: bytes) -> dict | None:
+    try:
+        value = json.loads(data)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+_MODEL_FIELD = re.compile(rb'"model":\s*"([^"\\]{1,200})"')
+
+
+def _answer_model(stored: StoredResponse) -> str | None:
+    """The model that wrote a stored answer (a whole answer's or a stream's first `model`)."""
+    match = _MODEL_FIELD.search(stored.body)
+    return match.group(1).decode() if match else None
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+def _client_error(exc: Exception) -> Refusal | None:
+    """The client's own mistakes with the gateway's headers and keys: 400 or 409."""
+    if isinstance(exc, InvalidIdempotencyKey):
+        return Refusal(HTTPStatus.BAD_REQUEST, str(exc), "invalid_request_error", "invalid_idempotency_key", {})
+    if isinstance(exc, IdempotencyConflict):
+        return Refusal(HTTPStatus.CONFLICT, str(exc), "invalid_request_error", "idempotency_key_reused", {})
+    if isinstance(exc, IdempotencyInFlight):
+        return Refusal(HTTPStatus.CONFLICT, str(exc), "invalid_request_error", "idempotency_key_in_flight",
+                       {"retry-after": "1"})
+    return None
+
+
+def _usage_error(exc: Exception) -> Response:
+    refusal = refusal_of(exc)
+    if refusal is None:
+        if isinstance(exc, ValueError):
+            refusal = Refusal(HTTPStatus.BAD_REQUEST, str(exc), "invalid_request_error", None, {})
+        elif isinstance(exc, PermissionError):
+            refusal = Refusal(HTTPStatus.FORBIDDEN, str(exc), "permission_error", None, {})
+        elif isinstance(exc, LedgerUnavailable):
+            refusal = Refusal(HTTPStatus.SERVICE_UNAVAILABLE, f"the usage ledger cannot be read now: {exc}",
+                              "server_error", None, {"retry-after": "1"})
+        else:
+            raise exc
+    body = openai_error_body(refusal.status, refusal.message, code=refusal.code)
+    body["error"]["type"] = refusal.error_type
+    return JSONResponse(body, status_code=refusal.status, headers=refusal.headers)
+
