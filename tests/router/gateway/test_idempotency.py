@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from contextlib import asynccontextmanager
+from functools import partial
 
 import pytest
 from prometheus_client import REGISTRY
@@ -29,32 +29,22 @@ DIGEST = body_digest({"prompt": "hi"})
 OTHER_DIGEST = body_digest({"prompt": "ho"})
 
 
-@pytest.fixture(params=["memory", "redis"])
-def open_store(request):
+@pytest.fixture
+def open_store(backend):
     """An async context manager that opens a store of the backend under test."""
-    redis_url = request.getfixturevalue("redis_server").url if request.param == "redis" else None
-    prefix = request.getfixturevalue("redis_prefix")
-
-    @asynccontextmanager
-    async def open_(**options):
-        if redis_url is None:
-            store = MemoryIdempotencyStore(**options)
-            yield store
-            await store.close()
-            return
-        redis = RedisStore(redis_url, prefix=prefix)
-        store = RedisIdempotencyStore(redis, **options)
-        try:
-            yield store
-        finally:
-            await store.close()
-            await redis.close()
-
-    return open_
+    return partial(backend.open, MemoryIdempotencyStore, RedisIdempotencyStore)
 
 
 def counted(result: str) -> float:
     return REGISTRY.get_sample_value("gateway_idempotency_total", {"result": result}) or 0.0
+
+
+async def retry_after_both_complete(store, first: Proceed, second: Proceed) -> Proceed | Replay:
+    """The first owner, who lost the key to the second, completes late (ignored); then the second
+    completes. What a retry gets."""
+    await store.complete(first, OTHER_ANSWER)
+    await store.complete(second, ANSWER)
+    return await store.begin("acme", "key-1", DIGEST, wait_seconds=0)
 
 
 def test_a_retry_with_the_same_body_replays_the_answer(open_store):
@@ -114,9 +104,7 @@ def test_an_abandoned_request_hands_the_key_to_the_waiter(open_store):
             second = await duplicate
             with pytest.raises(IdempotencyInFlight):
                 await store.begin("acme", "key-1", DIGEST, wait_seconds=0)
-            await store.complete(first, OTHER_ANSWER)  # no longer the first one's: ignored
-            await store.complete(second, ANSWER)
-            return second, await store.begin("acme", "key-1", DIGEST, wait_seconds=0)
+            return second, await retry_after_both_complete(store, first, second)
 
     second, retry = asyncio.run(scenario())
     assert isinstance(second, Proceed)
@@ -165,9 +153,7 @@ def test_a_dead_owner_frees_the_key_when_its_lease_runs_out(open_store):
         async with open_store(lease_seconds=0.2) as store:
             first = await store.begin("acme", "key-1", DIGEST, wait_seconds=0)
             second = await store.begin("acme", "key-1", DIGEST, wait_seconds=2)
-            await store.complete(first, OTHER_ANSWER)  # the lease was taken over: ignored
-            await store.complete(second, ANSWER)
-            return second, await store.begin("acme", "key-1", DIGEST, wait_seconds=0)
+            return second, await retry_after_both_complete(store, first, second)
 
     second, retry = asyncio.run(scenario())
     assert isinstance(second, Proceed)

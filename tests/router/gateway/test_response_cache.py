@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from contextlib import asynccontextmanager
+from functools import partial
 
 import pytest
 from prometheus_client import REGISTRY
@@ -24,28 +24,10 @@ def answer(size: int = 10, status: int = 200) -> StoredResponse:
     return StoredResponse(status, "application/json", b"x" * size, {}, 10, 4)
 
 
-@pytest.fixture(params=["memory", "redis"])
-def open_cache(request):
+@pytest.fixture
+def open_cache(backend):
     """An async context manager that opens a cache of the backend under test."""
-    redis_url = request.getfixturevalue("redis_server").url if request.param == "redis" else None
-    prefix = request.getfixturevalue("redis_prefix")
-
-    @asynccontextmanager
-    async def open_(**options):
-        if redis_url is None:
-            cache = MemoryResponseCache(**options)
-            yield cache
-            await cache.close()
-            return
-        redis = RedisStore(redis_url, prefix=prefix)
-        cache = RedisResponseCache(redis, **options)
-        try:
-            yield cache
-        finally:
-            await cache.close()
-            await redis.close()
-
-    return open_
+    return partial(backend.open, MemoryResponseCache, RedisResponseCache)
 
 
 def counted(result: str) -> float:
