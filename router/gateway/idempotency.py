@@ -31,6 +31,7 @@ import logging
 import re
 import secrets
 import time
+from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -147,7 +148,7 @@ def new_token() -> str:
     return secrets.token_hex(16)
 
 
-class WaitingStore:
+class WaitingStore(ABC):
     """What both backends share: `begin` claims the key, or waits for its owner to finish."""
 
     async def begin(self, tenant: str, key: str, digest: str, wait_seconds: float) -> Proceed | Replay:
@@ -174,16 +175,16 @@ class WaitingStore:
             await self._wait(entry_key, remaining, attempt)
             attempt += 1
 
-    def _entry_key(self, tenant: str, key: str) -> str:
-        raise NotImplementedError
+    @abstractmethod
+    def _entry_key(self, tenant: str, key: str) -> str: ...
 
+    @abstractmethod
     async def _claim(self, entry_key: str, digest: str) -> Claim:
         """Take the key if it is free, else what holds it."""
-        raise NotImplementedError
 
+    @abstractmethod
     async def _wait(self, entry_key: str, remaining: float, attempt: int) -> None:
         """Return when the entry may have changed, or after `remaining` seconds at most."""
-        raise NotImplementedError
 
 
 def settled_result(claim: Proceed | Replay, waited: bool) -> IdempotencyResult:

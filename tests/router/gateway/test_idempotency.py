@@ -111,6 +111,22 @@ def test_an_abandoned_request_hands_the_key_to_the_waiter(open_store):
     assert retry == Replay(ANSWER)
 
 
+def test_of_several_waiters_one_takes_an_abandoned_key_and_the_others_get_its_answer(open_store):
+    async def scenario():
+        async with open_store() as store:
+            first = await store.begin("acme", "key-1", DIGEST, wait_seconds=1)
+            waiters = [asyncio.create_task(store.begin("acme", "key-1", DIGEST, wait_seconds=5)) for _ in range(3)]
+            await asyncio.sleep(0.05)
+            await store.abandon(first)
+            done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            await store.complete(done.pop().result(), ANSWER)
+            return await asyncio.gather(*waiters)
+
+    claims = asyncio.run(scenario())
+    assert sorted(type(claim).__name__ for claim in claims) == ["Proceed", "Replay", "Replay"]
+    assert [claim for claim in claims if isinstance(claim, Replay)] == [Replay(ANSWER)] * 2
+
+
 def test_abandon_after_complete_keeps_the_answer(open_store):
     async def scenario():
         async with open_store() as store:
