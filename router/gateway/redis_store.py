@@ -90,3 +90,8 @@ class RedisStore:
             logger.error("Redis at %s failed for %s (%s: %s); logged at most every %g s, counted in "
                          "gateway_redis_errors_total", self.describe(), use, type(exc).__name__, exc,
                          LOG_INTERVAL_SECONDS)
+
+
+def milliseconds(seconds: float) -> int:
+    """A duration for PEXPIRE and SET PX, which take whole milliseconds (at least 1)."""
+    return max(1, round(seconds * 1000))

@@ -1,17 +1,20 @@
 """Fixtures of the gateway's tests: a real redis-server on a free port (Debian's `redis-server`
-package; without it, the tests that need it skip and say so)."""
+package; without it, the tests that need it skip and say so), and `backend`, which runs a test
+once on a store's memory backend and once on its Redis backend."""
 
 from __future__ import annotations
 
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from router.gateway.redis_store import RedisStore
 from tests.servers import free_port
 
 REDIS_MISSING = "needs redis-server (Debian package `redis-server`: apt-get install -y redis-server)"
@@ -77,3 +80,36 @@ def redis_server(tmp_path_factory) -> Iterator[RedisServer]:
 def redis_prefix(request) -> str:
     """A key prefix of this test's own."""
     return f"test:{request.node.name}:{time.monotonic_ns()}:"
+
+
+@dataclass
+class Backend:
+    """Where a parametrised test's store keeps its state: in memory (`redis_url` None), or under
+    the test's own key prefix in the session's redis-server."""
+
+    redis_url: str | None
+    prefix: str
+
+    @asynccontextmanager
+    async def open(self, memory_store: Callable, redis_store: Callable, **options) -> AsyncIterator:
+        """`memory_store(**options)` or `redis_store(a RedisStore, **options)`, closed after."""
+        if self.redis_url is None:
+            store = memory_store(**options)
+            try:
+                yield store
+            finally:
+                await store.close()
+            return
+        redis = RedisStore(self.redis_url, prefix=self.prefix)
+        store = redis_store(redis, **options)
+        try:
+            yield store
+        finally:
+            await store.close()
+            await redis.close()
+
+
+@pytest.fixture(params=["memory", "redis"])
+def backend(request, redis_prefix) -> Backend:
+    redis_url = request.getfixturevalue("redis_server").url if request.param == "redis" else None
+    return Backend(redis_url, redis_prefix)
