@@ -22,6 +22,7 @@ cost over the direct path.
     .venv/bin/python benchmarks/serve_load.py --workload shared-prefix --prefix_tokens 512 --targets direct
     .venv/bin/python benchmarks/serve_load.py --find_max_rate --slo_ttft_p99 1.0   # sustained rate per target
     .venv/bin/python benchmarks/serve_load.py --targets direct,transformer,websocket --interleave
+    .venv/bin/python benchmarks/serve_load.py --targets direct,router,gateway --idle_requests 1200 --requests 32  # the gateway
     .venv/bin/python benchmarks/serve_load.py --predictor_url http://127.0.0.1:9003 \\
         --transformer_url http://127.0.0.1:9001 --router_url http://127.0.0.1:8000  # `make serve`'s stack
 """
@@ -41,7 +42,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from benchmarks.load.clients import DIRECT, ROUTER, TARGETS, TRANSFORMER, WEBSOCKET, Endpoints  # noqa: E402
+from benchmarks.load.clients import DIRECT, GATEWAY, ROUTER, TARGETS, TRANSFORMER, WEBSOCKET, Endpoints  # noqa: E402
 from benchmarks.load.metrics import SLO, distribution_ms, paired_ttft_differences, summarise  # noqa: E402
 from benchmarks.load.report import print_idle, print_levels, print_max_rates, write_json  # noqa: E402
 from benchmarks.load.runner import Level, RunSettings, run_idle, run_level  # noqa: E402
@@ -67,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     servers.add_argument("--predictor_url", help="a running predictor (direct target, /metrics)")
     servers.add_argument("--transformer_url", help="a running transformer in front of that predictor")
     servers.add_argument("--router_url", help="a running router whose small target is that transformer")
+    servers.add_argument("--gateway_url", help="a running router with the gateway on, in front of that transformer")
+    servers.add_argument("--gateway_key", help="a tenant's API key at --gateway_url")
     servers.add_argument("--model_name", help=f"the model the running servers serve (unset: {model_name('small')})")
     servers.add_argument("--num_threads", type=int, default=1, help="torch threads of a predictor started here")
     parser.add_argument("--targets", type=_list_of(str), default=",".join((DIRECT, TRANSFORMER, ROUTER)),
@@ -140,8 +143,10 @@ def parse_args() -> argparse.Namespace:
 
 def missing_urls(args: argparse.Namespace) -> list[str]:
     """The URL flags the targets need that were not given."""
-    needed = {"predictor_url": True, "transformer_url": bool({TRANSFORMER, WEBSOCKET, ROUTER} & set(args.targets)),
-              "router_url": ROUTER in args.targets}
+    needed = {"predictor_url": True,
+              "transformer_url": bool({TRANSFORMER, WEBSOCKET, ROUTER, GATEWAY} & set(args.targets)),
+              "router_url": ROUTER in args.targets, "gateway_url": GATEWAY in args.targets,
+              "gateway_key": GATEWAY in args.targets}
     return [f"--{name}" for name, need in needed.items() if need and not getattr(args, name)]
 
 
@@ -159,7 +164,7 @@ def levels_of(args: argparse.Namespace) -> list[Level]:
 def endpoints_of(args: argparse.Namespace, stack: ExitStack) -> Endpoints:
     if args.predictor_url:
         return Endpoints(args.model_name or model_name("small"), args.predictor_url, args.transformer_url,
-                         args.router_url)
+                         args.router_url, args.gateway_url, args.gateway_key)
     from benchmarks.load.servers import start_servers  # the suite's port helper; only needed here
 
     log_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="serve_load-")))
@@ -206,6 +211,10 @@ def run_idle_phase(args: argparse.Namespace, endpoints: Endpoints, source: Reque
             if target != DIRECT:
                 differences = paired_ttft_differences(samples, len(targets), target, DIRECT)
                 idle[target]["paired_hop_ttft_ms"] = distribution_ms(differences)
+    if {GATEWAY, ROUTER} <= set(targets):
+        # The gateway's own cost: the same edge with it on, against it off, on prompts of one length.
+        differences = paired_ttft_differences(samples, len(targets), GATEWAY, ROUTER)
+        idle[GATEWAY]["paired_over_router_ttft_ms"] = distribution_ms(differences)
     return idle
 
 

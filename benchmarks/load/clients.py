@@ -1,7 +1,9 @@
 """Streaming clients, one per target: the predictor's generate_stream (`direct`, token ids in), the
 transformer's OpenAI completions route over server-sent events (`transformer`), the router's
-OpenAI edge with `model: "auto"` (`router`), and the transformer's WebSocket (`websocket`, all
-requests multiplexed on one connection, as a real-time client would)."""
+OpenAI edge with `model: "auto"` (`router`), the same edge behind the gateway with every feature
+on (`gateway`: a tenant's key with limits, an Idempotency-Key per request, the response cache,
+state in Redis), and the transformer's WebSocket (`websocket`, all requests multiplexed on one
+connection, as a real-time client would)."""
 
 from __future__ import annotations
 
@@ -19,8 +21,8 @@ import websockets
 from benchmarks.load.metrics import SERVICE_UNAVAILABLE, Sample
 from benchmarks.load.workload import Request
 
-DIRECT, TRANSFORMER, ROUTER, WEBSOCKET = "direct", "transformer", "router", "websocket"
-TARGETS = (DIRECT, TRANSFORMER, ROUTER, WEBSOCKET)
+DIRECT, TRANSFORMER, ROUTER, GATEWAY, WEBSOCKET = "direct", "transformer", "router", "gateway", "websocket"
+TARGETS = (DIRECT, TRANSFORMER, ROUTER, GATEWAY, WEBSOCKET)
 AUTO_MODEL = "auto"
 ROUTE_HEADER = "x-route"
 
@@ -31,6 +33,8 @@ class Endpoints:
     predictor_url: str
     transformer_url: str | None = None
     router_url: str | None = None
+    gateway_url: str | None = None  # a router with the gateway on, in front of the same transformer
+    gateway_key: str | None = None  # a tenant's API key there
 
 
 class MultiplexedSocket:
@@ -98,17 +102,23 @@ class Clients:
             url = f"{self.endpoints.predictor_url}/v2/models/{self.endpoints.model_name}/generate_stream"
             await self._stream_sse(url, body, _record_generate_event, sample, started)
         else:
-            model, base = ((AUTO_MODEL, self.endpoints.router_url) if sample.target == ROUTER
-                           else (self.endpoints.model_name, self.endpoints.transformer_url))
+            model, base = {ROUTER: (AUTO_MODEL, self.endpoints.router_url),
+                           GATEWAY: (AUTO_MODEL, self.endpoints.gateway_url)}.get(
+                sample.target, (self.endpoints.model_name, self.endpoints.transformer_url))
             body = {"model": model, "prompt": request.prompt, "max_tokens": max_tokens, "temperature": 0,
                     "stream": True, "ignore_eos": True, "stream_options": {"include_usage": True}}
-            await self._stream_sse(f"{base}/openai/v1/completions", body, _record_openai_event, sample, started)
+            headers = self._gateway_headers() if sample.target == GATEWAY else None
+            await self._stream_sse(f"{base}/openai/v1/completions", body, _record_openai_event, sample, started,
+                                   headers)
         sample.e2e = time.perf_counter() - started
 
+    def _gateway_headers(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {self.endpoints.gateway_key}", "idempotency-key": uuid.uuid4().hex}
+
     async def _stream_sse(self, url: str, body: dict, record: Callable[[Sample, dict, float], None],
-                          sample: Sample, started: float) -> None:
+                          sample: Sample, started: float, headers: dict[str, str] | None = None) -> None:
         try:
-            async with self.http.stream("POST", url, json=body) as response:
+            async with self.http.stream("POST", url, json=body, headers=headers) as response:
                 sample.route = response.headers.get(ROUTE_HEADER)
                 if response.status_code != 200:
                     sample.status, sample.error = response.status_code, f"HTTP {response.status_code}"

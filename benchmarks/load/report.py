@@ -53,6 +53,10 @@ def print_idle(idle: dict[str, dict]) -> None:
         if paired:
             print(f"  {target} hop, idle, per pair of equal prompt lengths: TTFT difference p50 "
                   f"{paired['p50']:+.2f} ms, p90 {paired['p90']:+.2f} ms")
+        over_router = idle[target].get("paired_over_router_ttft_ms")
+        if over_router:
+            print(f"  {target} over the router without it, idle, per pair: TTFT difference p50 "
+                  f"{over_router['p50']:+.2f} ms, p90 {over_router['p90']:+.2f} ms")
 
 
 def print_max_rates(searches: list[dict]) -> None:

@@ -1,18 +1,42 @@
 """The servers a load run needs when it is given no URLs: the small demo model's predictor, its
 transformer and the router, started as `make serve` starts them (devstack/local_stack.py), on free
-ports, with their logs in a folder."""
+ports, with their logs in a folder; for the `gateway` target, a second router with the gateway
+on in front of the same transformer, its state in a redis-server started here."""
 
 from __future__ import annotations
 
+import hashlib
+import secrets
+import shutil
+import subprocess
+import time
 from contextlib import ExitStack
 from pathlib import Path
 
-from benchmarks.load.clients import DIRECT, ROUTER, Endpoints
-from devstack.local_stack import Ports, Stack, local_url, model_name, predictor, router, transformer, write_router_config
+import yaml
+
+from benchmarks.load.clients import DIRECT, GATEWAY, ROUTER, Endpoints
+from devstack.local_stack import (
+    ROUTER_NAME,
+    Ports,
+    Stack,
+    kserve_component,
+    local_url,
+    model_name,
+    predictor,
+    router,
+    transformer,
+    write_router_config,
+)
 from tests.serving.ports import free_port_block
 
 SIZE = "small"
 ROUTER_PORT_OFFSET = 15
+GATEWAY_PORT_OFFSET = 16
+REDIS_PORT_OFFSET = 20
+# The benchmark's tenant: every limit set (so every check runs), none of them reached.
+TENANT_LIMITS = {"requests_per_minute": 1_000_000, "tokens_per_minute": 1_000_000_000, "max_concurrent": 10_000,
+                 "budget": {"tokens": 10**12, "period": "month"}}
 
 
 def start_servers(stack: ExitStack, targets: tuple[str, ...], num_threads: int, log_dir: Path) -> Endpoints:
@@ -22,13 +46,50 @@ def start_servers(stack: ExitStack, targets: tuple[str, ...], num_threads: int, 
     components = [predictor(SIZE, ports, ["--num_threads", str(num_threads)])]
     if set(targets) - {DIRECT}:
         components.append(transformer(SIZE, ports))
+    config = _router_config(log_dir / "router.yaml", ports)
     if ROUTER in targets:
-        components.append(router("router", ports.router, _router_config(log_dir / "router.yaml", ports)))
+        components.append(router("router", ports.router, config))
+    gateway_key = None
+    if GATEWAY in targets:
+        redis_url = _start_redis(stack, base + REDIS_PORT_OFFSET, log_dir)
+        gateway_key = "sk-" + secrets.token_urlsafe(24)
+        components.append(_gateway_router(base + GATEWAY_PORT_OFFSET, config, redis_url, gateway_key, log_dir))
     servers = Stack(components, log_dir)
     stack.callback(servers.stop)
     servers.start()
     return Endpoints(model_name(SIZE), local_url(ports.predictor(SIZE)), local_url(ports.transformer(SIZE)),
-                     local_url(ports.router))
+                     local_url(ports.router), local_url(base + GATEWAY_PORT_OFFSET), gateway_key)
+
+
+def _gateway_router(port: int, config: Path, redis_url: str, key: str, log_dir: Path):
+    """The router with every gateway feature on: a tenant with every limit, state in Redis, the
+    response cache, a ledger (the clients send an Idempotency-Key with each request)."""
+    tenants = log_dir / "tenants.yaml"
+    entry = {"name": "bench", "keys_sha256": [hashlib.sha256(key.encode()).hexdigest()], **TENANT_LIMITS}
+    tenants.write_text(yaml.safe_dump({"tenants": [entry]}))
+    args = ["--config", str(config), "--tenants_file", str(tenants), "--redis_url", redis_url, "--response_cache",
+            "--usage_ledger", str(log_dir / "usage.sqlite3")]
+    return kserve_component("router-gateway", "router", args, port, ROUTER_NAME)
+
+
+def _start_redis(stack: ExitStack, port: int, log_dir: Path) -> str:
+    """A local redis-server (Debian's redis-server package), stopped when `stack` closes."""
+    executable = shutil.which("redis-server")
+    if executable is None:
+        raise SystemExit("the gateway target needs redis-server (apt-get install -y redis-server)")
+    with open(log_dir / "redis.log", "wb") as log:
+        process = subprocess.Popen([executable, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                    "--appendonly", "no", "--dir", str(log_dir)], stdout=log, stderr=subprocess.STDOUT)
+    stack.callback(_stop, process)
+    time.sleep(0.3)
+    if process.poll() is not None:
+        raise SystemExit(f"redis-server did not start: see {log_dir / 'redis.log'}")
+    return f"redis://127.0.0.1:{port}/0"
+
+
+def _stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    process.wait(timeout=10)
 
 
 def _router_config(path: Path, ports: Ports) -> Path:

@@ -18,7 +18,7 @@ from router.gateway.idempotency import IdempotencyStore
 from router.gateway.ledger import UsageLedger
 from router.gateway.limits import Admission, Limiter, LimitsUnavailable, RateLimited
 from router.gateway.metering import Meter
-from router.gateway.redis_store import FailureMode
+from router.gateway.redis_store import FailureMode, RedisStore
 from router.gateway.response_cache import ResponseCache
 from router.gateway.tenants import Tenant, TenantPolicy, Tenants
 
@@ -109,7 +109,7 @@ class Gateway:
 
     def __init__(self, tenants: Tenants, limiter: Limiter, ledger: UsageLedger, counter: TokenCounter,
                  settings: GatewaySettings, idempotency: IdempotencyStore | None = None,
-                 cache: ResponseCache | None = None) -> None:
+                 cache: ResponseCache | None = None, store: RedisStore | None = None) -> None:
         self.tenants = tenants
         self.limiter = limiter
         self.ledger = ledger
@@ -117,6 +117,7 @@ class Gateway:
         self.settings = settings
         self.idempotency = idempotency
         self.cache = cache
+        self.store = store
 
     def authenticate(self, authorization: str | None) -> Tenant:
         if not self.tenants.required:
@@ -144,6 +145,8 @@ class Gateway:
                 await store.close()
         await self.limiter.close()
         await self.ledger.close()
+        if self.store is not None:
+            await self.store.close()
 
 
 @dataclass(frozen=True, slots=True)

@@ -49,6 +49,8 @@ USAGE_PATH = "/v1/usage"
 IDEMPOTENCY_HEADER = b"idempotency-key"
 CACHE_HEADER = "x-cache"
 REPLAYED_HEADER = "idempotent-replayed"
+# The id of the request's usage ledger record, on every response the gateway metered.
+REQUEST_ID_HEADER = "x-gateway-request-id"
 # The response headers an answer is stored with, to be replayed: the router's own (x-route...).
 STORED_HEADER_PREFIX = "x-route"
 # A response larger than this is not stored for replay or the cache.
@@ -170,7 +172,8 @@ class Exchange:
         streams = body is not None and body.get("stream") is True
         if streams:
             message = _with_body(message, ask_for_usage(body))
-        relay = Relay(ticket, self.send, {**ticket.headers(), **extra_headers},
+        headers = {**ticket.headers(), **extra_headers, REQUEST_ID_HEADER: ticket.meter.request_id}
+        relay = Relay(ticket, self.send, headers,
                       StreamOptions.of(body) if streams else None)
         pending = [message]
 
@@ -313,7 +316,8 @@ class Relay:
             meter = self.ticket.meter
             self.usage = StreamUsage(self.stream_options,
                                      lambda prompt, completion, model: meter.observe(prompt, completion, model))
-        self.response_headers = {name: value for name, value in headers.items() if name.startswith(STORED_HEADER_PREFIX)}
+        self.response_headers = {name: value for name, value in headers.items()
+                                 if name.startswith(STORED_HEADER_PREFIX)}
         return {**message, "headers": headers.raw}
 
     async def _body(self, message: Message) -> Message:

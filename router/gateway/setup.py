@@ -120,7 +120,7 @@ def build_gateway(args: argparse.Namespace, tenants: Tenants, counter: TokenCoun
     logger.info("gateway: %d tenants, state %s, ledger %s%s, Redis failure mode %s, response cache %s",
                 len(tenants), "in Redis at " + store.describe() if store else "in process", ledger_path,
                 " (spool)" if store else "", failure_mode, "on" if cache else "off")
-    return Gateway(tenants, limiter, ledger, counter, settings, idempotency, cache)
+    return Gateway(tenants, limiter, ledger, counter, settings, idempotency, cache, store)
 
 
 def default_ledger_path() -> Path:
