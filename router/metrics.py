@@ -14,7 +14,8 @@ series carries `model_name`, as the predictor's do.
 - `router_fallbacks_total{model_name, from_route, reason}`: requests the other target served because
   the one chosen failed before answering, by router.upstream.Failure (`unavailable`: it answered
   503, `down`: it refused or dropped the connection, `timeout`: no answer in time or a 504,
-  `failed`: it admitted a stream, then ended it with a server error before its first token).
+  `failed`: it admitted a stream, then ended it with a server error before its first token,
+  `circuit_open`: its replicas' circuit breakers held the request back, none was tried).
 - `router_routing_latency_seconds{model_name}` (histogram): the OpenAI edge's time to decide and to
   pick a replica, before the request leaves.
 - `router_circuit_breaker_state{model_name, target, replica}` (gauge): each replica's circuit
