@@ -178,8 +178,8 @@ class CircuitBreakersConfig(_Section):
         None, ge=1, description="open when the replica's vllm:num_requests_waiting reaches it (unset: off)"
     )
     max_latency_seconds: float | None = Field(
-        None, gt=0, description="open when the median time to the first byte of its recent answers reaches it "
-                                "(unset: off)",
+        None, gt=0, description="open when the median time to the first byte of its recent answers (a stream's "
+                                "first token; a whole answer comes whole) reaches it (unset: off)",
     )
 
     @model_validator(mode="after")

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 from http import HTTPStatus
 
+from router.breakers import Permit
 from router.metrics import FALLBACKS
 from router.policy import Route
-from router.breakers import Permit
 from router.replicas import Endpoint, ReplicaSet
 from serving.errors import RequestTimeout, ServiceUnavailable, error_message
 from serving.http_client import Pools, Response, UpstreamDisconnected, UpstreamUnreachable
@@ -199,8 +199,12 @@ class Upstream:
     def _circuit_open(self, route: Route) -> TargetFailed:
         replicas = self.replica_sets[route]
         retry_after = replicas.seconds_until_half_open()
-        return TargetFailed(route, Failure.CIRCUIT_OPEN, f"the circuit breaker of every {replicas.model} replica is "
-                            f"open (the first half-opens in {retry_after:.1f} s)", retry_after=retry_after)
+        if retry_after > 0:
+            reason = (f"the circuit breaker of every {replicas.model} replica is open (the first half-opens in "
+                      f"{retry_after:.1f} s)")
+        else:
+            reason = f"every {replicas.model} replica's circuit breaker is open, or half-open with probes under way"
+        return TargetFailed(route, Failure.CIRCUIT_OPEN, reason, retry_after=retry_after)
 
     async def _attempt(self, route: Route, endpoint: Endpoint, call: Call, permit: Permit) -> Answer:
         """The replica's answer, its outcome told to its breaker: a failure, a success (timed to
