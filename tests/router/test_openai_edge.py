@@ -485,3 +485,19 @@ def test_a_named_model_whose_breakers_are_open_gets_a_fast_503_retry_after_the_t
     assert math.ceil(OPEN_SECONDS - since_tripped) <= int(refused.headers["retry-after"]) <= math.ceil(OPEN_SECONDS)
     assert "the circuit breaker of every llm-large replica is open" in refused.json()["error"]["message"]
     assert breaker_metric(router_with_breakers, "router_circuit_breaker_state", large, target="large") == 2
+
+
+def test_when_both_targets_breakers_are_open_auto_gets_a_fast_503_retry_after_the_sooner(
+        router_with_breakers, fakes):
+    with edge_client(router_with_breakers.url, fakes) as http:
+        for fake in fakes.values():
+            fake.status = 503
+        for model in ("llm-small", "llm-large"):
+            for _ in range(FAILURE_THRESHOLD):
+                http.post(CHAT, json=chat(CHIT_CHAT, model=model))
+        tried = len(received(fakes, "llm"))
+        refused = http.post(CHAT, json=chat(CHIT_CHAT))
+    assert refused.status_code == 503 and 1 <= int(refused.headers["retry-after"]) <= math.ceil(OPEN_SECONDS)
+    assert refused.json()["error"]["message"].startswith("no model could answer: the circuit breaker of every "
+                                                         "llm-small replica is open")
+    assert len(received(fakes, "llm")) == tried
