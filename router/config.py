@@ -1,10 +1,11 @@
 """The router's YAML configuration: its targets (the small and the large model, each with one or
 more replicas, its cost per token and whether it serves chat), the policy's threshold and weights,
-the cascade, the timeouts and how replicas are balanced. Unknown fields are errors, and every error
-names the field and what it allows."""
+the cascade, the timeouts, how replicas are balanced and when their circuit breakers open. Unknown
+fields are errors, and every error names the field and what it allows."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Annotated
 
@@ -15,6 +16,7 @@ from router.decision_log import PromptLogging
 from router.policy import Route, check_weights
 from serving.errors import describe_validation_errors
 
+logger = logging.getLogger(__name__)
 
 # The model name that asks the OpenAI edge to choose the target.
 AUTO_MODEL = "auto"
@@ -162,7 +164,31 @@ class LoadBalancingConfig(_Section):
     # vLLM's metrics move within a second under load; the Gateway API's endpoint picker polls faster
     # still. Each poll is bounded by the interval, so a slow replica cannot hold up the others.
     metrics_interval_seconds: float = Field(1.0, gt=0, description="how often replicas' metrics are polled")
-    down_seconds: float = Field(5.0, ge=0, description="how long a replica that refused a connection is skipped")
+
+
+class CircuitBreakersConfig(_Section):
+    """When a replica's circuit breaker opens (no request goes to it), for how long, and how it
+    closes again (router/breakers.py)."""
+
+    failure_threshold: int = Field(3, ge=1, description="consecutive failures that open it")
+    open_seconds: float = Field(5.0, gt=0, description="how long it stays open after its first trip")
+    max_open_seconds: float = Field(60.0, gt=0, description="the cap of open_seconds doubled on each repeated trip")
+    half_open_probes: int = Field(1, ge=1, description="requests let through at once to test a half-open replica")
+    max_waiting: int | None = Field(
+        None, ge=1, description="open when the replica's vllm:num_requests_waiting reaches it (unset: off)"
+    )
+    max_latency_seconds: float | None = Field(
+        None, gt=0, description="open when the median time to the first byte of its recent answers (a stream's "
+                                "first token; a whole answer comes whole) reaches it (unset: off)",
+    )
+
+    @model_validator(mode="after")
+    def _cap_is_above_the_first_wait(self) -> CircuitBreakersConfig:
+        if self.max_open_seconds < self.open_seconds:
+            raise ValueError(f"max_open_seconds ({self.max_open_seconds:g}) is below open_seconds "
+                             f"({self.open_seconds:g}): the backoff starts at open_seconds and is capped at "
+                             f"max_open_seconds, so set max_open_seconds >= open_seconds")
+        return self
 
 
 class RouterConfig(_Section):
@@ -172,6 +198,7 @@ class RouterConfig(_Section):
     cascade: CascadeConfig = Field(default_factory=CascadeConfig)
     timeouts: TimeoutsConfig = Field(default_factory=TimeoutsConfig)
     load_balancing: LoadBalancingConfig = Field(default_factory=LoadBalancingConfig)
+    circuit_breakers: CircuitBreakersConfig = Field(default_factory=CircuitBreakersConfig)
     learning: LearningConfig = Field(default_factory=LearningConfig)
 
     def relative_to(self, directory: Path) -> RouterConfig:
@@ -191,10 +218,26 @@ def parse_config(data: object, source: str = "the router config", directory: Pat
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: must be a YAML mapping with at least `targets`, got {type(data).__name__}")
     try:
-        config = RouterConfig.model_validate(data)
+        config = RouterConfig.model_validate(_with_down_seconds_moved(data, source))
     except ValidationError as exc:
         raise ConfigError(f"{source}: {describe_validation_errors(exc.errors())}") from None
     return config.relative_to(directory) if directory is not None else config
+
+
+def _with_down_seconds_moved(data: dict, source: str) -> dict:
+    """`load_balancing.down_seconds` (how long a replica that refused a connection was skipped)
+    is now `circuit_breakers.open_seconds`: an old config keeps working, with a warning."""
+    load_balancing, breakers = data.get("load_balancing"), data.get("circuit_breakers") or {}
+    if not isinstance(load_balancing, dict) or "down_seconds" not in load_balancing or not isinstance(breakers, dict):
+        return data
+    if "open_seconds" in breakers:
+        raise ConfigError(f"{source}: load_balancing.down_seconds is the deprecated name of "
+                          f"circuit_breakers.open_seconds: set only circuit_breakers.open_seconds")
+    down_seconds = load_balancing["down_seconds"]
+    logger.warning("%s: load_balancing.down_seconds is deprecated, read as circuit_breakers.open_seconds: %s "
+                   "(move it there)", source, down_seconds)
+    load_balancing = {name: value for name, value in load_balancing.items() if name != "down_seconds"}
+    return {**data, "load_balancing": load_balancing, "circuit_breakers": {**breakers, "open_seconds": down_seconds}}
 
 
 def load_config(path: str | Path) -> RouterConfig:

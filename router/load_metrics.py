@@ -34,7 +34,8 @@ def parse_load(text: str, model: str) -> Load:
 
 class LoadPoller:
     """Polls every replica that has a metrics URL, all at once, every `interval` seconds. A poll
-    that fails or does not answer within the interval leaves the replica's load unknown."""
+    that fails or does not answer within the interval leaves the replica's load unknown; a long
+    waiting queue may open its circuit breaker."""
 
     def __init__(self, client: httpx.AsyncClient, replica_sets: Iterable[ReplicaSet], interval: float) -> None:
         self.client = client
@@ -67,9 +68,9 @@ class LoadPoller:
         try:
             response = await self.client.get(url, timeout=self.interval)
             response.raise_for_status()
-            endpoint.load = parse_load(response.text, model)
+            endpoint.report_load(parse_load(response.text, model))
         except (httpx.HTTPError, ValueError) as exc:
-            endpoint.load = None
+            endpoint.report_load(None)
             error = str(exc) or type(exc).__name__
             if self._errors.get(url) != error:
                 logger.warning("%s replica %s: load unknown, its metrics at %s failed: %s", model, endpoint.url, url,

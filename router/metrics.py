@@ -14,16 +14,26 @@ series carries `model_name`, as the predictor's do.
 - `router_fallbacks_total{model_name, from_route, reason}`: requests the other target served because
   the one chosen failed before answering, by router.upstream.Failure (`unavailable`: it answered
   503, `down`: it refused or dropped the connection, `timeout`: no answer in time or a 504,
-  `failed`: it admitted a stream, then ended it with a server error before its first token).
+  `failed`: it admitted a stream, then ended it with a server error before its first token,
+  `circuit_open`: its replicas' circuit breakers held the request back, none was tried).
 - `router_routing_latency_seconds{model_name}` (histogram): the OpenAI edge's time to decide and to
   pick a replica, before the request leaves.
+- `router_circuit_breaker_state{model_name, target, replica}` (gauge): each replica's circuit
+  breaker (router/breakers.py) as its target (`small`, `large`) and URL name it: 0 closed, 1
+  half-open, 2 open.
+- `router_circuit_breaker_transitions_total{model_name, target, replica, to}`: its changes of
+  state, by the state it went `to` (`open`, `half_open`, `closed`); a change to half-open is
+  counted when the next request or load poll finds it so.
 
 The OpenAI edge counts all of them; predict only decides, so it counts requests and scores."""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from collections.abc import Callable
 
+from prometheus_client import Counter, Gauge, Histogram
+
+from router.breakers import BreakerState, CircuitBreaker
 from router.policy import Decision
 
 SCORE_BUCKETS = [step / 20 for step in range(1, 21)]
@@ -54,8 +64,31 @@ ROUTING_LATENCY = Histogram(
     buckets=[0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1],
 )
 
+BREAKER_STATE = Gauge(
+    "router_circuit_breaker_state", "Each replica's circuit breaker: 0 closed, 1 half-open, 2 open.",
+    ["model_name", "target", "replica"],
+)
+BREAKER_TRANSITIONS = Counter(
+    "router_circuit_breaker_transitions", "Changes of state of the replicas' circuit breakers, by the new state.",
+    ["model_name", "target", "replica", "to"],
+)
+
 
 def record_decision(model_name: str, decision: Decision, hinted: bool) -> None:
     ROUTED_REQUESTS.labels(model_name, decision.route.value, decision.decided_by).inc()
     if not hinted:
         ROUTE_SCORES.labels(model_name).observe(decision.score)
+
+
+
+def show_breaker_state(model_name: str, target: str, replica: str, breaker: CircuitBreaker) -> None:
+    """router_circuit_breaker_state of `breaker`, read from it when /metrics is scraped."""
+    BREAKER_STATE.labels(model_name, target, replica).set_function(lambda: breaker.state.value)
+
+
+def breaker_transition_counter(model_name: str, target: str, replica: str) -> Callable[[BreakerState], None]:
+    """What counts a breaker's transitions in router_circuit_breaker_transitions_total."""
+    def count(state: BreakerState) -> None:
+        BREAKER_TRANSITIONS.labels(model_name, target, replica, state.label).inc()
+
+    return count

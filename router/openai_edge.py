@@ -110,7 +110,7 @@ class OpenAIEdge:
         self.model = model
         self.cascade = config.cascade
         self.learning = Learning(model, config.learning)
-        self.replica_sets = {route: ReplicaSet(route, config.targets.of(route), config.load_balancing.down_seconds)
+        self.replica_sets = {route: ReplicaSet(route, config.targets.of(route), config.circuit_breakers, model.name)
                              for route in Route}
         timeouts = config.timeouts
         self.client = httpx.AsyncClient(

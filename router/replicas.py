@@ -1,18 +1,19 @@
 """A target's replicas and the order to try them in: least loaded first by their predictors' live
 metrics - the shortest waiting queue, then the least KV cache in use - as the Gateway API
 inference extension's endpoint picker chooses. Equals, and replicas whose load is unknown, take
-turns. A replica that refused a connection is skipped for a while."""
+turns. A replica whose circuit breaker (router/breakers.py) holds requests back is skipped: when
+every replica's is open, so is the target's, and no request goes to it."""
 
 from __future__ import annotations
 
-import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from router.config import Target
+from router.breakers import CircuitBreaker
+from router.config import CircuitBreakersConfig, Target
+from router.metrics import breaker_transition_counter, show_breaker_state
 from router.policy import Route
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,32 +35,45 @@ class Endpoint:
 
     url: str
     metrics_url: str | None
+    breaker: CircuitBreaker
     load: Load | None = None  # None: unknown (no metrics URL, or the last poll failed)
-    down_until: float = 0.0  # time.monotonic() until which it is skipped
 
-    def is_down(self, now: float) -> bool:
-        return now < self.down_until
+    def report_load(self, load: Load | None) -> None:
+        """The load just polled (None: unknown); its waiting queue may open the breaker."""
+        self.load = load
+        if load is not None:
+            self.breaker.observe_waiting(load.waiting)
 
 
 class ReplicaSet:
-    """The replicas of one target (its transformers) and the model name they serve."""
+    """The replicas of one target (its transformers) and the model name they serve; `router_name`
+    labels their breakers' metrics."""
 
-    def __init__(self, route: Route, target: Target, down_seconds: float) -> None:
+    def __init__(self, route: Route, target: Target, breakers: CircuitBreakersConfig, router_name: str,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.route = route
         self.model = target.model
-        self.endpoints = [Endpoint(replica.url, replica.metrics_url) for replica in target.replicas]
-        self.down_seconds = down_seconds
+        self.endpoints = [Endpoint(replica.url, replica.metrics_url,
+                                   self._breaker(replica.url, breakers, router_name, clock))
+                          for replica in target.replicas]
         self._turn = 0
+
+    def _breaker(self, url: str, config: CircuitBreakersConfig, router_name: str,
+                 clock: Callable[[], float]) -> CircuitBreaker:
+        counter = breaker_transition_counter(router_name, self.route.value, url)
+        breaker = CircuitBreaker(f"{self.model} replica {url}", config, clock, counter)
+        show_breaker_state(router_name, self.route.value, url, breaker)
+        return breaker
 
     def describe(self) -> str:
         return ", ".join(endpoint.url + (f" (load from {endpoint.metrics_url})" if endpoint.metrics_url else "")
                          for endpoint in self.endpoints)
 
     def ranked(self) -> list[Endpoint]:
-        """The replicas not marked down, the one to try first first: the least loaded ones and
-        those of unknown load, in turn from one call to the next, then the others by load."""
-        now = time.monotonic()
-        up = [endpoint for endpoint in self.endpoints if not endpoint.is_down(now)]
+        """The replicas whose breakers let a request through, the one to try first first: the
+        least loaded ones and those of unknown load, in turn from one call to the next, then the
+        others by load."""
+        up = [endpoint for endpoint in self.endpoints if endpoint.breaker.admits()]
         least = min((endpoint.load.rank for endpoint in up if endpoint.load is not None), default=None)
         first = [endpoint for endpoint in up if endpoint.load is None or endpoint.load.rank == least]
         rest = sorted((endpoint for endpoint in up if endpoint not in first), key=lambda endpoint: endpoint.load.rank)
@@ -69,9 +83,7 @@ class ReplicaSet:
         self._turn += 1
         return first[turn:] + first[:turn] + rest
 
-    def mark_down(self, endpoint: Endpoint) -> None:
-        """Skip `endpoint` for down_seconds: it refused a connection, and the next request should
-        not wait on it too."""
-        endpoint.down_until = time.monotonic() + self.down_seconds
-        logger.warning("%s replica %s refused the connection: skipped for %g s", self.model, endpoint.url,
-                       self.down_seconds)
+    def seconds_until_half_open(self) -> float:
+        """How long until the first of the target's open breakers half-opens (0 if one is not
+        open): when ranked() offers no replica, how long a client should wait to try again."""
+        return min(endpoint.breaker.seconds_until_half_open() for endpoint in self.endpoints)

@@ -4,7 +4,10 @@ A failure moves on only before any byte of the answer has gone to the client: a 
 dropped connection, a 503 or 504, no answer (for a stream: no first token) in time, or a stream
 whose first event after a chat role chunk is a server error (the request was admitted, then
 failed before its first token: timed out in the predictor's queue, its predictor went away).
-Any other answer, errors included, is the target's to give."""
+Any other answer, errors included, is the target's to give. Each attempt's outcome goes to the
+replica's circuit breaker (router/breakers.py), and no attempt is made where it is open: a target
+whose breakers are all open is passed over at once, for the fallback or a 503 whose Retry-After
+says when its first replica half-opens."""
 
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from http import HTTPStatus
 
+from router.breakers import Permit
 from router.metrics import FALLBACKS
 from router.policy import Route
 from router.replicas import Endpoint, ReplicaSet
@@ -38,6 +42,7 @@ class Failure(StrEnum):
     DOWN = "down"  # it refused or dropped the connection
     TIMEOUT = "timeout"  # no answer in time, or a 504
     FAILED = "failed"  # it admitted a stream, then ended it with a server error before its first token
+    CIRCUIT_OPEN = "circuit_open"  # its replicas' circuit breakers held the request back: none was tried
 
     @classmethod
     def of_status(cls, status: int) -> Failure | None:
@@ -130,14 +135,17 @@ class Answer:
 
 class TargetFailed(Exception):
     """Every replica of a target failed; `answer` is the last one's 503 or 504, or its stream that
-    failed before the first token, if it gave one."""
+    failed before the first token, if it gave one. `retry_after`: the seconds until a replica's
+    breaker half-opens, when breakers held the request back."""
 
-    def __init__(self, route: Route, failure: Failure, reason: str, answer: Answer | None = None) -> None:
+    def __init__(self, route: Route, failure: Failure, reason: str, answer: Answer | None = None,
+                 retry_after: float | None = None) -> None:
         super().__init__(reason)
         self.route = route
         self.failure = failure
         self.reason = reason
         self.answer = answer
+        self.retry_after = retry_after
 
 
 class Upstream:
@@ -148,19 +156,21 @@ class Upstream:
 
     async def send(self, plan: Plan, call: Call) -> Answer:
         """The chosen target's answer, else the fallback's (saying so). When none answers: 503;
-        without a fallback, the target's own 503 or 504 if it gave one, else 503 (504 for a timeout)."""
+        without a fallback, the target's own 503 or 504 if it gave one, else 503 (504 for a timeout).
+        A 503 because breakers held the request back says when to retry: when one half-opens."""
         try:
             return await self.send_to(plan.route, plan.endpoints, call)
         except TargetFailed as failed:
             if plan.fallback is None:
                 return _answer_of(failed)
             self.count_fallback(failed)
-            fallback, first_failure = Fallback(failed.route, failed.failure), str(failed)
+            first = failed
         try:
             answer = await self.send_to(plan.fallback, self.replica_sets[plan.fallback].ranked(), call)
         except TargetFailed as failed:
-            raise ServiceUnavailable(self.model_name, f"no model could answer: {first_failure}; {failed}") from None
-        answer.fallback = fallback
+            raise ServiceUnavailable(self.model_name, f"no model could answer: {first}; {failed}",
+                                     _sooner(first.retry_after, failed.retry_after)) from None
+        answer.fallback = Fallback(first.route, first.failure)
         return answer
 
     def count_fallback(self, failed: TargetFailed) -> None:
@@ -168,46 +178,81 @@ class Upstream:
         logger.warning("falling back from the %s model: %s", failed.route, failed)
 
     async def send_to(self, route: Route, endpoints: list[Endpoint], call: Call) -> Answer:
-        """The first answer of `endpoints` (each tried once, in order); TargetFailed if none answers."""
-        model = self.replica_sets[route].model
-        if not endpoints:
-            raise TargetFailed(route, Failure.DOWN, f"every {model} replica is skipped after refusing connections")
+        """The first answer of `endpoints` (each tried once, in order, unless its breaker holds the
+        request back); TargetFailed if none answers."""
+        last: tuple[Endpoint, _AttemptFailed] | None = None
         for endpoint in endpoints:
+            # Its breaker may have opened, or its probes been taken, since `endpoints` were ranked.
+            permit = endpoint.breaker.admit()
+            if permit is None:
+                continue
             try:
-                return await self._attempt(route, endpoint, call)
+                return await self._attempt(route, endpoint, call, permit)
             except _AttemptFailed as failed:
-                last = failed
-        raise TargetFailed(route, last.failure, f"{model} at {endpoint.url}: {last.reason}", last.answer)
+                last = endpoint, failed
+        if last is None:
+            raise self._circuit_open(route)
+        endpoint, failed = last
+        model = self.replica_sets[route].model
+        raise TargetFailed(route, failed.failure, f"{model} at {endpoint.url}: {failed.reason}", failed.answer)
 
-    async def _attempt(self, route: Route, endpoint: Endpoint, call: Call) -> Answer:
+    def _circuit_open(self, route: Route) -> TargetFailed:
+        replicas = self.replica_sets[route]
+        retry_after = replicas.seconds_until_half_open()
+        if retry_after > 0:
+            reason = (f"the circuit breaker of every {replicas.model} replica is open (the first half-opens in "
+                      f"{retry_after:.1f} s)")
+        else:
+            reason = f"every {replicas.model} replica's circuit breaker is open, or half-open with probes under way"
+        return TargetFailed(route, Failure.CIRCUIT_OPEN, reason, retry_after=retry_after)
+
+    async def _attempt(self, route: Route, endpoint: Endpoint, call: Call, permit: Permit) -> Answer:
+        """The replica's answer, its outcome told to its breaker: a failure, a success (timed to
+        the answer's first byte), or nothing if the request ended otherwise (the client left)."""
+        try:
+            answer = await self._exchange(route, endpoint, call)
+        except _AttemptFailed as failed:
+            permit.failed(failed.reason, at_once=failed.no_connection)
+            raise
+        except BaseException:
+            permit.release()
+            raise
+        permit.succeeded()
+        return answer
+
+    async def _exchange(self, route: Route, endpoint: Endpoint, call: Call) -> Answer:
         payload = json.dumps({**call.payload, "model": self.replica_sets[route].model}).encode()
-        with self._failures(route, endpoint):
+        with _failures():
             response = await self.client.request("POST", endpoint.url + call.path, payload, call.headers)
         try:
-            with self._failures(route, endpoint):
+            with _failures():
                 return await _read(route, response, call.stream, call.echoed_prompt)
         except BaseException:
             response.release()
             raise
 
-    @contextmanager
-    def _failures(self, route: Route, endpoint: Endpoint) -> Iterator[None]:
-        try:
-            yield
-        except UpstreamUnreachable as exc:
-            self.replica_sets[route].mark_down(endpoint)
-            raise _AttemptFailed(Failure.DOWN, f"connection refused ({exc})") from None
-        except TimeoutError:
-            raise _AttemptFailed(Failure.TIMEOUT, "no answer in time") from None
-        except UpstreamDisconnected as exc:
-            raise _AttemptFailed(Failure.DOWN, f"connection lost ({exc})") from None
+
+@contextmanager
+def _failures() -> Iterator[None]:
+    try:
+        yield
+    except UpstreamUnreachable as exc:
+        # Nothing listens there (or not in time): the breaker opens at once, as the next request
+        # should not wait on it too.
+        raise _AttemptFailed(Failure.DOWN, f"no connection ({exc})", no_connection=True) from None
+    except TimeoutError:
+        raise _AttemptFailed(Failure.TIMEOUT, "no answer in time") from None
+    except UpstreamDisconnected as exc:
+        raise _AttemptFailed(Failure.DOWN, f"connection lost ({exc})") from None
 
 
 class _AttemptFailed(Exception):
-    def __init__(self, failure: Failure, reason: str, answer: Answer | None = None) -> None:
+    def __init__(self, failure: Failure, reason: str, answer: Answer | None = None,
+                 no_connection: bool = False) -> None:
         self.failure = failure
         self.reason = reason
         self.answer = answer
+        self.no_connection = no_connection
 
 
 async def _read(route: Route, response: Response, stream: bool, echoed_prompt: str | None) -> Answer:
@@ -296,4 +341,10 @@ def _answer_of(failed: TargetFailed) -> Answer:
         return failed.answer
     if failed.failure is Failure.TIMEOUT:
         raise RequestTimeout(f"the {failed.route} model did not answer in time: {failed.reason}")
-    raise ServiceUnavailable(failed.route.value, f"the {failed.route} model cannot be reached: {failed.reason}")
+    raise ServiceUnavailable(failed.route.value, f"the {failed.route} model cannot be reached: {failed.reason}",
+                             failed.retry_after)
+
+
+def _sooner(first: float | None, second: float | None) -> float | None:
+    """When to try again if both targets' breakers held a request back (None unless both did)."""
+    return None if first is None or second is None else min(first, second)

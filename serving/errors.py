@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Collection
 from http import HTTPStatus
 
@@ -28,12 +29,14 @@ RETRY_AFTER_SECONDS = 1
 class ServiceUnavailable(ModelNotReady):
     """The model cannot take this request now (full queue, draining, engine stopped, upstream
     overloaded or down): 503 with Retry-After over REST, UNAVAILABLE over gRPC (KServe's
-    interceptor maps ModelNotReady)."""
+    interceptor maps ModelNotReady). Retry-After is `retry_after_seconds` rounded up when it is
+    known, else RETRY_AFTER_SECONDS."""
 
-    def __init__(self, model_name: str, reason: str) -> None:
+    def __init__(self, model_name: str, reason: str, retry_after_seconds: float | None = None) -> None:
         super().__init__(model_name, reason)
         # KServe's gRPC interceptor reads `reason`, which ModelNotReady lacks.
         self.reason = reason
+        self.retry_after_seconds = retry_after_seconds
 
     def __str__(self) -> str:
         return self.reason
@@ -164,6 +167,15 @@ def upstream_error(upstream: str, status: int, message: str) -> Exception:
     return BadGateway(f"the {upstream} answered {status}: {message}")
 
 
+def _retry_after_headers(exc: BaseException) -> dict[str, str] | None:
+    """Retry-After for a 503 that knows when to retry, in whole seconds and at least 1 (a client
+    that retries at once would only be refused again); RetryAfterMiddleware adds the default to
+    the others."""
+    if isinstance(exc, ServiceUnavailable) and exc.retry_after_seconds is not None:
+        return {"retry-after": str(max(1, math.ceil(exc.retry_after_seconds)))}
+    return None
+
+
 def openai_error_response(exc: BaseException) -> JSONResponse:
     """Any exception as an OpenAI-shaped error; unexpected ones are logged and reported by type
     only (no stack trace, no internals, in the response)."""
@@ -175,7 +187,8 @@ def openai_error_response(exc: BaseException) -> JSONResponse:
         logger.warning("%d: %s", status, exc)
         message = str(exc)
     code = "model_not_found" if isinstance(exc, ModelNotFound) else None
-    return JSONResponse(openai_error_body(status, message, code=code), status_code=status)
+    return JSONResponse(openai_error_body(status, message, code=code), status_code=status,
+                        headers=_retry_after_headers(exc))
 
 
 def error_response(exc: Exception, path: str = "") -> JSONResponse:
@@ -184,7 +197,7 @@ def error_response(exc: Exception, path: str = "") -> JSONResponse:
         return openai_error_response(exc)
     status = status_of(exc)
     logger.warning("%d: %s", status, exc)
-    return JSONResponse(error_body(exc), status_code=status)
+    return JSONResponse(error_body(exc), status_code=status, headers=_retry_after_headers(exc))
 
 
 async def _handle(request: Request, exc: Exception) -> JSONResponse:

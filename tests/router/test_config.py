@@ -1,11 +1,14 @@
 """The router's YAML config: the shipped example loads; a wrong file is refused with a message that
-names the field, both by load_config and by `python -m router` at start-up."""
+names the field, both by load_config and by `python -m router` at start-up; the deprecated
+`load_balancing.down_seconds` still works, as `circuit_breakers.open_seconds`."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
-from router.config import ConfigError, Replica, RouterConfig, load_config, parse_config
+from router.config import CircuitBreakersConfig, ConfigError, Replica, RouterConfig, load_config, parse_config
 from router.policy import Route
 
 from .conftest import EXAMPLE_CONFIG, run_python
@@ -28,7 +31,10 @@ def test_the_example_config_loads():
     assert config.cascade.enabled and config.cascade.min_confidence == -3.0 and not config.cascade.escalate_on_length
     assert config.learning.decision_log is None and config.learning.explore_share == 0.0
     assert (config.timeouts.connect_seconds, config.timeouts.request_seconds) == (5, 600)
-    assert (config.load_balancing.metrics_interval_seconds, config.load_balancing.down_seconds) == (1, 5)
+    assert config.load_balancing.metrics_interval_seconds == 1
+    assert config.circuit_breakers == CircuitBreakersConfig(
+        failure_threshold=3, open_seconds=5, max_open_seconds=60, half_open_probes=1, max_waiting=None,
+        max_latency_seconds=None)
     # The task models' millions of matmul parameters per token; both serve chat.
     assert (config.targets.small.cost_per_token, config.targets.large.cost_per_token) == (0.72, 2.63)
     assert config.targets.small.chat and config.targets.large.chat
@@ -96,10 +102,37 @@ def test_a_replica_is_a_url_or_a_url_with_its_predictors_metrics():
      "targets.large.chat: Input should be a valid boolean"),
     ({"load_balancing": {"metrics_interval_seconds": 0}},
      "load_balancing.metrics_interval_seconds: Input should be greater than 0"),
+    ({"circuit_breakers": {"failure_threshold": 0}}, "circuit_breakers.failure_threshold: Input should be greater "
+                                                     "than or equal to 1"),
+    ({"circuit_breakers": {"failure_threshold": 2.5}}, "circuit_breakers.failure_threshold: Input should be a valid "
+                                                       "integer"),
+    ({"circuit_breakers": {"open_seconds": 0}}, "circuit_breakers.open_seconds: Input should be greater than 0"),
+    ({"circuit_breakers": {"half_open_probes": 0}}, "circuit_breakers.half_open_probes: Input should be greater"),
+    ({"circuit_breakers": {"max_waiting": 0}}, "circuit_breakers.max_waiting: Input should be greater than or "
+                                               "equal to 1"),
+    ({"circuit_breakers": {"max_latency_seconds": -1}},
+     "circuit_breakers.max_latency_seconds: Input should be greater than 0"),
+    ({"circuit_breakers": {"open_seconds": 30, "max_open_seconds": 10}},
+     r"circuit_breakers: .*max_open_seconds \(10\) is below open_seconds \(30\): the backoff starts at "
+     r"open_seconds and is capped at max_open_seconds, so set max_open_seconds >= open_seconds"),
+    ({"circuit_breakers": {"open_sconds": 30}}, "circuit_breakers.open_sconds: Extra inputs are not permitted"),
+    ({"load_balancing": {"down_seconds": 2}, "circuit_breakers": {"open_seconds": 3}},
+     "load_balancing.down_seconds is the deprecated name of circuit_breakers.open_seconds: set only "
+     "circuit_breakers.open_seconds"),
 ])
 def test_a_wrong_field_is_named_in_the_error(change, message):
     with pytest.raises(ConfigError, match=f"^router.yaml: {message}"):
         parse_config({"targets": TARGETS, **change}, "router.yaml")
+
+
+def test_the_deprecated_down_seconds_is_read_as_open_seconds_with_a_warning(caplog):
+    with caplog.at_level(logging.WARNING, logger="router.config"):
+        config = parse_config({"targets": TARGETS, "load_balancing": {"metrics_interval_seconds": 2,
+                                                                      "down_seconds": 7}}, "router.yaml")
+    assert config.circuit_breakers.open_seconds == 7 and config.load_balancing.metrics_interval_seconds == 2
+    assert config.circuit_breakers.failure_threshold == 3
+    assert caplog.messages == ["router.yaml: load_balancing.down_seconds is deprecated, read as "
+                               "circuit_breakers.open_seconds: 7 (move it there)"]
 
 
 def test_files_that_are_missing_or_not_yaml_mappings_are_refused(tmp_path):

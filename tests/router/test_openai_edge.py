@@ -1,11 +1,13 @@
 """The router's OpenAI edge, through a real `python -m router` process in front of fake transformers:
 routing by policy, hint or model name; bodies checked before any call; streams passed through
 byte for byte and closed when the client leaves; fallback to the other model on 503, refused
-connections and timeouts; the cascade; least-loaded replicas; and the metrics of it all."""
+connections and timeouts; the cascade; least-loaded replicas; circuit breakers that hold requests
+back from a failing replica; and the metrics of it all."""
 
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,9 +29,12 @@ COMPLETIONS = "/openai/v1/completions"
 CHAT = "/openai/v1/chat/completions"
 REQUEST_SECONDS = 1.0
 METRICS_INTERVAL = 0.1
+# The shared router's breakers open only on refused connections: the failures the other tests
+# provoke one after the other must not hold their requests back.
+LENIENT_BREAKERS = {"failure_threshold": 1000, "open_seconds": 0.5}
 
 
-def edge_config(path: Path, small_urls: list, large_urls: list) -> Path:
+def edge_config(path: Path, small_urls: list, large_urls: list, breakers: dict = LENIENT_BREAKERS) -> Path:
     return write_config(
         path,
         targets={"small": {"model": "llm-small", "urls": small_urls},
@@ -37,7 +42,8 @@ def edge_config(path: Path, small_urls: list, large_urls: list) -> Path:
         policy={"threshold": THRESHOLD},
         cascade={"enabled": True, "min_confidence": -2.5, "escalate_on_length": True},
         timeouts={"connect_seconds": 1, "request_seconds": REQUEST_SECONDS},
-        load_balancing={"metrics_interval_seconds": METRICS_INTERVAL, "down_seconds": 0.5},
+        load_balancing={"metrics_interval_seconds": METRICS_INTERVAL},
+        circuit_breakers=breakers,
     )
 
 
@@ -416,3 +422,82 @@ def test_an_error_that_quotes_half_a_surrogate_pair_is_still_answered(http):
     response = http.post("/detokenize", content=body, headers={"content-type": "application/json"})
     assert response.status_code == 404
     assert "llm-\ufffd" in response.json()["error"]["message"]
+
+
+# Circuit breakers
+
+FAILURE_THRESHOLD = 2
+OPEN_SECONDS = 3.0
+
+
+@pytest.fixture(scope="module")
+def router_with_breakers(fakes, tmp_path_factory) -> Iterator[Server]:
+    """A router with one replica per target whose breaker opens on 2 failures in a row, for 3 s."""
+    directory = tmp_path_factory.mktemp("breakers")
+    breakers = {"failure_threshold": FAILURE_THRESHOLD, "open_seconds": OPEN_SECONDS, "max_open_seconds": 10}
+    config = edge_config(directory / "router.yaml", [fakes["llm-small-a"].url], [fakes["llm-large-a"].url], breakers)
+    server = start_router(config, directory)
+    yield server
+    assert server.stop() == 0, server.log()[-3000:]
+
+
+def breaker_metric(router: Server, name: str, replica: FakeTransformer, **labels: str) -> float:
+    return router_metric(router, name, replica=replica.url, **labels)
+
+
+def test_a_failing_replicas_breaker_opens_sends_auto_to_the_fallback_and_a_probe_closes_it(
+        router_with_breakers, fakes):
+    small = fakes["llm-small-a"]
+    with edge_client(router_with_breakers.url, fakes) as http:
+        small.status = 503
+        tripping = [http.post(CHAT, json=chat(CHIT_CHAT)) for _ in range(FAILURE_THRESHOLD)]
+        assert [response.headers["x-route-fallback"] for response in tripping] == ["small:unavailable"] * 2
+        assert breaker_metric(router_with_breakers, "router_circuit_breaker_state", small, target="small") == 2
+        # Open: no request reaches the replica, the fallback answers at once and says why.
+        held_back = [http.post(CHAT, json=chat(CHIT_CHAT)) for _ in range(3)]
+        assert all(response.status_code == 200 and response.headers["x-route"] == "large" and
+                   response.headers["x-route-fallback"] == "small:circuit_open" for response in held_back)
+        assert len(small.received) == FAILURE_THRESHOLD
+        # The replica recovers; once open_seconds have passed, a probe goes through and closes it.
+        small.status = 200
+        time.sleep(OPEN_SECONDS)
+        probe = http.post(CHAT, json=chat(CHIT_CHAT))
+        assert probe.headers["x-route"] == "small" and "x-route-fallback" not in probe.headers
+        assert len(small.received) == FAILURE_THRESHOLD + 1
+    assert breaker_metric(router_with_breakers, "router_circuit_breaker_state", small, target="small") == 0
+    assert [breaker_metric(router_with_breakers, "router_circuit_breaker_transitions_total", small, to=state)
+            for state in ("open", "half_open", "closed")] == [1, 1, 1]
+
+
+def test_a_named_model_whose_breakers_are_open_gets_a_fast_503_retry_after_the_time_left(
+        router_with_breakers, fakes):
+    large = fakes["llm-large-a"]
+    with edge_client(router_with_breakers.url, fakes) as http:
+        large.status = 503
+        tripped = time.monotonic()
+        for _ in range(FAILURE_THRESHOLD):
+            assert http.post(CHAT, json=chat(CHIT_CHAT, model="llm-large")).status_code == 503
+        refused = http.post(CHAT, json=chat(CHIT_CHAT, model="llm-large"))
+        since_tripped = time.monotonic() - tripped
+    assert refused.status_code == 503 and len(large.received) == FAILURE_THRESHOLD
+    assert refused.elapsed.total_seconds() < 1
+    # What is left of the open time, rounded up: 3 s unless the machine took a second or more.
+    assert math.ceil(OPEN_SECONDS - since_tripped) <= int(refused.headers["retry-after"]) <= math.ceil(OPEN_SECONDS)
+    assert "the circuit breaker of every llm-large replica is open" in refused.json()["error"]["message"]
+    assert breaker_metric(router_with_breakers, "router_circuit_breaker_state", large, target="large") == 2
+
+
+def test_when_both_targets_breakers_are_open_auto_gets_a_fast_503_retry_after_the_sooner(
+        router_with_breakers, fakes):
+    with edge_client(router_with_breakers.url, fakes) as http:
+        for fake in fakes.values():
+            fake.status = 503
+        for model in ("llm-small", "llm-large"):
+            for _ in range(FAILURE_THRESHOLD):
+                http.post(CHAT, json=chat(CHIT_CHAT, model=model))
+        tried = len(received(fakes, "llm"))
+        refused = http.post(CHAT, json=chat(CHIT_CHAT))
+    assert refused.status_code == 503 and 1 <= int(refused.headers["retry-after"]) <= math.ceil(OPEN_SECONDS)
+    assert refused.json()["error"]["message"].startswith("no model could answer: the circuit breaker of every "
+                                                         "llm-small replica is open")
+    assert len(received(fakes, "llm")) == tried

@@ -1,23 +1,28 @@
 """Which replica of a target takes the next request: the least loaded by its predictor's metrics
-(waiting queue, then KV cache use), equals and unknowns in turn, those that refused a connection
-skipped for a while; and how the load is read from Prometheus text."""
+(waiting queue, then KV cache use), equals and unknowns in turn, those whose circuit breakers
+hold requests back skipped; and how the load is read from Prometheus text."""
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
-from router.config import Target
+from router.config import CircuitBreakersConfig, Target
 from router.load_metrics import parse_load
 from router.policy import Route
 from router.replicas import Load, ReplicaSet
 
+from .test_breakers import Clock
+
 URLS = ["http://a", "http://b", "http://c"]
 
 
-def replica_set(down_seconds: float = 5.0) -> ReplicaSet:
-    return ReplicaSet(Route.SMALL, Target(model="llm-small", urls=URLS), down_seconds)
+def replica_set(clock: Clock | None = None, **breakers: object) -> ReplicaSet:
+    return ReplicaSet(Route.SMALL, Target(model="llm-small", urls=URLS), CircuitBreakersConfig(**breakers),
+                      "router", clock or Clock())
+
+
+def refuse_connection(replicas: ReplicaSet, index: int) -> None:
+    replicas.endpoints[index].breaker.admit().failed("no connection", at_once=True)
 
 
 def first_picks(replicas: ReplicaSet, count: int) -> list[str]:
@@ -49,20 +54,42 @@ def test_replicas_of_unknown_load_take_turns_with_the_least_loaded():
     assert replicas.ranked()[-1].url == "http://c"
 
 
-def test_a_replica_that_refused_a_connection_is_skipped_for_a_while():
-    replicas = replica_set(down_seconds=0.2)
+def test_a_replica_whose_breaker_is_open_is_skipped_until_it_half_opens():
+    clock = Clock()
+    replicas = replica_set(clock, open_seconds=5)
     set_loads(replicas, Load(0, 0.0), Load(1, 0.0), Load(2, 0.0))
-    replicas.mark_down(replicas.endpoints[0])
+    refuse_connection(replicas, 0)
     assert [endpoint.url for endpoint in replicas.ranked()] == ["http://b", "http://c"]
-    time.sleep(0.25)
+    clock.advance(5)
     assert replicas.ranked()[0].url == "http://a"
 
 
-def test_no_replica_is_offered_when_all_are_down():
-    replicas = replica_set()
-    for endpoint in replicas.endpoints:
-        replicas.mark_down(endpoint)
+def test_a_half_open_replica_is_offered_only_while_a_probe_is_free():
+    clock = Clock()
+    replicas = replica_set(clock, open_seconds=5)
+    refuse_connection(replicas, 0)
+    clock.advance(5)
+    probe = replicas.endpoints[0].breaker.admit()
+    assert "http://a" not in [endpoint.url for endpoint in replicas.ranked()]
+    probe.release()
+    assert "http://a" in [endpoint.url for endpoint in replicas.ranked()]
+
+
+def test_a_long_waiting_queue_polled_opens_the_replicas_breaker():
+    replicas = replica_set(max_waiting=4)
+    replicas.endpoints[0].report_load(Load(4, 0.1))
+    replicas.endpoints[1].report_load(Load(3, 0.1))
+    assert sorted(endpoint.url for endpoint in replicas.ranked()) == ["http://b", "http://c"]
+
+
+def test_no_replica_is_offered_when_every_breaker_is_open_and_the_first_half_opens_soonest():
+    clock = Clock()
+    replicas = replica_set(clock, open_seconds=5)
+    for index in range(len(URLS)):
+        refuse_connection(replicas, index)
+        clock.advance(1)
     assert replicas.ranked() == []
+    assert replicas.seconds_until_half_open() == pytest.approx(2)
 
 
 PREDICTOR_METRICS = """\
