@@ -1,0 +1,202 @@
+"""The usage ledger that router replicas share through Redis, so that GET /v1/usage on any replica
+sees every replica's usage. One Lua script appends a record atomically:
+
+- `usage`: a Redis Stream of every record (field `record`, its JSON), the append-only log;
+- `usage:hour:<hour>`: per-hour totals (a hash keyed by `["tenant", "model", "requests" |
+  "prompt_tokens" | "completion_tokens"]`), by the hour of the record's own timestamp, and
+  `usage:hours`, the hours that have any, so totals over whole hours read one hash per hour;
+- `usage:seen:<request_id>` (SET NX, expiring after a day): a record already appended is not
+  counted again, whether a client retried it or the spool replayed it;
+- `usage:late`: records that reached Redis more than a minute from their timestamp (replayed from
+  a spool, or a replica's clock off), by timestamp. The hours cut by a period's start or end are
+  counted record by record from the stream (entries that arrived within a minute of the edge
+  hour) and from this set, so totals are exact to the record for any period.
+
+When Redis cannot be reached, an append goes to the replica's local SQLite spool (durable on
+return) after at most the store's timeout, and the appends after it go straight there while a
+background task replays the spool into Redis, in order, until it is empty. totals() needs Redis:
+without it, LedgerUnavailable."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+from collections import defaultdict
+
+from router.gateway.redis_store import RedisStore, RedisUnavailable
+from router.gateway.sqlite_ledger import SQLiteLedger
+from router.gateway.usage_record import LedgerUnavailable, UsageRecord, UsageTotal
+
+logger = logging.getLogger(__name__)
+
+HOUR_SECONDS = 3600
+# A record that reaches Redis further than this from its own timestamp is kept in `usage:late`.
+LATE_MILLISECONDS = 60_000
+# How long a request_id is remembered: longer than any retry or spool replay of its record.
+DEDUPE_SECONDS = 24 * 3600
+REPLAY_BATCH = 500
+REPLAY_RETRY_SECONDS = 0.5
+HOURS_PER_CALL = 500
+ENTRIES_PER_CALL = 5000
+KINDS = ("requests", "prompt_tokens", "completion_tokens")
+
+APPEND = """
+-- KEYS: the stream, the hours index, the late records, the record's dedupe key, its hour's totals
+-- ARGV: the record's JSON, timestamp and hour; the three totals fields; prompt and completion
+--       tokens; the dedupe key's lifetime in seconds; lateness in milliseconds
+if not redis.call('SET', KEYS[4], '1', 'NX', 'EX', ARGV[9]) then
+  return 0
+end
+local id = redis.call('XADD', KEYS[1], '*', 'record', ARGV[1])
+local arrived_ms = tonumber(string.match(id, '^%d+'))
+if math.abs(arrived_ms - tonumber(ARGV[2]) * 1000) > tonumber(ARGV[10]) then
+  redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
+end
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[3])
+redis.call('HINCRBY', KEYS[5], ARGV[4], 1)
+redis.call('HINCRBY', KEYS[5], ARGV[5], ARGV[7])
+redis.call('HINCRBY', KEYS[5], ARGV[6], ARGV[8])
+return 1
+"""
+
+
+class RedisLedger:
+    """The shared usage ledger, with `spool` for the records Redis could not take."""
+
+    def __init__(self, store: RedisStore, spool: SQLiteLedger) -> None:
+        self._store = store
+        self._spool = spool
+        self._append_script = store.client.register_script(APPEND)
+        self._stream = store.key("usage")
+        self._hours = store.key("usage", "hours")
+        self._late = store.key("usage", "late")
+        # While the spool holds records, appends join them there rather than wait on Redis.
+        self._spooling = False
+        self._replay_needed = True  # the spool may hold records of an earlier run
+        self._replay: asyncio.Task | None = None
+
+    async def append(self, record: UsageRecord) -> None:
+        if not self._spooling:
+            try:
+                await self._store.call("ledger", self._send(record, self._store.client))
+                self._start_replay()
+                return
+            except RedisUnavailable:
+                self._spooling = True
+        await self._spool.append(record)
+        self._replay_needed = True
+        self._start_replay()
+
+    async def totals(self, tenant: str | None, start: float, end: float) -> list[UsageTotal]:
+        self._start_replay()
+        sums: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: dict.fromkeys(KINDS, 0))
+        try:
+            for edge_start, edge_end in await self._add_whole_hours(sums, tenant, start, end):
+                for record in await self._records(edge_start, edge_end):
+                    if tenant is None or record.tenant == tenant:
+                        _add_record(sums, record)
+        except RedisUnavailable as exc:
+            raise LedgerUnavailable(f"usage totals need Redis: {exc}") from None
+        return [UsageTotal(tenant_name, model, **counts) for (tenant_name, model), counts in sorted(sums.items())]
+
+    async def close(self) -> None:
+        if self._replay is not None:
+            self._replay.cancel()
+            await asyncio.gather(self._replay, return_exceptions=True)
+        await self._spool.close()
+
+    async def _send(self, record: UsageRecord, client) -> int:
+        hour = int(record.timestamp // HOUR_SECONDS)
+        keys = [self._stream, self._hours, self._late, self._store.key("usage", "seen", record.request_id),
+                self._store.key("usage", "hour", str(hour))]
+        fields = [json.dumps([record.tenant, record.model, kind]) for kind in KINDS]
+        args = [record.to_json(), repr(record.timestamp), hour, *fields, record.prompt_tokens,
+                record.completion_tokens, DEDUPE_SECONDS, LATE_MILLISECONDS]
+        return await self._append_script(keys=keys, args=args, client=client)
+
+    def _start_replay(self) -> None:
+        if self._replay_needed and (self._replay is None or self._replay.done()):
+            self._replay = asyncio.create_task(self._replay_spool(), name="usage-ledger-replay")
+
+    async def _replay_spool(self) -> None:
+        """Forwards the spool's records to Redis in batches until none is left, retrying while
+        Redis cannot be reached. Each batch's position is stored once Redis took it; a replay cut
+        between the two sends the batch again, and the dedupe keys drop what Redis already has."""
+        while True:
+            self._replay_needed = False
+            try:
+                batch = await self._spool.unforwarded(REPLAY_BATCH)
+                if not batch:
+                    if self._replay_needed:
+                        continue
+                    self._spooling = False
+                    return
+                await self._forward([record for _, record in batch])
+                await self._spool.mark_forwarded(batch[-1][0])
+            except (RedisUnavailable, LedgerUnavailable) as exc:
+                self._replay_needed = True
+                logger.debug("spooled usage not replayed yet: %s", exc)
+                await asyncio.sleep(REPLAY_RETRY_SECONDS)
+
+    async def _forward(self, records: list[UsageRecord]) -> None:
+        pipeline = self._store.client.pipeline(transaction=False)
+        for record in records:
+            await self._send(record, pipeline)
+        appended = await self._store.call("ledger", pipeline.execute())
+        logger.info("replayed %d spooled usage records into Redis (%d new)", len(records), sum(appended))
+
+    async def _add_whole_hours(self, sums: dict, tenant: str | None, start: float,
+                               end: float) -> list[tuple[float, float]]:
+        """Adds the per-hour totals of the hours within [start, end) to `sums`; returns the
+        parts of the period outside them, to count record by record."""
+        first_hour, end_hour = math.ceil(start / HOUR_SECONDS), math.floor(end / HOUR_SECONDS)
+        if first_hour >= end_hour:
+            return [(start, end)] if start < end else []
+        hours = await self._store.call("ledger", self._store.client.zrangebyscore(self._hours, first_hour,
+                                                                                  f"({end_hour}"))
+        for offset in range(0, len(hours), HOURS_PER_CALL):
+            pipeline = self._store.client.pipeline(transaction=False)
+            for hour in hours[offset:offset + HOURS_PER_CALL]:
+                pipeline.hgetall(self._store.key("usage", "hour", hour.decode()))
+            for fields in await self._store.call("ledger", pipeline.execute()):
+                _add_hour(sums, tenant, fields)
+        edges = [(start, first_hour * HOUR_SECONDS), (end_hour * HOUR_SECONDS, end)]
+        return [(edge_start, edge_end) for edge_start, edge_end in edges if edge_start < edge_end]
+
+    async def _records(self, start: float, end: float) -> list[UsageRecord]:
+        """The records with start <= timestamp < end: those the stream took within a minute of
+        the period, and the late ones."""
+        records = []
+        cursor, last = str(max(0, math.floor(start * 1000) - LATE_MILLISECONDS)), str(math.ceil(end * 1000) +
+                                                                                     LATE_MILLISECONDS)
+        while True:
+            entries = await self._store.call("ledger", self._store.client.xrange(self._stream, cursor, last,
+                                                                                 count=ENTRIES_PER_CALL))
+            for entry_id, fields in entries:
+                record = UsageRecord.from_json(fields[b"record"])
+                arrived_ms = int(entry_id.split(b"-")[0])
+                on_time = abs(arrived_ms - record.timestamp * 1000) <= LATE_MILLISECONDS
+                if on_time and start <= record.timestamp < end:
+                    records.append(record)
+            if len(entries) < ENTRIES_PER_CALL:
+                break
+            cursor = "(" + entries[-1][0].decode()
+        late = await self._store.call("ledger", self._store.client.zrangebyscore(self._late, repr(start),
+                                                                                 f"({end!r}"))
+        return records + [UsageRecord.from_json(member) for member in late]
+
+
+def _add_record(sums: dict, record: UsageRecord) -> None:
+    counts = sums[record.tenant, record.model]
+    counts["requests"] += 1
+    counts["prompt_tokens"] += record.prompt_tokens
+    counts["completion_tokens"] += record.completion_tokens
+
+
+def _add_hour(sums: dict, tenant: str | None, fields: dict[bytes, bytes]) -> None:
+    for field, value in fields.items():
+        field_tenant, model, kind = json.loads(field)
+        if tenant is None or field_tenant == tenant:
+            sums[field_tenant, model][kind] += int(value)
