@@ -60,6 +60,66 @@ redis.call('HINCRBY', KEYS[5], ARGV[5], ARGV[7])
 redis.call('HINCRBY', KEYS[5], ARGV[6], ARGV[8])
 return 1
 """
+# Sums run in Redis: its replies are parsed in Python at about 30 µs a field, its sums in Lua at
+# well under 1 µs. Each call is bounded (HOURS_PER_CALL hashes, ENTRIES_PER_CALL entries) so that
+# no script holds Redis for long.
+SUM_HOURS = """
+-- KEYS: per-hour totals; ARGV: the prefix of the fields to sum ('' for all)
+local sums, order = {}, {}
+for _, key in ipairs(KEYS) do
+  local fields = redis.call('HGETALL', key)
+  for i = 1, #fields, 2 do
+    local field = fields[i]
+    if string.sub(field, 1, #ARGV[1]) == ARGV[1] then
+      if sums[field] == nil then
+        sums[field] = 0
+        order[#order + 1] = field
+      end
+      sums[field] = sums[field] + tonumber(fields[i + 1])
+    end
+  end
+end
+local reply = {}
+for _, field in ipairs(order) do
+  reply[#reply + 1] = field
+  reply[#reply + 1] = sums[field]
+end
+return reply
+"""
+SUM_ENTRIES = """
+-- KEYS: the stream; ARGV: first and last entry ids, how many entries at most, the period's start and
+-- end, lateness in milliseconds, the tenant ('' for all). Sums the entries that arrived on time,
+-- per tenant and model: the last entry's id ('' when no entry is left), then tenant, model,
+-- requests, prompt and completion tokens of each.
+local entries = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[2], 'COUNT', ARGV[3])
+local start, finish, lateness = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local sums, order = {}, {}
+for _, entry in ipairs(entries) do
+  local record = cjson.decode(entry[2][2])
+  local arrived_ms = tonumber(string.match(entry[1], '^%d+'))
+  local timestamp = record.timestamp
+  if math.abs(arrived_ms - timestamp * 1000) <= lateness and timestamp >= start and timestamp < finish
+      and (ARGV[7] == '' or record.tenant == ARGV[7]) then
+    sums[record.tenant] = sums[record.tenant] or {}
+    local sum = sums[record.tenant][record.model]
+    if sum == nil then
+      sum = {record.tenant, record.model, 0, 0, 0}
+      sums[record.tenant][record.model] = sum
+      order[#order + 1] = sum
+    end
+    sum[3] = sum[3] + 1
+    sum[4] = sum[4] + record.prompt_tokens
+    sum[5] = sum[5] + record.completion_tokens
+  end
+end
+local reply = {#entries == tonumber(ARGV[3]) and entries[#entries][1] or ''}
+for _, sum in ipairs(order) do
+  for _, value in ipairs(sum) do
+    reply[#reply + 1] = value
+  end
+end
+return reply
+"""
 
 
 class RedisLedger:
@@ -69,6 +129,8 @@ class RedisLedger:
         self._store = store
         self._spool = spool
         self._append_script = store.client.register_script(APPEND)
+        self._sum_hours = store.client.register_script(SUM_HOURS)
+        self._sum_entries = store.client.register_script(SUM_ENTRIES)
         self._stream = store.key("usage")
         self._hours = store.key("usage", "hours")
         self._late = store.key("usage", "late")
@@ -94,9 +156,7 @@ class RedisLedger:
         sums: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: dict.fromkeys(KINDS, 0))
         try:
             for edge_start, edge_end in await self._add_whole_hours(sums, tenant, start, end):
-                for record in await self._records(edge_start, edge_end):
-                    if tenant is None or record.tenant == tenant:
-                        _add_record(sums, record)
+                await self._add_records(sums, tenant, edge_start, edge_end)
         except RedisUnavailable as exc:
             raise LedgerUnavailable(f"usage totals need Redis: {exc}") from None
         return [UsageTotal(tenant_name, model, **counts) for (tenant_name, model), counts in sorted(sums.items())]
@@ -156,47 +216,38 @@ class RedisLedger:
             return [(start, end)] if start < end else []
         hours = await self._store.call("ledger", self._store.client.zrangebyscore(self._hours, first_hour,
                                                                                   f"({end_hour}"))
+        fields_prefix = "" if tenant is None else json.dumps([tenant])[:-1] + ", "
         for offset in range(0, len(hours), HOURS_PER_CALL):
-            pipeline = self._store.client.pipeline(transaction=False)
-            for hour in hours[offset:offset + HOURS_PER_CALL]:
-                pipeline.hgetall(self._store.key("usage", "hour", hour.decode()))
-            for fields in await self._store.call("ledger", pipeline.execute()):
-                _add_hour(sums, tenant, fields)
+            keys = [self._store.key("usage", "hour", hour.decode()) for hour in hours[offset:offset + HOURS_PER_CALL]]
+            reply = await self._store.call("ledger", self._sum_hours(keys=keys, args=[fields_prefix]))
+            for field, value in zip(reply[::2], reply[1::2], strict=True):
+                field_tenant, model, kind = json.loads(field)
+                sums[field_tenant, model][kind] += value
         edges = [(start, first_hour * HOUR_SECONDS), (end_hour * HOUR_SECONDS, end)]
         return [(edge_start, edge_end) for edge_start, edge_end in edges if edge_start < edge_end]
 
-    async def _records(self, start: float, end: float) -> list[UsageRecord]:
-        """The records with start <= timestamp < end: those the stream took within a minute of
-        the period, and the late ones."""
-        records = []
-        cursor, last = str(max(0, math.floor(start * 1000) - LATE_MILLISECONDS)), str(math.ceil(end * 1000) +
-                                                                                     LATE_MILLISECONDS)
-        while True:
-            entries = await self._store.call("ledger", self._store.client.xrange(self._stream, cursor, last,
-                                                                                 count=ENTRIES_PER_CALL))
-            for entry_id, fields in entries:
-                record = UsageRecord.from_json(fields[b"record"])
-                arrived_ms = int(entry_id.split(b"-")[0])
-                on_time = abs(arrived_ms - record.timestamp * 1000) <= LATE_MILLISECONDS
-                if on_time and start <= record.timestamp < end:
-                    records.append(record)
-            if len(entries) < ENTRIES_PER_CALL:
-                break
-            cursor = "(" + entries[-1][0].decode()
+    async def _add_records(self, sums: dict, tenant: str | None, start: float, end: float) -> None:
+        """Adds the records with start <= timestamp < end: those the stream took within a minute
+        of the period, and the late ones."""
+        cursor = str(max(0, math.floor(start * 1000) - LATE_MILLISECONDS))
+        last = str(math.ceil(end * 1000) + LATE_MILLISECONDS)
+        while cursor:
+            reply = await self._store.call("ledger", self._sum_entries(
+                keys=[self._stream],
+                args=[cursor, last, ENTRIES_PER_CALL, repr(start), repr(end), LATE_MILLISECONDS, tenant or ""]))
+            for offset in range(1, len(reply), 5):
+                record_tenant, model, requests, prompt_tokens, completion_tokens = reply[offset:offset + 5]
+                _add(sums, record_tenant.decode(), model.decode(), requests, prompt_tokens, completion_tokens)
+            cursor = "(" + reply[0].decode() if reply[0] else ""
         late = await self._store.call("ledger", self._store.client.zrangebyscore(self._late, repr(start),
                                                                                  f"({end!r}"))
-        return records + [UsageRecord.from_json(member) for member in late]
+        for record in map(UsageRecord.from_json, late):
+            if tenant is None or record.tenant == tenant:
+                _add(sums, record.tenant, record.model, 1, record.prompt_tokens, record.completion_tokens)
 
 
-def _add_record(sums: dict, record: UsageRecord) -> None:
-    counts = sums[record.tenant, record.model]
-    counts["requests"] += 1
-    counts["prompt_tokens"] += record.prompt_tokens
-    counts["completion_tokens"] += record.completion_tokens
-
-
-def _add_hour(sums: dict, tenant: str | None, fields: dict[bytes, bytes]) -> None:
-    for field, value in fields.items():
-        field_tenant, model, kind = json.loads(field)
-        if tenant is None or field_tenant == tenant:
-            sums[field_tenant, model][kind] += int(value)
+def _add(sums: dict, tenant: str, model: str, requests: int, prompt_tokens: int, completion_tokens: int) -> None:
+    counts = sums[tenant, model]
+    counts["requests"] += requests
+    counts["prompt_tokens"] += prompt_tokens
+    counts["completion_tokens"] += completion_tokens

@@ -186,7 +186,8 @@ def test_every_replica_sees_every_replicas_usage_counted_once(tmp_path, redis_se
             await replicas[0].append(record("one", timestamp=now))
             await replicas[1].append(record("two", model="large", timestamp=now))
             await replicas[1].append(record("one", timestamp=now))  # a retried record
-            return [await replica.totals(None, now - 2 * HOUR, now + 1) for replica in replicas]
+            await replicas[0].append(record("three", tenant="globex", timestamp=now))
+            return [await replica.totals("acme", now - 2 * HOUR, now + 1) for replica in replicas]
         finally:
             for replica in replicas:
                 await replica.close()
