@@ -129,6 +129,7 @@ class RedisLedger:
         self._store = store
         self._spool = spool
         self._append_script = store.client.register_script(APPEND)
+        self._append_script_loaded = False
         self._sum_hours = store.client.register_script(SUM_HOURS)
         self._sum_entries = store.client.register_script(SUM_ENTRIES)
         self._stream = store.key("usage")
@@ -138,11 +139,13 @@ class RedisLedger:
         self._spooling = False
         self._replay_needed = True  # the spool may hold records of an earlier run
         self._replay: asyncio.Task | None = None
+        self._outbox: list[tuple[UsageRecord, asyncio.Future]] = []
+        self._sender: asyncio.Task | None = None
 
     async def append(self, record: UsageRecord) -> None:
         if not self._spooling:
             try:
-                await self._store.call("ledger", self._send(record, self._store.client))
+                await self._send_with_others(record)
                 self._start_replay()
                 return
             except RedisUnavailable:
@@ -162,19 +165,47 @@ class RedisLedger:
         return [UsageTotal(tenant_name, model, **counts) for (tenant_name, model), counts in sorted(sums.items())]
 
     async def close(self) -> None:
+        if self._sender is not None:
+            await asyncio.gather(self._sender, return_exceptions=True)
         if self._replay is not None:
             self._replay.cancel()
             await asyncio.gather(self._replay, return_exceptions=True)
         await self._spool.close()
 
-    async def _send(self, record: UsageRecord, client) -> int:
+    async def _send_with_others(self, record: UsageRecord) -> None:
+        """Sends `record` in the next pipeline: the appends that arrive while one is in flight
+        go together in the next, one round trip for all of them."""
+        sent = asyncio.get_running_loop().create_future()
+        self._outbox.append((record, sent))
+        if self._sender is None or self._sender.done():
+            self._sender = asyncio.create_task(self._send_outbox(), name="usage-ledger-sender")
+        await asyncio.shield(sent)
+
+    async def _send_outbox(self) -> None:
+        while self._outbox:
+            batch, self._outbox = self._outbox, []
+            try:
+                await self._forward([record for record, _ in batch])
+                error = None
+            except RedisUnavailable as exc:
+                error = exc
+                # Those that queued meanwhile fail with it, rather than wait for another timeout.
+                batch, self._outbox = batch + self._outbox, []
+            for _, sent in batch:
+                if sent.done():
+                    continue
+                if error is None:
+                    sent.set_result(None)
+                else:
+                    sent.set_exception(error)
+
+    def _queue_append(self, pipeline, record: UsageRecord) -> None:
         hour = int(record.timestamp // HOUR_SECONDS)
         keys = [self._stream, self._hours, self._late, self._store.key("usage", "seen", record.request_id),
                 self._store.key("usage", "hour", str(hour))]
         fields = [json.dumps([record.tenant, record.model, kind]) for kind in KINDS]
-        args = [record.to_json(), repr(record.timestamp), hour, *fields, record.prompt_tokens,
-                record.completion_tokens, DEDUPE_SECONDS, LATE_MILLISECONDS]
-        return await self._append_script(keys=keys, args=args, client=client)
+        pipeline.evalsha(self._append_script.sha, len(keys), *keys, record.to_json(), repr(record.timestamp), hour,
+                         *fields, record.prompt_tokens, record.completion_tokens, DEDUPE_SECONDS, LATE_MILLISECONDS)
 
     def _start_replay(self) -> None:
         if self._replay_needed and (self._replay is None or self._replay.done()):
@@ -193,19 +224,29 @@ class RedisLedger:
                         continue
                     self._spooling = False
                     return
-                await self._forward([record for _, record in batch])
+                appended = await self._forward([record for _, record in batch])
                 await self._spool.mark_forwarded(batch[-1][0])
+                logger.info("replayed %d spooled usage records into Redis (%d new)", len(batch), appended)
             except (RedisUnavailable, LedgerUnavailable) as exc:
                 self._replay_needed = True
                 logger.debug("spooled usage not replayed yet: %s", exc)
                 await asyncio.sleep(REPLAY_RETRY_SECONDS)
 
-    async def _forward(self, records: list[UsageRecord]) -> None:
+    async def _forward(self, records: list[UsageRecord]) -> int:
+        """Appends `records` in one pipeline; how many were new to Redis."""
+        # The script is loaded once, not checked on every pipeline (redis-py's way: one more
+        # round trip each), and again after any failure: a restarted Redis has forgotten it.
+        if not self._append_script_loaded:
+            await self._store.call("ledger", self._store.client.script_load(APPEND))
+            self._append_script_loaded = True
         pipeline = self._store.client.pipeline(transaction=False)
         for record in records:
-            await self._send(record, pipeline)
-        appended = await self._store.call("ledger", pipeline.execute())
-        logger.info("replayed %d spooled usage records into Redis (%d new)", len(records), sum(appended))
+            self._queue_append(pipeline, record)
+        try:
+            return sum(await self._store.call("ledger", pipeline.execute()))
+        except RedisUnavailable:
+            self._append_script_loaded = False
+            raise
 
     async def _add_whole_hours(self, sums: dict, tenant: str | None, start: float,
                                end: float) -> list[tuple[float, float]]:

@@ -5,6 +5,7 @@ tenant's use of a model over a period, and the UsageLedger protocol that each ki
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
 from typing import Protocol
 
@@ -36,6 +37,8 @@ class UsageRecord:
             raise ValueError(f"endpoint {self.endpoint!r} is not one of {', '.join(ENDPOINTS)}")
         if self.outcome not in OUTCOMES:
             raise ValueError(f"outcome {self.outcome!r} is not one of {', '.join(OUTCOMES)}")
+        if not math.isfinite(self.timestamp):
+            raise ValueError(f"timestamp must be unix seconds, not {self.timestamp}")
         if self.prompt_tokens < 0 or self.completion_tokens < 0:
             raise ValueError(f"token counts cannot be negative: prompt {self.prompt_tokens}, "
                              f"completion {self.completion_tokens}")
