@@ -12,10 +12,12 @@ sees every replica's usage. One Lua script appends a record atomically:
   counted record by record from the stream (entries that arrived within a minute of the edge
   hour) and from this set, so totals are exact to the record for any period.
 
-When Redis cannot be reached, an append goes to the replica's local SQLite spool (durable on
-return) after at most the store's timeout, and the appends after it go straight there while a
-background task replays the spool into Redis, in order, until it is empty. totals() needs Redis:
-without it, LedgerUnavailable."""
+Appends that arrive while one is in flight go together in the next pipeline. An append is
+acknowledged when Redis ran its script: as durable as Redis' own persistence (run it with
+`appendonly yes`). When Redis cannot be reached, an append goes to the replica's local SQLite
+spool (durable on return) after at most the store's timeout, and the appends after it go straight
+there while a background task replays the spool into Redis, in order, until it is empty.
+totals() needs Redis: without it, LedgerUnavailable."""
 
 from __future__ import annotations
 
