@@ -52,11 +52,12 @@ def start_redis(directory: Path, *extra: str) -> RedisServer:
         pytest.skip(REDIS_MISSING)
     port = free_port()
     directory.mkdir(parents=True, exist_ok=True)
-    process = subprocess.Popen(
-        [executable, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(directory), *extra],
-        stdout=open(directory / "redis.log", "wb"), stderr=subprocess.STDOUT,
-    )
+    with open(directory / "redis.log", "wb") as log:
+        process = subprocess.Popen(
+            [executable, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(directory), *extra],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
     server = RedisServer(process, port, directory)
     _wait_until_answering(server)
     return server

@@ -229,6 +229,24 @@ def test_redis_away_spools_then_replays_once_it_is_back(tmp_path):
     assert totals == [UsageTotal("acme", "small", 21, 210, 105)]
 
 
+def test_a_redis_that_forgot_the_append_script_loses_nothing(tmp_path, redis_server, redis_prefix):
+    now = time.time()
+
+    async def scenario():
+        store = RedisStore(redis_server.url, prefix=redis_prefix)
+        ledger = open_ledger(tmp_path / "spool.db", store)
+        try:
+            await ledger.append(record("before", timestamp=now))
+            await store.call("test", store.client.script_flush())
+            await ledger.append(record("after", timestamp=now))
+            return await totals_when(ledger, now, requests=2)
+        finally:
+            await ledger.close()
+            await store.close()
+
+    assert asyncio.run(scenario()) == [UsageTotal("acme", "small", 2, 20, 10)]
+
+
 def test_spooled_records_of_an_earlier_run_are_replayed(tmp_path, redis_server, redis_prefix):
     now = time.time()
 
