@@ -32,7 +32,7 @@ class Meter:
         self._model = model
         self._prompt_tokens = 0
         self._completion_tokens = 0
-        self._events: EventParser | None = None
+        self._events = EventParser()
         self._record: UsageRecord | None = None
         self._write: asyncio.Future | None = None
 
@@ -71,8 +71,6 @@ class Meter:
         """Raw bytes of an OpenAI stream as they pass, cut anywhere: the `usage` and `model` of
         each event they complete. Only events that mention usage are parsed: on a stream without
         continuous usage, every other token's event is one substring search."""
-        if self._events is None:
-            self._events = EventParser()
         for event in self._events.feed(chunk):
             if USAGE_MARKER in event.data and event.data != DONE_DATA:
                 self._observe_event(event.data)

@@ -27,6 +27,7 @@ import logging
 import math
 from collections import defaultdict
 
+from router.gateway.group_commit import settle
 from router.gateway.redis_store import RedisStore, RedisUnavailable
 from router.gateway.sqlite_ledger import SQLiteLedger
 from router.gateway.usage_record import LedgerUnavailable, UsageRecord, UsageTotal
@@ -193,13 +194,7 @@ class RedisLedger:
                 error = exc
                 # Those that queued meanwhile fail with it, rather than wait for another timeout.
                 batch, self._outbox = batch + self._outbox, []
-            for _, sent in batch:
-                if sent.done():
-                    continue
-                if error is None:
-                    sent.set_result(None)
-                else:
-                    sent.set_exception(error)
+            settle([sent for _, sent in batch], error)
 
     def _queue_append(self, pipeline, record: UsageRecord) -> None:
         hour = int(record.timestamp // HOUR_SECONDS)

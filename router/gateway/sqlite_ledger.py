@@ -17,6 +17,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+from router.gateway.group_commit import settle
 from router.gateway.usage_record import LedgerUnavailable, UsageRecord, UsageTotal
 
 logger = logging.getLogger(__name__)
@@ -160,16 +161,7 @@ def _settle(batch: list[_Write], error: LedgerUnavailable | None) -> None:
         by_loop[write.done.get_loop()].append(write.done)
     for loop, futures in by_loop.items():
         try:
-            loop.call_soon_threadsafe(_resolve, futures, error)
+            loop.call_soon_threadsafe(settle, futures, error)
         except RuntimeError:
             pass  # that loop has closed: nobody waits any more
 
-
-def _resolve(futures: list[asyncio.Future], error: LedgerUnavailable | None) -> None:
-    for future in futures:
-        if future.done():
-            continue
-        if error is None:
-            future.set_result(None)
-        else:
-            future.set_exception(error)
