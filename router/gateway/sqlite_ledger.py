@@ -68,11 +68,7 @@ class SQLiteLedger:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        connection.execute("PRAGMA journal_mode=WAL")
-        connection.execute("PRAGMA synchronous=FULL")
-        connection.executescript(SCHEMA)
+        connection = _open(self.path)
         self._queue: list[_Write] = []
         self._wakeup = threading.Condition()
         self._closing = False
@@ -125,9 +121,8 @@ class SQLiteLedger:
                 raise LedgerUnavailable(f"usage ledger {self.path} is closed")
             self._queue.append(_Write(sql, parameters, done))
             self._wakeup.notify()
-        # Shielded: a caller cancelled while its write is queued must not leave it half-done;
-        # the write goes through, and the caller still sees its cancellation.
-        await asyncio.shield(done)
+        # A caller cancelled meanwhile does not take its write back: it is queued, it is written.
+        await done
 
     def _write_until_closed(self, connection: sqlite3.Connection) -> None:
         while True:
@@ -152,6 +147,18 @@ class SQLiteLedger:
                 connection.execute("ROLLBACK")
             logger.error("usage ledger %s could not write %d records: %s", self.path, len(batch), exc)
             return LedgerUnavailable(f"usage ledger {self.path} could not be written: {exc}")
+
+
+def _open(path: Path) -> sqlite3.Connection:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("PRAGMA synchronous=FULL")
+        connection.executescript(SCHEMA)
+        return connection
+    except (OSError, sqlite3.Error) as exc:
+        raise LedgerUnavailable(f"usage ledger {path} could not be opened: {exc}") from None
 
 
 def _settle(batch: list[_Write], error: LedgerUnavailable | None) -> None:

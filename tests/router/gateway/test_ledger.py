@@ -136,6 +136,12 @@ def test_appending_to_a_closed_ledger_says_so(tmp_path):
         asyncio.run(scenario())
 
 
+def test_a_ledger_that_cannot_be_opened_says_which_file(tmp_path):
+    (tmp_path / "not-a-folder").write_text("")
+    with pytest.raises(LedgerUnavailable, match="usage ledger .*not-a-folder/usage.db could not be opened"):
+        SQLiteLedger(tmp_path / "not-a-folder" / "usage.db")
+
+
 def appended_until_killed(*arguments: str, lines: int = 300) -> list[str]:
     """The request_ids the appender printed (each after its append returned) before SIGKILL."""
     process = subprocess.Popen([sys.executable, "-m", "tests.router.gateway.ledger_appender", *arguments],
