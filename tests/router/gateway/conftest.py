@@ -30,6 +30,13 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    def restart(self) -> None:
+        """The same server again, on the same port and folder, once it answers PING."""
+        self.stop()
+        with open(self.directory / "redis.log", "ab") as log:
+            self.process = subprocess.Popen(self.process.args, stdout=log, stderr=subprocess.STDOUT)
+        _wait_until_answering(self)
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()
@@ -48,23 +55,29 @@ def start_redis(directory: Path, *extra: str) -> RedisServer:
         pytest.skip(REDIS_MISSING)
     port = free_port()
     directory.mkdir(parents=True, exist_ok=True)
-    process = subprocess.Popen(
-        [executable, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(directory), *extra],
-        stdout=open(directory / "redis.log", "wb"), stderr=subprocess.STDOUT,
-    )
+    with open(directory / "redis.log", "wb") as log:
+        process = subprocess.Popen(
+            [executable, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(directory), *extra],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
     server = RedisServer(process, port, directory)
-    deadline = time.monotonic() + 10
+    _wait_until_answering(server)
+    return server
+
+
+def _wait_until_answering(server: RedisServer) -> None:
     import redis
 
+    deadline = time.monotonic() + 10
     while True:
         try:
-            redis.Redis(port=port, socket_timeout=0.5).ping()
-            return server
+            redis.Redis(port=server.port, socket_timeout=0.5).ping()
+            return
         except redis.exceptions.ConnectionError:
-            if process.poll() is not None or time.monotonic() > deadline:
+            if server.process.poll() is not None or time.monotonic() > deadline:
                 server.stop()
-                raise RuntimeError(f"redis-server did not start: see {directory / 'redis.log'}") from None
+                raise RuntimeError(f"redis-server did not start: see {server.directory / 'redis.log'}") from None
             time.sleep(0.05)
 
 
