@@ -1,24 +1,22 @@
 """Token metering: a Meter counts one request's tokens as its answer flows (a whole answer's
-`usage`, or a stream's continuous usage event by event), and commits them once, to the usage
-ledger and to the Prometheus counters `gateway_tokens_total{tenant, model, kind}` and
-`gateway_requests_total{tenant, model, outcome}`. A stream cut short commits what it had reported."""
+`usage`, or a stream's continuous usage event by event, read by router/gateway/stream_usage.py),
+and commits them once, to the usage ledger and to the Prometheus counters
+`gateway_tokens_total{tenant, model, kind}` and `gateway_requests_total{tenant, model, outcome}`.
+A stream cut short commits what it had reported."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 
 from prometheus_client import Counter
 
 from router.gateway.usage_record import UsageLedger, UsageRecord
-from serving.sse import DONE_DATA, EventParser
 
 GATEWAY_TOKENS = Counter("gateway_tokens", "Tokens billed by the gateway, by tenant, model and kind "
                          "(prompt, completion).", ["tenant", "model", "kind"])
 GATEWAY_REQUESTS = Counter("gateway_requests", "Requests billed by the gateway, by tenant, model and outcome.",
                            ["tenant", "model", "outcome"])
-USAGE_MARKER = b'"usage"'
 
 
 class Meter:
@@ -32,9 +30,13 @@ class Meter:
         self._model = model
         self._prompt_tokens = 0
         self._completion_tokens = 0
-        self._events = EventParser()
         self._record: UsageRecord | None = None
         self._write: asyncio.Future | None = None
+
+    @property
+    def request_id(self) -> str:
+        """The id of the request's ledger record."""
+        return self._request_id
 
     @property
     def committed(self) -> bool:
@@ -67,14 +69,6 @@ class Meter:
         elif model:
             self._model = model
 
-    def observe_sse_chunk(self, chunk: bytes) -> None:
-        """Raw bytes of an OpenAI stream as they pass, cut anywhere: the `usage` and `model` of
-        each event they complete. Only events that mention usage are parsed: on a stream without
-        continuous usage, every other token's event is one substring search."""
-        for event in self._events.feed(chunk):
-            if USAGE_MARKER in event.data and event.data != DONE_DATA:
-                self._observe_event(event.data)
-
     async def commit(self, outcome: str) -> UsageRecord:
         """The request's record, written to the ledger (durable on return) and counted; a later
         call returns the first one and writes nothing. The write goes on if the caller is cancelled."""
@@ -86,15 +80,6 @@ class Meter:
             self._write = asyncio.ensure_future(self._ledger.append(record))
         await asyncio.shield(self._write)
         return self._record
-
-    def _observe_event(self, data: bytes) -> None:
-        try:
-            event = json.loads(data)
-        except ValueError:
-            return  # not ours to judge: the client gets the stream as it is
-        if isinstance(event, dict):
-            model = event.get("model")
-            self.observe_usage(event.get("usage"), model if isinstance(model, str) else None)
 
     @staticmethod
     def _count(record: UsageRecord) -> None:

@@ -33,13 +33,14 @@ from router.gateway.idempotency import (
     Proceed,
     Replay,
 )
-from router.gateway.ledger import LedgerUnavailable, parse_period, usage_report
+from router.gateway.ledger import LedgerUnavailable
 from router.gateway.limits import LimitsUnavailable
 from router.gateway.redis_store import FailureMode, RedisUnavailable
 from router.gateway.reservation import reserved_tokens
 from router.gateway.response_cache import cache_key
 from router.gateway.stored_response import StoredResponse, body_digest
 from router.gateway.stream_usage import StreamOptions, StreamUsage, ask_for_usage
+from router.gateway.usage_report import parse_period, usage_report
 from serving.openai_protocol import openai_error_body
 from serving.openai_routes import CHAT_COMPLETIONS_PATH, COMPLETIONS_PATH, OPENAI_PREFIX
 

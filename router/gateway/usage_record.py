@@ -9,7 +9,8 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Protocol
 
-ENDPOINTS = ("chat.completions", "completions", "websocket", "v1.predict", "v2.infer")
+# router.gateway.gateway.Endpoint's values ("openai": the OpenAI edge's models and token routes).
+ENDPOINTS = ("chat.completions", "completions", "openai", "websocket", "v1.predict", "v2.infer")
 OUTCOMES = ("ok", "cancelled", "failed", "cache_hit", "refused")
 
 
