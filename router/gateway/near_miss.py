@@ -1,0 +1,75 @@
+"""The semantic cache's near-miss guard. all-MiniLM-L6-v2 scores "What is 12 + 30?" against
+"What is 12 + 31?" at 0.90 and "Convert Celsius to Fahrenheit" against "Convert Fahrenheit to
+Celsius" at 0.998: a sentence embedding hears the topic, not the details that change the answer.
+So a cached answer is served only when both prompts also agree on those details, found from
+benchmarks/data/semantic_cache_pairs.jsonl: numbers, arithmetic operators, negations, quoted
+strings, words of opposite meaning (ascending/descending, encrypt/decrypt, ...), and the target
+of a conversion ("... to Fahrenheit")."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+NUMBER_WORDS = {word: str(value) for value, word in enumerate(
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
+    "sixteen seventeen eighteen nineteen twenty".split())}
+OPERATOR_WORDS = {"plus": "+", "minus": "-", "times": "*", "multiplied": "*", "divided": "/", "percent": "%",
+                  "power": "^", "squared": "^2", "cubed": "^3"}
+NEGATIONS = {"not", "no", "never", "without", "none", "nor", "neither", "nothing", "nobody", "cannot"}
+# Each word stands for its side of an opposition: prompts that differ only here want different answers.
+OPPOSITES = {
+    "ascending": "ascending", "increasing": "ascending", "descending": "descending", "decreasing": "descending",
+    "largest": "most", "biggest": "most", "maximum": "most", "max": "most", "highest": "most", "longest": "most",
+    "smallest": "least", "minimum": "least", "min": "least", "lowest": "least", "shortest": "least",
+    "first": "first", "last": "last", "before": "before", "after": "after", "above": "above", "below": "below",
+    "true": "true", "false": "false", "even": "even", "odd": "odd", "start": "start", "stop": "stop",
+    "encrypt": "encrypt", "decrypt": "decrypt", "encode": "encode", "decode": "decode",
+    "install": "install", "uninstall": "uninstall", "push": "push", "pull": "pull",
+    "upper": "upper", "uppercase": "upper", "lower": "lower", "lowercase": "lower",
+    "import": "import", "export": "export", "enable": "enable", "disable": "disable",
+    "open": "open", "close": "close", "buy": "buy", "sell": "sell", "win": "win", "lose": "lose",
+}
+WORD = re.compile(r"[a-z]+(?:'[a-z]+)?|\d+(?:[.,]\d+)*")
+QUOTED = re.compile(r"\"([^\"]+)\"|`([^`]+)`|(?<!\w)'([^'\n]+)'(?!\w)")
+ARITHMETIC = re.compile(r"(?<=\d)\s*([-+*/×÷^x%])(?=\s*\d|\W|$)")
+CONVERSION_TARGET = re.compile(r"\b(?:to|into)\s+(?:(?:a|an|the)\s+)?([a-z#+]+)")
+
+
+@dataclass(frozen=True, slots=True)
+class ExactTokens:
+    """What of a prompt must be equal in another for the two to share an answer."""
+
+    numbers: tuple[str, ...]
+    operators: tuple[str, ...]
+    negations: int
+    quoted: frozenset[str]
+    opposites: tuple[str, ...]
+    conversion_targets: frozenset[str]
+
+
+def exact_tokens(text: str) -> ExactTokens:
+    words = WORD.findall(text.lower())
+    return ExactTokens(
+        numbers=tuple(NUMBER_WORDS.get(word, word).replace(",", "") for word in words
+                      if word[0].isdigit() or word in NUMBER_WORDS),
+        operators=tuple(_operators(text.lower(), words)),
+        negations=sum(1 for word in words if word in NEGATIONS or word.endswith("n't")),
+        quoted=frozenset(next(group for group in match.groups() if group).strip() for match in QUOTED.finditer(text)),
+        opposites=tuple(OPPOSITES[word] for word in words if word in OPPOSITES),
+        conversion_targets=frozenset(CONVERSION_TARGET.findall(text.lower())),
+    )
+
+
+def same_exact_tokens(first: str, second: str) -> bool:
+    """Whether two prompts agree on every detail the guard reads. A conversion target is compared
+    only when both prompts name one: "How many miles is 5 km?" names none, and asks the same."""
+    a, b = exact_tokens(first), exact_tokens(second)
+    targets_agree = not (a.conversion_targets and b.conversion_targets) or a.conversion_targets == b.conversion_targets
+    return (a.numbers == b.numbers and sorted(a.operators) == sorted(b.operators) and a.negations == b.negations
+            and a.quoted == b.quoted and a.opposites == b.opposites and targets_agree)
+
+
+def _operators(lowered: str, words: list[str]) -> list[str]:
+    symbols = [{"x": "*", "×": "*", "÷": "/"}.get(symbol, symbol) for symbol in ARITHMETIC.findall(lowered)]
+    return symbols + [OPERATOR_WORDS[word] for word in words if word in OPERATOR_WORDS]
