@@ -223,3 +223,10 @@ def test_an_unreachable_redis_fails_fast(embedder):
         with pytest.raises(RedisUnavailable):
             asyncio.run(scenario(operation))
         assert time.monotonic() - started < 2
+
+
+@pytest.mark.parametrize("options", [{"threshold": 0.0}, {"threshold": 1.5}, {"max_entries_per_scope": 0},
+                                     {"ttl_seconds": 0}])
+def test_settings_out_of_range_are_refused(options):
+    with pytest.raises(ValueError, match=next(iter(options))):
+        MemorySemanticCache(SlowEmbedder(), **options)
