@@ -21,7 +21,10 @@ from router.gateway.near_miss import same_exact_tokens
     ("Sort the list in ascending order.", "Sort the list in descending order."),
     ("Sort the array from smallest to largest.", "Sort the array from largest to smallest."),
     ("Write a function that converts Celsius to Fahrenheit.", "Write a function that converts Fahrenheit to Celsius."),
-    ("Translate 'thank you' into French.", "Translate 'thank you' into German."),
+    ("What is 50 kilograms in pounds?", "What is 50 pounds in kilograms?"),
+    ("Convert 1 gallon to liters.", "Convert 1 liter to gallons."),
+    ("Is it safe to eat raw eggs?", "Is it unsafe to eat raw eggs?"),
+    ("Give me a synonym for happy.", "Give me an antonym for happy."),
 ])
 def test_prompts_with_different_answers_differ(first, second):
     assert not same_exact_tokens(first, second)
@@ -36,6 +39,8 @@ def test_prompts_with_different_answers_differ(first, second):
     ("Translate 'good morning' into Spanish.", "How do you say 'good morning' in Spanish?"),
     ("Convert 5 kilometers to miles.", "How many miles is 5 kilometers?"),
     ("Write a 200-word essay about rain.", "Write an essay of 200 words about rain."),
+    ("Sort a list of integers in ascending order in Python.", "In Python, sort a list of integers in ascending order."),
+    ("How do I reverse a list in Python?", "What's the way to reverse a Python list?"),
 ])
 def test_rewordings_agree(first, second):
     assert same_exact_tokens(first, second)
