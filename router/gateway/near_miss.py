@@ -43,7 +43,7 @@ PLURAL = re.compile(r"(?<=[a-z]{3})s$")
 
 @dataclass(frozen=True, slots=True)
 class ExactTokens:
-    """What of a prompt must be equal in another for the two to share an answer."""
+    """What the guard reads of a prompt: the details another must share to share its answer."""
 
     numbers: tuple[str, ...]
     operators: tuple[str, ...]
