@@ -18,6 +18,7 @@ with config_flag_hidden_from_kserve():
     from router.gateway.gateway import Gateway
     from router.gateway.setup import (
         ApiKeysError,
+        EmbeddingsUnavailable,
         TenantsError,
         add_gateway_arguments,
         build_gateway,
@@ -69,7 +70,7 @@ def main() -> None:
         model.load()
     logger.info("serving router %r on http %d / grpc %d: %s api_keys=%s", model.name, args.http_port,
                 args.grpc_port, describe_server_limits(args), "required" if tenants.required else "off")
-    with exit_if_cannot_start(logger, "router", DecisionLogError):
+    with exit_if_cannot_start(logger, "router", DecisionLogError, EmbeddingsUnavailable):
         edge = OpenAIEdge(model)
         gateway = build_gateway(args, tenants, model.token_counter)
     # The WebSocket generate route routes as the edge does, behind the same gateway.

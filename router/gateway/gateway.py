@@ -20,6 +20,7 @@ from router.gateway.limits import Admission, Limiter, LimitsUnavailable, RateLim
 from router.gateway.metering import Meter
 from router.gateway.redis_store import FailureMode, RedisStore
 from router.gateway.response_cache import ResponseCache
+from router.gateway.semantic_cache import SemanticCache
 from router.gateway.tenants import Tenant, TenantPolicy, Tenants
 
 logger = logging.getLogger(__name__)
@@ -109,7 +110,8 @@ class Gateway:
 
     def __init__(self, tenants: Tenants, limiter: Limiter, ledger: UsageLedger, counter: TokenCounter,
                  settings: GatewaySettings, idempotency: IdempotencyStore | None = None,
-                 cache: ResponseCache | None = None, store: RedisStore | None = None) -> None:
+                 cache: ResponseCache | None = None, semantic_cache: SemanticCache | None = None,
+                 store: RedisStore | None = None) -> None:
         self.tenants = tenants
         self.limiter = limiter
         self.ledger = ledger
@@ -117,6 +119,7 @@ class Gateway:
         self.settings = settings
         self.idempotency = idempotency
         self.cache = cache
+        self.semantic_cache = semantic_cache
         self.store = store
 
     def authenticate(self, authorization: str | None) -> Tenant:
@@ -140,7 +143,7 @@ class Gateway:
         return Ticket(self, admission, meter)
 
     async def close(self) -> None:
-        for store in (self.idempotency, self.cache):
+        for store in (self.idempotency, self.cache, self.semantic_cache):
             if store is not None:
                 await store.close()
         await self.limiter.close()

@@ -36,9 +36,9 @@ from router.gateway.idempotency import (
 from router.gateway.ledger import LedgerUnavailable
 from router.gateway.limits import LimitsUnavailable
 from router.gateway.redis_store import FailureMode, RedisUnavailable
-from router.gateway.reservation import reserved_tokens
-from router.gateway.response_cache import cache_key
-from router.gateway.stored_response import StoredResponse, body_digest
+from router.gateway.reservation import prompt_text, reserved_tokens
+from router.gateway.response_cache import CACHE_HEADER, cache_key
+from router.gateway.stored_response import StoredResponse, UnreadableStoredResponse, body_digest
 from router.gateway.stream_usage import StreamOptions, StreamUsage, ask_for_usage
 from router.gateway.usage_report import parse_period, usage_report
 from serving.openai_protocol import openai_error_body
@@ -48,7 +48,8 @@ logger = logging.getLogger(__name__)
 
 USAGE_PATH = "/v1/usage"
 IDEMPOTENCY_HEADER = b"idempotency-key"
-CACHE_HEADER = "x-cache"
+# On a semantic cache hit: the similarity of the prompt to the one whose answer it got.
+SIMILARITY_HEADER = "x-cache-similarity"
 REPLAYED_HEADER = "idempotent-replayed"
 # The id of the request's usage ledger record, on every response the gateway metered.
 REQUEST_ID_HEADER = "x-gateway-request-id"
@@ -145,9 +146,10 @@ class Exchange:
             return
         try:
             key = self._cache_key(tenant, body)
-            cached = await self._cached(key)
+            semantic = self._semantic_query(tenant, body) if key is not None else None
+            cached, marker = await self._cached(key, semantic)
             if cached is not None:
-                await self._replay(tenant, cached, {CACHE_HEADER: "hit"}, billed=True)
+                await self._replay(tenant, cached, marker, billed=True)
                 await self._complete(proceed, cached)
                 return
             reservation = reserved_tokens(self.endpoint is Endpoint.CHAT, body, self.gateway.counter,
@@ -160,7 +162,7 @@ class Exchange:
         if stored is not None and stored.status < HTTPStatus.INTERNAL_SERVER_ERROR:
             await self._complete(proceed, stored)
             if key is not None and stored.status == HTTPStatus.OK:
-                await self._cache_put(key, stored)
+                await self._cache_put(key, semantic, stored)
         else:
             await self._abandon(proceed)
 
@@ -228,22 +230,44 @@ class Exchange:
                 logger.warning("an idempotency key could not be freed: Redis is unavailable (it expires)")
 
     def _cache_key(self, tenant, body: dict | None) -> str | None:
-        if self.gateway.cache is None or body is None:
+        """The request's exact-cache key; None when no cache is on or the request is not
+        deterministic (temperature 0, or a seed)."""
+        if (self.gateway.cache is None and self.gateway.semantic_cache is None) or body is None:
             return None
         return cache_key(tenant.name, self.endpoint.value, body)
 
-    async def _cached(self, key: str | None) -> StoredResponse | None:
-        if key is None:
+    def _semantic_query(self, tenant, body: dict) -> tuple[str, str] | None:
+        """(scope, text) of the semantic cache: the request's key without its prompt (so that every
+        other field must match exactly), and the prompt's text."""
+        text = prompt_text(self.endpoint is Endpoint.CHAT, body)
+        if self.gateway.semantic_cache is None or text is None:
             return None
+        scope = cache_key(tenant.name, self.endpoint.value, {**body, "prompt": None, "messages": None})
+        return None if scope is None else (scope, text)
+
+    async def _cached(self, key: str | None, semantic: tuple[str, str] | None) -> tuple[StoredResponse | None, dict]:
+        """The stored answer to this request, or to a near duplicate of it, and the headers that
+        say which; a miss when a cache cannot be reached (or 503, failing closed)."""
+        if key is None:
+            return None, {}
         try:
-            return await self.gateway.cache.get(key)
+            if self.gateway.cache is not None and (exact := await self.gateway.cache.get(key)) is not None:
+                return exact, {CACHE_HEADER: "hit"}
+            if semantic is not None and (near := await self.gateway.semantic_cache.lookup(*semantic)) is not None:
+                return StoredResponse.from_bytes(near.value), {CACHE_HEADER: "hit",
+                                                               SIMILARITY_HEADER: f"{near.similarity:.4f}"}
         except RedisUnavailable:
             self._fail_open_or_closed("the response cache")
-            return None
+        except UnreadableStoredResponse:
+            pass  # written by another version of the router: a miss, overwritten by this answer
+        return None, {}
 
-    async def _cache_put(self, key: str, stored: StoredResponse) -> None:
+    async def _cache_put(self, key: str, semantic: tuple[str, str] | None, stored: StoredResponse) -> None:
         try:
-            await self.gateway.cache.put(key, stored)
+            if self.gateway.cache is not None:
+                await self.gateway.cache.put(key, stored)
+            if semantic is not None:
+                await self.gateway.semantic_cache.store(*semantic, stored.to_bytes())
         except RedisUnavailable:
             pass  # counted and logged by the store; the next request simply misses
 

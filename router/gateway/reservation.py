@@ -40,6 +40,18 @@ def chat_text(messages: object) -> str:
     return "\n".join(lines)
 
 
+def prompt_text(chat: bool, body: dict) -> str | None:
+    """The prompt as one text (a chat's messages one per line, each after its role); None for a
+    prompt of token ids or of several texts."""
+    if not chat:
+        prompt = body.get("prompt")
+        return prompt if isinstance(prompt, str) else None
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not all(isinstance(message, dict) for message in messages):
+        return None
+    return "\n".join(f"{message.get('role')}: {chat_text([message])}" for message in messages)
+
+
 def _prompt_tokens(prompt: object, counter: TokenCounter) -> int:
     """A completion's prompt: a text, a list of texts, token ids, or a list of token-id lists."""
     if isinstance(prompt, str):

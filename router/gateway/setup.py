@@ -12,6 +12,7 @@ from pathlib import Path
 from fastapi import FastAPI
 from starlette.middleware import Middleware
 
+from router.embeddings import EmbeddingsUnavailable, SentenceEmbedder
 from router.features import TokenCounter
 from router.gateway.gateway import CacheHitBilling, Gateway, GatewaySettings
 from router.gateway.idempotency import MemoryIdempotencyStore, RedisIdempotencyStore
@@ -20,6 +21,7 @@ from router.gateway.limits import MemoryLimiter, RedisLimiter
 from router.gateway.middleware import GatewayMiddleware
 from router.gateway.redis_store import DEFAULT_TIMEOUT_SECONDS, FailureMode, RedisStore
 from router.gateway.response_cache import MemoryResponseCache, RedisResponseCache
+from router.gateway.semantic_cache import DEFAULT_THRESHOLD, MemorySemanticCache, RedisSemanticCache, SemanticCache
 from router.gateway.tenants import Tenants, TenantsError
 from serving.lifespan import chain_lifespan
 from serving.middleware import ClientConnectionMiddleware
@@ -62,6 +64,12 @@ def add_gateway_arguments(parser: argparse.ArgumentParser) -> None:
                        help="cache answers to deterministic requests (temperature 0, or a seed), per tenant")
     group.add_argument("--response_cache_ttl_seconds", type=float, default=3600.0)
     group.add_argument("--response_cache_max_entries", type=int, default=1024)
+    group.add_argument("--semantic_cache", action="store_true",
+                       help="also answer a deterministic request whose prompt is a near duplicate of one answered "
+                            "before (all-MiniLM-L6-v2 similarity and a near-miss guard; needs the embeddings extra)")
+    group.add_argument("--semantic_cache_threshold", type=float, default=DEFAULT_THRESHOLD,
+                       help="cosine similarity at or above which a prompt counts as a near duplicate "
+                            "(benchmarks/semantic_cache.py measured the default)")
     group.add_argument("--cache_hit_billing", choices=[billing.value for billing in CacheHitBilling],
                        default=CacheHitBilling.NONE,
                        help="what a cache hit costs its tenant: nothing, its prompt tokens, or the full usage")
@@ -74,6 +82,8 @@ def check_gateway_arguments(parser: argparse.ArgumentParser, args: argparse.Name
     for flag in ("unbounded_max_tokens", "response_cache_max_entries"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag} must be >= 1")
+    if not 0 < args.semantic_cache_threshold <= 1:
+        parser.error("--semantic_cache_threshold must be in (0, 1]")
 
 
 def load_tenants(args: argparse.Namespace) -> Tenants:
@@ -98,7 +108,7 @@ def read_api_keys(path: str | Path) -> list[str]:
 
 def build_gateway(args: argparse.Namespace, tenants: Tenants, counter: TokenCounter) -> Gateway | None:
     """The gateway the flags ask for, or None when they ask for none."""
-    if not tenants.required and not args.response_cache:
+    if not tenants.required and not args.response_cache and not args.semantic_cache:
         return None
     store = RedisStore(args.redis_url, args.redis_timeout_seconds) if args.redis_url else None
     failure_mode = FailureMode(args.redis_failure_mode)
@@ -116,11 +126,21 @@ def build_gateway(args: argparse.Namespace, tenants: Tenants, counter: TokenCoun
         idempotency = RedisIdempotencyStore(store, ttl_seconds=args.idempotency_ttl_seconds)
         cache = RedisResponseCache(store, ttl_seconds=args.response_cache_ttl_seconds,
                                    max_entries=args.response_cache_max_entries) if args.response_cache else None
+    semantic_cache = build_semantic_cache(args, store) if args.semantic_cache else None
     ledger = open_ledger(ledger_path, store)
-    logger.info("gateway: %d tenants, state %s, ledger %s%s, Redis failure mode %s, response cache %s",
-                len(tenants), "in Redis at " + store.describe() if store else "in process", ledger_path,
-                " (spool)" if store else "", failure_mode, "on" if cache else "off")
-    return Gateway(tenants, limiter, ledger, counter, settings, idempotency, cache, store)
+    logger.info("gateway: %d tenants, state %s, ledger %s%s, Redis failure mode %s, response cache %s, "
+                "semantic cache %s", len(tenants), "in Redis at " + store.describe() if store else "in process",
+                ledger_path, " (spool)" if store else "", failure_mode, "on" if cache else "off",
+                f"on (threshold {args.semantic_cache_threshold:g})" if semantic_cache else "off")
+    return Gateway(tenants, limiter, ledger, counter, settings, idempotency, cache, semantic_cache, store)
+
+
+def build_semantic_cache(args: argparse.Namespace, store: RedisStore | None) -> SemanticCache:
+    """EmbeddingsUnavailable when the embeddings extra is not installed."""
+    embedder = SentenceEmbedder()
+    if store is None:
+        return MemorySemanticCache(embedder, args.semantic_cache_threshold)
+    return RedisSemanticCache(store, embedder, args.semantic_cache_threshold)
 
 
 def default_ledger_path() -> Path:
@@ -138,5 +158,5 @@ def install_gateway(app: FastAPI, gateway: Gateway) -> None:
     chain_lifespan(app, after_shutdown=gateway.close)
 
 
-__all__ = ["ApiKeysError", "TenantsError", "add_gateway_arguments", "build_gateway", "check_gateway_arguments",
+__all__ = ["ApiKeysError", "EmbeddingsUnavailable", "TenantsError", "add_gateway_arguments", "build_gateway", "check_gateway_arguments",
            "install_gateway", "load_tenants"]
