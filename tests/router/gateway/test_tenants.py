@@ -150,7 +150,7 @@ def test_a_budget_period_is_the_calendar_period_in_utc(period, start, end):
 
 def test_the_cli_hashes_a_key_from_stdin_or_the_command_line():
     from_stdin = subprocess.run([sys.executable, "-m", "router.gateway.tenants", "hash-key"], input="sk-test\n",
-                                capture_output=True, text=True, cwd=REPO_ROOT, timeout=30)
+                                check=True, capture_output=True, text=True, cwd=REPO_ROOT, timeout=30)
     from_option = run_python("-m", "router.gateway.tenants", "hash-key", "--key", "sk-test", timeout=30)
 
     assert from_stdin.stdout == from_option.stdout == digest("sk-test") + "\n"
