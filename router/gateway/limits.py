@@ -258,7 +258,9 @@ class TokenBucket:
     updated_at: float
 
     def refill(self, capacity: int, now: float) -> float:
-        self.level = min(capacity, self.level + (now - self.updated_at) * capacity / SECONDS_PER_MINUTE)
+        # A clock set back refills nothing rather than draining the bucket.
+        elapsed = max(0.0, now - self.updated_at)
+        self.level = min(capacity, self.level + elapsed * capacity / SECONDS_PER_MINUTE)
         self.updated_at = now
         return self.level
 
@@ -361,7 +363,8 @@ local function exact(number) return string.format('%.17g', number) end
 local function level(key, capacity)
   local stored = redis.call('HMGET', key, 'level', 'updated_at')
   if not stored[1] then return capacity end
-  return math.min(capacity, tonumber(stored[1]) + (now - tonumber(stored[2])) * capacity / 60)
+  local elapsed = math.max(0, now - tonumber(stored[2]))
+  return math.min(capacity, tonumber(stored[1]) + elapsed * capacity / 60)
 end
 
 local function store(key, capacity, new_level)

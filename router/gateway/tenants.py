@@ -213,15 +213,19 @@ def _parse_tenants_file(path: Path) -> list[TenantEntry]:
     root, data = _compose_and_load(path, text)
     if data is None:
         raise TenantsError(f"the tenants file {str(path)!r} is empty: it needs a `tenants:` list")
+    if repeated_fields := _repeated_fields(root):
+        raise _invalid_file(path, repeated_fields)
     try:
         entries = TenantsFile.model_validate(data).tenants
     except ValidationError as exc:
-        problems = [_describe(root, error) for error in exc.errors()]
-        raise TenantsError(f"invalid tenants file {str(path)!r}:\n" + "\n".join(problems)) from None
-    problems = _repeated_names_and_digests(root, entries)
-    if problems:
-        raise TenantsError(f"invalid tenants file {str(path)!r}:\n" + "\n".join(problems))
+        raise _invalid_file(path, [_describe(root, error) for error in exc.errors()]) from None
+    if repeated := _repeated_names_and_digests(root, entries):
+        raise _invalid_file(path, repeated)
     return entries
+
+
+def _invalid_file(path: Path, problems: list[str]) -> TenantsError:
+    return TenantsError(f"invalid tenants file {str(path)!r}:\n" + "\n".join(problems))
 
 
 def _compose_and_load(path: Path, text: str) -> tuple[yaml.Node | None, object]:
@@ -254,6 +258,23 @@ def _allowed_fields(location: tuple) -> list[str]:
     if parent[-1] == "budget":
         return list(BudgetEntry.model_fields)
     return list(TenantEntry.model_fields)
+
+
+def _repeated_fields(node: yaml.Node) -> list[str]:
+    """Fields written twice in one entry: YAML would silently keep the last."""
+    problems = []
+    if isinstance(node, yaml.MappingNode):
+        seen = set()
+        for key, value in node.value:
+            if key.value in seen:
+                problems.append(f"  line {key.start_mark.line + 1}: {key.value}: written twice in one entry; "
+                                "each field may appear once")
+            seen.add(key.value)
+            problems += _repeated_fields(value)
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            problems += _repeated_fields(item)
+    return problems
 
 
 def _repeated_names_and_digests(root: yaml.Node, entries: list[TenantEntry]) -> list[str]:

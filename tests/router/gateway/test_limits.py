@@ -298,6 +298,23 @@ async def test_a_settlement_outlives_the_cancellation_of_its_caller(redis_server
         await store.close()
 
 
+async def test_every_key_in_redis_expires(redis_server, redis_prefix):
+    store = RedisStore(redis_server.url, timeout_seconds=2.0, prefix=redis_prefix)
+    limiter = RedisLimiter(store, FailureMode.CLOSED, lease_seconds=60)
+    acme = tenant(requests_per_minute=60, tokens_per_minute=6000, max_concurrent=2, budget=Budget(1000, "hour"))
+    try:
+        await limiter.admit(acme, 100)
+        await limiter.settle(await limiter.admit(acme, 100), used_tokens=300)
+        keys = await store.client.keys(redis_prefix + "*")
+        lifetimes = [await store.client.ttl(key) for key in keys]
+    finally:
+        await limiter.close()
+        await store.close()
+
+    assert len(keys) == 4
+    assert all(0 < lifetime <= 3600 + 60 for lifetime in lifetimes)
+
+
 def test_replicas_in_separate_processes_share_the_limits(redis_server, redis_prefix):
     """Three processes, each with 300 requests at once for a tenant limited in concurrency and 300
     for one limited in tokens per minute: none overshoots."""

@@ -120,6 +120,15 @@ def test_a_repeated_name_or_shared_key_is_refused(tmp_path):
             "each key belongs to one tenant") in message
 
 
+def test_a_field_written_twice_is_refused(tmp_path):
+    text = f"tenants:\n  - name: acme\n    keys_sha256: [{digest(ACME_KEY)}]\n    max_concurrent: 8\n" \
+           "    max_concurrent: 80\n"
+
+    message = refusal(tmp_path, text)
+
+    assert "line 5: max_concurrent: written twice in one entry; each field may appear once" in message
+
+
 @pytest.mark.parametrize(("text", "expected"), [
     ("", "is empty: it needs a `tenants:` list"),
     ("tenants: [\n", "is not valid YAML"),
