@@ -137,12 +137,11 @@ class Reading:
     """A tenant's limits at one instant: before a reservation that was refused, or after one that
     was taken. None where the tenant has no such limit."""
 
-    now: float
     requests_level: float | None
     tokens_level: float | None
     leases: int | None
     budget_used: int | None
-    period_end: float | None
+    budget_seconds_left: float | None  # until the budget's period ends, by the clock that placed it
 
 
 def limit_state(policy: TenantPolicy, reading: Reading) -> LimitState:
@@ -198,7 +197,7 @@ def _wait(limit: Limit, policy: TenantPolicy, tokens: int, reading: Reading) -> 
     if limit == Limit.TOKENS:
         return (tokens - reading.tokens_level) * SECONDS_PER_MINUTE / policy.tokens_per_minute
     if limit == Limit.BUDGET:
-        return max(0.0, reading.period_end - reading.now)
+        return max(0.0, reading.budget_seconds_left)
     return CONCURRENCY_RETRY_SECONDS
 
 
@@ -284,12 +283,11 @@ class TenantUsage:
         if period is not None and period[0] != self.period_start:
             self.period_start, self.budget_used = period[0], 0
         return Reading(
-            now,
             self.requests.refill(policy.requests_per_minute, now) if policy.requests_per_minute else None,
             self.tokens.refill(policy.tokens_per_minute, now) if policy.tokens_per_minute else None,
             len(self.lease_expiries) if policy.max_concurrent else None,
             self.budget_used if policy.budget else None,
-            period[1] if period else None,
+            period[1] - now if period else None,
         )
 
     def take(self, policy: TenantPolicy, tokens: int, lease_id: str | None, lease_expiry: float) -> None:
@@ -376,8 +374,8 @@ end
 # KEYS: requests bucket, tokens bucket, leases, budget counter.
 # ARGV: requests per minute, tokens per minute, max concurrent, budget tokens (each 0: no such
 # limit), budget counter expiry (unix s), tokens reserved, lease id, lease seconds.
-# Returns the failed limits (none: admitted) and the reading: now, requests level, tokens level,
-# leases, budget used ('' where no such limit).
+# Returns the failed limits (none: admitted) and the reading: requests level, tokens level, leases,
+# budget used ('' where no such limit).
 ADMIT_SCRIPT = _REDIS_BUCKET_FUNCTIONS + """
 local rpm, tpm, max_concurrent, budget = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local tokens, lease_seconds = tonumber(ARGV[6]), tonumber(ARGV[8])
@@ -419,7 +417,7 @@ if #failed == 0 then
 end
 
 local function reply(number) if number == nil then return '' end return exact(number) end
-return {failed, exact(now), reply(requests_level), reply(tokens_level), reply(leases), reply(used)}
+return {failed, reply(requests_level), reply(tokens_level), reply(leases), reply(used)}
 """
 
 # KEYS: tokens bucket, leases, budget counter. ARGV: tokens per minute (0: none), tokens reserved
@@ -466,7 +464,8 @@ class RedisLimiter:
         policy = tenant.policy
         if not policy.limited:
             return _unlimited_admission(tenant, tokens)
-        period_start, period_end = policy.budget.window(self._clock()) if policy.budget else (None, None)
+        now = self._clock()
+        period_start, period_end = policy.budget.window(now) if policy.budget else (None, None)
         lease_id = _new_lease_id(policy)
         budget_expiry = math.ceil(period_end + self._lease_seconds) if policy.budget else 0
         arguments = [policy.requests_per_minute or 0, policy.tokens_per_minute or 0, policy.max_concurrent or 0,
@@ -480,7 +479,8 @@ class RedisLimiter:
                 raise LimitsUnavailable(f"the limits of tenant {tenant.name} cannot be checked: {exc}") from None
             return Admission(tenant, tokens, None, None, LimitState(), unmetered=True)
         failed = [Limit(name.decode()) for name in reply[0]]
-        reading = Reading(float(reply[1]), *_numbers(reply[2:4], float), *_numbers(reply[4:6], int), period_end)
+        reading = Reading(*_numbers(reply[1:3], float), *_numbers(reply[3:5], int),
+                          period_end - now if policy.budget else None)
         if failed:
             raise refusal(tenant, tokens, failed, reading)
         return Admission(tenant, tokens, lease_id, period_start, limit_state(policy, reading))
