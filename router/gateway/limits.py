@@ -283,21 +283,21 @@ class TenantUsage:
         if period is not None and period[0] != self.period_start:
             self.period_start, self.budget_used = period[0], 0
         return Reading(
-            self.requests.refill(policy.requests_per_minute, now) if policy.requests_per_minute else None,
-            self.tokens.refill(policy.tokens_per_minute, now) if policy.tokens_per_minute else None,
-            len(self.lease_expiries) if policy.max_concurrent else None,
-            self.budget_used if policy.budget else None,
-            period[1] - now if period else None,
+            self.requests.refill(policy.requests_per_minute, now) if policy.requests_per_minute is not None else None,
+            self.tokens.refill(policy.tokens_per_minute, now) if policy.tokens_per_minute is not None else None,
+            len(self.lease_expiries) if policy.max_concurrent is not None else None,
+            self.budget_used if period is not None else None,
+            period[1] - now if period is not None else None,
         )
 
     def take(self, policy: TenantPolicy, tokens: int, lease_id: str | None, lease_expiry: float) -> None:
-        if policy.requests_per_minute:
+        if policy.requests_per_minute is not None:
             self.requests.level -= 1
-        if policy.tokens_per_minute:
+        if policy.tokens_per_minute is not None:
             self.tokens.level -= tokens
         if lease_id is not None:
             self.lease_expiries[lease_id] = lease_expiry
-        if policy.budget:
+        if policy.budget is not None:
             self.budget_used += tokens
 
 
@@ -331,18 +331,21 @@ class MemoryLimiter:
         if not _start_settling(admission, used_tokens):
             return
         policy, usage = admission.tenant.policy, self._usage[admission.tenant.name]
-        if policy.tokens_per_minute:
+        if policy.tokens_per_minute is not None:
             level = usage.tokens.refill(policy.tokens_per_minute, self._clock())
             usage.tokens.level = min(policy.tokens_per_minute, level + admission.tokens - used_tokens)
         # A request settled after its budget period ended counted in that period, which is over.
-        if policy.budget and usage.period_start == admission.period_start:
+        if policy.budget is not None and usage.period_start == admission.period_start:
             usage.budget_used += used_tokens - admission.tokens
         usage.lease_expiries.pop(admission.lease_id, None)
 
     async def refresh(self, admission: Admission) -> None:
-        usage = self._usage.get(admission.tenant.name)
-        if usage is not None and admission.lease_id in usage.lease_expiries and not admission.settled:
-            usage.lease_expiries[admission.lease_id] = self._clock() + self._lease_seconds
+        if admission.lease_id is None or admission.settled:
+            return
+        # A lease that expired stays expired: its slot may have been given to another request.
+        lease_expiries, now = self._usage[admission.tenant.name].lease_expiries, self._clock()
+        if lease_expiries.get(admission.lease_id, now) > now:
+            lease_expiries[admission.lease_id] = now + self._lease_seconds
 
     async def close(self) -> None:
         """Nothing to finish: settlements in process complete when called."""
@@ -430,13 +433,14 @@ if ARGV[3] ~= '' then redis.call('ZREM', KEYS[2], ARGV[3]) end
 if ARGV[4] == '1' and redis.call('EXISTS', KEYS[3]) == 1 then redis.call('INCRBY', KEYS[3], -unused) end
 """
 
-# KEYS: leases. ARGV: lease id, lease seconds. A lease that expired stays expired: its slot may
-# have been given to another request already.
+# KEYS: leases. ARGV: lease id, lease seconds. A lease that expired stays expired, as in process.
 REFRESH_SCRIPT = """
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
 local lease_seconds = tonumber(ARGV[2])
-if redis.call('ZADD', KEYS[1], 'XX', 'CH', string.format('%.17g', now + lease_seconds), ARGV[1]) == 1 then
+local expiry = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if expiry and tonumber(expiry) > now then
+  redis.call('ZADD', KEYS[1], string.format('%.17g', now + lease_seconds), ARGV[1])
   redis.call('EXPIRE', KEYS[1], math.ceil(lease_seconds) + 1)
 end
 """

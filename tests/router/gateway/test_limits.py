@@ -219,11 +219,12 @@ async def test_concurrency_never_exceeds_its_limit(backend):
 async def test_a_lease_expires_unless_refreshed(backend):
     limiter, acme = backend.make(lease_seconds=0.3), tenant(max_concurrent=2)
     held = await limiter.admit(acme, 1)
-    await limiter.admit(acme, 1)  # never settled, as by a replica killed with -9
+    abandoned = await limiter.admit(acme, 1)  # never settled, as by a replica killed with -9
 
     await backend.wait(0.2)
     await limiter.refresh(held)
     await backend.wait(0.2)
+    await limiter.refresh(abandoned)  # too late: its slot is free
 
     admitted = await limiter.admit(acme, 1)
     refusal = await refused(limiter, acme, 1)
