@@ -6,6 +6,7 @@ router/websocket_edge.py to each WebSocket request."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import uuid
@@ -27,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 # The tenant of every request when no tenants are configured (the cache or idempotency is on).
 ANONYMOUS = Tenant("anonymous", TenantPolicy())
+DEFAULT_UNBOUNDED_MAX_TOKENS = 4096
 
 
 class Endpoint(StrEnum):
@@ -56,7 +58,7 @@ class CacheHitBilling(StrEnum):
 class GatewaySettings:
     # Reserved as max_tokens for a chat that sets none (it may then generate up to the model's
     # context, which the router does not know); settled to the real use at its end.
-    unbounded_max_tokens: int = 4096
+    unbounded_max_tokens: int = DEFAULT_UNBOUNDED_MAX_TOKENS
     # How long a duplicate of an in-flight Idempotency-Key waits for the first one's answer.
     idempotency_wait_seconds: float = 60.0
     cache_hit_billing: CacheHitBilling = CacheHitBilling.NONE
@@ -137,10 +139,20 @@ class Gateway:
 
     async def admit(self, tenant: Tenant, endpoint: Endpoint, reservation: int, model: str) -> Ticket:
         """The request's ticket; RateLimited when a limit refuses it, LimitsUnavailable when
-        the limits cannot be checked and the gateway fails closed."""
-        admission = await self.limiter.admit(tenant, reservation)
+        the limits cannot be checked and the gateway fails closed. A request cancelled while
+        its admission is under way gives back what the admission took."""
+        admitting = asyncio.ensure_future(self.limiter.admit(tenant, reservation))
+        try:
+            admission = await asyncio.shield(admitting)
+        except asyncio.CancelledError:
+            admitting.add_done_callback(self._give_back)
+            raise
         meter = Meter(self.ledger, uuid.uuid4().hex, tenant.name, endpoint.value, model)
         return Ticket(self, admission, meter)
+
+    def _give_back(self, admitting: asyncio.Future) -> None:
+        if not admitting.cancelled() and admitting.exception() is None:
+            asyncio.ensure_future(self.limiter.settle(admitting.result(), 0))
 
     async def close(self) -> None:
         for store in (self.idempotency, self.cache, self.semantic_cache):

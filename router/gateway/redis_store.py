@@ -16,7 +16,10 @@ from prometheus_client import Counter, Gauge
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_TIMEOUT_SECONDS = 0.25
+DEFAULT_TIMEOUT_SECONDS = 1.0
+# Connections to Redis per router process. A call that finds them all busy waits for one, within
+# the call's timeout (redis-py's default pool refuses it at once instead).
+MAX_CONNECTIONS = 256
 # A failure is logged at most this often: an outage would otherwise log once per request.
 LOG_INTERVAL_SECONDS = 10.0
 
@@ -48,10 +51,12 @@ class RedisStore:
         self.url = url
         self.prefix = prefix
         self.timeout_seconds = timeout_seconds
-        self.client = redis_asyncio.Redis.from_url(
-            url, socket_timeout=timeout_seconds, socket_connect_timeout=timeout_seconds,
-            health_check_interval=30, decode_responses=False,
+        pool = redis_asyncio.BlockingConnectionPool.from_url(
+            url, max_connections=MAX_CONNECTIONS, timeout=timeout_seconds, socket_timeout=timeout_seconds,
+            socket_connect_timeout=timeout_seconds, health_check_interval=30, decode_responses=False,
         )
+        # from_pool: closing the client closes its pool.
+        self.client = redis_asyncio.Redis.from_pool(pool)
         self._last_logged = 0.0
 
     def key(self, *parts: str) -> str:

@@ -14,7 +14,7 @@ from starlette.middleware import Middleware
 
 from router.embeddings import EmbeddingsUnavailable, SentenceEmbedder
 from router.features import TokenCounter
-from router.gateway.gateway import CacheHitBilling, Gateway, GatewaySettings
+from router.gateway.gateway import DEFAULT_UNBOUNDED_MAX_TOKENS, CacheHitBilling, Gateway, GatewaySettings
 from router.gateway.idempotency import MemoryIdempotencyStore, RedisIdempotencyStore
 from router.gateway.ledger import open_ledger
 from router.gateway.limits import MemoryLimiter, RedisLimiter
@@ -56,7 +56,7 @@ def add_gateway_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--usage_ledger", default=None,
                        help=f"SQLite file of the usage ledger (with --redis_url: the spool used while Redis is "
                             f"down); default ${STATE_DIR_VARIABLE} or ~/.local/state/kserve-llm-runtime/{LEDGER_FILE}")
-    group.add_argument("--unbounded_max_tokens", type=int, default=GatewaySettings.unbounded_max_tokens,
+    group.add_argument("--unbounded_max_tokens", type=int, default=DEFAULT_UNBOUNDED_MAX_TOKENS,
                        help="tokens reserved against a tenant's limits for a chat that sets no max_tokens")
     group.add_argument("--idempotency_ttl_seconds", type=float, default=86400.0,
                        help="how long an answer stays replayable under its Idempotency-Key")

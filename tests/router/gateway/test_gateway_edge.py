@@ -17,7 +17,7 @@ import openai
 import pytest
 import yaml
 
-from tests.router.conftest import run_python, start_router, write_config
+from tests.router.conftest import ROUTER_NAME, run_python, start_router, write_config
 from tests.router.edge_fakes import FakeTransformer, running_transformers
 from tests.servers import Server, free_port
 
@@ -183,8 +183,10 @@ def test_a_tenant_may_only_use_its_models(fresh):
 
 def test_predict_routes_need_a_key_with_a_tenants_file(fresh):
     body = {"instances": [{"prompt": "Hi"}]}
-    assert httpx.post(fresh.url() + "/v1/models/router:predict", json=body).status_code == 401
-    answered = httpx.post(fresh.url() + "/v1/models/router:predict", json=body, headers=bearer("free"))
+    path = f"/v1/models/{ROUTER_NAME}:predict"
+    refused = httpx.post(fresh.url() + path, json=body)
+    assert refused.status_code == 401 and "API key" in refused.json()["error"]
+    answered = httpx.post(fresh.url() + path, json=body, headers=bearer("free"))
     assert answered.status_code == 200 and answered.json()["route"] in ("small", "large")
     assert "x-ratelimit-limit-requests" not in answered.headers  # the free tenant has no limits
 
