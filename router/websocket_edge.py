@@ -74,8 +74,9 @@ class RoutedGenerationBackend:
             refusal = refusal_of(exc)
             if refusal is None:
                 raise
-            retry = refusal.headers.get("retry-after")
-            raise RequestFailed(refusal.status, refusal.message + (f" (retry after {retry} s)" if retry else "")) from None
+            retry_after_ms = refusal.headers.get("retry-after-ms")
+            raise RequestFailed(refusal.status, refusal.message,
+                                int(retry_after_ms) / 1000 if retry_after_ms else None) from None
 
     async def _open(self, request: GenerateMessage, payload: dict, headers: Mapping[str, str]) -> Answer:
         """The chosen target's stream, open up to its first chunk; RequestFailed with the target's

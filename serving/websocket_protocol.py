@@ -27,6 +27,7 @@ class ErrorCode(StrEnum):
     INVALID_REQUEST = "invalid_request"  # the message itself is wrong (400)
     DUPLICATE_ID = "duplicate_id"  # the id is in use by a request in flight, which goes on
     NOT_FOUND = "not_found"  # an unknown model (404)
+    FORBIDDEN = "forbidden"  # the connection's key may not use this model (403)
     TOO_MANY_REQUESTS = "too_many_requests"  # this connection has as many requests in flight as it may
     OVERLOADED = "overloaded"  # the server cannot take it now: retry after `retry_after` seconds (503)
     TIMEOUT = "timeout"  # the request ran past its time limit and was aborted (504)
@@ -42,6 +43,7 @@ _CODES_BY_STATUS = {
     HTTPStatus.BAD_REQUEST: ErrorCode.INVALID_REQUEST,
     HTTPStatus.REQUEST_ENTITY_TOO_LARGE: ErrorCode.INVALID_REQUEST,
     HTTPStatus.NOT_FOUND: ErrorCode.NOT_FOUND,
+    HTTPStatus.FORBIDDEN: ErrorCode.FORBIDDEN,
     HTTPStatus.TOO_MANY_REQUESTS: ErrorCode.OVERLOADED,
     HTTPStatus.SERVICE_UNAVAILABLE: ErrorCode.OVERLOADED,
     HTTPStatus.GATEWAY_TIMEOUT: ErrorCode.TIMEOUT,
@@ -51,12 +53,14 @@ _CODES_BY_STATUS = {
 
 class RequestFailed(Exception):
     """A request that failed with an HTTP status (a server behind this one answered it), to be
-    reported to the client with that status's error code."""
+    reported to the client with that status's error code; `retry_after_seconds`, when the server
+    that refused it said how long to wait."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, retry_after_seconds: float | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.retry_after_seconds = retry_after_seconds
 
 
 # Client messages ------------------------------------------------------------------------
@@ -173,9 +177,10 @@ class ErrorMessage(BaseModel):
     retry_after: float | None = None
 
     @classmethod
-    def of_status(cls, request_id: str | None, status: int, message: str) -> ErrorMessage:
+    def of_status(cls, request_id: str | None, status: int, message: str,
+                  retry_after_seconds: float | None = None) -> ErrorMessage:
         code = ErrorCode.of_status(status)
-        retry_after = RETRY_AFTER_SECONDS if code is ErrorCode.OVERLOADED else None
+        retry_after = (retry_after_seconds or RETRY_AFTER_SECONDS) if code is ErrorCode.OVERLOADED else None
         return cls(id=request_id, code=code, message=message, retry_after=retry_after)
 
 

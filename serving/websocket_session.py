@@ -342,7 +342,7 @@ def error_message(request_id: str, exc: Exception) -> ErrorMessage:
     """A failed request's error message: the code its status maps to; an unexpected failure is
     logged and reported by its type only."""
     if isinstance(exc, RequestFailed):
-        return ErrorMessage.of_status(request_id, exc.status, exc.message)
+        return ErrorMessage.of_status(request_id, exc.status, exc.message, exc.retry_after_seconds)
     status_code = status_of(exc)
     if status_code == HTTPStatus.INTERNAL_SERVER_ERROR and not isinstance(exc, InternalError):
         logger.error("internal error in WebSocket request %r", request_id, exc_info=exc)

@@ -158,7 +158,11 @@ class Exchange:
         except BaseException:
             await self._abandon(proceed)
             raise
-        stored = await self._forward(ticket, message, body, {CACHE_HEADER: "miss"} if key else {})
+        try:
+            stored = await self._forward(ticket, message, body, {CACHE_HEADER: "miss"} if key else {})
+        except BaseException:
+            await self._abandon(proceed)
+            raise
         if stored is not None and stored.status < HTTPStatus.INTERNAL_SERVER_ERROR:
             await self._complete(proceed, stored)
             if key is not None and stored.status == HTTPStatus.OK:

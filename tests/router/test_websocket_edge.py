@@ -92,11 +92,13 @@ async def test_requests_are_routed_by_policy_and_multiplexed(url, fakes):
     assert done["easy"]["finish_reason"] == "stop"
     assert done["easy"]["usage"] == {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6}
     assert text_of(messages, "easy") == text_of(messages, "hard") == "0 1 2 "
-    # Each went on as an OpenAI stream that asks for its usage; unset max_tokens means the rest of the context.
+    # Each went on as an OpenAI stream that asks for its usage on every chunk (the gateway meters it:
+    # the router has API keys); unset max_tokens means the rest of the context.
     [to_small] = fakes["llm-small-a"].received
     assert to_small["path"] == "/openai/v1/completions"
     assert to_small["body"] == {"model": "llm-small", "prompt": CHIT_CHAT, "max_tokens": 8, "seed": 3,
-                                "stop": ["\n\n"], "stream": True, "stream_options": {"include_usage": True},
+                                "stop": ["\n\n"], "stream": True,
+                                "stream_options": {"include_usage": True, "continuous_usage_stats": True},
                                 "presence_penalty": 0.5, "repetition_penalty": 1.1, "logit_bias": {"5": 2.0},
                                 "min_p": 0.05, "stop_token_ids": [9]}
     [to_large] = fakes["llm-large-a"].received
