@@ -48,7 +48,7 @@ from transformer.model import TextModel
 from transformer.schemas import TextSamplingFields
 from transformer.stream_merge import merge_streams
 from transformer.tokenizer import TextTokenizer
-from transformer.tool_parsers import JsonToolParser, ToolParser, parser_for_template
+from transformer.tool_parsers import JsonToolParser, ToolParser, calls_to_offered_tools, parser_for_template
 
 
 def add_openai_routes(app: FastAPI, model: TextModel) -> None:
@@ -342,10 +342,14 @@ _FORCED_CALL_PARSER = JsonToolParser()
 def _assistant_message(body: ChatCompletionRequest, parser: ToolParser, text: str,
                        finish_reason: str) -> tuple[AssistantMessage, str]:
     """The answer as OpenAI's message and finish reason: its tool calls read out of the text
-    (with "tool_calls" as the reason) where the request offered tools and the answer is complete."""
+    (with "tool_calls" as the reason) where the request offered tools and the answer is complete.
+    Under "auto", an answer calling a function not offered is content."""
     if body.effective_tool_choice == "none" or finish_reason != "stop":
         return AssistantMessage(content=text), finish_reason
-    parsed = (_FORCED_CALL_PARSER if body.forced_tools else parser).parse(text)
+    if body.forced_tools:
+        parsed = _FORCED_CALL_PARSER.parse(text)
+    else:
+        parsed = calls_to_offered_tools(parser.parse(text), text, {tool.function.name for tool in body.tools or []})
     if not parsed.tool_calls:
         return AssistantMessage(content=text), finish_reason
     return AssistantMessage(content=parsed.content, tool_calls=parsed.tool_calls), "tool_calls"

@@ -3,17 +3,21 @@
 `{"name": ..., "parameters" | "arguments": ...}`, Gemma's Python calls in a ```tool_code block
 (or the JSON object), and the one object {"name", "arguments"}
 that a forced call (tool_choice "required" or a named function) is constrained to. Text outside
-the calls stays the message's content."""
+the calls stays the message's content; an answer that calls a function the request did not offer
+is content as a whole."""
 
 from __future__ import annotations
 
 import ast
 import json
+import logging
 import re
 import uuid
 from dataclasses import dataclass
 
 from serving.tool_calling import FunctionCall, ToolCall
+
+logger = logging.getLogger(__name__)
 
 HERMES_START, HERMES_END = "<tool_call>", "</tool_call>"
 _HERMES_CALL = re.compile(re.escape(HERMES_START) + r"(.*?)(?:" + re.escape(HERMES_END) + r"|$)", re.DOTALL)
@@ -177,6 +181,18 @@ def _python_calls(code: str) -> list[ToolCall]:
     except (SyntaxError, ValueError, TypeError):
         return []
     return calls
+
+
+def calls_to_offered_tools(parsed: ParsedMessage, text: str, offered: set[str]) -> ParsedMessage:
+    """`parsed`, or, when one of its calls names a function outside `offered`, the whole `text`
+    as content (as vLLM does): the client could not run that call, and the user can still read
+    what the model wrote."""
+    unknown = sorted({call.function.name for call in parsed.tool_calls} - offered)
+    if not unknown:
+        return parsed
+    logger.warning("the model called %s, which the request did not offer (it offered %s); the answer is returned "
+                   "as content", ", ".join(unknown), ", ".join(sorted(offered)) or "none")
+    return ParsedMessage(text, [])
 
 
 def parser_for_template(chat_template: str | None) -> ToolParser:
