@@ -26,13 +26,13 @@ import logging
 import os
 import statistics
 import time
-from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
+from benchmarks.step_overhead import PhaseClock
 from runtime.engine import EngineConfig, LLMEngine, SamplingParams
 from runtime.engine import grammar as grammar_module
 from runtime.engine import sampler as sampler_module
@@ -113,22 +113,12 @@ def params_for(mode: str, output_len: int) -> SamplingParams:
     return SamplingParams(max_tokens=output_len, temperature=0.0, ignore_eos=True, structured_output=constraint)
 
 
-class StepClock:
+class StepClock(PhaseClock):
     """Seconds in each wrapped function, and the engine steps, since the last reset."""
 
     def __init__(self) -> None:
-        self.seconds: dict[str, float] = defaultdict(float)
+        super().__init__()
         self.steps = 0
-
-    def wrap(self, phase: str, function: Callable) -> Callable:
-        def timed(*args, **kwargs):
-            started = time.perf_counter()
-            try:
-                return function(*args, **kwargs)
-            finally:
-                self.seconds[phase] += time.perf_counter() - started
-
-        return timed
 
     def count_steps(self, step: Callable) -> Callable:
         def counted():
@@ -138,7 +128,7 @@ class StepClock:
         return counted
 
     def reset(self) -> None:
-        self.seconds.clear()
+        super().reset()
         self.steps = 0
 
 
