@@ -33,6 +33,7 @@ from serving.openai_protocol import Usage
 from serving.openai_routes import CHAT_COMPLETIONS_PATH, COMPLETIONS_PATH
 from serving.sse import json_events
 from serving.structured_outputs import CONSTRAINT_FIELDS
+from serving.tool_calling import ToolCall
 from serving.websocket_protocol import Finish, GenerateMessage, RequestFailed, TextDelta
 
 
@@ -115,6 +116,7 @@ def openai_payload(request: GenerateMessage, continuous_usage: bool = False) -> 
     else:
         payload["messages"] = [message.model_dump(exclude_none=True) for message in request.messages]
         payload["logprobs"] = request.logprobs
+        payload.update(request.model_dump(include={"tools", "tool_choice"}, exclude_none=True))
     return payload
 
 
@@ -122,6 +124,8 @@ async def _relay(answer: Answer, request: GenerateMessage, ticket: Ticket | None
     """Deltas from the stream's chunks, then the Finish its usage chunk makes (it comes last); each
     usage seen goes to the ticket's meter, committed before the Finish."""
     finish_reason = None
+    # A chat answer's calls come whole, in its last delta.
+    tool_calls = None
     try:
         async with aclosing(json_events(answer.chunks())) as events:
             async for event in events:
@@ -134,13 +138,14 @@ async def _relay(answer: Answer, request: GenerateMessage, ticket: Ticket | None
                 if usage and event.get("choices") == []:
                     if ticket is not None:
                         await ticket.meter.commit("ok")
-                    yield Finish(finish_reason or "stop", event["model"], Usage.model_validate(usage))
+                    yield Finish(finish_reason or "stop", event["model"], Usage.model_validate(usage), tool_calls)
                     return
                 for choice in event["choices"]:
                     delta = _text_delta(choice, request.logprobs)
                     if delta is not None:
                         yield delta
                     finish_reason = choice.get("finish_reason") or finish_reason
+                    tool_calls = _tool_calls(choice) or tool_calls
     except httpx.HTTPError as exc:
         raise RequestFailed(HTTPStatus.BAD_GATEWAY,
                             f"the {answer.route} model's stream broke ({type(exc).__name__})") from None
@@ -154,6 +159,12 @@ def _text_delta(choice: dict, wants_logprobs: bool) -> TextDelta | None:
     if not text and not logprobs:
         return None
     return TextDelta(text, logprobs)
+
+
+def _tool_calls(choice: dict) -> list[ToolCall] | None:
+    """A chat chunk's calls (OpenAI's call deltas, less their `index`); None if it has none."""
+    calls = choice.get("delta", {}).get("tool_calls") or []
+    return [ToolCall(id=call["id"], function=call["function"]) for call in calls] or None
 
 
 def _token_logprobs(logprobs: dict | None) -> list[float] | None:

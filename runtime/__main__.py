@@ -68,6 +68,11 @@ def _add_engine_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--async_scheduling", action=argparse.BooleanOptionalAction, default=None,
                        help="queue each step on the device before the previous one's tokens reach the host, "
                             "so host work overlaps GPU work (unset: on with CUDA, off on the CPU)")
+    group.add_argument("--grammar_compile_timeout", type=float, default=defaults["grammar_compile_timeout"],
+                       help="seconds a structured output or tool call's grammar may take to compile; a slower one "
+                            "is refused (400)")
+    group.add_argument("--grammar_cache_size", type=int, default=defaults["grammar_cache_size"],
+                       help="compiled grammars kept, most recently used first, so a repeated schema compiles once")
     group.add_argument("--trust_remote_code", action="store_true")
     group.add_argument("--allow_pickle_weights", action="store_true", help="load .bin/.pt checkpoints (runs pickle)")
 
@@ -93,6 +98,8 @@ def engine_config(args: argparse.Namespace, model_dir: str) -> EngineConfig:
         enforce_eager=args.enforce_eager,
         cuda_graph_batch_sizes=args.cuda_graph_batch_sizes,
         async_scheduling=args.async_scheduling,
+        grammar_compile_timeout=args.grammar_compile_timeout,
+        grammar_cache_size=args.grammar_cache_size,
     )
 
 

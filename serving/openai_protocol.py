@@ -13,7 +13,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, f
 
 from serving.structured_outputs import ResponseFormat, StructuredOutputFields, StructuredOutputs
 from serving.text import without_lone_surrogates
-from serving.tool_calling import ToolCall, ToolChoice, Tools, check_tools, forced_tools, tool_call_constraint
+from serving.tool_calling import ToolCall, ToolRequestFields, Tools, check_tools
 
 MAX_STOP_STRINGS = 4
 MAX_STOP_STRING_CHARS = 256
@@ -254,20 +254,17 @@ class DetokenizeResponse(BaseModel):
     prompt: str
 
 
-class ChatCompletionRequest(_SamplingRequest):
+class ChatCompletionRequest(ToolRequestFields, _SamplingRequest):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     # No default: the rest of the context window.
     max_tokens: Annotated[int, Field(ge=1)] | None = None
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
     logprobs: bool = False
     top_logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
-    tools: Tools | None = None
-    tool_choice: ToolChoice | None = None
     add_generation_prompt: bool = True
 
     @model_validator(mode="after")
     def _refuse_unsupported_chat_fields(self) -> ChatCompletionRequest:
-        check_tools(self.tools, self.tool_choice)
         if self.top_logprobs and not self.logprobs:
             raise ValueError("top_logprobs requires logprobs: true")
         return self
@@ -276,24 +273,8 @@ class ChatCompletionRequest(_SamplingRequest):
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
 
-    @property
-    def effective_tool_choice(self) -> ToolChoice:
-        """"none" without tools (nothing to call); with them, the request's, by default "auto"."""
-        if not self.tools:
-            return "none"
-        return self.tool_choice or "auto"
-
-    @property
-    def forced_tools(self) -> list:
-        """The tools one of which the model must call ("required", or a named one)."""
-        return forced_tools(self.tools, self.tool_choice)
-
     def requested_constraints(self) -> dict[str, StructuredOutputs]:
-        constraints = super().requested_constraints()
-        tools = forced_tools(self.tools, self.tool_choice)
-        if not tools:
-            return constraints
-        return {"tool_choice": tool_call_constraint(tools), **constraints}
+        return {**self.tool_constraints(), **super().requested_constraints()}
 
 
 # Responses ------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from serving.structured_outputs import StructuredOutputs
 
@@ -116,6 +116,37 @@ def forced_tools(tools: list[Tool] | None, tool_choice: ToolChoice | None) -> li
     if isinstance(tool_choice, NamedToolChoice):
         return [tool for tool in tools or [] if tool.function.name == tool_choice.function.name]
     return []
+
+
+class ToolRequestFields(_Body):
+    """The tool fields of a chat request, shared by the OpenAI chat route and the WebSocket
+    protocol's generate message: the tools offered and tool_choice, and what they make of it."""
+
+    tools: Tools | None = None
+    tool_choice: ToolChoice | None = None
+
+    @model_validator(mode="after")
+    def _check_tool_fields(self) -> ToolRequestFields:
+        check_tools(self.tools, self.tool_choice)
+        return self
+
+    @property
+    def effective_tool_choice(self) -> ToolChoice:
+        """"none" without tools (nothing to call); with them, the request's, by default "auto"."""
+        if not self.tools:
+            return "none"
+        return self.tool_choice or "auto"
+
+    @property
+    def forced_tools(self) -> list[Tool]:
+        """The tools one of which the model must call ("required", or a named one)."""
+        return forced_tools(self.tools, self.tool_choice)
+
+    def tool_constraints(self) -> dict[str, StructuredOutputs]:
+        """{"tool_choice": the constraint} when tool_choice forces a call, to go with the request's
+        other constraints (at most one of them may be set)."""
+        tools = self.forced_tools
+        return {"tool_choice": tool_call_constraint(tools)} if tools else {}
 
 
 def tool_call_constraint(tools: list[Tool]) -> StructuredOutputs:

@@ -15,7 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 
 from serving.errors import RETRY_AFTER_SECONDS, describe_validation_errors
 from serving.openai_protocol import ChatMessage, SamplingBase, Usage
-from serving.structured_outputs import CONSTRAINT_FIELDS
+from serving.structured_outputs import CONSTRAINT_FIELDS, STRUCTURED_OUTPUTS_FIELD, StructuredOutputs
+from serving.tool_calling import ToolCall, ToolRequestFields
 
 WEBSOCKET_PATH = "/ws/v1/generate"
 MAX_ID_CHARS = 128
@@ -68,11 +69,12 @@ class RequestFailed(Exception):
 RequestId = Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS)]
 
 
-class GenerateMessage(SamplingBase):
+class GenerateMessage(ToolRequestFields, SamplingBase):
     """Generate text for a `prompt` (a completion) or chat `messages` (the chat template applies),
-    with the OpenAI routes' sampling fields (unknown fields are refused, as there). `model`
-    defaults to the server's own (the transformer's model, the router edge's `auto`). Unset
-    `max_tokens`: the rest of the context."""
+    with the OpenAI routes' sampling fields (unknown fields are refused, as there) and, with
+    `messages`, the chat route's `tools` and `tool_choice`. `model` defaults to the server's own
+    (the transformer's model, the router edge's `auto`). Unset `max_tokens`: the rest of the
+    context."""
 
     type: Literal["generate"]
     id: RequestId
@@ -89,12 +91,21 @@ class GenerateMessage(SamplingBase):
     def _one_input(self) -> GenerateMessage:
         if (self.prompt is None) == (self.messages is None):
             raise ValueError("a generate message needs exactly one of `prompt` (text) or `messages` (chat)")
+        if self.tools is not None and self.messages is None:
+            raise ValueError("tools go with `messages` (chat), not with a `prompt`")
         return self
 
+    def requested_constraints(self) -> dict[str, StructuredOutputs]:
+        return {**self.tool_constraints(), **super().requested_constraints()}
+
     def sampling_fields(self) -> dict:
-        """The sampling fields the client set (`stop` as a list)."""
+        """The sampling fields the client set (`stop` as a list), with the constraint a forced
+        tool call makes."""
         fields = self.model_dump(include=SAMPLING_FIELDS, exclude_none=True)
         fields["stop"] = self.stop_strings
+        if self.forced_tools:
+            # The only constraint then: any other is refused with it.
+            fields[STRUCTURED_OUTPUTS_FIELD] = self.structured_output
         return fields
 
 
@@ -166,6 +177,8 @@ class DoneMessage(BaseModel):
     model: str | None = None
     # None when the request was cancelled.
     usage: Usage | None = None
+    # The calls the answer made (finish_reason "tool_calls"), as the chat route's message has them.
+    tool_calls: list[ToolCall] | None = None
 
 
 class ErrorMessage(BaseModel):
@@ -201,9 +214,11 @@ class Finish:
     finish_reason: str
     model: str
     usage: Usage
+    tool_calls: list[ToolCall] | None = None
 
     def message(self, request_id: str) -> DoneMessage:
-        return DoneMessage(id=request_id, finish_reason=self.finish_reason, model=self.model, usage=self.usage)
+        return DoneMessage(id=request_id, finish_reason=self.finish_reason, model=self.model, usage=self.usage,
+                           tool_calls=self.tool_calls)
 
 
 def as_json(message: DeltaMessage | DoneMessage | ErrorMessage) -> str:

@@ -48,7 +48,7 @@ from transformer.model import TextModel
 from transformer.schemas import TextSamplingFields
 from transformer.stream_merge import merge_streams
 from transformer.tokenizer import TextTokenizer
-from transformer.tool_parsers import JsonToolParser, ToolParser, parser_for_template
+from transformer.tool_parsers import StreamedAnswer, ToolParser, parser_for_template, read_calls
 
 
 def add_openai_routes(app: FastAPI, model: TextModel) -> None:
@@ -335,18 +335,13 @@ def _chat_fields(body: ChatCompletionRequest) -> TextSamplingFields:
     return _sampling_fields(body, body.requested_max_tokens, body.logprobs, body.top_logprobs or 0)
 
 
-# A forced call is the one JSON object {"name", "arguments"} its constraint allows.
-_FORCED_CALL_PARSER = JsonToolParser()
-
-
 def _assistant_message(body: ChatCompletionRequest, parser: ToolParser, text: str,
                        finish_reason: str) -> tuple[AssistantMessage, str]:
     """The answer as OpenAI's message and finish reason: its tool calls read out of the text
-    (with "tool_calls" as the reason) where the request offered tools and the answer is complete."""
-    if body.effective_tool_choice == "none" or finish_reason != "stop":
-        return AssistantMessage(content=text), finish_reason
-    parsed = (_FORCED_CALL_PARSER if body.forced_tools else parser).parse(text)
-    if not parsed.tool_calls:
+    (with "tool_calls" as the reason) where the request offered tools and the answer is complete.
+    Under "auto", an answer calling a function not offered is content."""
+    parsed = read_calls(body, parser, text, finish_reason)
+    if parsed is None:
         return AssistantMessage(content=text), finish_reason
     return AssistantMessage(content=parsed.content, tool_calls=parsed.tool_calls), "tool_calls"
 
@@ -399,29 +394,25 @@ class ChatStream(ChunkStream):
         super().__init__(model, body, num_prompt_tokens, wants_logprobs=bool(body.logprobs))
         self.tool_parser = tool_parser
         self.reads_tool_calls = body.effective_tool_choice != "none"
-        self.forced_call = bool(body.forced_tools)
-        self._texts: dict[int, str] = {}
-        self._sent: dict[int, int] = {}
+        self._answers: dict[int, StreamedAnswer] = {}
 
     def delta(self, index: int, chunk: TextChunk) -> dict | None:
         if not self.reads_tool_calls:
             return super().delta(index, chunk)
-        text = self._texts[index] = self._texts.get(index, "") + chunk.text
-        sent = self._sent.get(index, 0)
+        answer = self._answers.setdefault(index, StreamedAnswer(self.body, self.tool_parser))
         logprobs = self._logprobs(index, chunk) if self.wants_logprobs else None
         if not chunk.finish_reason:
-            content_end = sent if self.forced_call else max(sent, self.tool_parser.content_length(text))
-            self._sent[index] = content_end
-            if content_end == sent and logprobs is None:
+            content = answer.add(chunk.text)
+            if not content and logprobs is None:
                 return None
-            return self._chunk(index, {"content": text[sent:content_end]} if content_end > sent else {}, logprobs)
-        message, finish_reason = _assistant_message(self.body, self.tool_parser, text, chunk.finish_reason)
+            return self._chunk(index, {"content": content} if content else {}, logprobs)
+        content, calls, finish_reason = answer.finish(chunk.text, chunk.finish_reason)
         delta = {}
-        if rest := (message.content or "")[sent:]:
-            delta["content"] = rest
-        if message.tool_calls:
+        if content:
+            delta["content"] = content
+        if calls:
             delta["tool_calls"] = [ToolCallDelta(index=position, **call.model_dump()).model_dump()
-                                   for position, call in enumerate(message.tool_calls)]
+                                   for position, call in enumerate(calls)]
         return self._chunk(index, delta, logprobs, finish_reason)
 
     def start(self, choices: list[Choice]) -> list[dict]:

@@ -3,17 +3,22 @@
 `{"name": ..., "parameters" | "arguments": ...}`, Gemma's Python calls in a ```tool_code block
 (or the JSON object), and the one object {"name", "arguments"}
 that a forced call (tool_choice "required" or a named function) is constrained to. Text outside
-the calls stays the message's content."""
+the calls stays the message's content; an answer that calls a function the request did not offer
+is content as a whole. read_calls and StreamedAnswer read a whole or a streamed answer, for the
+chat route and the WebSocket protocol alike."""
 
 from __future__ import annotations
 
 import ast
 import json
+import logging
 import re
 import uuid
 from dataclasses import dataclass
 
-from serving.tool_calling import FunctionCall, ToolCall
+from serving.tool_calling import FunctionCall, ToolCall, ToolRequestFields
+
+logger = logging.getLogger(__name__)
 
 HERMES_START, HERMES_END = "<tool_call>", "</tool_call>"
 _HERMES_CALL = re.compile(re.escape(HERMES_START) + r"(.*?)(?:" + re.escape(HERMES_END) + r"|$)", re.DOTALL)
@@ -177,6 +182,64 @@ def _python_calls(code: str) -> list[ToolCall]:
     except (SyntaxError, ValueError, TypeError):
         return []
     return calls
+
+
+def calls_to_offered_tools(parsed: ParsedMessage, text: str, offered: set[str]) -> ParsedMessage:
+    """`parsed`, or, when one of its calls names a function outside `offered`, the whole `text`
+    as content (as vLLM does): the client could not run that call, and the user can still read
+    what the model wrote."""
+    unknown = sorted({call.function.name for call in parsed.tool_calls} - offered)
+    if not unknown:
+        return parsed
+    logger.warning("the model called %s, which the request did not offer (it offered %s); the answer is returned "
+                   "as content", ", ".join(unknown), ", ".join(sorted(offered)) or "none")
+    return ParsedMessage(text, [])
+
+
+# A forced call is the one JSON object {"name", "arguments"} its constraint allows.
+FORCED_CALL_PARSER = JsonToolParser()
+
+
+def read_calls(request: ToolRequestFields, parser: ToolParser, text: str, finish_reason: str) -> ParsedMessage | None:
+    """The calls of a finished answer where the request reads them: in the constraint's format when
+    tool_choice forced a call, else in the model's own (`parser`'s). None when the answer is
+    content only: tool_choice "none" (or no tools), an answer cut short, or no call in it."""
+    if request.effective_tool_choice == "none" or finish_reason != "stop":
+        return None
+    if request.forced_tools:
+        parsed = FORCED_CALL_PARSER.parse(text)
+    else:
+        parsed = calls_to_offered_tools(parser.parse(text), text, {tool.function.name for tool in request.tools})
+    return parsed if parsed.tool_calls else None
+
+
+class StreamedAnswer:
+    """A streamed chat answer whose calls are read: its content is sent as soon as it is surely
+    content (what may be the start of a call is held back), its calls at the end, whole."""
+
+    def __init__(self, request: ToolRequestFields, parser: ToolParser) -> None:
+        self.request = request
+        self.parser = parser
+        self.text = ""
+        self.num_sent = 0
+
+    def add(self, text: str) -> str:
+        """The content that can be sent now that `text` has come."""
+        self.text += text
+        end = self.num_sent
+        if not self.request.forced_tools:
+            end = max(end, self.parser.content_length(self.text))
+        content, self.num_sent = self.text[self.num_sent:end], end
+        return content
+
+    def finish(self, text: str, finish_reason: str) -> tuple[str, list[ToolCall], str]:
+        """With the answer's last `text`: the content still to send, the calls, and the finish
+        reason ("tool_calls" when there are calls)."""
+        self.text += text
+        parsed = read_calls(self.request, self.parser, self.text, finish_reason)
+        if parsed is None:
+            return self.text[self.num_sent:], [], finish_reason
+        return (parsed.content or "")[self.num_sent:], parsed.tool_calls, "tool_calls"
 
 
 def parser_for_template(chat_template: str | None) -> ToolParser:

@@ -94,7 +94,7 @@ class LLMEngine:
             )
         self.block_manager = BlockManager(self.num_kv_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(config, self.block_manager)
-        self.sampler = Sampler(self.eos_token_ids)
+        self.sampler = Sampler(self.eos_token_ids, self.vocab_size, self.device)
         self.grammar_compiler = GrammarCompiler(
             config.tokenizer or config.model, self.vocab_size, self.eos_token_ids, config.grammar_cache_size,
             config.grammar_compile_timeout, config.trust_remote_code,
@@ -322,12 +322,18 @@ class LLMEngine:
         the forward pass is queued, the host waits for the previous step (already queued ahead of
         it) and hands its tokens out here, into `early_outputs`. This is the one host sync that
         structured outputs add, and only in steps that hold such a row: the device goes on with
-        this step's forward pass meanwhile, and unconstrained batches never wait."""
+        this step's forward pass meanwhile, and unconstrained batches never wait. Otherwise the
+        masks' fill starts before the forward pass and runs beside it."""
+        sampled = [item.seq for item in scheduled if item.completes_sequence]
+        waits = previous is not None and any(seq.grammar is not None and seq.num_pending_tokens for seq in sampled)
+        # The masks' fill runs on its own thread while the forward pass does, unless it needs tokens still being sampled.
+        masks = None if waits else self.sampler.start_grammar_masks(sampled)
         sampling_items, logits = self.runner.execute(scheduled)
         seqs = [item.seq for item in sampling_items]
-        if previous is not None and any(seq.grammar is not None and seq.num_pending_tokens for seq in seqs):
+        if waits:
             early_outputs += self._fetch(previous)
-        pending = self.sampler(logits, seqs) if seqs else None
+            masks = self.sampler.start_grammar_masks(seqs)
+        pending = self.sampler(logits, seqs, masks) if seqs else None
         # While the device still computes: none of this needs the new tokens.
         self._account_computed(scheduled)
         if pending is None:

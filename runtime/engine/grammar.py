@@ -5,22 +5,30 @@ A Grammar is advanced exactly once per token the engine hands to its request (LL
 `_append_tokens`, the one place a token becomes known), never while a preempted request is
 recomputed: recomputing rebuilds the KV cache of tokens the grammar has already taken.
 
-Masks are computed on the host, one row per constrained request, by llguidance's thread pool
-(it releases the GIL), as a bitmask of 32 tokens per int32 word; the bitmask goes to the
-logits' device like every other per-step input (host_to_device.py) and is unpacked there into
--inf on each forbidden token. Rows without a grammar are never touched.
+Masks are computed on the host, one row per constrained request, as a bitmask of 32 tokens per
+int32 word, by llguidance's thread pool; GrammarMaskFiller runs that fill on a thread of its own
+(llguidance releases the GIL), so a step starts it before its forward pass and waits for it only
+when it samples. The words then go to the logits' device packed, 32 times smaller than a mask
+of floats (from pinned memory on CUDA: the copy is queued, nothing waits), and are unpacked there
+with one table lookup per byte into 0 or -inf, added to the constrained rows only. The same
+operations run on every device.
 """
 
 from __future__ import annotations
 
+import functools
+from concurrent.futures import Future, ThreadPoolExecutor
+
 import numpy as np
 import torch
+import torch.nn.functional as F
 from llguidance import LLExecutor, LLMatcher
 from llguidance.torch import fill_next_token_bitmask_par
 
 from .host_to_device import to_device
 
 _BITS_PER_WORD = 32
+_BITS_PER_BYTE = 8
 
 
 class Grammar:
@@ -46,37 +54,69 @@ class Grammar:
         return self.matcher.get_error()
 
 
-def grammar_bitmask(grammars: list[Grammar], vocab_size: int, executor: LLExecutor) -> torch.Tensor:
-    """[len(grammars), words] int32 on the host: bit t of row i is set when grammars[i] allows
-    token t. `executor` computes the rows in parallel."""
-    words = (vocab_size + _BITS_PER_WORD - 1) // _BITS_PER_WORD
-    bitmask = torch.empty((len(grammars), words), dtype=torch.int32)
-    fill_next_token_bitmask_par(executor, [(grammar.matcher, row) for row, grammar in enumerate(grammars)], bitmask)
+class GrammarMasks:
+    """The masks of a step's constrained rows, one bitmask row per grammar in `grammars`, being
+    filled on the host."""
+
+    def __init__(self, grammars: list[Grammar], filled: Future[torch.Tensor]) -> None:
+        self.grammars = grammars
+        self._filled = filled
+
+    def wait(self) -> torch.Tensor:
+        """The filled bitmask, [len(grammars), words] int32 on the host."""
+        return self._filled.result()
+
+
+class GrammarMaskFiller:
+    """Starts filling masks off the caller's thread. On CUDA the bitmask is filled into pinned
+    memory, so that its copy to the device is queued rather than waited for."""
+
+    def __init__(self, vocab_size: int, device: torch.device) -> None:
+        self.num_words = (vocab_size + _BITS_PER_WORD - 1) // _BITS_PER_WORD
+        self.pinned = device.type == "cuda"
+        # One fill at a time: a step waits for its masks before the next step starts its own.
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="grammar-masks")
+        # llguidance's pool that computes the rows of one fill in parallel; made at the first fill.
+        self._executor: LLExecutor | None = None
+
+    def start(self, grammars: list[Grammar]) -> GrammarMasks:
+        if self._executor is None:
+            self._executor = LLExecutor()
+        bitmask = torch.empty((len(grammars), self.num_words), dtype=torch.int32, pin_memory=self.pinned)
+        matchers = [grammar.matcher for grammar in grammars]
+        return GrammarMasks(grammars, self._thread.submit(fill_grammar_bitmask, matchers, bitmask, self._executor))
+
+
+def fill_grammar_bitmask(matchers: list[LLMatcher], bitmask: torch.Tensor, executor: LLExecutor) -> torch.Tensor:
+    """Fill host `bitmask` [len(matchers), words] int32: bit t of row i is set when matchers[i]
+    allows token t. Returns `bitmask`."""
+    fill_next_token_bitmask_par(executor, [(matcher, row) for row, matcher in enumerate(matchers)], bitmask)
     return bitmask
 
 
 def apply_grammar_bitmask(logits: torch.Tensor, rows: list[int], bitmask: torch.Tensor) -> None:
     """Set -inf, in place on float32 `logits` [n, vocab], at every token that bitmask row i
-    forbids in logits row rows[i]."""
-    forbidden = _forbidden_tokens(bitmask, logits.shape[1], logits.device)
-    if len(rows) == logits.shape[0]:
-        logits.masked_fill_(forbidden, float("-inf"))
+    forbids in logits row rows[i]. `bitmask` is on the host (pinned, for a CUDA `logits`) or
+    already on the logits' device; nothing here waits for the device."""
+    words = bitmask.to(logits.device, non_blocking=True)
+    bias = _forbidden_bias(words, logits.shape[1])
+    if rows == list(range(logits.shape[0])):
+        logits.add_(bias)
         return
-    index = to_device(rows, torch.long, logits.device)
-    selected = logits.index_select(0, index)
-    selected.masked_fill_(forbidden, float("-inf"))
-    logits.index_copy_(0, index, selected)
+    logits.index_add_(0, to_device(rows, torch.long, logits.device), bias)
 
 
-def _forbidden_tokens(bitmask: torch.Tensor, vocab_size: int, device: torch.device) -> torch.Tensor:
-    """[rows, vocab_size] bool on `device`: True where the bitmask's bit is clear. On the CPU numpy
-    unpacks the bits (several times faster than torch's shifts there); to a GPU the words travel
-    packed, 32 times smaller, and are unpacked there."""
-    if device.type == "cpu":
-        # Little-endian int32 words: byte k of word w holds tokens 32w + 8k ... 32w + 8k + 7, lowest bit first.
-        allowed = np.unpackbits(bitmask.numpy().view(np.uint8), axis=1, bitorder="little")[:, :vocab_size]
-        return torch.from_numpy(allowed == 0)
-    words = to_device(bitmask.numpy(), torch.int32, device)
-    shifts = torch.arange(_BITS_PER_WORD, dtype=torch.int32, device=device)
-    allowed = ((words.unsqueeze(-1) >> shifts) & 1).view(len(bitmask), -1)[:, :vocab_size]
-    return allowed == 0
+def _forbidden_bias(words: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """[rows, vocab_size] float32 on the words' device: -inf where a token's bit is clear, else 0.
+    Little-endian int32 words: byte k of word w holds tokens 32w + 8k ... 32w + 8k + 7, lowest
+    bit first, so each byte looks up its 8 values in a table of 256 rows (several times faster
+    than unpacking bits and a masked fill on the CPU, and one gather kernel on a GPU)."""
+    table = _byte_bias_table(words.device)
+    return F.embedding(words.view(torch.uint8).int(), table).view(len(words), -1)[:, :vocab_size]
+
+
+@functools.cache
+def _byte_bias_table(device: torch.device) -> torch.Tensor:
+    """[256, 8] float32: row b, column i is 0 when bit i of byte b is set, else -inf."""
+    bits = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1, bitorder="little")
+    return to_device(np.where(bits == 1, 0.0, -np.inf), torch.float32, device)

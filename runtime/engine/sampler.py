@@ -6,8 +6,8 @@ seed and its logits, never on what else is in the batch.
 
 Rows with a structured output first get -inf on every token their grammar forbids (grammar.py);
 their masks are computed on the host from what each grammar has accepted so far, which is why
-LLMEngine hands such a row its previous token before sampling it (see LLMEngine._launch). Other
-rows pay nothing for them.
+LLMEngine hands such a row its previous token before sampling it, and starts the masks' fill
+before the forward pass when it can (see LLMEngine._launch). Other rows pay nothing for them.
 
 Sampling is queued on the logits' device and fetched separately, so that the engine can do
 its bookkeeping (or, with async scheduling, queue the next step) while the device computes,
@@ -21,9 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from llguidance import LLExecutor
 
-from .grammar import apply_grammar_bitmask, grammar_bitmask
+from .grammar import GrammarMaskFiller, GrammarMasks, apply_grammar_bitmask
 from .host_to_device import to_device
 from .penalties import apply_bias_and_penalties, needs_logit_processing
 from .sampling_params import SamplingParams
@@ -96,19 +95,26 @@ def _copy_to_host(
 
 
 class Sampler:
-    def __init__(self, eos_token_ids: tuple[int, ...]) -> None:
+    def __init__(self, eos_token_ids: tuple[int, ...], vocab_size: int, device: torch.device) -> None:
         self.eos_token_ids = eos_token_ids
-        # Computes the grammar masks of a step's rows in parallel; made at the first one.
-        self._mask_executor: LLExecutor | None = None
+        self._mask_filler = GrammarMaskFiller(vocab_size, device)
+
+    def start_grammar_masks(self, seqs: list[Sequence]) -> GrammarMasks | None:
+        """Start filling the masks of the rows among `seqs` that have a grammar (None if none
+        has), to be waited for when those rows are sampled. Each grammar must already have
+        every token of its request."""
+        grammars = [seq.grammar for seq in seqs if _is_constrained(seq)]
+        return self._mask_filler.start(grammars) if grammars else None
 
     @torch.inference_mode()
-    def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> PendingSample:
-        """Queue the choice of one token per row of `logits` [rows, vocab], row i for seqs[i]."""
+    def __call__(self, logits: torch.Tensor, seqs: list[Sequence], masks: GrammarMasks | None = None) -> PendingSample:
+        """Queue the choice of one token per row of `logits` [rows, vocab], row i for seqs[i].
+        `masks`: from start_grammar_masks(seqs), when the caller started them earlier."""
         params = [seq.params for seq in seqs]
         raw_logprobs = None
         if any(each.logprobs for each in params):
             raw_logprobs = torch.log_softmax(logits.float(), dim=-1)
-        constrained = [row for row, seq in enumerate(seqs) if seq.grammar is not None and not seq.is_finished]
+        constrained = any(map(_is_constrained, seqs))
         early_stops = self._early_stops(seqs)
         all_greedy = all(each.greedy for each in params)
         processed = any(needs_logit_processing(seq) for seq in seqs)
@@ -118,7 +124,7 @@ class Sampler:
         else:
             logits = logits.float()
             if constrained:
-                self._constrain(logits, seqs, constrained)
+                self._constrain(logits, seqs, masks or self.start_grammar_masks(seqs))
             if early_stops is not None:
                 stop_rows, stop_ids = (to_device(indices, torch.long, logits.device) for indices in early_stops)
                 # The value goes in as a device tensor: given a Python float, index_put_ copies it
@@ -129,11 +135,10 @@ class Sampler:
             token_ids = logits.argmax(dim=-1) if all_greedy else self._sample(logits, seqs)
         return self._pending(token_ids, raw_logprobs, params)
 
-    def _constrain(self, logits: torch.Tensor, seqs: list[Sequence], rows: list[int]) -> None:
-        if self._mask_executor is None:
-            self._mask_executor = LLExecutor()
-        bitmask = grammar_bitmask([seqs[row].grammar for row in rows], logits.shape[1], self._mask_executor)
-        apply_grammar_bitmask(logits, rows, bitmask)
+    def _constrain(self, logits: torch.Tensor, seqs: list[Sequence], masks: GrammarMasks) -> None:
+        row_of_grammar = {id(seq.grammar): row for row, seq in enumerate(seqs)}
+        rows = [row_of_grammar[id(grammar)] for grammar in masks.grammars]
+        apply_grammar_bitmask(logits, rows, masks.wait())
 
     def _early_stops(self, seqs: list[Sequence]) -> tuple[list[int], list[int]] | None:
         """(rows, token ids) that cannot be drawn yet: stop tokens are suppressed before
@@ -183,6 +188,10 @@ class Sampler:
         if max(num_top):
             top_values, top_indices = raw_logprobs.topk(max(num_top), dim=-1)
         return PendingSample(token_ids, chosen, top_values, top_indices, num_top)
+
+
+def _is_constrained(seq: Sequence) -> bool:
+    return seq.grammar is not None and not seq.is_finished
 
 
 def _apply_min_p(logits: torch.Tensor, min_ps: torch.Tensor) -> torch.Tensor:

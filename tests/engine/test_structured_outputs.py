@@ -304,19 +304,51 @@ def test_property_any_bounded_schema_accepts_its_instances_and_constrains_answer
         assert_valid(tokenizer, output, schema)
 
 
+@pytest.mark.parametrize("rows", [[0, 2], [2, 0], [0, 1, 2], [1, 2, 0]])
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs a CUDA device"))])
-def test_the_bitmask_forbids_exactly_the_clear_bits_in_the_chosen_rows(device):
-    vocab_size, rows = 77, [0, 2]
+def test_the_bitmask_forbids_exactly_the_clear_bits_in_the_chosen_rows(device, rows):
+    vocab_size = 77
     bitmask = torch.randint(-2**31, 2**31 - 1, (len(rows), 3), dtype=torch.int32,
-                            generator=torch.Generator().manual_seed(0))
-    logits = torch.zeros((3, vocab_size), device=device)
+                            generator=torch.Generator().manual_seed(0), pin_memory=device == "cuda")
+    logits = torch.arange(3 * vocab_size, dtype=torch.float32, device=device).view(3, vocab_size)
+    expected = logits.cpu().clone()
     apply_grammar_bitmask(logits, rows, bitmask)
     for position, row in enumerate(rows):
         words = bitmask[position].tolist()
         allowed = [bool(words[token // 32] >> (token % 32) & 1) for token in range(vocab_size)]
-        assert [value == 0 for value in logits[row].tolist()] == allowed
-    assert (logits[1] == 0).all()
+        expected[row, [token for token in range(vocab_size) if not allowed[token]]] = float("-inf")
+    assert torch.equal(logits.cpu(), expected)
+
+
+class RecordingSampler:
+    """The engine's sampler, noting "sample" in `events` each time a step samples."""
+
+    def __init__(self, sampler, events: list[str]) -> None:
+        self.sampler = sampler
+        self.events = events
+
+    def __call__(self, *args):
+        self.events.append("sample")
+        return self.sampler(*args)
+
+    def __getattr__(self, name: str):
+        return getattr(self.sampler, name)
+
+
+def test_without_async_scheduling_the_masks_fill_beside_the_forward_pass(tiny_llama_with_tokenizer, tokenizer):
+    """A synchronous step starts its constrained rows' mask fill before the forward pass and
+    waits for it only when it samples; the answer still validates."""
+    engine = make_engine(tiny_llama_with_tokenizer, async_scheduling=False)
+    events: list[str] = []
+    execute, start = engine.runner.execute, engine.sampler.start_grammar_masks
+    engine.runner.execute = lambda scheduled: events.append("forward") or execute(scheduled)
+    engine.sampler.start_grammar_masks = lambda seqs: events.append("fill") or start(seqs)
+    engine.sampler = RecordingSampler(engine.sampler, events)
+    [output] = engine.generate([PROMPTS[0]], constrained(PERSON, temperature=0.0))
+    assert_valid(tokenizer, output, PERSON)
+    steps = " ".join(events).split("sample")[:-1]
+    assert len(steps) > 5 and all(step.strip() == "fill forward" for step in steps), events
 
 
 def test_under_async_scheduling_a_constrained_step_waits_only_after_queueing_its_forward_pass(
@@ -327,7 +359,7 @@ def test_under_async_scheduling_a_constrained_step_waits_only_after_queueing_its
     for schema in (PERSON, None):
         engine = make_engine(tiny_llama_with_tokenizer, async_scheduling=True)
         events: list[str] = []
-        execute, sample, launch = engine.runner.execute, engine.sampler.__call__, engine._launch
+        execute, launch = engine.runner.execute, engine._launch
 
         def recording_launch(*args):
             launched = launch(*args)
@@ -337,7 +369,7 @@ def test_under_async_scheduling_a_constrained_step_waits_only_after_queueing_its
             return launched
 
         engine.runner.execute = lambda scheduled: events.append("forward") or execute(scheduled)
-        engine.sampler = lambda logits, seqs: events.append("sample") or sample(logits, seqs)
+        engine.sampler = RecordingSampler(engine.sampler, events)
         engine._launch = recording_launch
         params = constrained(schema, temperature=0.0) if schema else SamplingParams(max_tokens=20, temperature=0.0)
         engine.generate([PROMPTS[0]], params)

@@ -22,6 +22,7 @@ import websockets
 from tests.runtime.conftest import start_server
 from tests.servers import MODEL_NAME, Server
 from tests.transformer.conftest import start_transformer
+from tests.transformer.test_tool_calling import CHAT, NAMED, TOOLS
 
 from .conftest import start_router, write_config
 from .edge_fakes import FakeTransformer, running_transformers
@@ -278,3 +279,18 @@ async def test_through_a_real_transformer_cancel_aborts_the_predictor_request(re
         await socket.send(json.dumps({"type": "cancel", "id": "long"}))
         assert (await until_ends(socket, {"long"}))[-1]["finish_reason"] == "cancelled"
         assert predictor.wait_for_metric("vllm:num_requests_running", lambda running: running == 0) == 0
+
+
+async def test_through_a_real_transformer_a_forced_tool_call_comes_on_the_done_message(real_stack):
+    _, transformer, router = real_stack
+    request = {"messages": CHAT["messages"], "tools": TOOLS, "tool_choice": NAMED, "max_tokens": 200,
+               "temperature": 1.0, "seed": 7}
+    openai = httpx.post(f"{transformer.url}/openai/v1/chat/completions", json={"model": MODEL_NAME, **request},
+                        timeout=60).json()
+    async with websockets.connect(f"ws://127.0.0.1:{router.http_port}/ws/v1/generate") as socket:
+        await socket.send(generate("call", model=MODEL_NAME, **request))
+        messages = await until_ends(socket, {"call"})
+    done = messages[-1]
+    assert done["finish_reason"] == "tool_calls" and text_of(messages, "call") == ""
+    expected = openai["choices"][0]["message"]["tool_calls"]
+    assert [call["function"] for call in done["tool_calls"]] == [call["function"] for call in expected]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 
+import httpx
 import pytest
 
 from transformer.tokenizer import TextTokenizer
@@ -58,3 +59,14 @@ def test_v2_infer_and_v1_predict_take_the_constraint(http, tokenizer):
 def test_refused_constraints_are_400(http, parameters, message):
     response = http.post(GENERATE, json={"input_ids": [5, 6, 7], "parameters": parameters})
     assert response.status_code == 400 and message in response.json()["error"]
+
+
+def test_the_compile_timeout_flag_bounds_the_wait_for_a_grammar(launch_server):
+    # Dozens of patterned properties: milliseconds to compile, far beyond a 1 ms bound.
+    schema = {"type": "object", "properties": {f"field_{index}": {"type": "string", "pattern": f"^[a-z]{{{index}}}x+$"}
+                                               for index in range(1, 40)}}
+    server = launch_server("--grammar_compile_timeout", "0.001", "--grammar_cache_size", "4")
+    response = httpx.post(f"{server.url}{GENERATE}", json={"input_ids": [5, 6, 7], "parameters": {"guided_json": schema}},
+                          timeout=60)
+    assert response.status_code == 400
+    assert "did not compile within 0.001 s" in response.json()["error"]

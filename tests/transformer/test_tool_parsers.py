@@ -10,6 +10,7 @@ from transformer.tool_parsers import (
     GemmaToolParser,
     HermesToolParser,
     JsonToolParser,
+    calls_to_offered_tools,
     parser_for_template,
 )
 
@@ -90,3 +91,12 @@ def test_without_tools_nothing_is_read_as_a_call():
     assert ChatCompletionRequest(model="m", messages=messages, tool_choice="auto").effective_tool_choice == "none"
     tools = [{"type": "function", "function": {"name": "f"}}]
     assert ChatCompletionRequest(model="m", messages=messages, tools=tools).effective_tool_choice == "auto"
+
+
+def test_a_call_to_a_function_not_offered_is_content(caplog):
+    text = '<tool_call>{"name": "get_weather", "arguments": {}}</tool_call><tool_call>{"name": "rm_rf", "arguments": {}}'
+    parsed = HermesToolParser().parse(text)
+    kept = calls_to_offered_tools(parsed, text, {"get_weather"})
+    assert kept.tool_calls == [] and kept.content == text
+    assert "rm_rf" in caplog.text and "did not offer" in caplog.text
+    assert calls_to_offered_tools(parsed, text, {"get_weather", "rm_rf"}) is parsed

@@ -16,6 +16,7 @@ import pytest
 import websockets
 
 from tests.servers import MODEL_NAME, REPO_ROOT, Server, free_port
+from tests.transformer.test_tool_calling import CHAT, NAMED, TOOLS
 
 LONG = {"max_tokens": 1500, "ignore_eos": True, "temperature": 0}
 SEEDED = {"temperature": 1.0, "seed": 7}
@@ -215,3 +216,20 @@ async def test_a_structured_output_constrains_a_websocket_request(transformer):
     assert json.loads(text_of(messages, "json")) in (1, 2, 3)
     refused = end_of(messages, "both")
     assert refused["type"] == "error" and "guided_regex and guided_choice" in refused["message"]
+
+
+async def test_a_forced_tool_call_comes_on_the_done_message_as_on_the_chat_route(transformer):
+    chat = {"messages": CHAT["messages"], "max_tokens": CHAT["max_tokens"], **SEEDED}
+    async with websockets.connect(ws_url(transformer)) as socket:
+        await socket.send(generate("named", tools=TOOLS, tool_choice=NAMED, **chat))
+        await socket.send(generate("prompt", prompt="x", tools=TOOLS))
+        messages = await until_ends(socket, {"named", "prompt"})
+    done = end_of(messages, "named")
+    assert done["finish_reason"] == "tool_calls" and text_of(messages, "named") == ""
+    [call] = done["tool_calls"]
+    assert call["id"].startswith("call_") and call["type"] == "function"
+    over_http = httpx.post(f"{transformer.url}/openai/v1/chat/completions", timeout=60,
+                           json={"model": MODEL_NAME, "tools": TOOLS, "tool_choice": NAMED, **chat}).json()
+    assert call["function"] == over_http["choices"][0]["message"]["tool_calls"][0]["function"]
+    refused = end_of(messages, "prompt")
+    assert refused["type"] == "error" and "tools go with `messages`" in refused["message"]
