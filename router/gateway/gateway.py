@@ -10,6 +10,7 @@ import asyncio
 import logging
 import math
 import uuid
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from enum import StrEnum
 from http import HTTPStatus
@@ -95,6 +96,13 @@ class Ticket:
         """The tenant's x-ratelimit-* headers as of its admission."""
         return self.admission.state.headers()
 
+    async def release(self) -> None:
+        """Give the admission back unused, with no ledger record (an idempotent replay, a request
+        that never went on)."""
+        if not self._finished:
+            self._finished = True
+            await self.gateway.limiter.settle(self.admission, 0)
+
     async def finish(self, outcome: str) -> None:
         if self._finished:
             return
@@ -123,6 +131,7 @@ class Gateway:
         self.cache = cache
         self.semantic_cache = semantic_cache
         self.store = store
+        self._background: set[asyncio.Task] = set()
 
     def authenticate(self, authorization: str | None) -> Tenant:
         if not self.tenants.required:
@@ -150,11 +159,24 @@ class Gateway:
         meter = Meter(self.ledger, uuid.uuid4().hex, tenant.name, endpoint.value, model)
         return Ticket(self, admission, meter)
 
+    def later(self, work: Awaitable[object]) -> None:
+        """Run `work` after the answer has gone (storing it for replays and the caches); close()
+        waits for it, and a failure is logged."""
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._done_later)
+
+    def _done_later(self, task: asyncio.Task) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("the gateway's bookkeeping after an answer failed", exc_info=task.exception())
+
     def _give_back(self, admitting: asyncio.Future) -> None:
         if not admitting.cancelled() and admitting.exception() is None:
-            asyncio.ensure_future(self.limiter.settle(admitting.result(), 0))
+            self.later(self.limiter.settle(admitting.result(), 0))
 
     async def close(self) -> None:
+        await asyncio.gather(*self._background, return_exceptions=True)
         for store in (self.idempotency, self.cache, self.semantic_cache):
             if store is not None:
                 await store.close()

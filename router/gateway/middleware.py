@@ -26,6 +26,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from router.gateway.gateway import CacheHitBilling, Endpoint, Gateway, Refusal, Ticket, refusal_of
+from router.gateway.tenants import Tenant
 from router.gateway.idempotency import (
     IdempotencyConflict,
     IdempotencyInFlight,
@@ -139,36 +140,62 @@ class Exchange:
                 raise
             await self._refuse(refusal)
 
-    async def _serve(self, tenant, message: Message, body: dict | None) -> None:
-        proceed = await self._begin_idempotent(tenant, message)
-        if isinstance(proceed, Replay):
-            await self._replay(tenant, proceed.response, {REPLAYED_HEADER: "true"})
+    async def _serve(self, tenant: Tenant, message: Message, body: dict | None) -> None:
+        """The lookups (a stored answer under the Idempotency-Key, a cached one) and the admission
+        run at once: one round trip to Redis before the request goes on, not three. A stored
+        answer gives back the admission's tokens; the request's own answer is kept for its key
+        and the caches once the client has it."""
+        key = self._cache_key(tenant, body)
+        semantic = self._semantic_query(tenant, body) if key is not None else None
+        reservation = reserved_tokens(self.endpoint is Endpoint.CHAT, body, self.gateway.counter,
+                                      self.gateway.settings.unbounded_max_tokens) if body is not None else 0
+        lookups = asyncio.ensure_future(self._lookups(tenant, message, key, semantic))
+        admitting = asyncio.ensure_future(self.gateway.admit(tenant, self.endpoint, reservation, self._model(body)))
+        try:
+            ticket = await admitting
+            proceed, stored, marker = await lookups
+        except BaseException:
+            self._undo(lookups, admitting)
+            raise
+        if stored is not None:
+            await self._answer_stored(ticket, stored, marker)
+            if REPLAYED_HEADER not in marker:
+                self.gateway.later(self._keep(proceed, None, None, stored))
             return
         try:
-            key = self._cache_key(tenant, body)
-            semantic = self._semantic_query(tenant, body) if key is not None else None
-            cached, marker = await self._cached(key, semantic)
-            if cached is not None:
-                await self._replay(tenant, cached, marker, billed=True)
-                await self._complete(proceed, cached)
-                return
-            reservation = reserved_tokens(self.endpoint is Endpoint.CHAT, body, self.gateway.counter,
-                                          self.gateway.settings.unbounded_max_tokens) if body is not None else 0
-            ticket = await self.gateway.admit(tenant, self.endpoint, reservation, self._model(body))
+            answer = await self._forward(ticket, message, body, {CACHE_HEADER: "miss"} if key else {})
         except BaseException:
-            await self._abandon(proceed)
+            self.gateway.later(self._abandon(proceed))
             raise
-        try:
-            stored = await self._forward(ticket, message, body, {CACHE_HEADER: "miss"} if key else {})
-        except BaseException:
+        self.gateway.later(self._keep(proceed, key, semantic, answer))
+
+    async def _lookups(self, tenant: Tenant, message: Message, key: str | None, semantic: tuple[str, str] | None
+                       ) -> tuple[Proceed | None, StoredResponse | None, dict[str, str]]:
+        """(the Idempotency-Key's claim, a stored answer, the headers that say where it came from)."""
+        claim, (cached, marker) = await asyncio.gather(self._begin_idempotent(tenant, message),
+                                                       self._cached(key, semantic))
+        if isinstance(claim, Replay):
+            return None, claim.response, {REPLAYED_HEADER: "true"}
+        return claim, cached, marker
+
+    def _undo(self, lookups: asyncio.Future, admitting: asyncio.Future) -> None:
+        """One of the two failed, or the client left: give back what the other took, or takes. A
+        lookup still waiting for another request's answer is cancelled (a key claimed at that
+        very moment is freed when its lease runs out)."""
+        admitting.add_done_callback(lambda done: _succeeded(done) and self.gateway.later(done.result().release()))
+        lookups.add_done_callback(lambda done: _succeeded(done) and self.gateway.later(self._abandon(done.result()[0])))
+        lookups.cancel()
+
+    async def _keep(self, proceed: Proceed | None, key: str | None, semantic: tuple[str, str] | None,
+                    answer: StoredResponse | None) -> None:
+        """Store an answer for its Idempotency-Key (below 500: a client error is deterministic too)
+        and, a 200, for the caches; an answer that did not end, or failed, frees the key."""
+        if answer is None or answer.status >= HTTPStatus.INTERNAL_SERVER_ERROR:
             await self._abandon(proceed)
-            raise
-        if stored is not None and stored.status < HTTPStatus.INTERNAL_SERVER_ERROR:
-            await self._complete(proceed, stored)
-            if key is not None and stored.status == HTTPStatus.OK:
-                await self._cache_put(key, semantic, stored)
-        else:
-            await self._abandon(proceed)
+            return
+        await self._complete(proceed, answer)
+        if key is not None and answer.status == HTTPStatus.OK:
+            await self._cache_put(key, semantic, answer)
 
     # Forwarding and metering -----------------------------------------------------------
 
@@ -207,7 +234,7 @@ class Exchange:
 
     # Idempotency and the cache ---------------------------------------------------------
 
-    async def _begin_idempotent(self, tenant, message: Message) -> Proceed | Replay | None:
+    async def _begin_idempotent(self, tenant: Tenant, message: Message) -> Proceed | Replay | None:
         key = _header(self.scope, IDEMPOTENCY_HEADER)
         store = self.gateway.idempotency
         if key is None or store is None:
@@ -219,28 +246,28 @@ class Exchange:
             self._fail_open_or_closed("idempotency")
             return None
 
-    async def _complete(self, proceed: Proceed | Replay | None, response: StoredResponse) -> None:
+    async def _complete(self, proceed: Proceed | None, response: StoredResponse) -> None:
         if isinstance(proceed, Proceed):
             try:
                 await self.gateway.idempotency.complete(proceed, response)
             except RedisUnavailable:
                 logger.warning("an idempotent answer could not be stored: Redis is unavailable")
 
-    async def _abandon(self, proceed: Proceed | Replay | None) -> None:
+    async def _abandon(self, proceed: Proceed | None) -> None:
         if isinstance(proceed, Proceed):
             try:
-                await asyncio.shield(self.gateway.idempotency.abandon(proceed))
+                await self.gateway.idempotency.abandon(proceed)
             except RedisUnavailable:
                 logger.warning("an idempotency key could not be freed: Redis is unavailable (it expires)")
 
-    def _cache_key(self, tenant, body: dict | None) -> str | None:
+    def _cache_key(self, tenant: Tenant, body: dict | None) -> str | None:
         """The request's exact-cache key; None when no cache is on or the request is not
         deterministic (temperature 0, or a seed)."""
         if (self.gateway.cache is None and self.gateway.semantic_cache is None) or body is None:
             return None
         return cache_key(tenant.name, self.endpoint.value, body)
 
-    def _semantic_query(self, tenant, body: dict) -> tuple[str, str] | None:
+    def _semantic_query(self, tenant: Tenant, body: dict) -> tuple[str, str] | None:
         """(scope, text) of the semantic cache: the request's key without its prompt (so that every
         other field must match exactly), and the prompt's text."""
         text = prompt_text(self.endpoint is Endpoint.CHAT, body)
@@ -279,21 +306,17 @@ class Exchange:
         if self.gateway.settings.failure_mode is FailureMode.CLOSED:
             raise LimitsUnavailable(f"{what} cannot be reached (Redis) and the gateway fails closed; retry later")
 
-    async def _replay(self, tenant, stored: StoredResponse, marker: dict[str, str], billed: bool = False) -> None:
-        """A stored answer, admitted against the request limits with no tokens reserved; a cache
-        hit is billed as the gateway is configured (an idempotent replay never is)."""
-        ticket = await self.gateway.admit(tenant, self.endpoint, 0, "-")
-        try:
-            headers = {**stored.headers, **ticket.headers(), **marker}
-            if billed:
-                ticket.meter.observe(*self._hit_usage(stored), model=_answer_model(stored))
-                await ticket.finish("cache_hit")
-            response = Response(stored.body, status_code=stored.status, media_type=stored.content_type,
-                                headers=headers)
-            await response(self.scope, self.receive, self.send)
-        finally:
-            if not billed:
-                await ticket.gateway.limiter.settle(ticket.admission, 0)
+    async def _answer_stored(self, ticket: Ticket, stored: StoredResponse, marker: dict[str, str]) -> None:
+        """A stored answer: an idempotent replay is never billed again, a cache hit as the gateway
+        is configured; either way its admission is settled before the client has it."""
+        if REPLAYED_HEADER in marker:
+            await ticket.release()
+        else:
+            ticket.meter.observe(*self._hit_usage(stored), model=_answer_model(stored))
+            await ticket.finish("cache_hit")
+        headers = {**stored.headers, **ticket.headers(), **marker}
+        response = Response(stored.body, status_code=stored.status, media_type=stored.content_type, headers=headers)
+        await response(self.scope, self.receive, self.send)
 
     def _hit_usage(self, stored: StoredResponse) -> tuple[int, int]:
         billing = self.gateway.settings.cache_hit_billing
@@ -354,20 +377,21 @@ class Relay:
         more = message.get("more_body", False)
         if self.usage is not None:
             chunk = self.usage.feed(chunk)
-            if self.usage.final and not self.ticket.meter.committed:
-                await self.ticket.meter.commit("failed" if self.usage.failed else "ok")
+            if self.usage.final:
+                # The closing usage chunk (or the end): billed and settled before the client has it.
+                await self.ticket.finish("failed" if self.usage.failed else "ok")
         self._keep(chunk)
         if not more:
             self.ended = True
-            if self.usage is None and self.status == HTTPStatus.OK:
-                await self._meter_whole_answer()
+            if self.usage is None:
+                self._meter_whole_answer()
+                await self.ticket.finish(self.outcome())
         return {**message, "body": chunk}
 
-    async def _meter_whole_answer(self) -> None:
-        answer = _json_object(b"".join(self.chunks)) if self.chunks is not None else None
+    def _meter_whole_answer(self) -> None:
+        answer = _json_object(b"".join(self.chunks)) if self.chunks is not None and self.status == HTTPStatus.OK else None
         if answer is not None and isinstance(answer.get("usage"), dict):
             self.ticket.meter.observe_usage(answer["usage"], answer.get("model"))
-        await self.ticket.meter.commit("ok")
 
     def _keep(self, chunk: bytes) -> None:
         if self.chunks is None:
@@ -391,6 +415,10 @@ class Relay:
         meter = self.ticket.meter
         return StoredResponse(self.status, self.content_type, b"".join(self.chunks), self.response_headers,
                               meter.prompt_tokens, meter.completion_tokens)
+
+
+def _succeeded(done: asyncio.Future) -> bool:
+    return not done.cancelled() and done.exception() is None
 
 
 def _with_body(message: Message, body: dict) -> Message:
