@@ -46,6 +46,7 @@ class RoutedGenerationBackend:
         payload = openai_payload(request, continuous_usage=self.gateway is not None)
         ticket = await self._admit(request, payload, headers) if self.gateway is not None else None
         outcome = "failed"
+        holding = asyncio.ensure_future(ticket.hold_slot()) if ticket is not None else None
         try:
             answer = await self._open(request, payload, headers)
             try:
@@ -60,6 +61,7 @@ class RoutedGenerationBackend:
             raise
         finally:
             if ticket is not None:
+                holding.cancel()
                 await asyncio.shield(ticket.finish(outcome))
 
     async def _admit(self, request: GenerateMessage, payload: dict, headers: Mapping[str, str]) -> Ticket:

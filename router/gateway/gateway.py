@@ -18,7 +18,7 @@ from http import HTTPStatus
 from router.features import TokenCounter
 from router.gateway.idempotency import IdempotencyStore
 from router.gateway.ledger import UsageLedger
-from router.gateway.limits import Admission, Limiter, LimitsUnavailable, RateLimited
+from router.gateway.limits import DEFAULT_LEASE_SECONDS, Admission, Limiter, LimitsUnavailable, RateLimited
 from router.gateway.metering import Meter
 from router.gateway.redis_store import FailureMode, RedisStore
 from router.gateway.response_cache import ResponseCache
@@ -30,6 +30,9 @@ logger = logging.getLogger(__name__)
 # The tenant of every request when no tenants are configured (the cache or idempotency is on).
 ANONYMOUS = Tenant("anonymous", TenantPolicy())
 DEFAULT_UNBOUNDED_MAX_TOKENS = 4096
+# A request holding a concurrency slot renews its lease this often: the lease outlives a router
+# killed mid-request by at most DEFAULT_LEASE_SECONDS, and a long stream keeps its slot.
+LEASE_RENEWAL_SECONDS = DEFAULT_LEASE_SECONDS / 3
 
 
 class Endpoint(StrEnum):
@@ -95,6 +98,14 @@ class Ticket:
     def headers(self) -> dict[str, str]:
         """The tenant's x-ratelimit-* headers as of its admission."""
         return self.admission.state.headers()
+
+    async def hold_slot(self) -> None:
+        """Renew the concurrency slot's lease until cancelled (run beside a long request)."""
+        if self.admission.lease_id is None:
+            return
+        while True:
+            await asyncio.sleep(LEASE_RENEWAL_SECONDS)
+            await self.gateway.limiter.refresh(self.admission)
 
     async def release(self) -> None:
         """Give the admission back unused, with no ledger record (an idempotent replay, a request

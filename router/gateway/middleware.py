@@ -215,6 +215,7 @@ class Exchange:
             return pending.pop() if pending else await self.receive()
 
         outcome = "failed"
+        holding = asyncio.ensure_future(ticket.hold_slot())
         try:
             await self.app(self.scope, receive, relay.send)
             outcome = relay.outcome()
@@ -222,6 +223,7 @@ class Exchange:
             outcome = "cancelled"
             raise
         finally:
+            holding.cancel()
             # Shielded: a client that leaves cancels this task, and what it used is still billed.
             await asyncio.shield(ticket.finish(outcome))
         return relay.stored()
