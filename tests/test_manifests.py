@@ -295,7 +295,7 @@ def apply_json_patch(body: dict, operations: list[dict]) -> dict:
 def patched(folder: str, kind: str, name: str) -> dict:
     """The `kind` `name` of base/ with the JSON patches of the kustomization in `folder`."""
     [kustomization] = [k for k in kustomizations() if k.folder == MANIFESTS / folder]
-    body = named(kind, name)
+    body = copy.deepcopy(named(kind, name))
     for entry, path in zip(kustomization.body.get("patches", []), kustomization.files("patches")):
         if entry.get("target", {}).get("kind") == kind and entry["target"]["name"] == name:
             body = apply_json_patch(body, load_yaml(path)[0])
