@@ -1,11 +1,13 @@
 """The manifests under manifests/: every field of every object exists in the kserve SDK's own model
 classes (or the kubernetes client's), graphs pass router.graph_spec's checks and call services
-that exist, container args parse with our components' own parsers, and every kustomization lists
-files that exist and builds (where kubectl is installed)."""
+that exist, container args parse with our components' own parsers (the router's in every variant
+that patches it), the gateway's router finds its tenants, Redis and spool, and every kustomization
+lists files that exist and builds (where kubectl is installed)."""
 
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib
 import inspect
 import pkgutil
@@ -14,6 +16,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import kserve.models
 import kubernetes.client
@@ -25,6 +28,8 @@ import runtime.__main__ as runtime_main
 import transformer.__main__ as transformer_main
 from router.config import RouterConfig, parse_config
 from router.graph_condition import condition_matches
+from router.gateway.setup import STATE_DIR_VARIABLE, check_gateway_arguments
+from router.gateway.tenants import Tenants
 from router.graph_spec import DEFAULT_SERVER_WRITE, GraphSpecError, InferenceGraph, RouterType, load_graphs
 
 MANIFESTS = Path(__file__).resolve().parent.parent / "manifests"
@@ -190,12 +195,15 @@ def manifest_errors(body: dict) -> list[str]:
     return [f"{body['kind']} {name}: {error}" for error in object_errors(body, cls, "")]
 
 
+def json_pointer(path: str) -> list[str]:
+    return [token.replace("~1", "/").replace("~0", "~") for token in path.split("/")[1:]]
+
+
 def json_patch_errors(operations: list[dict], cls: type) -> list[str]:
     """JSON patch operations whose path the target's class lacks, or whose value does not fit it."""
     errors = []
     for operation in operations:
-        tokens = [token.replace("~1", "/").replace("~0", "~") for token in operation["path"].split("/")[1:]]
-        type_name, error = path_type(cls.__name__, tokens)
+        type_name, error = path_type(cls.__name__, json_pointer(operation["path"]))
         if error:
             errors.append(f"{operation['path']}: {error}")
         elif operation["op"] in ("add", "replace", "test"):
@@ -259,6 +267,39 @@ def json_patches() -> list[object]:
                 label = f"{path.relative_to(MANIFESTS)}->{target['name']}"
                 patches.append(pytest.param(operations, target["kind"], id=label))
     return patches
+
+
+def apply_json_patch(body: dict, operations: list[dict]) -> dict:
+    """`body` as kustomize patches it (add, replace, remove), without kubectl."""
+    patched = copy.deepcopy(body)
+    for operation in operations:
+        *parents, last = json_pointer(operation["path"])
+        target = patched
+        for token in parents:
+            target = target[int(token)] if isinstance(target, list) else target[token]
+        if isinstance(target, list):
+            index = len(target) if last == "-" else int(last)
+            if operation["op"] == "remove":
+                del target[index]
+            elif operation["op"] == "add":
+                target.insert(index, copy.deepcopy(operation["value"]))
+            else:
+                target[index] = copy.deepcopy(operation["value"])
+        elif operation["op"] == "remove":
+            del target[last]
+        else:
+            target[last] = copy.deepcopy(operation["value"])
+    return patched
+
+
+def patched(folder: str, kind: str, name: str) -> dict:
+    """The `kind` `name` of base/ with the JSON patches of the kustomization in `folder`."""
+    [kustomization] = [k for k in kustomizations() if k.folder == MANIFESTS / folder]
+    body = copy.deepcopy(named(kind, name))
+    for entry, path in zip(kustomization.body.get("patches", []), kustomization.files("patches")):
+        if entry.get("target", {}).get("kind") == kind and entry["target"]["name"] == name:
+            body = apply_json_patch(body, load_yaml(path)[0])
+    return body
 
 
 @pytest.mark.parametrize(("operations", "kind"), json_patches())
@@ -526,21 +567,108 @@ def router_config() -> RouterConfig:
     return parse_config(yaml.safe_load(config_map["data"]["router.yaml"]), "router-config")
 
 
-def test_router_args_parse_and_its_config_names_the_models() -> None:
-    isvc = named("InferenceService", "router")
+def router_variants() -> list[str]:
+    """base/ and the folders that patch its router (knative/, gateway/)."""
+    return ["base", *(str(k.folder.relative_to(MANIFESTS)) for k in kustomizations()
+                      if any(entry.get("target", {}).get("name") == "router" for entry in k.body.get("patches", [])))]
+
+
+def router_container(isvc: dict) -> dict:
     [container] = isvc["spec"]["predictor"]["containers"]
-    assert container["command"] == ["python", "-m", "router"]
-    args = parse(router_main.build_parser(), container["args"], "router")
-    [mount] = [m for m in container["volumeMounts"] if args.config.startswith(m["mountPath"] + "/")]
+    return container
+
+
+def router_args(isvc: dict, where: str) -> argparse.Namespace:
+    """The router's args, parsed and checked as `python -m router` does at start."""
+    parser = router_main.build_parser()
+    args = parse(parser, router_container(isvc)["args"], where)
+    try:
+        check_gateway_arguments(parser, args)
+    except SystemExit:
+        pytest.fail(f"{where}: python -m router refuses the gateway flags")
+    return args
+
+
+def mounted_volume(isvc: dict, path: str) -> dict:
+    """The pod volume that the router's container sees `path` in."""
+    [mount] = [m for m in router_container(isvc)["volumeMounts"] if path.startswith(m["mountPath"] + "/")]
     [volume] = [v for v in isvc["spec"]["predictor"]["volumes"] if v["name"] == mount["name"]]
-    assert volume["configMap"]["name"] == "router-config"
+    return volume
+
+
+@pytest.mark.parametrize("folder", router_variants())
+def test_router_args_parse_and_its_config_names_the_models(folder: str) -> None:
+    isvc = patched(folder, "InferenceService", "router")
+    assert router_container(isvc)["command"] == ["python", "-m", "router"]
+    args = router_args(isvc, f"{folder}: router")
+    assert mounted_volume(isvc, args.config)["configMap"]["name"] == "router-config"
     config = router_config()
     # With no --model_name, KServe's graph posts to /v1/models/<InferenceService name>:predict.
     assert config.model_name == isvc["metadata"]["name"] and args.model_name is None
-    assert container["readinessProbe"]["httpGet"]["path"] == f"/v2/models/{config.model_name}/ready"
+    assert router_container(isvc)["readinessProbe"]["httpGet"]["path"] == f"/v2/models/{config.model_name}/ready"
     for target in (config.targets.small, config.targets.large):
         assert "transformer" in named("InferenceService", target.model)["spec"]
         assert target.urls == [f"http://{target.model}-transformer.default.svc.cluster.local"]
+
+
+@pytest.mark.parametrize("folder", router_variants())
+def test_the_patched_router_is_what_kustomize_builds(folder: str) -> None:
+    [built] = [body for body in kustomize(MANIFESTS / folder)
+               if body["kind"] == "InferenceService" and body["metadata"]["name"] == "router"]
+    expected = patched(folder, "InferenceService", "router")
+    router_container(expected)["image"] = f"{IMAGE}:{IMAGE_TAG}"
+    assert built == expected
+
+
+def test_the_base_router_runs_without_the_gateway() -> None:
+    args = router_args(named("InferenceService", "router"), "base: router")
+    assert (args.tenants_file, args.api_keys_file, args.redis_url, args.response_cache) == (None, None, None, False)
+
+
+def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return selector.items() <= labels.items()
+
+
+def test_gateway_router_finds_its_tenants_redis_and_spool(tmp_path: Path) -> None:
+    isvc = patched("gateway", "InferenceService", "router")
+    args = router_args(isvc, "gateway: router")
+    assert isvc["spec"]["predictor"]["minReplicas"] >= 2, "the variant for replicas that share their state"
+    # The tenants file: a key of the mounted Secret, and a file the router loads.
+    secret = named("Secret", mounted_volume(isvc, args.tenants_file)["secret"]["secretName"])
+    tenants_file = tmp_path / "tenants.yaml"
+    tenants_file.write_text(secret["stringData"][Path(args.tenants_file).name])
+    assert Tenants.from_file(tenants_file).required
+    # The spool on a writable volume, where the state directory points too.
+    assert "emptyDir" in mounted_volume(isvc, args.usage_ledger)
+    env = {variable["name"]: variable["value"] for variable in router_container(isvc)["env"]}
+    assert env[STATE_DIR_VARIABLE] == str(Path(args.usage_ledger).parent)
+    # Redis: a Service of ours on the URL's port, in front of the Redis Deployment.
+    assert any(arg.startswith("--redis_failure_mode") for arg in router_container(isvc)["args"]), "say it"
+    url = urlsplit(args.redis_url)
+    service = named("Service", url.hostname)
+    assert url.scheme == "redis" and url.port in [port["port"] for port in service["spec"]["ports"]]
+    redis = named("Deployment", "router-redis")
+    assert selects(service["spec"]["selector"], redis["spec"]["template"]["metadata"]["labels"])
+
+
+def test_redis_keeps_the_ledger_on_disk() -> None:
+    redis = named("Deployment", "router-redis")
+    pod = redis["spec"]["template"]
+    [container] = pod["spec"]["containers"]
+    assert container["image"] == "redis:7" and container["args"][0] == "redis-server"
+    options = dict(zip(container["args"][1::2], container["args"][2::2]))
+    assert options["--appendonly"] == "yes" and options["--appendfsync"] in ("always", "everysec")
+    assert options["--maxmemory-policy"] == "noeviction", "evicting keys would drop ledger records"
+    [mount] = [m for m in container["volumeMounts"] if m["mountPath"] == "/data"]
+    [volume] = [v for v in pod["spec"]["volumes"] if v["name"] == mount["name"]]
+    named("PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"])
+    # One pod writes the append-only file at a time.
+    assert redis["spec"]["replicas"] == 1 and redis["spec"]["strategy"]["type"] == "Recreate"
+    policy = named("NetworkPolicy", "router-redis")["spec"]
+    assert selects(policy["podSelector"]["matchLabels"], pod["metadata"]["labels"])
+    [rule] = policy["ingress"]
+    router_pods = {"serving.kserve.io/inferenceservice": "router"}  # the label KServe gives the pods
+    assert any(selects(peer["podSelector"]["matchLabels"], router_pods) for peer in rule["from"])
 
 
 def test_every_component_keeps_a_replica() -> None:
