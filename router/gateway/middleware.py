@@ -286,6 +286,7 @@ class Exchange:
         try:
             headers = {**stored.headers, **ticket.headers(), **marker}
             if billed:
+                headers[REQUEST_ID_HEADER] = ticket.meter.request_id
                 ticket.meter.observe(*self._hit_usage(stored), model=_answer_model(stored))
                 await ticket.finish("cache_hit")
             response = Response(stored.body, status_code=stored.status, media_type=stored.content_type,
