@@ -158,9 +158,14 @@ class Stack:
 
     def ledger_rows(self) -> list[tuple]:
         """(tenant, endpoint, outcome, prompt_tokens, completion_tokens) of each record, in order."""
+        return [row[1:] for row in self._ledger("tenant, endpoint, outcome, prompt_tokens, completion_tokens")]
+
+    def ledger_request_ids(self) -> list[str]:
+        return [row[1] for row in self._ledger("request_id")]
+
+    def _ledger(self, columns: str) -> list[tuple]:
         with sqlite3.connect(self.ledger_path) as connection:
-            return connection.execute("SELECT tenant, endpoint, outcome, prompt_tokens, completion_tokens "
-                                      "FROM usage ORDER BY position").fetchall()
+            return connection.execute(f"SELECT position, {columns} FROM usage ORDER BY position").fetchall()
 
     async def post(self, path: str, body: dict | bytes, tenant: str | None = "acme",
                    **headers: str) -> httpx.Response:
@@ -194,6 +199,22 @@ async def stack(tmp_path: Path, settings: GatewaySettings = GatewaySettings(), *
             await gateway.close()
 
 
+def redis_stores(url: str, prefix: str) -> Callable[[Path], tuple]:
+    """Limits, idempotency and the cache in a live Redis under `prefix`; the ledger in SQLite,
+    where the test reads it."""
+    def build(ledger_path: Path) -> tuple:
+        redis = RedisStore(url, prefix=prefix)
+        return (RedisLimiter(redis, FailureMode.CLOSED), SQLiteLedger(ledger_path), RedisIdempotencyStore(redis),
+                RedisResponseCache(redis), redis)
+    return build
+
+
+@pytest.fixture
+def stores(backend) -> Callable[[Path], tuple] | None:
+    """The gateway's stores: in memory (None: `stack`'s own), or in the session's redis-server."""
+    return None if backend.redis_url is None else redis_stores(backend.redis_url, backend.prefix)
+
+
 def openai_error(response: httpx.Response) -> dict:
     error = response.json()["error"]
     assert isinstance(error, dict) and {"message", "type", "code"} <= error.keys(), response.text
@@ -208,8 +229,8 @@ def openai_error(response: httpx.Response) -> dict:
     (CacheHitBilling.PROMPT, (PROMPT_TOKENS, 0)),
     (CacheHitBilling.FULL, (PROMPT_TOKENS, COMPLETION_TOKENS)),
 ])
-async def test_a_cache_hit_replays_the_answer_and_bills_as_configured(tmp_path, billing, billed):
-    async with stack(tmp_path, GatewaySettings(cache_hit_billing=billing), cache=True) as edge:
+async def test_a_cache_hit_replays_the_answer_and_bills_as_configured(tmp_path, stores, billing, billed):
+    async with stack(tmp_path, GatewaySettings(cache_hit_billing=billing), cache=True, stores=stores) as edge:
         first = await edge.post(CHAT, chat())
         again = await edge.post(CHAT, chat())
 
@@ -219,6 +240,9 @@ async def test_a_cache_hit_replays_the_answer_and_bills_as_configured(tmp_path, 
         assert edge.model.calls == 1
         assert edge.ledger_rows() == [("acme", "chat.completions", "ok", PROMPT_TOKENS, COMPLETION_TOKENS),
                                       ("acme", "chat.completions", "cache_hit", *billed)]
+        # Each answer names its own ledger record, the hit's too: a client can match its bill.
+        assert [first.headers["x-gateway-request-id"], again.headers.get("x-gateway-request-id")] == \
+            edge.ledger_request_ids()
 
 
 async def test_a_sampled_request_bypasses_the_cache(tmp_path):
@@ -420,8 +444,8 @@ async def leave_mid_stream(edge: Stack, body: dict, tenant: str, events_seen: in
     return b"".join(received)
 
 
-async def test_a_stream_left_mid_way_bills_what_it_delivered_and_frees_its_slot(tmp_path):
-    async with stack(tmp_path) as edge:
+async def test_a_stream_left_mid_way_bills_what_it_delivered_and_frees_its_slot(tmp_path, stores):
+    async with stack(tmp_path, stores=stores) as edge:
         edge.model.hang_after_chunks = 2
         delivered = await leave_mid_stream(edge, chat(stream=True), "single", events_seen=2)
         edge.model.hang_after_chunks = None
@@ -433,9 +457,9 @@ async def test_a_stream_left_mid_way_bills_what_it_delivered_and_frees_its_slot(
                                       ("single", "chat.completions", "ok", PROMPT_TOKENS, COMPLETION_TOKENS)]
 
 
-async def test_an_idempotent_stream_left_mid_way_runs_again_on_retry(tmp_path):
+async def test_an_idempotent_stream_left_mid_way_runs_again_on_retry(tmp_path, stores):
     body = chat(stream=True)
-    async with stack(tmp_path) as edge:
+    async with stack(tmp_path, stores=stores) as edge:
         edge.model.hang_after_chunks = 1
         await leave_mid_stream(edge, body, "acme", events_seen=1, **{"idempotency-key": "retry-1"})
         edge.model.hang_after_chunks = None
