@@ -365,7 +365,7 @@ class Relay:
         return {**message, "body": chunk}
 
     async def _meter_whole_answer(self) -> None:
-        answer = _json_object(b"".join(self.chunks)) if self.chunks is not None else None
+        answer = _json_object(b"".join(self.chunks))
         if answer is not None and isinstance(answer.get("usage"), dict):
             self.ticket.meter.observe_usage(answer["usage"], answer.get("model"))
         await self.ticket.meter.commit("ok")
@@ -374,10 +374,11 @@ class Relay:
         if self.chunks is None:
             return
         self.size += len(chunk)
-        if self.size > MAX_STORED_BYTES:
+        self.chunks.append(chunk)
+        # A whole answer is kept to its end however large, for its usage is read from its bytes
+        # (the route holds all of them anyway); a stream's usage is read as it passes.
+        if self.size > MAX_STORED_BYTES and self.usage is not None:
             self.chunks = None
-        else:
-            self.chunks.append(chunk)
 
     def outcome(self) -> str:
         if not self.ended:
@@ -387,7 +388,7 @@ class Relay:
         return "refused" if self.status >= HTTPStatus.BAD_REQUEST else "ok"
 
     def stored(self) -> StoredResponse | None:
-        if not self.ended or self.chunks is None or self.status is None:
+        if not self.ended or self.chunks is None or self.status is None or self.size > MAX_STORED_BYTES:
             return None
         meter = self.ticket.meter
         return StoredResponse(self.status, self.content_type, b"".join(self.chunks), self.response_headers,
