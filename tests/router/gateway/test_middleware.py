@@ -30,7 +30,7 @@ from router.gateway.gateway import CacheHitBilling, Gateway, GatewaySettings
 from router.gateway.idempotency import MemoryIdempotencyStore, RedisIdempotencyStore
 from router.gateway.ledger import SQLiteLedger, open_ledger
 from router.gateway.limits import MemoryLimiter, RedisLimiter
-from router.gateway.middleware import GatewayMiddleware
+from router.gateway.middleware import MAX_STORED_BYTES, GatewayMiddleware
 from router.gateway.redis_store import FailureMode, RedisStore
 from router.gateway.response_cache import MemoryResponseCache, RedisResponseCache
 from router.gateway.semantic_cache import MemorySemanticCache
@@ -73,6 +73,7 @@ class FakeModel:
 
     calls: int = 0
     hang_after_chunks: int | None = None
+    padding_bytes: int = 0
     app: Starlette = field(init=False)
 
     def __post_init__(self) -> None:
@@ -90,7 +91,7 @@ class FakeModel:
             return JSONResponse({"error": {"message": "the body is not JSON", "type": "invalid_request_error"}},
                                 status_code=400)
         self.calls += 1
-        text = f"answer {self.calls}"
+        text = f"answer {self.calls}" + " " * self.padding_bytes
         if body.get("stream") is True:
             return StreamingResponse(self._events(text, body.get("stream_options") or {}),
                                      media_type="text/event-stream")
@@ -252,6 +253,18 @@ async def test_a_sampled_request_bypasses_the_cache(tmp_path):
         assert [answer.status_code for answer in answers] == [200, 200]
         assert all("x-cache" not in answer.headers for answer in answers)
         assert edge.model.calls == 2
+
+
+async def test_an_answer_too_large_to_store_is_still_billed_its_usage(tmp_path):
+    async with stack(tmp_path) as edge:
+        edge.model.padding_bytes = MAX_STORED_BYTES
+        answers = [await edge.post(CHAT, chat(), **{"idempotency-key": "retry-1"}) for _ in range(2)]
+
+        assert [answer.status_code for answer in answers] == [200, 200]
+        assert answers[0].json()["choices"][0]["message"]["content"].startswith("answer 1")
+        # Not stored, so the retry runs again; each run billed what it used.
+        assert answers[1].json()["choices"][0]["message"]["content"].startswith("answer 2")
+        assert edge.ledger_rows() == 2 * [("acme", "chat.completions", "ok", PROMPT_TOKENS, COMPLETION_TOKENS)]
 
 
 # 2. The semantic cache ------------------------------------------------------------------------
