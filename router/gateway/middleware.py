@@ -163,7 +163,7 @@ class Exchange:
         except BaseException:
             await self._abandon(proceed)
             raise
-        if stored is not None and stored.status < HTTPStatus.INTERNAL_SERVER_ERROR:
+        if stored is not None:
             await self._complete(proceed, stored)
             if key is not None and stored.status == HTTPStatus.OK:
                 await self._cache_put(key, semantic, stored)
@@ -388,7 +388,9 @@ class Relay:
         return "refused" if self.status >= HTTPStatus.BAD_REQUEST else "ok"
 
     def stored(self) -> StoredResponse | None:
-        if not self.ended or self.chunks is None or self.status is None or self.size > MAX_STORED_BYTES:
+        """The answer to store for replay and the cache; None for one cut short, too large, or
+        failed (a stream's error event comes under a 200: a retry must run again, not replay it)."""
+        if not self.ended or self.chunks is None or self.size > MAX_STORED_BYTES or self.outcome() == "failed":
             return None
         meter = self.ticket.meter
         return StoredResponse(self.status, self.content_type, b"".join(self.chunks), self.response_headers,
