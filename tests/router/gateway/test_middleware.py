@@ -69,10 +69,12 @@ RATE_LIMIT_HEADERS = ("x-ratelimit-limit-requests", "x-ratelimit-remaining-reque
 class FakeModel:
     """Canned answers on the routes the gateway watches. Each answer says which call made it
     (`answer 1`, ...), so a replayed answer is told from a fresh one. While `hang_after_chunks`
-    is set, a stream sends that many chunks and then never ends."""
+    is set, a stream sends that many chunks and then never ends; while `fail_after_chunks` is,
+    it ends after that many with an error event, as a target that fails part-way does."""
 
     calls: int = 0
     hang_after_chunks: int | None = None
+    fail_after_chunks: int | None = None
     padding_bytes: int = 0
     app: Starlette = field(init=False)
 
@@ -105,6 +107,10 @@ class FakeModel:
         for generated in range(1, COMPLETION_TOKENS + 1):
             if generated - 1 == self.hang_after_chunks:
                 await asyncio.Event().wait()
+            if generated - 1 == self.fail_after_chunks:
+                yield encode_event({"error": {"message": "the target failed", "type": "server_error", "code": 500}})
+                yield DONE_EVENT
+                return
             chunk = {"object": "chat.completion.chunk", "model": MODEL,
                      "choices": [{"index": 0, "delta": {"content": f"{text}[{generated}]"}}]}
             yield encode_event({**chunk, "usage": usage(generated)} if continuous else chunk)
@@ -483,6 +489,24 @@ async def test_an_idempotent_stream_left_mid_way_runs_again_on_retry(tmp_path, s
         assert "answer 2[3]" in retry.text and retry.text.endswith("data: [DONE]\n\n")
         assert [row[2:] for row in edge.ledger_rows()] == [("cancelled", PROMPT_TOKENS, 1),
                                                            ("ok", PROMPT_TOKENS, COMPLETION_TOKENS)]
+
+
+async def test_a_stream_that_failed_part_way_is_neither_cached_nor_replayed(tmp_path):
+    body = chat(stream=True)
+    async with stack(tmp_path, cache=True) as edge:
+        edge.model.fail_after_chunks = 1
+        failed = await edge.post(CHAT, body, **{"idempotency-key": "retry-1"})
+        edge.model.fail_after_chunks = None
+        retry = await edge.post(CHAT, body, **{"idempotency-key": "retry-1"})
+        again = await edge.post(CHAT, body)
+
+        assert '"error"' in failed.text
+        assert (retry.headers["x-cache"], "idempotent-replayed" in retry.headers) == ("miss", False)
+        assert "answer 2[3]" in retry.text
+        assert again.headers["x-cache"] == "hit" and again.text == retry.text
+        assert [row[2:] for row in edge.ledger_rows()] == [("failed", PROMPT_TOKENS, 1),
+                                                           ("ok", PROMPT_TOKENS, COMPLETION_TOKENS),
+                                                           ("cache_hit", 0, 0)]
 
 
 # 7. A body that is not JSON ---------------------------------------------------------------------
