@@ -1,8 +1,9 @@
 """The gateway's middleware in process, in front of a fake app with OpenAI's and KServe's routes,
-stacked as the router stacks it (inside ClientConnectionMiddleware), with real stores: what a cache
-hit bills, the semantic cache end to end, a Redis that cannot be reached (open and closed), the
-KServe routes' refusals in KServe's shape, GET /v1/usage, a client that leaves mid-stream, and a
-body that is not JSON."""
+stacked as the router stacks it (inside ClientConnectionMiddleware), with real stores in memory or
+in a real Redis: what a cache hit bills, the semantic cache end to end, a Redis that cannot be
+reached (open and closed), the KServe routes' refusals in KServe's shape, GET /v1/usage, a client
+that leaves mid-stream, a stream that fails part-way, an answer too large to store, and a body
+that is not JSON."""
 
 from __future__ import annotations
 
@@ -59,6 +60,7 @@ POLICIES = {
     "single": {"max_concurrent": 1},
     "metered": {"tokens_per_minute": 1000},
 }
+DEFAULT_SETTINGS = GatewaySettings()
 RATE_LIMIT_HEADERS = ("x-ratelimit-limit-requests", "x-ratelimit-remaining-requests", "x-ratelimit-reset-requests")
 
 
@@ -183,7 +185,7 @@ class Stack:
 
 
 @asynccontextmanager
-async def stack(tmp_path: Path, settings: GatewaySettings = GatewaySettings(), *, cache: bool = False,
+async def stack(tmp_path: Path, settings: GatewaySettings = DEFAULT_SETTINGS, *, cache: bool = False,
                 semantic_cache: MemorySemanticCache | None = None,
                 stores: Callable[[Path], tuple] | None = None) -> AsyncIterator[Stack]:
     """The stack with the tenants of POLICIES and in-memory stores (or those `stores` builds
@@ -211,6 +213,7 @@ def redis_stores(url: str, prefix: str) -> Callable[[Path], tuple]:
     where the test reads it."""
     def build(ledger_path: Path) -> tuple:
         redis = RedisStore(url, prefix=prefix)
+        # Closed: a Redis call that failed shows as a 503, never as a request let through unmetered.
         return (RedisLimiter(redis, FailureMode.CLOSED), SQLiteLedger(ledger_path), RedisIdempotencyStore(redis),
                 RedisResponseCache(redis), redis)
     return build
@@ -336,6 +339,8 @@ async def test_a_redis_that_is_down_fails_open_unmetered_without_idempotency_or_
         assert "idempotent-replayed" not in answers[1].headers
         assert answers[0].json() != answers[1].json()
         assert edge.model.calls == 2
+        # Billed all the same: the ledger spools what Redis cannot take.
+        assert edge.ledger_rows() == 2 * [("rated", "chat.completions", "ok", PROMPT_TOKENS, COMPLETION_TOKENS)]
 
 
 @pytest.mark.parametrize("headers", [{}, {"idempotency-key": "retry-1"}], ids=["plain", "idempotent"])
@@ -471,6 +476,8 @@ async def test_a_stream_left_mid_way_bills_what_it_delivered_and_frees_its_slot(
         next_one = await edge.post(CHAT, chat(), "single")
 
         assert b"answer 1[2]" in delivered and b"[DONE]" not in delivered
+        # The gateway asked the target for usage on every chunk; the client, which did not, sees none.
+        assert b'"usage"' not in delivered
         assert next_one.status_code == 200
         assert edge.ledger_rows() == [("single", "chat.completions", "cancelled", PROMPT_TOKENS, 2),
                                       ("single", "chat.completions", "ok", PROMPT_TOKENS, COMPLETION_TOKENS)]
@@ -512,12 +519,13 @@ async def test_a_stream_that_failed_part_way_is_neither_cached_nor_replayed(tmp_
 # 7. A body that is not JSON ---------------------------------------------------------------------
 
 
-async def test_a_body_that_is_not_json_reaches_the_route_reserving_no_tokens(tmp_path):
+@pytest.mark.parametrize(("path", "endpoint"), [(CHAT, "chat.completions"), (COMPLETIONS, "completions")])
+async def test_a_body_that_is_not_json_reaches_the_route_reserving_no_tokens(tmp_path, path, endpoint):
     async with stack(tmp_path) as edge:
-        answer = await edge.post(CHAT, b"{not json", "metered")
+        answer = await edge.post(path, b"{not json", "metered")
 
         assert answer.status_code == 400
         assert "not JSON" in answer.json()["error"]["message"]
         # Nothing reserved, and nothing used: the tenant's whole minute of tokens is left.
         assert answer.headers["x-ratelimit-remaining-tokens"] == "1000"
-        assert edge.ledger_rows() == [("metered", "chat.completions", "refused", 0, 0)]
+        assert edge.ledger_rows() == [("metered", endpoint, "refused", 0, 0)]
