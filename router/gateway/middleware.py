@@ -316,6 +316,7 @@ class Exchange:
         else:
             ticket.meter.observe(*self._hit_usage(stored), model=_answer_model(stored))
             await ticket.finish("cache_hit")
+            marker = {**marker, REQUEST_ID_HEADER: ticket.meter.request_id}
         headers = {**stored.headers, **ticket.headers(), **marker}
         response = Response(stored.body, status_code=stored.status, media_type=stored.content_type, headers=headers)
         await response(self.scope, self.receive, self.send)
@@ -391,7 +392,7 @@ class Relay:
         return {**message, "body": chunk}
 
     def _meter_whole_answer(self) -> None:
-        answer = _json_object(b"".join(self.chunks)) if self.chunks is not None and self.status == HTTPStatus.OK else None
+        answer = _json_object(b"".join(self.chunks)) if self.status == HTTPStatus.OK else None
         if answer is not None and isinstance(answer.get("usage"), dict):
             self.ticket.meter.observe_usage(answer["usage"], answer.get("model"))
 
@@ -399,10 +400,11 @@ class Relay:
         if self.chunks is None:
             return
         self.size += len(chunk)
-        if self.size > MAX_STORED_BYTES:
+        self.chunks.append(chunk)
+        # A whole answer is kept to its end however large, for its usage is read from its bytes
+        # (the route holds all of them anyway); a stream's usage is read as it passes.
+        if self.size > MAX_STORED_BYTES and self.usage is not None:
             self.chunks = None
-        else:
-            self.chunks.append(chunk)
 
     def outcome(self) -> str:
         if not self.ended:
@@ -412,7 +414,9 @@ class Relay:
         return "refused" if self.status >= HTTPStatus.BAD_REQUEST else "ok"
 
     def stored(self) -> StoredResponse | None:
-        if not self.ended or self.chunks is None or self.status is None:
+        """The answer to store for replay and the cache; None for one cut short, too large, or
+        failed (a stream's error event comes under a 200: a retry must run again, not replay it)."""
+        if not self.ended or self.chunks is None or self.size > MAX_STORED_BYTES or self.outcome() == "failed":
             return None
         meter = self.ticket.meter
         return StoredResponse(self.status, self.content_type, b"".join(self.chunks), self.response_headers,

