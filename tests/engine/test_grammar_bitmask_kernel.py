@@ -1,4 +1,5 @@
-"""The C++ CPU grammar mask kernel against the torch path it replaces on the CPU: the same logits."""
+"""The C++ CPU grammar mask kernel, built for this CPU and portably (no AVX-512), against the torch
+path it replaces on the CPU: the same logits."""
 
 from __future__ import annotations
 
@@ -6,9 +7,25 @@ import pytest
 import torch
 
 from runtime.engine import grammar
-from runtime.engine.grammar import apply_grammar_bitmask, load_bitmask_kernel, torch_apply_grammar_bitmask
+from runtime.engine.cpu_extensions import load_cpu_extension
+from runtime.engine.grammar import (
+    BITMASK_KERNEL_SOURCE,
+    apply_grammar_bitmask,
+    load_bitmask_kernel,
+    torch_apply_grammar_bitmask,
+)
 
 pytestmark = pytest.mark.skipif(load_bitmask_kernel() is None, reason="no C++ toolchain to build the kernel")
+
+
+@pytest.fixture(scope="module", params=["this CPU", "portable"])
+def kernel(request):
+    if request.param == "this CPU":
+        return load_bitmask_kernel()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "DEFAULT")
+        module = load_cpu_extension("kserve_llm_cpu_token_bitmask", BITMASK_KERNEL_SOURCE, "grammar mask")
+    return module.apply_token_bitmask
 
 
 def random_bitmask(num_rows: int, vocab_size: int, generator: torch.Generator) -> torch.Tensor:
@@ -24,7 +41,7 @@ def random_bitmask(num_rows: int, vocab_size: int, generator: torch.Generator) -
 
 @pytest.mark.parametrize("vocab_size", [1, 31, 32, 33, 77, 1000, 49152, 49155])
 @pytest.mark.parametrize("order", ["all", "reversed", "shuffled subset"])
-def test_the_kernel_gives_the_torch_paths_logits(vocab_size, order):
+def test_the_kernel_gives_the_torch_paths_logits(kernel, vocab_size, order):
     generator = torch.Generator().manual_seed(vocab_size)
     num_rows = 9
     rows = {"all": list(range(num_rows)), "reversed": list(range(num_rows))[::-1],
@@ -33,9 +50,16 @@ def test_the_kernel_gives_the_torch_paths_logits(vocab_size, order):
     logits = torch.randn(num_rows, vocab_size, generator=generator)
     expected = logits.clone()
     torch_apply_grammar_bitmask(expected, rows, bitmask)
-    apply_grammar_bitmask(logits, rows, bitmask)
+    kernel(logits, bitmask, rows)
     assert torch.equal(logits, expected)
     assert logits.isneginf().any() or vocab_size < 32  # the masks forbade something
+
+
+def test_float32_cpu_logits_go_through_the_kernel(monkeypatch):
+    calls = []
+    monkeypatch.setattr(grammar, "load_bitmask_kernel", lambda: lambda *args: calls.append(args))
+    apply_grammar_bitmask(torch.zeros(2, 64), [1], torch.zeros(1, 2, dtype=torch.int32))
+    assert len(calls) == 1 and calls[0][2] == [1]
 
 
 def test_rows_without_a_mask_are_untouched():
@@ -66,8 +90,7 @@ def test_logits_the_kernel_does_not_take_go_the_torch_way(monkeypatch):
     assert torch.equal(kernels_off, expected)
 
 
-def test_the_kernel_refuses_what_it_cannot_apply():
-    kernel = load_bitmask_kernel()
+def test_the_kernel_refuses_what_it_cannot_apply(kernel):
     logits = torch.zeros(2, 64)
     with pytest.raises(RuntimeError, match="row out of range"):
         kernel(logits, torch.zeros(1, 2, dtype=torch.int32), [2])

@@ -8,8 +8,8 @@ compiler is available the engine logs why and uses the torch backend.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
