@@ -10,14 +10,18 @@ int32 word, by llguidance's thread pool; GrammarMaskFiller runs that fill on a t
 (llguidance releases the GIL), so a step starts it before its forward pass and waits for it only
 when it samples. The words then go to the logits' device packed, 32 times smaller than a mask
 of floats (from pinned memory on CUDA: the copy is queued, nothing waits), and are unpacked there
-with one table lookup per byte into 0 or -inf, added to the constrained rows only. The same
-operations run on every device.
+with one table lookup per byte into 0 or -inf, added to the constrained rows only. On the CPU a
+C++ kernel (csrc/apply_token_bitmask.cpp) does the same in place instead, skipping the words that
+allow all their 32 tokens and filling those that allow none, which JSON masks mostly are; the
+torch path stays where the kernel cannot be built or is turned off (KSERVE_LLM_CPU_KERNELS=0).
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,10 +29,11 @@ import torch.nn.functional as F
 from llguidance import LLExecutor, LLMatcher
 from llguidance.torch import fill_next_token_bitmask_par
 
+from .cpu_extensions import load_cpu_extension
 from .host_to_device import to_device
 
 _BITS_PER_WORD = 32
-_BITS_PER_BYTE = 8
+BITMASK_KERNEL_SOURCE = Path(__file__).parent / "csrc" / "apply_token_bitmask.cpp"
 
 
 class Grammar:
@@ -74,6 +79,8 @@ class GrammarMaskFiller:
     def __init__(self, vocab_size: int, device: torch.device) -> None:
         self.num_words = (vocab_size + _BITS_PER_WORD - 1) // _BITS_PER_WORD
         self.pinned = device.type == "cuda"
+        if device.type == "cpu":
+            load_bitmask_kernel()  # built now, not in the first constrained step
         # One fill at a time: a step waits for its masks before the next step starts its own.
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="grammar-masks")
         # llguidance's pool that computes the rows of one fill in parallel; made at the first fill.
@@ -98,6 +105,24 @@ def apply_grammar_bitmask(logits: torch.Tensor, rows: list[int], bitmask: torch.
     """Set -inf, in place on float32 `logits` [n, vocab], at every token that bitmask row i
     forbids in logits row rows[i]. `bitmask` is on the host (pinned, for a CUDA `logits`) or
     already on the logits' device; nothing here waits for the device."""
+    on_cpu = logits.device.type == "cpu" and bitmask.device.type == "cpu"
+    kernel = load_bitmask_kernel() if on_cpu and logits.dtype == torch.float32 and logits.is_contiguous() else None
+    if kernel is None:
+        torch_apply_grammar_bitmask(logits, rows, bitmask)
+    else:
+        kernel(logits, bitmask.contiguous(), rows)
+
+
+@functools.cache
+def load_bitmask_kernel() -> Callable | None:
+    """The C++ CPU kernel apply_token_bitmask(logits, bitmask, rows), or None if it cannot be
+    built here (cpu_extensions.py)."""
+    module = load_cpu_extension("kserve_llm_cpu_token_bitmask", BITMASK_KERNEL_SOURCE, "grammar mask")
+    return None if module is None else module.apply_token_bitmask
+
+
+def torch_apply_grammar_bitmask(logits: torch.Tensor, rows: list[int], bitmask: torch.Tensor) -> None:
+    """apply_grammar_bitmask on any device, in torch: the rows' -inf/0 biases, added."""
     words = bitmask.to(logits.device, non_blocking=True)
     bias = _forbidden_bias(words, logits.shape[1])
     if rows == list(range(logits.shape[0])):
