@@ -14,18 +14,18 @@ with config_flag_hidden_from_kserve():
 
     from router.config import ConfigError, RouterConfig, load_config
     from router.decision_log import DecisionLogError
+    from router.embeddings import EmbeddingsUnavailable
     from router.features import TokenizerError
     from router.gateway.gateway import Gateway
     from router.gateway.setup import (
         ApiKeysError,
-        EmbeddingsUnavailable,
-        TenantsError,
         add_gateway_arguments,
         build_gateway,
         check_gateway_arguments,
         install_gateway,
         load_tenants,
     )
+    from router.gateway.tenants import TenantsError
     from router.learned_policy import LearnedModelError
     from router.model import RouterModel
     from router.openai_edge import OpenAIEdge, add_openai_edge

@@ -23,8 +23,9 @@ import httpx
 
 from router.config import AUTO_MODEL
 from router.features import RoutingRequest
-from router.gateway.gateway import Endpoint, Gateway, Ticket, refusal_of
+from router.gateway.gateway import Gateway, Ticket, refusal_of
 from router.gateway.reservation import reserved_tokens
+from router.gateway.usage_record import Endpoint
 from router.openai_edge import OpenAIEdge
 from router.schemas import chat_routing_request
 from router.upstream import Answer, Call
@@ -46,7 +47,7 @@ class RoutedGenerationBackend:
         payload = openai_payload(request, continuous_usage=self.gateway is not None)
         ticket = await self._admit(request, payload, headers) if self.gateway is not None else None
         outcome = "failed"
-        holding = asyncio.ensure_future(ticket.hold_slot()) if ticket is not None else None
+        holding = ticket.hold_slot() if ticket is not None else None
         try:
             answer = await self._open(request, payload, headers)
             try:
@@ -60,8 +61,9 @@ class RoutedGenerationBackend:
             outcome = "cancelled"
             raise
         finally:
-            if ticket is not None:
+            if holding is not None:
                 holding.cancel()
+            if ticket is not None:
                 await asyncio.shield(ticket.finish(outcome))
 
     async def _admit(self, request: GenerateMessage, payload: dict, headers: Mapping[str, str]) -> Ticket:
@@ -77,9 +79,7 @@ class RoutedGenerationBackend:
             refusal = refusal_of(exc)
             if refusal is None:
                 raise
-            retry_after_ms = refusal.headers.get("retry-after-ms")
-            raise RequestFailed(refusal.status, refusal.message,
-                                int(retry_after_ms) / 1000 if retry_after_ms else None) from None
+            raise RequestFailed(refusal.status, refusal.message, refusal.retry_after_seconds) from None
 
     async def _open(self, request: GenerateMessage, payload: dict, headers: Mapping[str, str]) -> Answer:
         """The chosen target's stream, open up to its first chunk; RequestFailed with the target's

@@ -15,15 +15,19 @@ from dataclasses import dataclass
 from enum import StrEnum
 from http import HTTPStatus
 
+from starlette.responses import JSONResponse
+
 from router.features import TokenCounter
 from router.gateway.idempotency import IdempotencyStore
 from router.gateway.ledger import UsageLedger
-from router.gateway.limits import DEFAULT_LEASE_SECONDS, Admission, Limiter, LimitsUnavailable, RateLimited
+from router.gateway.limits import DEFAULT_LEASE_SECONDS, Admission, Limit, Limiter, LimitsUnavailable, RateLimited
 from router.gateway.metering import Meter
 from router.gateway.redis_store import FailureMode, RedisStore
 from router.gateway.response_cache import ResponseCache
 from router.gateway.semantic_cache import SemanticCache
 from router.gateway.tenants import Tenant, TenantPolicy, Tenants
+from router.gateway.usage_record import Endpoint
+from serving.openai_protocol import openai_error_body
 
 logger = logging.getLogger(__name__)
 
@@ -33,21 +37,6 @@ DEFAULT_UNBOUNDED_MAX_TOKENS = 4096
 # A request holding a concurrency slot renews its lease this often: the lease outlives a router
 # killed mid-request by at most DEFAULT_LEASE_SECONDS, and a long stream keeps its slot.
 LEASE_RENEWAL_SECONDS = DEFAULT_LEASE_SECONDS / 3
-
-
-class Endpoint(StrEnum):
-    """The kinds of request the gateway tells apart; also the ledger's `endpoint`."""
-
-    CHAT = "chat.completions"
-    COMPLETIONS = "completions"
-    OPENAI = "openai"  # the OpenAI edge's other routes: models, tokenize, detokenize
-    WEBSOCKET = "websocket"
-    V1_PREDICT = "v1.predict"
-    V2_INFER = "v2.infer"
-
-    @property
-    def generates(self) -> bool:
-        return self in (Endpoint.CHAT, Endpoint.COMPLETIONS, Endpoint.WEBSOCKET)
 
 
 class CacheHitBilling(StrEnum):
@@ -99,10 +88,14 @@ class Ticket:
         """The tenant's x-ratelimit-* headers as of its admission."""
         return self.admission.state.headers()
 
-    async def hold_slot(self) -> None:
-        """Renew the concurrency slot's lease until cancelled (run beside a long request)."""
+    def hold_slot(self) -> asyncio.Task | None:
+        """A task that renews the concurrency slot's lease until cancelled, run beside a long
+        request; None when the request holds no slot."""
         if self.admission.lease_id is None:
-            return
+            return None
+        return asyncio.ensure_future(self._renew_lease())
+
+    async def _renew_lease(self) -> None:
         while True:
             await asyncio.sleep(LEASE_RENEWAL_SECONDS)
             await self.gateway.limiter.refresh(self.admission)
@@ -199,13 +192,24 @@ class Gateway:
 
 @dataclass(frozen=True, slots=True)
 class Refusal:
-    """A request the gateway answers itself: status, OpenAI error type and code, message, headers."""
+    """A request the gateway answers itself: status, OpenAI error type and code, message, headers,
+    and how long the client should wait before retrying (None: no wait is known)."""
 
     status: int
     message: str
     error_type: str
     code: str | None
     headers: dict[str, str]
+    retry_after_seconds: float | None = None
+
+    def response(self, openai: bool) -> JSONResponse:
+        """In OpenAI's error shape, or KServe's (`{"error": message}`) for its predict routes."""
+        if openai:
+            body = openai_error_body(self.status, self.message, code=self.code)
+            body["error"]["type"] = self.error_type
+        else:
+            body = {"error": self.message}
+        return JSONResponse(body, status_code=self.status, headers=self.headers)
 
 
 def refusal_of(exc: Exception) -> Refusal | None:
@@ -214,10 +218,10 @@ def refusal_of(exc: Exception) -> Refusal | None:
         retry_after = max(exc.retry_after_seconds, 0.001)
         headers = {**exc.state.headers(), "retry-after": str(max(1, math.ceil(retry_after))),
                    "retry-after-ms": str(math.ceil(retry_after * 1000))}
-        error_type, code = LIMIT_ERRORS.get(exc.limit, ("requests", "rate_limit_exceeded"))
-        return Refusal(HTTPStatus.TOO_MANY_REQUESTS, exc.message, error_type, code, headers)
+        error_type, code = LIMIT_ERRORS[exc.limit]
+        return Refusal(HTTPStatus.TOO_MANY_REQUESTS, exc.message, error_type, code, headers, retry_after)
     if isinstance(exc, LimitsUnavailable):
-        return Refusal(HTTPStatus.SERVICE_UNAVAILABLE, str(exc), "server_error", None, {"retry-after": "1"})
+        return Refusal(HTTPStatus.SERVICE_UNAVAILABLE, str(exc), "server_error", None, {"retry-after": "1"}, 1.0)
     if isinstance(exc, Unauthorized):
         return Refusal(HTTPStatus.UNAUTHORIZED, str(exc), "authentication_error", "invalid_api_key",
                        {"www-authenticate": "Bearer"})
@@ -229,9 +233,9 @@ def refusal_of(exc: Exception) -> Refusal | None:
 # OpenAI's error `type` and `code` of a 429, by the limit that refused (its budget refusal is
 # `insufficient_quota`; the official clients raise RateLimitError for every 429).
 LIMIT_ERRORS = {
-    "requests": ("requests", "rate_limit_exceeded"),
-    "tokens": ("tokens", "rate_limit_exceeded"),
-    "request_too_large": ("tokens", "rate_limit_exceeded"),
-    "concurrency": ("requests", "concurrency_limit_exceeded"),
-    "budget": ("insufficient_quota", "insufficient_quota"),
+    Limit.REQUESTS: ("requests", "rate_limit_exceeded"),
+    Limit.TOKENS: ("tokens", "rate_limit_exceeded"),
+    Limit.REQUEST_TOO_LARGE: ("tokens", "rate_limit_exceeded"),
+    Limit.CONCURRENCY: ("requests", "concurrency_limit_exceeded"),
+    Limit.BUDGET: ("insufficient_quota", "insufficient_quota"),
 }

@@ -131,7 +131,8 @@ class IdempotencyStore(Protocol):
 
 def validate_key(key: str) -> None:
     if not key:
-        raise InvalidIdempotencyKey(f"Idempotency-Key is empty: a key is 1 to {MAX_KEY_LENGTH} visible ASCII characters")
+        raise InvalidIdempotencyKey(
+            f"Idempotency-Key is empty: a key is 1 to {MAX_KEY_LENGTH} visible ASCII characters")
     if len(key) > MAX_KEY_LENGTH:
         raise InvalidIdempotencyKey(f"Idempotency-Key has {len(key)} characters: at most {MAX_KEY_LENGTH} are allowed")
     if not VISIBLE_ASCII_KEY.fullmatch(key):

@@ -25,8 +25,7 @@ from starlette.datastructures import MutableHeaders, QueryParams
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from router.gateway.gateway import CacheHitBilling, Endpoint, Gateway, Refusal, Ticket, refusal_of
-from router.gateway.tenants import Tenant
+from router.gateway.gateway import CacheHitBilling, Gateway, Refusal, Ticket, refusal_of
 from router.gateway.idempotency import (
     IdempotencyConflict,
     IdempotencyInFlight,
@@ -41,9 +40,10 @@ from router.gateway.reservation import prompt_text, reserved_tokens
 from router.gateway.response_cache import CACHE_HEADER, cache_key
 from router.gateway.stored_response import StoredResponse, UnreadableStoredResponse, body_digest
 from router.gateway.stream_usage import StreamOptions, StreamUsage, ask_for_usage
+from router.gateway.tenants import Tenant
+from router.gateway.usage_record import Endpoint
 from router.gateway.usage_report import parse_period, usage_report
-from serving.openai_protocol import openai_error_body
-from serving.openai_routes import CHAT_COMPLETIONS_PATH, COMPLETIONS_PATH, OPENAI_PREFIX
+from serving.openai_routes import CHAT_COMPLETIONS_PATH, COMPLETIONS_PATH, DETOKENIZE_PATH, OPENAI_PREFIX, TOKENIZE_PATH
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def classify(method: str, path: str, authenticate_predict: bool) -> Endpoint | N
         return Endpoint.CHAT
     if path == COMPLETIONS_PATH and method == "POST":
         return Endpoint.COMPLETIONS
-    if path.startswith(OPENAI_PREFIX + "/") or path in ("/tokenize", "/detokenize"):
+    if path.startswith(OPENAI_PREFIX + "/") or path in (TOKENIZE_PATH, DETOKENIZE_PATH):
         return Endpoint.OPENAI
     if authenticate_predict and method == "POST":
         if path.startswith("/v1/models/") and path.endswith(":predict"):
@@ -215,7 +215,7 @@ class Exchange:
             return pending.pop() if pending else await self.receive()
 
         outcome = "failed"
-        holding = asyncio.ensure_future(ticket.hold_slot())
+        holding = ticket.hold_slot()
         try:
             await self.app(self.scope, receive, relay.send)
             outcome = relay.outcome()
@@ -223,7 +223,8 @@ class Exchange:
             outcome = "cancelled"
             raise
         finally:
-            holding.cancel()
+            if holding is not None:
+                holding.cancel()
             # Shielded: a client that leaves cancels this task, and what it used is still billed.
             await asyncio.shield(ticket.finish(outcome))
         return relay.stored()
@@ -328,20 +329,15 @@ class Exchange:
         return (stored.prompt_tokens, 0) if billing is CacheHitBilling.PROMPT else (0, 0)
 
     async def _refuse(self, refusal: Refusal) -> None:
-        if self.openai:
-            body = openai_error_body(refusal.status, refusal.message, code=refusal.code)
-            body["error"]["type"] = refusal.error_type
-        else:
-            body = {"error": refusal.message}
-        await JSONResponse(body, status_code=refusal.status, headers=refusal.headers)(self.scope, self.receive,
-                                                                                       self.send)
+        await refusal.response(self.openai)(self.scope, self.receive, self.send)
 
 
 class Relay:
     """The route's response on its way to the client: the gateway's headers added, its usage
     metered (and committed to the ledger before the client sees it), its bytes kept for storing."""
 
-    def __init__(self, ticket: Ticket, send: Send, headers: dict[str, str], stream_options: StreamOptions | None) -> None:
+    def __init__(self, ticket: Ticket, send: Send, headers: dict[str, str],
+                 stream_options: StreamOptions | None) -> None:
         self.ticket = ticket
         self._send = send
         self.headers = headers
@@ -368,9 +364,7 @@ class Relay:
             headers[name] = value
         self.content_type = headers.get("content-type")
         if self.stream_options is not None and (self.content_type or "").startswith(EVENT_STREAM):
-            meter = self.ticket.meter
-            self.usage = StreamUsage(self.stream_options,
-                                     lambda prompt, completion, model: meter.observe(prompt, completion, model))
+            self.usage = StreamUsage(self.stream_options, self.ticket.meter.observe)
         self.response_headers = {name: value for name, value in headers.items()
                                  if name.startswith(STORED_HEADER_PREFIX)}
         return {**message, "headers": headers.raw}
@@ -476,10 +470,8 @@ def _usage_error(exc: Exception) -> Response:
             refusal = Refusal(HTTPStatus.FORBIDDEN, str(exc), "permission_error", None, {})
         elif isinstance(exc, LedgerUnavailable):
             refusal = Refusal(HTTPStatus.SERVICE_UNAVAILABLE, f"the usage ledger cannot be read now: {exc}",
-                              "server_error", None, {"retry-after": "1"})
+                              "server_error", None, {"retry-after": "1"}, 1.0)
         else:
             raise exc
-    body = openai_error_body(refusal.status, refusal.message, code=refusal.code)
-    body["error"]["type"] = refusal.error_type
-    return JSONResponse(body, status_code=refusal.status, headers=refusal.headers)
+    return refusal.response(openai=True)
 

@@ -13,6 +13,8 @@ from enum import StrEnum
 from typing import TypeVar
 
 from prometheus_client import Counter, Gauge
+from redis import asyncio as redis_asyncio
+from redis.exceptions import RedisError
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +48,6 @@ class RedisStore:
     and the key prefix that keeps this deployment's keys apart from others on the same server."""
 
     def __init__(self, url: str, timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS, prefix: str = "kllm:") -> None:
-        from redis import asyncio as redis_asyncio
-
         self.url = url
         self.prefix = prefix
         self.timeout_seconds = timeout_seconds
@@ -65,15 +65,14 @@ class RedisStore:
     async def call(self, use: str, operation: Awaitable[Result]) -> Result:
         """The result of `operation` (a coroutine of self.client), or RedisUnavailable. `use`
         labels the failure metric: limits, ledger, idempotency, cache."""
-        from redis.exceptions import RedisError
-
         try:
             result = await operation
         except (RedisError, OSError, TimeoutError) as exc:
             REDIS_ERRORS.labels(use).inc()
             REDIS_UP.set(0)
             self._log_failure(use, exc)
-            raise RedisUnavailable(f"Redis at {self.describe()} failed for {use}: {type(exc).__name__}: {exc}") from None
+            raise RedisUnavailable(
+                f"Redis at {self.describe()} failed for {use}: {type(exc).__name__}: {exc}") from None
         REDIS_UP.set(1)
         return result
 

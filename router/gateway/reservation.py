@@ -36,7 +36,8 @@ def chat_text(messages: object) -> str:
         if isinstance(content, str):
             lines.append(content)
         elif isinstance(content, list):
-            lines.extend(part["text"] for part in content if isinstance(part, dict) and isinstance(part.get("text"), str))
+            lines.extend(part["text"] for part in content
+                         if isinstance(part, dict) and isinstance(part.get("text"), str))
     return "\n".join(lines)
 
 

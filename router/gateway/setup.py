@@ -12,7 +12,7 @@ from pathlib import Path
 from fastapi import FastAPI
 from starlette.middleware import Middleware
 
-from router.embeddings import EmbeddingsUnavailable, SentenceEmbedder
+from router.embeddings import SentenceEmbedder
 from router.features import TokenCounter
 from router.gateway.gateway import DEFAULT_UNBOUNDED_MAX_TOKENS, CacheHitBilling, Gateway, GatewaySettings
 from router.gateway.idempotency import MemoryIdempotencyStore, RedisIdempotencyStore
@@ -22,7 +22,7 @@ from router.gateway.middleware import GatewayMiddleware
 from router.gateway.redis_store import DEFAULT_TIMEOUT_SECONDS, FailureMode, RedisStore
 from router.gateway.response_cache import MemoryResponseCache, RedisResponseCache
 from router.gateway.semantic_cache import DEFAULT_THRESHOLD, MemorySemanticCache, RedisSemanticCache, SemanticCache
-from router.gateway.tenants import Tenants, TenantsError
+from router.gateway.tenants import Tenants
 from serving.lifespan import chain_lifespan
 from serving.middleware import ClientConnectionMiddleware
 
@@ -157,6 +157,3 @@ def install_gateway(app: FastAPI, gateway: Gateway) -> None:
     app.user_middleware.insert(position + 1, Middleware(GatewayMiddleware, gateway=gateway))
     chain_lifespan(app, after_shutdown=gateway.close)
 
-
-__all__ = ["ApiKeysError", "EmbeddingsUnavailable", "TenantsError", "add_gateway_arguments", "build_gateway", "check_gateway_arguments",
-           "install_gateway", "load_tenants"]

@@ -7,10 +7,26 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass
+from enum import StrEnum
 from typing import Protocol
 
-# router.gateway.gateway.Endpoint's values ("openai": the OpenAI edge's models and token routes).
-ENDPOINTS = ("chat.completions", "completions", "openai", "websocket", "v1.predict", "v2.infer")
+
+class Endpoint(StrEnum):
+    """The kinds of request the gateway tells apart: a record's `endpoint`."""
+
+    CHAT = "chat.completions"
+    COMPLETIONS = "completions"
+    OPENAI = "openai"  # the OpenAI edge's other routes: models, tokenize, detokenize
+    WEBSOCKET = "websocket"
+    V1_PREDICT = "v1.predict"
+    V2_INFER = "v2.infer"
+
+    @property
+    def generates(self) -> bool:
+        return self in (Endpoint.CHAT, Endpoint.COMPLETIONS, Endpoint.WEBSOCKET)
+
+
+ENDPOINTS = tuple(Endpoint)
 OUTCOMES = ("ok", "cancelled", "failed", "cache_hit", "refused")
 
 
