@@ -87,11 +87,19 @@ class RouterModel(ServingModel):
                chat: bool = False) -> tuple[Decision, list[Decision]]:
         """The batch's decision and each request's; counted in the metrics. `chat`: the batch
         holds a chat, which must go to a target that serves chat."""
+        decision, decisions = self.choose(requests, hint, chat)
+        self.count_decision(decision, hinted=hint is not None)
+        return decision, decisions
+
+    def choose(self, requests: list[RoutingRequest], hint: Hint | None,
+               chat: bool = False) -> tuple[Decision, list[Decision]]:
+        """As `decide`, counting nothing: the caller counts the decision once it acts on it."""
         self.check_admitting()
         decisions = [self.policy.decide(request, hint) for request in requests]
-        decision = placed(batch_decision(decisions), self.config.targets, chat)
-        record_decision(self.name, decision, hinted=hint is not None)
-        return decision, decisions
+        return placed(batch_decision(decisions), self.config.targets, chat), decisions
+
+    def count_decision(self, decision: Decision, hinted: bool) -> None:
+        record_decision(self.name, decision, hinted)
 
     # KServe's handlers -----------------------------------------------------------------
 

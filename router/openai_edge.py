@@ -36,6 +36,7 @@ from starlette.types import Receive, Scope, Send
 from router.cascade import CascadeTrace
 from router.config import AUTO_MODEL
 from router.features import RoutingRequest
+from router.gateway.admission_gate import admitted
 from router.learning import Learning
 from router.load_metrics import LoadPoller
 from router.metrics import ESCALATIONS, EXPLORED, ROUTING_LATENCY
@@ -89,11 +90,12 @@ OpenAIRequest = CompletionRequest | ChatCompletionRequest
 class Routing:
     """A request's decision; `by_policy`: no hint or model name chose for it; `fallback`: the other
     model, when the router may send the request there too (the client asked for `auto`, and the
-    other model can serve the request)."""
+    other model can serve the request); `seconds`: how long choosing took."""
 
     decision: Decision
     by_policy: bool
     fallback: Route | None
+    seconds: float = 0.0
 
     @property
     def route(self) -> Route:
@@ -159,8 +161,11 @@ class OpenAIEdge:
         """Route the request, send it on, and answer with what came back. Both models answer (the
         exploration, the cascade) only where both can serve the request."""
         chat = path == CHAT_COMPLETIONS_PATH
-        routing, plan = self.plan(body.model, requests, headers, chat)
+        routing, plan = self.choose(body.model, requests, headers, chat)
         call = Call.of(path, body.model_dump(mode="json", exclude_unset=True, exclude={"model"}), headers, body.stream)
+        # Chosen while the gateway may still be admitting the request; counted once it has.
+        await admitted()
+        self.count(routing)
         both = routing.by_policy and routing.fallback is not None and not body.stream
         if both and self.learning.explores():
             answer, trace = await self._explore(call, chat)
@@ -189,12 +194,24 @@ class OpenAIEdge:
     def plan(self, requested_model: str, requests: list[RoutingRequest], headers: Mapping[str, str],
              chat: bool) -> tuple[Routing, Plan]:
         """The request's decision and where it goes: the chosen target's replicas, least loaded
-        first, and the fallback target, if any (timed in router_routing_latency_seconds)."""
+        first, and the fallback target, if any; counted in the metrics."""
+        routing, plan = self.choose(requested_model, requests, headers, chat)
+        self.count(routing)
+        return routing, plan
+
+    def choose(self, requested_model: str, requests: list[RoutingRequest], headers: Mapping[str, str],
+               chat: bool) -> tuple[Routing, Plan]:
+        """As `plan`, counting nothing yet."""
         started = time.perf_counter()
         routing = self.route(requested_model, requests, headers, chat)
         plan = Plan(routing.route, self.replica_sets[routing.route].ranked(), routing.fallback)
-        ROUTING_LATENCY.labels(self.model.name).observe(time.perf_counter() - started)
-        return routing, plan
+        return dataclasses.replace(routing, seconds=time.perf_counter() - started), plan
+
+    def count(self, routing: Routing) -> None:
+        """A decision acted on: router_routed_requests_total, its score, and how long choosing
+        took (router_routing_latency_seconds)."""
+        self.model.count_decision(routing.decision, hinted=not routing.by_policy)
+        ROUTING_LATENCY.labels(self.model.name).observe(routing.seconds)
 
     def route(self, requested_model: str, requests: list[RoutingRequest], headers: Mapping[str, str],
               chat: bool) -> Routing:
@@ -202,7 +219,7 @@ class OpenAIEdge:
         where they can be served."""
         hint = self._hint(requested_model, headers)
         auto = requested_model == AUTO_MODEL
-        decision, _ = self.model.decide(requests, hint, chat=chat and auto)
+        decision, _ = self.model.choose(requests, hint, chat=chat and auto)
         other = decision.route.other
         fallback = other if auto and self.model.config.targets.of(other).serves(chat) else None
         return Routing(decision, by_policy=hint is None, fallback=fallback)

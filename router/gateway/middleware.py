@@ -19,12 +19,14 @@ import json
 import logging
 import re
 import time
+from collections.abc import Coroutine
 from http import HTTPStatus
 
 from starlette.datastructures import MutableHeaders, QueryParams
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from router.gateway.admission_gate import start_gated
 from router.gateway.gateway import CacheHitBilling, Gateway, Refusal, Ticket, refusal_of
 from router.gateway.idempotency import (
     IdempotencyConflict,
@@ -142,28 +144,37 @@ class Exchange:
 
     async def _serve(self, tenant: Tenant, message: Message, body: dict | None) -> None:
         """The lookups (a stored answer under the Idempotency-Key, a cached one) and the admission
-        run at once: one round trip to Redis before the request goes on, not three. A stored
-        answer gives back the admission's tokens; the request's own answer is kept for its key
-        and the caches once the client has it."""
+        run at once: one round trip to Redis before the request goes on, not three. Meanwhile
+        the route starts: an OpenAI generation validates its body and chooses its target, and
+        waits for the gateway's go-ahead before it calls the target (admission_gate.py), so
+        the round trip costs the request little of its time to first token. A stored answer
+        gives back the admission's tokens; the request's own answer is kept for its key and the
+        caches once the client has it."""
         key = self._cache_key(tenant, body)
         semantic = self._semantic_query(tenant, body) if key is not None else None
         reservation = reserved_tokens(self.endpoint is Endpoint.CHAT, body, self.gateway.counter,
                                       self.gateway.settings.unbounded_max_tokens) if body is not None else 0
         lookups = asyncio.ensure_future(self._lookups(tenant, message, key, semantic))
         admitting = asyncio.ensure_future(self.gateway.admit(tenant, self.endpoint, reservation, self._model(body)))
+        streams = body is not None and body.get("stream") is True
+        relay = Relay(self.send, StreamOptions.of(body) if streams else None)
+        route = self._start_route(relay, _with_body(message, ask_for_usage(body)) if streams else message)
         try:
             ticket = await admitting
             proceed, stored, marker = await lookups
         except BaseException:
+            route.cancel()
             self._undo(lookups, admitting)
             raise
         if stored is not None:
+            route.cancel()
             await self._answer_stored(ticket, stored, marker)
             if REPLAYED_HEADER not in marker:
                 self.gateway.later(self._keep(proceed, None, None, stored))
             return
+        relay.admit(ticket, {CACHE_HEADER: "miss"} if key else {})
         try:
-            answer = await self._forward(ticket, message, body, {CACHE_HEADER: "miss"} if key else {})
+            answer = await self._forward(ticket, relay, route)
         except BaseException:
             self.gateway.later(self._abandon(proceed))
             raise
@@ -199,25 +210,32 @@ class Exchange:
 
     # Forwarding and metering -----------------------------------------------------------
 
-    async def _forward(self, ticket: Ticket, message: Message, body: dict | None,
-                       extra_headers: dict[str, str]) -> StoredResponse | None:
-        """Run the route, metering its answer; the answer as stored (None if it did not end, or
-        was too large to store)."""
-        streams = body is not None and body.get("stream") is True
-        if streams:
-            message = _with_body(message, ask_for_usage(body))
-        headers = {**ticket.headers(), **extra_headers, REQUEST_ID_HEADER: ticket.meter.request_id}
-        relay = Relay(ticket, self.send, headers,
-                      StreamOptions.of(body) if streams else None)
+    def _start_route(self, relay: Relay, message: Message) -> asyncio.Task:
+        """The route, as a task that sends through `relay` (which holds what it sends until the
+        request is admitted). An OpenAI generation starts at once and waits for the go-ahead
+        before it calls its target; any other route starts once admitted (a KServe predict
+        counts its decision as it makes it)."""
         pending = [message]
 
         async def receive() -> Message:
             return pending.pop() if pending else await self.receive()
 
+        route = self.app(self.scope, receive, relay.send)
+        if self.endpoint.generates:
+            task = start_gated(route, relay.admitted)
+        else:
+            task = asyncio.ensure_future(_after(relay.admitted, route))
+        # A route cancelled before its admission may have failed first: its exception is not news.
+        task.add_done_callback(_retrieve_exception)
+        return task
+
+    async def _forward(self, ticket: Ticket, relay: Relay, route: asyncio.Task) -> StoredResponse | None:
+        """Let the admitted route go on, metering its answer; the answer as stored (None if it did
+        not end, or was too large to store)."""
         outcome = "failed"
         holding = ticket.hold_slot()
         try:
-            await self.app(self.scope, receive, relay.send)
+            await route
             outcome = relay.outcome()
         except asyncio.CancelledError:
             outcome = "cancelled"
@@ -333,15 +351,16 @@ class Exchange:
 
 
 class Relay:
-    """The route's response on its way to the client: the gateway's headers added, its usage
-    metered (and committed to the ledger before the client sees it), its bytes kept for storing."""
+    """The route's response on its way to the client, once the request is admitted (what the
+    route sends before then waits): the gateway's headers added, its usage metered (and
+    committed to the ledger before the client sees it), its bytes kept for storing."""
 
-    def __init__(self, ticket: Ticket, send: Send, headers: dict[str, str],
-                 stream_options: StreamOptions | None) -> None:
-        self.ticket = ticket
+    def __init__(self, send: Send, stream_options: StreamOptions | None) -> None:
         self._send = send
-        self.headers = headers
         self.stream_options = stream_options
+        self.admitted = asyncio.Event()
+        self.ticket: Ticket | None = None
+        self.headers: dict[str, str] = {}
         self.usage: StreamUsage | None = None
         self.status: int | None = None
         self.content_type: str | None = None
@@ -350,7 +369,15 @@ class Relay:
         self.size = 0
         self.ended = False
 
+    def admit(self, ticket: Ticket, extra_headers: dict[str, str]) -> None:
+        """The request is admitted: its route may go on, and its answer to the client."""
+        self.ticket = ticket
+        self.headers = {**ticket.headers(), **extra_headers, REQUEST_ID_HEADER: ticket.meter.request_id}
+        self.admitted.set()
+
     async def send(self, message: Message) -> None:
+        if not self.admitted.is_set():
+            await self.admitted.wait()
         if message["type"] == "http.response.start":
             message = self._start(message)
         elif message["type"] == "http.response.body":
@@ -415,6 +442,20 @@ class Relay:
         meter = self.ticket.meter
         return StoredResponse(self.status, self.content_type, b"".join(self.chunks), self.response_headers,
                               meter.prompt_tokens, meter.completion_tokens)
+
+
+async def _after(event: asyncio.Event, work: Coroutine[object, object, None]) -> None:
+    try:
+        await event.wait()
+    except BaseException:
+        work.close()  # never started: refused, or answered from the store
+        raise
+    await work
+
+
+def _retrieve_exception(task: asyncio.Future) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 def _succeeded(done: asyncio.Future) -> bool:

@@ -27,6 +27,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message
 
 from router.features import TokenCounter
+from router.gateway.admission_gate import admitted
 from router.gateway.gateway import CacheHitBilling, Gateway, GatewaySettings
 from router.gateway.idempotency import MemoryIdempotencyStore, RedisIdempotencyStore
 from router.gateway.ledger import SQLiteLedger, open_ledger
@@ -75,6 +76,8 @@ class FakeModel:
     it ends after that many with an error event, as a target that fails part-way does."""
 
     calls: int = 0
+    # Generations whose route started (it may be waiting for the gateway's go-ahead).
+    started: int = 0
     hang_after_chunks: int | None = None
     fail_after_chunks: int | None = None
     padding_bytes: int = 0
@@ -94,6 +97,9 @@ class FakeModel:
         except ValueError:
             return JSONResponse({"error": {"message": "the body is not JSON", "type": "invalid_request_error"}},
                                 status_code=400)
+        self.started += 1
+        # As the router's OpenAI edge does: nothing goes to a model before the gateway's go-ahead.
+        await admitted()
         self.calls += 1
         text = f"answer {self.calls}" + " " * self.padding_bytes
         if body.get("stream") is True:
@@ -229,6 +235,50 @@ def openai_error(response: httpx.Response) -> dict:
     error = response.json()["error"]
     assert isinstance(error, dict) and {"message", "type", "code"} <= error.keys(), response.text
     return error
+
+
+# 0. The route starts while the gateway admits ----------------------------------------------
+
+
+class HeldLimiter(MemoryLimiter):
+    """Admits nothing until `release` is set: a Redis round trip that takes its time."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+
+    async def admit(self, tenant, reservation):
+        await self.release.wait()
+        return await super().admit(tenant, reservation)
+
+
+async def test_a_generation_starts_while_it_is_admitted_and_reaches_the_model_once_admitted(tmp_path):
+    async with stack(tmp_path) as edge:
+        held = HeldLimiter()
+        edge.gateway.limiter = held
+        answer = asyncio.ensure_future(edge.post(CHAT, chat()))
+        async with asyncio.timeout(ANSWER_SECONDS):
+            while edge.model.started == 0:
+                await asyncio.sleep(0.001)
+        await asyncio.sleep(0.05)
+        assert (edge.model.started, edge.model.calls, answer.done()) == (1, 0, False)
+        held.release.set()
+        response = await answer
+        assert response.status_code == 200, response.text
+        assert edge.model.calls == 1
+        assert "x-ratelimit-limit-requests" not in response.headers  # acme has no limits
+
+
+async def test_a_refused_generation_never_reaches_the_model(tmp_path):
+    async with stack(tmp_path) as edge:
+        first = await edge.post(CHAT, chat(), "rated")
+        refused = await edge.post(CHAT, {**chat(), "stream": True}, "rated")
+        await asyncio.sleep(0.05)
+        assert (first.status_code, refused.status_code) == (200, 429)
+        assert refused.headers["retry-after"] and openai_error(refused)["code"] == "rate_limit_exceeded"
+        # The refused one's route started, waited for the go-ahead, and was cancelled.
+        assert (edge.model.started, edge.model.calls) == (2, 1)
+        assert [row[2] for row in edge.ledger_rows()] == ["ok"]
 
 
 # 1. What a cache hit bills ------------------------------------------------------------------
