@@ -143,9 +143,8 @@ class Exchange:
             await self._refuse(refusal)
 
     async def _serve(self, tenant: Tenant, message: Message, body: dict | None) -> None:
-        """The lookups (a stored answer under the Idempotency-Key, a cached one) and the admission
-        run at once: one round trip to Redis before the request goes on, not three. Meanwhile
-        the route starts: an OpenAI generation validates its body and chooses its target, and
+        """The admission and the lookups (a stored answer under the Idempotency-Key, a cached one)
+        run at once, their Redis round trips overlapping. Meanwhile the route starts: an OpenAI generation validates its body and chooses its target, and
         waits for the gateway's go-ahead before it calls the target (admission_gate.py), so
         the round trip costs the request little of its time to first token. A stored answer
         gives back the admission's tokens; the request's own answer is kept for its key and the
@@ -154,18 +153,26 @@ class Exchange:
         semantic = self._semantic_query(tenant, body) if key is not None else None
         reservation = reserved_tokens(self.endpoint is Endpoint.CHAT, body, self.gateway.counter,
                                       self.gateway.settings.unbounded_max_tokens) if body is not None else 0
-        lookups = asyncio.ensure_future(self._lookups(tenant, message, key, semantic))
+        # Three tasks, each of which sends its Redis command as soon as it runs, before the route's
+        # own work starts: their answers then come back while the route works.
         admitting = asyncio.ensure_future(self.gateway.admit(tenant, self.endpoint, reservation, self._model(body)))
+        claiming = asyncio.ensure_future(self._begin_idempotent(tenant, message))
+        caching = asyncio.ensure_future(self._cached(key, semantic))
         streams = body is not None and body.get("stream") is True
         relay = Relay(self.send, StreamOptions.of(body) if streams else None)
         route = self._start_route(relay, _with_body(message, ask_for_usage(body)) if streams else message)
         try:
             ticket = await admitting
-            proceed, stored, marker = await lookups
+            claim = await claiming
+            cached, marker = await caching
         except BaseException:
             route.cancel()
-            self._undo(lookups, admitting)
+            self._undo(admitting, claiming, caching)
             raise
+        if isinstance(claim, Replay):
+            proceed, stored, marker = None, claim.response, {REPLAYED_HEADER: "true"}
+        else:
+            proceed, stored = claim, cached
         if stored is not None:
             route.cancel()
             await self._answer_stored(ticket, stored, marker)
@@ -180,22 +187,14 @@ class Exchange:
             raise
         self.gateway.later(self._keep(proceed, key, semantic, answer))
 
-    async def _lookups(self, tenant: Tenant, message: Message, key: str | None, semantic: tuple[str, str] | None
-                       ) -> tuple[Proceed | None, StoredResponse | None, dict[str, str]]:
-        """(the Idempotency-Key's claim, a stored answer, the headers that say where it came from)."""
-        claim, (cached, marker) = await asyncio.gather(self._begin_idempotent(tenant, message),
-                                                       self._cached(key, semantic))
-        if isinstance(claim, Replay):
-            return None, claim.response, {REPLAYED_HEADER: "true"}
-        return claim, cached, marker
-
-    def _undo(self, lookups: asyncio.Future, admitting: asyncio.Future) -> None:
-        """One of the two failed, or the client left: give back what the other took, or takes. A
-        lookup still waiting for another request's answer is cancelled (a key claimed at that
-        very moment is freed when its lease runs out)."""
+    def _undo(self, admitting: asyncio.Future, claiming: asyncio.Future, caching: asyncio.Future) -> None:
+        """One of them failed, or the client left: give back what the others took, or take. A
+        claim still waiting for another request's answer is cancelled; one that got its key frees it."""
         admitting.add_done_callback(lambda done: _succeeded(done) and self.gateway.later(done.result().release()))
-        lookups.add_done_callback(lambda done: _succeeded(done) and self.gateway.later(self._abandon(done.result()[0])))
-        lookups.cancel()
+        claiming.add_done_callback(lambda done: _succeeded(done) and self.gateway.later(self._abandon(done.result())))
+        caching.add_done_callback(_retrieve_exception)
+        claiming.cancel()
+        caching.cancel()
 
     async def _keep(self, proceed: Proceed | None, key: str | None, semantic: tuple[str, str] | None,
                     answer: StoredResponse | None) -> None:
