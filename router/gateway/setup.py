@@ -144,9 +144,14 @@ def build_semantic_cache(args: argparse.Namespace, store: RedisStore | None) -> 
 
 
 def default_ledger_path() -> Path:
+    return default_state_dir() / LEDGER_FILE
+
+
+def default_state_dir() -> Path:
+    """Where the router keeps its files (the usage ledger, the batch store): $KSERVE_LLM_STATE_DIR,
+    else ~/.local/state/kserve-llm-runtime."""
     state_dir = os.environ.get(STATE_DIR_VARIABLE)
-    base = Path(state_dir) if state_dir else Path.home() / ".local" / "state" / "kserve-llm-runtime"
-    return base / LEDGER_FILE
+    return Path(state_dir) if state_dir else Path.home() / ".local" / "state" / "kserve-llm-runtime"
 
 
 def install_gateway(app: FastAPI, gateway: Gateway) -> None:
