@@ -35,7 +35,7 @@ from router.batch.objects import (
     new_batch_id,
     new_file_id,
 )
-from router.batch.store import FINAL_STATUSES, BatchRecord, BatchStatus, BatchStore, FileRecord
+from router.batch.store import FINAL_STATUSES, BatchRecord, BatchStatus, BatchStore, BatchStoreUnavailable, FileRecord
 from router.batch.validation import count_request_lines, validate_batch_file
 from router.gateway.gateway import ANONYMOUS
 from router.gateway.middleware import TENANT_SCOPE_KEY
@@ -214,6 +214,10 @@ async def _answered(work: Awaitable[dict | Response]) -> Response:
         return exc.response()
     except BatchRequestError as exc:
         return ApiError(HTTPStatus.BAD_REQUEST, str(exc), exc.param, exc.code).response()
+    except BatchStoreUnavailable as exc:
+        response = ApiError(HTTPStatus.SERVICE_UNAVAILABLE, f"the batch store cannot be reached now: {exc}").response()
+        response.headers["retry-after"] = "1"
+        return response
     return answer if isinstance(answer, Response) else JSONResponse(answer)
 
 

@@ -122,6 +122,12 @@ class BatchWorker:
             BATCH_LINES.labels("skipped").inc()
             await self.store.ack([item])
             return
+        if not _records(await self.store.batch(batch.id)):
+            # Its batch expired, or its cancellation is finalizing, while the line ran: the files
+            # being written would not hold this result, and the counts must match them.
+            BATCH_LINES.labels("skipped").inc()
+            await self.store.ack([item])
+            return
         kept, completed, failed = await self.store.record_result(batch.id, _result(batch, item, answer))
         await self.store.ack([item])
         BATCH_LINES.labels(("completed" if _ok(answer) else "failed") if kept else "skipped").inc()
@@ -151,6 +157,12 @@ class BatchWorker:
 
 def _runs(batch: BatchRecord | None) -> bool:
     return batch is not None and batch.status is BatchStatus.IN_PROGRESS
+
+
+def _records(batch: BatchRecord | None) -> bool:
+    """Whether a line that ran still counts: in progress, or cancelling (a line already running
+    when its batch was cancelled keeps its answer)."""
+    return batch is not None and batch.status in (BatchStatus.IN_PROGRESS, BatchStatus.CANCELLING)
 
 
 def _ok(answer: DispatchedAnswer) -> bool:
