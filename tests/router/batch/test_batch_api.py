@@ -242,3 +242,18 @@ def _metric(router: Server, name: str, labels: str = "") -> float:
         if line.startswith(name) and labels in line and not line.startswith("#"):
             return float(line.rsplit(" ", 1)[1])
     raise AssertionError(f"no {name}{{{labels}}} on /metrics")
+
+
+def test_lines_answered_503_run_again_after_their_retry_after(client, fakes, router):
+    fakes["llm-small-a"].status = 503
+    retried_before = _metric(router, "router_batch_lines_total", 'outcome="retried"')
+    lines = [chat_line(f"busy-{index}", "llm-small") for index in range(3)]
+    batch = client.batches.create(input_file_id=upload(client, lines), endpoint=CHAT, completion_window="24h")
+    deadline = time.monotonic() + 10
+    while _metric(router, "router_batch_lines_total", 'outcome="retried"') < retried_before + 3:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert client.batches.retrieve(batch.id).request_counts.failed == 0
+    fakes["llm-small-a"].status = 200
+    batch = wait_for_end(client, batch.id)
+    assert batch.status == "completed" and batch.request_counts.completed == 3
