@@ -154,10 +154,14 @@ class BatchStore(Protocol):
     async def claim(self, consumer: str, count: int, lease_seconds: float) -> list[WorkItem]:
         """Up to `count` lines for `consumer`: first those whose lease ran out (their consumer is
         gone), then new ones in queue order. Each claimed line is leased to `consumer` for
-        `lease_seconds`; an empty list when there is none."""
+        `lease_seconds`; an empty list when there is none. Every consumer claims with the same
+        `lease_seconds`: on Redis a lease runs out when its line has been idle (unclaimed and
+        unrenewed) for the `lease_seconds` of the claim that asks."""
 
     async def renew(self, consumer: str, items: list[WorkItem], lease_seconds: float) -> None:
-        """Extend the leases of lines still being worked on."""
+        """Extend the leases of lines still being worked on, those still `consumer`'s (a line
+        another consumer has claimed since stays its). Call it well within the lease: on Redis it
+        restarts the lease the claims measure, whatever `lease_seconds` says."""
 
     async def ack(self, items: list[WorkItem]) -> None:
         """Remove lines from the queue for good (done, or their batch ended)."""

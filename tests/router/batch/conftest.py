@@ -14,7 +14,7 @@ import pytest
 from router.batch.store import BatchStore
 from tests.router.batch.queue_worker import opened_store
 
-BACKENDS = ["sqlite"]
+BACKENDS = ["sqlite", "redis"]
 
 
 @dataclass(frozen=True)

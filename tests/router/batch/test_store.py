@@ -18,6 +18,8 @@ from router.batch.store import (
 from tests.router.batch.conftest import StoreLocation
 from tests.router.batch.queue_worker import opened_store
 
+# Every consumer claims with the same lease, as the router's workers do: on Redis a lease runs
+# out when a line has been idle for the lease of the claim that asks.
 LEASE_SECONDS = 0.3
 # Long enough for a lease of LEASE_SECONDS to have run out, on a busy machine too.
 PAST_LEASE_SECONDS = LEASE_SECONDS + 0.2
@@ -63,7 +65,8 @@ async def test_an_unknown_file_is_none(batch_store):
 
 
 async def test_files_are_listed_by_creation_then_id_after_a_file_and_by_purpose(batch_store):
-    records = [file_record("file-b", 100), file_record("file-a", 100), file_record("file-c", 101, purpose="batch_output"),
+    records = [file_record("file-b", 100), file_record("file-a", 100),
+               file_record("file-c", 101, purpose="batch_output"),
                file_record("file-d", 102), file_record("file-other", 100, tenant="globex")]
     for record in records:
         await batch_store.add_file(record, b"x")
@@ -199,16 +202,19 @@ async def test_the_first_result_of_a_custom_id_wins_and_is_counted_once(batch_st
     assert await batch_store.counts("batch-1") == (0, 0)
     assert not await batch_store.has_result("batch-1", "request-0")
 
-    assert await batch_store.record_result("batch-1", LineResult(0, "request-0", True, b'{"first": 1}')) == (True, 1, 0)
-    assert await batch_store.record_result("batch-1", LineResult(0, "request-0", False, b'{"again": 1}')) == (False, 1, 0)
-    assert await batch_store.record_result("batch-1", LineResult(1, "request-1", False, b'{"error": 1}')) == (True, 1, 1)
+    first = LineResult(0, "request-0", True, b'{"first": 1}')
+    assert await batch_store.record_result("batch-1", first) == (True, 1, 0)
+    again = LineResult(0, "request-0", False, b'{"again": 1}')
+    assert await batch_store.record_result("batch-1", again) == (False, 1, 0)
+    failed = LineResult(1, "request-1", False, b'{"error": 1}')
+    assert await batch_store.record_result("batch-1", failed) == (True, 1, 1)
 
     assert await batch_store.has_result("batch-1", "request-0")
     assert not await batch_store.has_result("batch-1", "request-2")
     assert not await batch_store.has_result("batch-2", "request-0")
     assert await batch_store.counts("batch-1") == (1, 1)
     assert await batch_store.counts("batch-2") == (0, 0)
-    assert (await batch_store.results("batch-1"))[0] == LineResult(0, "request-0", True, b'{"first": 1}')
+    assert await batch_store.results("batch-1") == [first, failed]
 
 
 async def test_results_come_in_line_order(batch_store):
@@ -246,10 +252,11 @@ async def test_a_line_whose_lease_ran_out_is_claimed_again_first(batch_store):
     assert await batch_store.claim("worker-2", 1, LEASE_SECONDS) != [lost]
 
     await asyncio.sleep(PAST_LEASE_SECONDS)
-    reclaimed = await batch_store.claim("worker-3", 2, 30)
+    reclaimed = await batch_store.claim("worker-3", 2, LEASE_SECONDS)
     assert [(item.custom_id, item.deliveries) for item in reclaimed] == [("request-0", 2), ("request-1", 2)]
     assert reclaimed[0].body == lost.body
-    assert [item.custom_id for item in await batch_store.claim("worker-3", 10, 30)] == ["request-2", "request-3"]
+    assert [item.custom_id for item in await batch_store.claim("worker-3", 10, LEASE_SECONDS)] == [
+        "request-2", "request-3"]
 
 
 async def test_a_renewed_lease_keeps_its_line_from_others(batch_store):
@@ -288,4 +295,4 @@ async def test_an_acked_line_is_gone_for_good(batch_store):
     await asyncio.sleep(PAST_LEASE_SECONDS)
     assert [item.custom_id for item in await batch_store.claim("worker-2", 10, LEASE_SECONDS)] == ["request-2"]
     await batch_store.renew("worker-1", claimed, LEASE_SECONDS)
-    assert await batch_store.claim("worker-2", 10, 30) == []
+    assert await batch_store.claim("worker-2", 10, LEASE_SECONDS) == []

@@ -78,7 +78,7 @@ async def test_lines_of_a_process_killed_before_its_ack_are_claimed_again(batch_
     assert [custom_id for custom_id, _ in held] == [f"request-{index}" for index in range(4)]
 
     await asyncio.sleep(HOLD_LEASE_SECONDS + 0.2)
-    reclaimed = await batch_store.claim("worker-parent", 10, 30)
+    reclaimed = await batch_store.claim("worker-parent", 10, HOLD_LEASE_SECONDS)
     assert [(item.custom_id, item.deliveries) for item in reclaimed] == (
         [(f"request-{index}", 2) for index in range(4)] + [(f"request-{index}", 1) for index in range(4, 10)])
     assert [item.receipt for item in reclaimed[:4]] == [receipt for _, receipt in held]
