@@ -17,7 +17,7 @@ import pytest
 
 from tests.router.conftest import start_router
 from tests.router.edge_fakes import FakeTransformer, running_transformers
-from tests.servers import Server
+from tests.servers import Server, run_python
 
 from .batch_helpers import (
     CHAT,
@@ -257,3 +257,10 @@ def test_lines_answered_503_run_again_after_their_retry_after(client, fakes, rou
     fakes["llm-small-a"].status = 200
     batch = wait_for_end(client, batch.id)
     assert batch.status == "completed" and batch.request_counts.completed == 3
+
+
+def test_the_example_client_runs_a_batch(router):
+    ran = run_python("examples/batch_client.py", "--url", router.url)
+    assert ran.returncode == 0, ran.stderr
+    assert "completed: 3 completed, 0 failed of 3" in ran.stdout
+    assert "question-0 (llm-small): 'llm-small-a answers'" in ran.stdout
