@@ -264,3 +264,22 @@ def test_the_example_client_runs_a_batch(router):
     assert ran.returncode == 0, ran.stderr
     assert "completed: 3 completed, 0 failed of 3" in ran.stdout
     assert "question-0 (llm-small): 'llm-small-a answers'" in ran.stdout
+
+
+@pytest.mark.parametrize("method, path, request_fields, message", [
+    ("POST", "/openai/v1/batches", {"content": b"not json"}, "the request body must be a JSON object"),
+    ("POST", "/openai/v1/batches", {"json": ["a list"]}, "the request body must be a JSON object"),
+    ("POST", "/openai/v1/batches", {"json": {"endpoint": CHAT, "completion_window": "24h"}}, "input_file_id is required"),
+    ("POST", "/openai/v1/files", {"json": {"purpose": "batch"}}, "the upload has no 'file' part"),
+    ("POST", "/openai/v1/files", {"files": {"file": ("a.jsonl", b"{}\n")}}, "the upload has no 'purpose' field"),
+    ("POST", "/openai/v1/files", {"files": {"file": ("a.jsonl", b"\xff\xfe\n")}, "data": {"purpose": "batch"}},
+     "the file is not UTF-8 text"),
+    ("GET", "/openai/v1/batches?limit=0", {}, "limit must be from 1 to 10000"),
+    ("GET", "/openai/v1/batches?limit=many", {}, "limit"),
+    ("GET", "/openai/v1/files?order=sideways", {}, "order must be 'asc' or 'desc'"),
+    ("GET", "/openai/v1/files?purpose=fine-tune", {}, "purpose must be one of batch, batch_output"),
+])
+def test_malformed_requests_are_400_in_openai_shape(router, method, path, request_fields, message):
+    answer = httpx.request(method, router.url + path, timeout=10, **request_fields)
+    assert answer.status_code == 400, answer.text
+    assert message in answer.json()["error"]["message"]
