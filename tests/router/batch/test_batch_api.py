@@ -189,17 +189,18 @@ def test_files_are_listed_and_deleted_but_not_under_an_active_batch(client, fake
 
 
 def test_a_batch_past_its_window_expires_with_the_results_it_has(client, fakes):
-    fakes["llm-small-a"].delay = 0.4
-    lines = [chat_line(f"e-{index}") for index in range(40)]
+    # 80 lines of 0.5 s, 8 at once: 5 s of work in a window of 2 s (1 to 2 s: times are whole seconds).
+    fakes["llm-small-a"].delay = 0.5
+    lines = [chat_line(f"e-{index}") for index in range(80)]
     batch = client.batches.create(input_file_id=upload(client, lines), endpoint=CHAT, completion_window="2s")
     assert batch.expires_at == batch.created_at + 2
     batch = wait_for_end(client, batch.id, timeout=30)
     assert batch.status == "expired" and batch.expired_at >= batch.expires_at
     output, errors = all_lines(client, batch)
-    assert 0 < len(output) < 40 and batch.request_counts.completed == len(output)
+    assert 0 < len(output) < 80 and batch.request_counts.completed == len(output)
     assert sorted(line["custom_id"] for line in output + errors) == sorted(line["custom_id"] for line in lines)
     expired = [line for line in errors if line["error"] is not None]
-    assert len(expired) == 40 - len(output)
+    assert len(expired) == 80 - len(output)
     assert expired[0]["response"] is None and expired[0]["error"]["code"] == "batch_expired"
 
 
