@@ -13,7 +13,11 @@ from router.cli import CONFIG_FLAG, config_flag_hidden_from_kserve
 with config_flag_hidden_from_kserve():
     from fastapi import FastAPI
 
-    from router.batch.setup import add_batch_arguments, check_batch_arguments, install_batch_api
+    from router.batch.setup import (
+        add_batch_arguments,
+        check_batch_arguments,
+        install_batch_api,
+    )
     from router.config import ConfigError, RouterConfig, load_config
     from router.decision_log import DecisionLogError
     from router.embeddings import EmbeddingsUnavailable

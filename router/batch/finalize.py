@@ -17,7 +17,13 @@ from collections.abc import Callable
 
 from router.batch.metrics import BATCH_TRANSITIONS
 from router.batch.objects import OUTPUT_PURPOSE, produced_file_id, unanswered_line
-from router.batch.store import BatchRecord, BatchStatus, BatchStore, FileRecord, LineResult
+from router.batch.store import (
+    BatchRecord,
+    BatchStatus,
+    BatchStore,
+    FileRecord,
+    LineResult,
+)
 from router.batch.validation import request_lines
 
 logger = logging.getLogger(__name__)

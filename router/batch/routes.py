@@ -35,7 +35,14 @@ from router.batch.objects import (
     new_batch_id,
     new_file_id,
 )
-from router.batch.store import FINAL_STATUSES, BatchRecord, BatchStatus, BatchStore, BatchStoreUnavailable, FileRecord
+from router.batch.store import (
+    FINAL_STATUSES,
+    BatchRecord,
+    BatchStatus,
+    BatchStore,
+    BatchStoreUnavailable,
+    FileRecord,
+)
 from router.batch.validation import count_request_lines, validate_batch_file
 from router.gateway.gateway import ANONYMOUS
 from router.gateway.middleware import TENANT_SCOPE_KEY

@@ -14,7 +14,12 @@ from fastapi import FastAPI
 from router.batch.capacity import SpareCapacity
 from router.batch.dispatch import InProcessDispatcher
 from router.batch.finalize import Finalizer, Sweeper
-from router.batch.routes import MULTIPART_OVERHEAD_BYTES, BatchApi, FileLimits, add_batch_routes
+from router.batch.routes import (
+    MULTIPART_OVERHEAD_BYTES,
+    BatchApi,
+    FileLimits,
+    add_batch_routes,
+)
 from router.batch.store import BatchStore, open_batch_store
 from router.batch.worker import BatchWorker, WorkerSettings
 from router.gateway.gateway import Gateway

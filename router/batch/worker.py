@@ -22,7 +22,13 @@ from router.batch.dispatch import DispatchedAnswer, InProcessDispatcher
 from router.batch.finalize import Finalizer
 from router.batch.metrics import BATCH_LINES, BATCH_LINES_IN_FLIGHT
 from router.batch.objects import answered_line
-from router.batch.store import BatchRecord, BatchStatus, BatchStore, LineResult, WorkItem
+from router.batch.store import (
+    BatchRecord,
+    BatchStatus,
+    BatchStore,
+    LineResult,
+    WorkItem,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,16 @@ from tests.router.conftest import start_router
 from tests.router.edge_fakes import FakeTransformer, running_transformers
 from tests.servers import Server
 
-from .batch_helpers import CHAT, all_lines, batch_config, chat_line, client_of, upload, wait_for_end, wait_for_status
+from .batch_helpers import (
+    CHAT,
+    all_lines,
+    batch_config,
+    chat_line,
+    client_of,
+    upload,
+    wait_for_end,
+    wait_for_status,
+)
 
 LINES = 80
 LEASE_SECONDS = "2"

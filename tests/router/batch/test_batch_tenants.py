@@ -16,7 +16,14 @@ from tests.router.conftest import start_router
 from tests.router.edge_fakes import FakeTransformer, running_transformers
 from tests.servers import Server
 
-from .batch_helpers import CHAT, batch_config, chat_line, client_of, upload, wait_for_end
+from .batch_helpers import (
+    CHAT,
+    batch_config,
+    chat_line,
+    client_of,
+    upload,
+    wait_for_end,
+)
 
 KEYS = {"acme": "sk-acme-batch-key", "globex": "sk-globex-batch-key"}
 

@@ -6,7 +6,11 @@ import json
 
 import pytest
 
-from router.batch.objects import BatchRequestError, check_metadata, completion_window_seconds
+from router.batch.objects import (
+    BatchRequestError,
+    check_metadata,
+    completion_window_seconds,
+)
 from router.batch.validation import MAX_REPORTED_ERRORS, validate_batch_file
 
 CHAT = "/v1/chat/completions"
