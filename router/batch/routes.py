@@ -16,8 +16,6 @@ from http import HTTPStatus
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from starlette.datastructures import UploadFile
-from starlette.formparsers import MultiPartException
 
 from router.batch.finalize import Finalizer
 from router.batch.metrics import BATCH_TRANSITIONS
@@ -43,6 +41,7 @@ from router.batch.store import (
     BatchStoreUnavailable,
     FileRecord,
 )
+from router.batch.upload import parse_upload
 from router.batch.validation import count_request_lines, validate_batch_file
 from router.gateway.gateway import ANONYMOUS
 from router.gateway.middleware import TENANT_SCOPE_KEY
@@ -86,11 +85,14 @@ class BatchApi:
 
     # Files ------------------------------------------------------------------------------
 
-    async def upload(self, tenant: str, upload: UploadFile, purpose: str) -> dict:
-        if purpose != INPUT_PURPOSE:
+    async def upload(self, tenant: str, body: bytes, content_type: str) -> dict:
+        upload = await asyncio.to_thread(parse_upload, body, content_type, self.limits.max_file_bytes)
+        if upload.purpose is None:
+            raise BatchRequestError(f"the upload has no 'purpose' field (it must be {INPUT_PURPOSE!r})", "purpose")
+        if upload.purpose != INPUT_PURPOSE:
             raise ApiError(HTTPStatus.BAD_REQUEST, f"purpose must be {INPUT_PURPOSE!r} (files with purpose "
-                           f"'batch_output' are written by batches); got {purpose!r}", "purpose")
-        content = await upload.read(self.limits.max_file_bytes + 1)
+                           f"'batch_output' are written by batches); got {upload.purpose!r}", "purpose")
+        content = upload.content
         if len(content) > self.limits.max_file_bytes:
             raise ApiError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"the file is larger than this router's limit of "
                            f"{self.limits.max_file_bytes} bytes (--batch_max_file_bytes)", "file")
@@ -101,8 +103,7 @@ class BatchApi:
         if lines > self.limits.max_lines:
             raise ApiError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"the file has {lines} requests, more than this "
                            f"router's limit of {self.limits.max_lines} (--batch_max_lines)", "file")
-        record = FileRecord(new_file_id(), tenant, purpose, upload.filename or "upload.jsonl", len(content),
-                            int(self.clock()))
+        record = FileRecord(new_file_id(), tenant, INPUT_PURPOSE, upload.filename, len(content), int(self.clock()))
         await self.store.add_file(record, content)
         return file_object(record)
 
@@ -238,30 +239,15 @@ async def _json_object(request: Request) -> dict:
     return body
 
 
-async def _upload(api: BatchApi, request: Request) -> dict:
-    try:
-        form = await request.form(max_files=1, max_fields=4)
-    except (MultiPartException, AssertionError) as exc:
-        raise BatchRequestError(f"the upload must be multipart/form-data with a 'file' and a 'purpose': {exc}",
-                                "file") from None
-    upload, purpose = form.get("file"), form.get("purpose")
-    if not isinstance(upload, UploadFile):
-        raise BatchRequestError("the upload has no 'file' part", "file")
-    if not isinstance(purpose, str):
-        raise BatchRequestError(f"the upload has no 'purpose' field (it must be {INPUT_PURPOSE!r})", "purpose")
-    try:
-        return await api.upload(_tenant(request), upload, purpose)
-    finally:
-        await form.close()
-
-
 def add_batch_routes(app: FastAPI, api: BatchApi) -> None:
     """The routes on `app`; the upload's body bound is raised by router/batch/setup.py."""
     router = APIRouter(tags=["OpenAI batch"])
 
     @router.post(FILES_PATH)
     async def upload_file(request: Request) -> Response:
-        return await _answered(_upload(api, request))
+        async def work() -> dict:
+            return await api.upload(_tenant(request), await request.body(), request.headers.get("content-type", ""))
+        return await _answered(work())
 
     @router.get(FILES_PATH)
     async def list_files(request: Request, purpose: str | None = None, after: str | None = None,
