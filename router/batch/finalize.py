@@ -130,11 +130,19 @@ class Sweeper:
             self._task = None
 
     async def _run(self) -> None:
+        failing: str | None = None  # the last sweep's failure, logged when it changes
         while True:
             try:
                 await self.sweep()
-            except Exception:
-                logger.exception("the batch sweeper failed; it tries again in %g s", SWEEP_SECONDS)
+            except Exception as exc:
+                if str(exc) != failing:
+                    logger.error("the batch sweeper failed (trying again every %g s): %s", SWEEP_SECONDS, exc,
+                                 exc_info=failing is None)
+                failing = str(exc)
+            else:
+                if failing is not None:
+                    logger.info("the batch sweeper works again")
+                failing = None
             await asyncio.sleep(SWEEP_SECONDS)
 
     async def sweep(self) -> None:

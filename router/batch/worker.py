@@ -72,12 +72,20 @@ class BatchWorker:
         self._task = None
 
     async def _run(self) -> None:
+        failing: str | None = None  # the last claim's failure, logged when it changes (not 5 times a second)
         while True:
             try:
                 claimed = await self._claim()
-            except Exception:
-                logger.exception("claiming batch lines failed; trying again in %g s", IDLE_SECONDS)
+            except Exception as exc:
                 claimed = 0
+                if str(exc) != failing:
+                    logger.error("claiming batch lines failed (trying again every %g s): %s", IDLE_SECONDS, exc,
+                                 exc_info=failing is None)
+                failing = str(exc)
+            else:
+                if failing is not None:
+                    logger.info("claiming batch lines works again")
+                failing = None
             if not claimed:
                 await self._idle()
 
