@@ -20,9 +20,9 @@ from tests.router.batch.queue_worker import opened_store
 
 # Every consumer claims with the same lease, as the router's workers do: on Redis a lease runs
 # out when a line has been idle for the lease of the claim that asks.
-LEASE_SECONDS = 0.3
+LEASE_SECONDS = 0.5
 # Long enough for a lease of LEASE_SECONDS to have run out, on a busy machine too.
-PAST_LEASE_SECONDS = LEASE_SECONDS + 0.2
+PAST_LEASE_SECONDS = LEASE_SECONDS + 0.3
 
 
 def file_record(file_id: str, created_at: int = 100, tenant: str = "acme", purpose: str = "batch") -> FileRecord:
