@@ -226,6 +226,10 @@ def test_a_cancelled_batch_runs_no_more_lines(client, fakes):
 def test_batch_lines_wait_for_spare_capacity(client, fakes, router):
     small = fakes["llm-small-a"]
     small.waiting = 5.0  # a busy target: its predictor's queue is above --batch_max_waiting
+    # Two scrapes later the router has polled the busy queue (the first may have begun before).
+    scrapes = small.metrics_scrapes
+    while small.metrics_scrapes < scrapes + 2:
+        time.sleep(0.02)
     batch = client.batches.create(input_file_id=upload(client, [chat_line("patient")]), endpoint=CHAT,
                                   completion_window="24h")
     # Many load polls later, nothing has run.
