@@ -1,6 +1,7 @@
 """The router: `python -m router --config router.yaml` serves the routing decision as a KServe
 model (v1/v2 predict, for an InferenceGraph's Switch) and an OpenAI-compatible edge that routes,
-streams and falls back (/openai/v1), with /metrics."""
+streams and falls back (/openai/v1), OpenAI's Files and Batch APIs whose lines it routes the same
+way on spare capacity, with /metrics."""
 
 from __future__ import annotations
 
@@ -12,6 +13,11 @@ from router.cli import CONFIG_FLAG, config_flag_hidden_from_kserve
 with config_flag_hidden_from_kserve():
     from fastapi import FastAPI
 
+    from router.batch.setup import (
+        add_batch_arguments,
+        check_batch_arguments,
+        install_batch_api,
+    )
     from router.config import ConfigError, RouterConfig, load_config
     from router.decision_log import DecisionLogError
     from router.embeddings import EmbeddingsUnavailable
@@ -43,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a Hugging Face tokenizer directory to count prompt tokens with "
                              "(unset: estimated from the text's length)")
     add_gateway_arguments(parser)
+    add_batch_arguments(parser)
     # Unset unless given, so that the config's model_name applies by default.
     parser.set_defaults(model_name=None)
     return parser
@@ -53,8 +60,16 @@ def build_model(args: argparse.Namespace, config: RouterConfig) -> RouterModel:
     return RouterModel(args.model_name or config.model_name, config, args.tokenizer_dir)
 
 
-def install_routes(app: FastAPI, edge: OpenAIEdge, gateway: Gateway | None) -> None:
-    """The OpenAI edge, behind the gateway when there is one."""
+def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    check_gateway_arguments(parser, args)
+    check_batch_arguments(parser, args)
+
+
+def install_routes(app: FastAPI, args: argparse.Namespace, edge: OpenAIEdge, gateway: Gateway | None) -> None:
+    """The OpenAI edge and the batch API, behind the gateway when there is one. The batch API
+    first: its lifespan is then the innermost, so its worker stops before the edge and the
+    gateway it sends lines through."""
+    install_batch_api(app, args, list(edge.replica_sets.values()), gateway)
     if gateway is not None:
         install_gateway(app, gateway)
     add_openai_edge(app, edge)
@@ -62,7 +77,7 @@ def install_routes(app: FastAPI, edge: OpenAIEdge, gateway: Gateway | None) -> N
 
 def main() -> None:
     parser = build_parser()
-    args = parse_component_args(parser, logger.name, check_gateway_arguments)
+    args = parse_component_args(parser, logger.name, check_arguments)
     with exit_if_cannot_start(logger, "router", ApiKeysError, TenantsError, ConfigError, TokenizerError,
                               LearnedModelError):
         tenants = load_tenants(args)
@@ -74,7 +89,7 @@ def main() -> None:
         edge = OpenAIEdge(model)
         gateway = build_gateway(args, tenants, model.token_counter)
     # The WebSocket generate route routes as the edge does, behind the same gateway.
-    serve(model, args, lambda app: install_routes(app, edge, gateway),
+    serve(model, args, lambda app: install_routes(app, args, edge, gateway),
           websocket=RoutedGenerationBackend(edge, gateway), authorize=authorizer(gateway))
 
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 
+from fastapi import FastAPI
 from kserve.constants.constants import INFERENCE_CONTENT_LENGTH_HEADER
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -26,26 +28,32 @@ class ClientConnectionMiddleware:
     client sends one, by counting otherwise), then runs the app while watching the connection:
     when the client leaves, the app's handler is cancelled. That aborts the engine request
     wherever it is (queued, generating, streaming) and frees its KV blocks, on KServe's routes
-    as well as ours. The app still sees the disconnect on `receive`, as Starlette expects."""
+    as well as ours. The app still sees the disconnect on `receive`, as Starlette expects.
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    `path_bounds` gives a few exact paths a bound of their own (a file upload is larger than any
+    request), without loosening the others'; `allow_larger_body` adds one to an app."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int, path_bounds: Mapping[str, int] | None = None) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.path_bounds = dict(path_bounds or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if _declared_length(scope) > self.max_body_bytes:
-            await self._refuse(scope, receive, send)
+        bound = self.path_bounds.get(scope["path"], self.max_body_bytes)
+        if _declared_length(scope) > bound:
+            await self._refuse(scope, receive, send, bound)
             return
-        body = await self._read_body(receive)
+        body = await self._read_body(receive, bound)
         if body is None:
-            await self._refuse(scope, receive, send)
+            await self._refuse(scope, receive, send, bound)
             return
         await self._run_until_disconnect(scope, body, receive, send)
 
-    async def _read_body(self, receive: Receive) -> Message | None:
+    @staticmethod
+    async def _read_body(receive: Receive, bound: int) -> Message | None:
         """The whole body as one message (or the disconnect that cut it short); None if too large."""
         chunks: list[bytes] = []
         size = 0
@@ -55,7 +63,7 @@ class ClientConnectionMiddleware:
                 return message
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self.max_body_bytes:
+            if size > bound:
                 return None
             chunks.append(chunk)
             if not message.get("more_body", False):
@@ -117,16 +125,25 @@ class ClientConnectionMiddleware:
         response = error_response(InternalError(exc), scope.get("path", ""))
         await response(scope, _no_receive, send)
 
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+    @staticmethod
+    async def _refuse(scope: Scope, receive: Receive, send: Send, bound: int) -> None:
         """413, once the rest of the body has been read and dropped: an HTTP/1.1 client sends its
         whole body before it reads the answer, and a connection closed on unread bytes is reset,
         which loses the 413 on its way (the graph runner's client, and asyncio clients generally,
         then see a read error where the 413 should be). A client still sending after
         DRAIN_SECONDS is not waited for: its connection is closed."""
-        response = error_response(PayloadTooLarge(self.max_body_bytes), scope.get("path", ""))
+        response = error_response(PayloadTooLarge(bound), scope.get("path", ""))
         if not await _drain_body(receive):
             response.headers["connection"] = "close"
         await response(scope, receive, send)
+
+
+def allow_larger_body(app: FastAPI, path: str, max_body_bytes: int) -> None:
+    """Let requests to exactly `path` carry bodies up to `max_body_bytes` (the app's
+    ClientConnectionMiddleware, installed by serving.server.install_http_layers, keeps its bound
+    for every other path). Call before the server starts."""
+    layer = next(middleware for middleware in app.user_middleware if middleware.cls is ClientConnectionMiddleware)
+    layer.kwargs["path_bounds"] = {**layer.kwargs.get("path_bounds", {}), path: max_body_bytes}
 
 
 async def _drain_body(receive: Receive) -> bool:

@@ -33,6 +33,9 @@ MODELS_PATH = f"{OPENAI_PREFIX}/models"
 MODEL_PATH = f"{OPENAI_PREFIX}/models/{{model_name}}"
 COMPLETIONS_PATH = f"{OPENAI_PREFIX}/completions"
 CHAT_COMPLETIONS_PATH = f"{OPENAI_PREFIX}/chat/completions"
+# OpenAI's Files and Batch APIs (the router serves them: router/batch/).
+FILES_PATH = f"{OPENAI_PREFIX}/files"
+BATCHES_PATH = f"{OPENAI_PREFIX}/batches"
 # vLLM's token routes, at its paths: what a prompt costs, ids for logit_bias or stop_token_ids.
 TOKENIZE_PATH = "/tokenize"
 DETOKENIZE_PATH = "/detokenize"

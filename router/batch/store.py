@@ -9,9 +9,13 @@ first recorded wins, so the output holds exactly one line per input line however
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
-from typing import Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from router.gateway.redis_store import RedisStore
 
 
 class BatchStatus(StrEnum):
@@ -30,6 +34,13 @@ class BatchStatus(StrEnum):
 
 # The statuses a batch never leaves.
 FINAL_STATUSES = frozenset({BatchStatus.FAILED, BatchStatus.COMPLETED, BatchStatus.EXPIRED, BatchStatus.CANCELLED})
+# The statuses the sweeper watches (`active_batches`).
+ACTIVE_STATUSES = frozenset({BatchStatus.IN_PROGRESS, BatchStatus.FINALIZING, BatchStatus.CANCELLING})
+
+
+class BatchStoreUnavailable(Exception):
+    """The store could not be read or written (its SQLite file, or Redis); the message says which
+    store, what it was doing and why."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,12 +154,58 @@ class BatchStore(Protocol):
     async def claim(self, consumer: str, count: int, lease_seconds: float) -> list[WorkItem]:
         """Up to `count` lines for `consumer`: first those whose lease ran out (their consumer is
         gone), then new ones in queue order. Each claimed line is leased to `consumer` for
-        `lease_seconds`; an empty list when there is none."""
+        `lease_seconds`; an empty list when there is none. Every consumer claims with the same
+        `lease_seconds`: on Redis a lease runs out when its line has been idle (unclaimed and
+        unrenewed) for the `lease_seconds` of the claim that asks."""
 
     async def renew(self, consumer: str, items: list[WorkItem], lease_seconds: float) -> None:
-        """Extend the leases of lines still being worked on."""
+        """Extend the leases of lines still being worked on, those still `consumer`'s (a line
+        another consumer has claimed since stays its). Call it well within the lease: on Redis it
+        restarts the lease the claims measure, whatever `lease_seconds` says."""
 
     async def ack(self, items: list[WorkItem]) -> None:
         """Remove lines from the queue for good (done, or their batch ended)."""
 
     async def close(self) -> None: ...
+
+
+# BatchRecord fields that `transition` sets itself or that never change.
+_FIELDS_NOT_CHANGEABLE = frozenset({"id", "status", "times"})
+_BATCH_FIELDS = frozenset(batch_field.name for batch_field in fields(BatchRecord))
+
+
+def check_changes(changes: dict[str, object]) -> None:
+    """Refuses `transition` changes that are not BatchRecord fields it may set, before anything
+    is written."""
+    unknown = sorted(set(changes) - _BATCH_FIELDS)
+    if unknown:
+        raise ValueError(f"transition: {', '.join(unknown)} are not BatchRecord fields")
+    refused = sorted(set(changes) & _FIELDS_NOT_CHANGEABLE)
+    if refused:
+        raise ValueError(f"transition: {', '.join(refused)} cannot be changed (status and times are set by "
+                         f"the transition itself, id never)")
+
+
+def batch_to_dict(record: BatchRecord) -> dict[str, Any]:
+    """The record as JSON-ready values (statuses are strings already: StrEnum)."""
+    return {batch_field.name: getattr(record, batch_field.name) for batch_field in fields(BatchRecord)}
+
+
+def batch_from_dict(data: dict[str, Any]) -> BatchRecord:
+    """The record that batch_to_dict gave, after a JSON round trip."""
+    ending = data.get("ending")
+    return BatchRecord(**{**data, "status": BatchStatus(data["status"]),
+                          "ending": None if ending is None else BatchStatus(ending)})
+
+
+def open_batch_store(path: str | Path, redis: RedisStore | None) -> BatchStore:
+    """The batch store of this router: shared through Redis when the gateway has one (`path` is
+    then unused), else the SQLite file at `path`."""
+    # Imported here: both implementations import this module's records.
+    if redis is not None:
+        from router.batch.redis_store import RedisBatchStore
+
+        return RedisBatchStore(redis)
+    from router.batch.sqlite_store import SQLiteBatchStore
+
+    return SQLiteBatchStore(path)

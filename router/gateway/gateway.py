@@ -145,6 +145,16 @@ class Gateway:
             raise Unauthorized("a valid API key is required: send it as 'Authorization: Bearer <key>'")
         return tenant
 
+    def named_tenant(self, name: str) -> Tenant:
+        """The tenant of work this process runs for it (a batch's lines), by its name; Unauthorized
+        if no tenant has it any more (the tenants file changed since the batch was created)."""
+        if not self.tenants.required:
+            return ANONYMOUS
+        tenant = self.tenants.by_name(name)
+        if tenant is None:
+            raise Unauthorized(f"tenant {name!r} is no longer configured")
+        return tenant
+
     def check_model(self, tenant: Tenant, model: object) -> None:
         if isinstance(model, str) and not tenant.policy.allows_model(model):
             allowed = ", ".join(sorted(tenant.policy.models or ()))

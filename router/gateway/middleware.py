@@ -27,7 +27,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from router.gateway.admission_gate import start_gated
-from router.gateway.gateway import CacheHitBilling, Gateway, Refusal, Ticket, refusal_of
+from router.gateway.gateway import CacheHitBilling, Gateway, Refusal, Ticket, Unauthorized, refusal_of
 from router.gateway.idempotency import (
     IdempotencyConflict,
     IdempotencyInFlight,
@@ -45,7 +45,15 @@ from router.gateway.stream_usage import StreamOptions, StreamUsage, ask_for_usag
 from router.gateway.tenants import Tenant
 from router.gateway.usage_record import Endpoint
 from router.gateway.usage_report import parse_period, usage_report
-from serving.openai_routes import CHAT_COMPLETIONS_PATH, COMPLETIONS_PATH, DETOKENIZE_PATH, OPENAI_PREFIX, TOKENIZE_PATH
+from serving.openai_routes import (
+    BATCHES_PATH,
+    CHAT_COMPLETIONS_PATH,
+    COMPLETIONS_PATH,
+    DETOKENIZE_PATH,
+    FILES_PATH,
+    OPENAI_PREFIX,
+    TOKENIZE_PATH,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +69,12 @@ STORED_HEADER_PREFIX = "x-route"
 # A response larger than this is not stored for replay or the cache.
 MAX_STORED_BYTES = 8 << 20
 EVENT_STREAM = "text/event-stream"
+# The scope entry naming the tenant of a request made in this process (a batch line, by
+# router/batch/dispatch.py): only in-process code can set a scope entry, so it cannot be forged by
+# a client. The gateway also sets it on the files and batches routes, for them to know the tenant.
+TENANT_SCOPE_KEY = "kserve_llm.tenant"
+# Routes that only need to know the tenant: no limits, no metering (they generate nothing).
+AUTHENTICATED_ONLY_PREFIXES = (FILES_PATH, BATCHES_PATH)
 
 
 def classify(method: str, path: str, authenticate_predict: bool) -> Endpoint | None:
@@ -91,11 +105,24 @@ class GatewayMiddleware:
         if scope["path"] == USAGE_PATH:
             await self._usage(scope, receive, send)
             return
+        if scope["path"].startswith(AUTHENTICATED_ONLY_PREFIXES):
+            await self._authenticated_only(scope, receive, send)
+            return
         endpoint = classify(scope["method"], scope["path"], self.gateway.settings.authenticate_predict)
         if endpoint is None:
             await self.app(scope, receive, send)
             return
         await Exchange(self.app, self.gateway, endpoint, scope, receive, send).run()
+
+    async def _authenticated_only(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The files and batches routes: the tenant is named to the route in the scope (401 without
+        a valid key); what their batches run is admitted and metered line by line."""
+        try:
+            tenant = self.gateway.authenticate(_header(scope, b"authorization"))
+        except Unauthorized as exc:
+            await refusal_of(exc).response(openai=True)(scope, receive, send)
+            return
+        await self.app({**scope, TENANT_SCOPE_KEY: tenant.name}, receive, send)
 
     async def _usage(self, scope: Scope, receive: Receive, send: Send) -> None:
         """GET /v1/usage?period=day|...|start_time=&end_time=[&tenant=]: a tenant's token usage by
@@ -130,7 +157,7 @@ class Exchange:
 
     async def run(self) -> None:
         try:
-            tenant = self.gateway.authenticate(_header(self.scope, b"authorization"))
+            tenant = self._tenant()
             message = await self.receive()
             body = _json_object(message.get("body", b"")) if self.endpoint.generates else None
             if body is not None:
@@ -142,13 +169,22 @@ class Exchange:
                 raise
             await self._refuse(refusal)
 
+    def _tenant(self) -> Tenant:
+        """The tenant this process named in the scope (a batch line), or the one whose key the
+        request carries."""
+        named = self.scope.get(TENANT_SCOPE_KEY)
+        if named is not None:
+            return self.gateway.named_tenant(named)
+        return self.gateway.authenticate(_header(self.scope, b"authorization"))
+
     async def _serve(self, tenant: Tenant, message: Message, body: dict | None) -> None:
         """The admission and the lookups (a stored answer under the Idempotency-Key, a cached one)
-        run at once, their Redis round trips overlapping. Meanwhile the route starts: an OpenAI generation validates its body and chooses its target, and
-        waits for the gateway's go-ahead before it calls the target (admission_gate.py), so
-        the round trip costs the request little of its time to first token. A stored answer
-        gives back the admission's tokens; the request's own answer is kept for its key and the
-        caches once the client has it."""
+        run at once, their Redis round trips overlapping. Meanwhile the route starts: an OpenAI
+        generation validates its body and chooses its target, and waits for the gateway's
+        go-ahead before it calls the target (admission_gate.py), so the round trips cost the
+        request little of its time to first token. A stored answer gives back the admission's
+        tokens; the request's own answer is kept for its key and the caches once the client has
+        it."""
         key = self._cache_key(tenant, body)
         semantic = self._semantic_query(tenant, body) if key is not None else None
         reservation = reserved_tokens(self.endpoint is Endpoint.CHAT, body, self.gateway.counter,

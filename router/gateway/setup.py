@@ -46,8 +46,8 @@ def add_gateway_arguments(parser: argparse.ArgumentParser) -> None:
                       help="file of API keys, one per line (# comments): tenants without limits; the KServe "
                            "predict routes stay open, as before tenants existed")
     group.add_argument("--redis_url", default=None,
-                       help="redis://host:port/db shared by router replicas for limits, ledger, idempotency "
-                            "and the cache (unset: in process, one replica)")
+                       help="redis://host:port/db shared by router replicas for limits, ledger, idempotency, "
+                            "the cache and the batch store (unset: in process, one replica)")
     group.add_argument("--redis_timeout_seconds", type=float, default=DEFAULT_TIMEOUT_SECONDS,
                        help="time limit of every Redis call")
     group.add_argument("--redis_failure_mode", choices=[mode.value for mode in FailureMode], default=FailureMode.OPEN,
@@ -144,9 +144,14 @@ def build_semantic_cache(args: argparse.Namespace, store: RedisStore | None) -> 
 
 
 def default_ledger_path() -> Path:
+    return default_state_dir() / LEDGER_FILE
+
+
+def default_state_dir() -> Path:
+    """Where the router keeps its files (the usage ledger, the batch store): $KSERVE_LLM_STATE_DIR,
+    else ~/.local/state/kserve-llm-runtime."""
     state_dir = os.environ.get(STATE_DIR_VARIABLE)
-    base = Path(state_dir) if state_dir else Path.home() / ".local" / "state" / "kserve-llm-runtime"
-    return base / LEDGER_FILE
+    return Path(state_dir) if state_dir else Path.home() / ".local" / "state" / "kserve-llm-runtime"
 
 
 def install_gateway(app: FastAPI, gateway: Gateway) -> None:

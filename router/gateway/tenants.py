@@ -177,6 +177,10 @@ class Tenants:
     def __len__(self) -> int:
         return len(self._tenants)
 
+    def by_name(self, name: str) -> Tenant | None:
+        """The tenant of this name (work it asked for earlier, run in process: a batch), or None."""
+        return next((tenant for tenant in self._tenants if tenant.name == name), None)
+
     def authenticate(self, authorization_header: str | None) -> Tenant | None:
         """The tenant whose key this `Authorization: Bearer <key>` header carries, or None. The
         presented key's digest is compared with every stored digest, each in constant time, so

@@ -1,15 +1,19 @@
 """Fixtures: a real router process (`python -m router --config ...`, through tests.servers), a real
-graph runner process (`python -m router.graph`), and a small Hugging Face tokenizer directory
-built here (nothing downloaded)."""
+graph runner process (`python -m router.graph`), a small Hugging Face tokenizer directory
+built here (nothing downloaded), and one real redis-server for the session (tests.redis_server)
+that the gateway's and the batch store's tests share, each test under its own key prefix."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
 from router.graph_server import READINESS_PATH
+from tests.redis_server import RedisServer, start_redis
 from tests.servers import MODEL_NAME, REPO_ROOT, Server, free_port, launch, run_python, start_process
 
 EXAMPLE_CONFIG = REPO_ROOT / "router" / "router.yaml"
@@ -58,3 +62,17 @@ def tokenizer_dir(tmp_path_factory) -> Path:
     directory = tmp_path_factory.mktemp("tokenizer")
     PreTrainedTokenizerFast(tokenizer_object=tokenizer).save_pretrained(str(directory))
     return directory
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory) -> Iterator[RedisServer]:
+    """One redis-server for the session; tests keep apart by key prefix (`redis_prefix`)."""
+    server = start_redis(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_prefix(request) -> str:
+    """A key prefix of this test's own."""
+    return f"test:{request.node.name}:{time.monotonic_ns()}:"

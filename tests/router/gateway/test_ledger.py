@@ -25,7 +25,7 @@ from router.gateway.ledger import (
     open_ledger,
 )
 from router.gateway.redis_store import RedisStore
-from tests.router.gateway.conftest import start_redis
+from tests.redis_server import start_redis
 
 REPOSITORY = Path(__file__).resolve().parents[3]
 HOUR = 3600.0

@@ -1,0 +1,21 @@
+"""The batch API's Prometheus metrics, on the router's /metrics (the default registry).
+
+- `router_batch_lines_total{outcome}`: lines the worker handled: `completed` (a 2xx answer kept),
+  `failed` (another answer kept, for the error file), `retried` (a 429 or 503: run again after
+  its Retry-After), `skipped` (its batch had ended, or it already had a result: a redelivery).
+- `router_batch_lines_in_flight`: lines this process is running now.
+- `router_batch_transitions_total{to}`: batches that reached a status (`failed` at creation too)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge
+
+BATCH_LINES = Counter("router_batch_lines", "Batch lines handled by this process's worker, by outcome.",
+                      ["outcome"])
+BATCH_LINES_IN_FLIGHT = Gauge("router_batch_lines_in_flight", "Batch lines this process is running now.")
+BATCH_TRANSITIONS = Counter("router_batch_transitions", "Batches that reached a status, by the status.", ["to"])
+
+# Every series from the start, so that a dashboard's rate() sees the first increment.
+LINE_OUTCOMES = ("completed", "failed", "retried", "skipped")
+for _outcome in LINE_OUTCOMES:
+    BATCH_LINES.labels(_outcome)
