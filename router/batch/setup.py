@@ -14,13 +14,15 @@ from fastapi import FastAPI
 from router.batch.capacity import SpareCapacity
 from router.batch.dispatch import InProcessDispatcher
 from router.batch.finalize import Finalizer, Sweeper
+from router.batch.redis_store import RedisBatchStore
 from router.batch.routes import (
     MULTIPART_OVERHEAD_BYTES,
     BatchApi,
     FileLimits,
     add_batch_routes,
 )
-from router.batch.store import BatchStore, open_batch_store
+from router.batch.sqlite_store import SQLiteBatchStore
+from router.batch.store import BatchStore
 from router.batch.worker import BatchWorker, WorkerSettings
 from router.gateway.gateway import Gateway
 from router.gateway.redis_store import RedisStore
@@ -33,6 +35,12 @@ from serving.openai_routes import FILES_PATH
 logger = logging.getLogger(__name__)
 
 BATCH_STORE_FILE = "router-batch.sqlite3"
+
+
+def open_batch_store(path: str | Path, redis: RedisStore | None) -> BatchStore:
+    """The batch store of this router: shared through Redis when the gateway has one (`path` is
+    then unused), else the SQLite file at `path`."""
+    return SQLiteBatchStore(path) if redis is None else RedisBatchStore(redis)
 
 
 def add_batch_arguments(parser: argparse.ArgumentParser) -> None:

@@ -11,11 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
-
-if TYPE_CHECKING:
-    from router.gateway.redis_store import RedisStore
+from typing import Any, Protocol
 
 
 class BatchStatus(StrEnum):
@@ -196,16 +192,3 @@ def batch_from_dict(data: dict[str, Any]) -> BatchRecord:
     ending = data.get("ending")
     return BatchRecord(**{**data, "status": BatchStatus(data["status"]),
                           "ending": None if ending is None else BatchStatus(ending)})
-
-
-def open_batch_store(path: str | Path, redis: RedisStore | None) -> BatchStore:
-    """The batch store of this router: shared through Redis when the gateway has one (`path` is
-    then unused), else the SQLite file at `path`."""
-    # Imported here: both implementations import this module's records.
-    if redis is not None:
-        from router.batch.redis_store import RedisBatchStore
-
-        return RedisBatchStore(redis)
-    from router.batch.sqlite_store import SQLiteBatchStore
-
-    return SQLiteBatchStore(path)

@@ -15,7 +15,8 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from router.batch.store import BatchStore, LineResult, open_batch_store
+from router.batch.setup import open_batch_store
+from router.batch.store import BatchStore, LineResult
 from router.gateway.redis_store import RedisStore
 
 CLAIM_COUNT = 3
