@@ -13,7 +13,6 @@ import inspect
 import pkgutil
 import re
 import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -26,6 +25,7 @@ import yaml
 import router.__main__ as router_main
 import runtime.__main__ as runtime_main
 import transformer.__main__ as transformer_main
+from devstack import crd_validation
 from router.config import RouterConfig, parse_config
 from router.graph_condition import condition_matches
 from router.gateway.setup import STATE_DIR_VARIABLE, check_gateway_arguments
@@ -344,9 +344,7 @@ def kustomize(folder: Path) -> list[dict]:
     kubectl = shutil.which("kubectl")
     if kubectl is None:
         pytest.skip("kubectl is not installed")
-    built = subprocess.run([kubectl, "kustomize", str(folder)], capture_output=True, text=True, timeout=60)
-    assert built.returncode == 0, built.stderr
-    return list(yaml.safe_load_all(built.stdout))
+    return crd_validation.kustomize(folder, kubectl)
 
 
 def deployment_mode(isvc: dict) -> str | None:
