@@ -164,13 +164,24 @@ class Gateway:
         """The request's ticket; RateLimited when a limit refuses it, LimitsUnavailable when
         the limits cannot be checked and the gateway fails closed. A request cancelled while
         its admission is under way gives back what the admission took."""
-        admitting = asyncio.ensure_future(self.limiter.admit(tenant, reservation))
+        return self.ticket(await self.admission(self.start_admission(tenant, reservation)), endpoint, model)
+
+    def start_admission(self, tenant: Tenant, reservation: int) -> asyncio.Task[Admission]:
+        """The admission, started now as a task of its own: its Redis command is on its way as
+        soon as the running task yields, ahead of work scheduled after this call."""
+        return asyncio.ensure_future(self.limiter.admit(tenant, reservation))
+
+    async def admission(self, admitting: asyncio.Task[Admission]) -> Admission:
+        """What `admitting` admits. A caller cancelled meanwhile leaves it to finish, and what it
+        took is given back (its Redis script may already have run)."""
         try:
-            admission = await asyncio.shield(admitting)
+            return await asyncio.shield(admitting)
         except asyncio.CancelledError:
             admitting.add_done_callback(self._give_back)
             raise
-        meter = Meter(self.ledger, uuid.uuid4().hex, tenant.name, endpoint.value, model)
+
+    def ticket(self, admission: Admission, endpoint: Endpoint, model: str) -> Ticket:
+        meter = Meter(self.ledger, uuid.uuid4().hex, admission.tenant.name, endpoint.value, model)
         return Ticket(self, admission, meter)
 
     def later(self, work: Awaitable[object]) -> None:

@@ -191,20 +191,26 @@ class Exchange:
                                       self.gateway.settings.unbounded_max_tokens) if body is not None else 0
         # Three tasks, each of which sends its Redis command as soon as it runs, before the route's
         # own work starts: their answers then come back while the route works.
-        admitting = asyncio.ensure_future(self.gateway.admit(tenant, self.endpoint, reservation, self._model(body)))
+        admitting = self.gateway.start_admission(tenant, reservation)
         claiming = asyncio.ensure_future(self._begin_idempotent(tenant, message))
         caching = asyncio.ensure_future(self._cached(key, semantic))
         streams = body is not None and body.get("stream") is True
         relay = Relay(self.send, StreamOptions.of(body) if streams else None)
         route = self._start_route(relay, _with_body(message, ask_for_usage(body)) if streams else message)
+        admission = None
         try:
-            ticket = await admitting
+            admission = await self.gateway.admission(admitting)
             claim = await claiming
             cached, marker = await caching
         except BaseException:
             route.cancel()
-            self._undo(admitting, claiming, caching)
+            if admission is not None:
+                # Admitted, but a lookup failed or the client left: give the admission back (one
+                # cancelled before its end is given back by Gateway.admission).
+                self.gateway.later(self.gateway.limiter.settle(admission, 0))
+            self._undo(claiming, caching)
             raise
+        ticket = self.gateway.ticket(admission, self.endpoint, self._model(body))
         if isinstance(claim, Replay):
             proceed, stored, marker = None, claim.response, {REPLAYED_HEADER: "true"}
         else:
@@ -223,10 +229,9 @@ class Exchange:
             raise
         self.gateway.later(self._keep(proceed, key, semantic, answer))
 
-    def _undo(self, admitting: asyncio.Future, claiming: asyncio.Future, caching: asyncio.Future) -> None:
-        """One of them failed, or the client left: give back what the others took, or take. A
-        claim still waiting for another request's answer is cancelled; one that got its key frees it."""
-        admitting.add_done_callback(lambda done: _succeeded(done) and self.gateway.later(done.result().release()))
+    def _undo(self, claiming: asyncio.Future, caching: asyncio.Future) -> None:
+        """The request goes no further: its lookups stop. A claim still waiting for another
+        request's answer is cancelled; one that got its key frees it."""
         claiming.add_done_callback(lambda done: _succeeded(done) and self.gateway.later(self._abandon(done.result())))
         caching.add_done_callback(_retrieve_exception)
         claiming.cancel()

@@ -20,7 +20,8 @@ from kserve import InferenceRESTClient, InferInput, InferRequest, RESTConfig
 from .conftest import MODEL_NAME, PROMPTS, REFERENCE_MAX_TOKENS, Server, grpc_infer
 
 OUTPUT_NAMES = ("output_ids", "output_lengths", "finish_reason")
-# gRPC parameters are bool, int64 or string: a float travels as a string. JSON takes it as is.
+# KServe's gRPC parameters are bool, int64 or string: a float travels as a string (tritonclient's
+# double is read too). JSON takes it as is.
 GREEDY_GRPC = {"max_tokens": REFERENCE_MAX_TOKENS, "temperature": "0.0", "ignore_eos": True}
 GREEDY_JSON = {"max_tokens": REFERENCE_MAX_TOKENS, "temperature": 0.0, "ignore_eos": True}
 LONG = {"max_tokens": 1500, "ignore_eos": True}
@@ -64,10 +65,20 @@ async def test_tritonclient_grpc(server, reference_outputs):
     result = await triton_grpc_call(server, PROMPTS[13:15], GREEDY_GRPC)
     assert unpadded(np.array(result["output_ids"]), np.array(result["output_lengths"])) == reference_outputs[13:15]
     assert result["finish_reason"] == ["length", "length"]
-    # tritonclient sends a Python float as a double, which KServe's proto cannot carry.
-    refused = await triton_grpc_call(server, PROMPTS[13:15], {**GREEDY_GRPC, "temperature": 0.5})
+
+
+async def test_tritonclient_grpc_double_and_uint64_parameters(server, reference_outputs):
+    """tritonclient sends a Python float as a double and `priority=` as a uint64, choices KServe's
+    proto lacks: they are read from the parameter's unknown fields."""
+    # Greedy only if the double 0.0 was read: the default temperature (1.0) samples.
+    greedy = await triton_grpc_call(server, PROMPTS[13:15], GREEDY_JSON, priority=2)
+    assert unpadded(np.array(greedy["output_ids"]), np.array(greedy["output_lengths"])) == reference_outputs[13:15]
+    sampled = await triton_grpc_call(server, PROMPTS[13:14], {"temperature": 0.7, "top_p": 0.9, "max_tokens": 8,
+                                                              "ignore_eos": True})
+    assert sampled["output_lengths"] == [8] and sampled["finish_reason"] == ["length"]
+    refused = await triton_grpc_call(server, PROMPTS[13:14], {"temperature": -1.0, "max_tokens": 8})
     assert refused["status"] == str(grpc.StatusCode.INVALID_ARGUMENT)
-    assert "temperature" in refused["message"] and "as a string" in refused["message"]
+    assert "temperature must be a finite number >= 0, got -1.0" in refused["message"]
 
 
 @pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
@@ -104,10 +115,10 @@ async def test_grpc_client_deadline_aborts_its_request(server):
 
 
 async def triton_grpc_call(server: Server, prompts: list[list[int]], parameters: dict,
-                           client_timeout: float = 60.0) -> dict:
+                           client_timeout: float = 60.0, priority: int = 0) -> dict:
     """tritonclient's gRPC infer, in a process of its own (see triton_grpc_call.py)."""
     request = {"url": server.grpc_url, "model": MODEL_NAME, "prompts": prompts, "parameters": parameters,
-               "client_timeout": client_timeout}
+               "client_timeout": client_timeout, "priority": priority}
     process = await asyncio.create_subprocess_exec(
         sys.executable, str(TRITON_GRPC_CALL), json.dumps(request), stdout=asyncio.subprocess.PIPE)
     stdout, _ = await asyncio.wait_for(process.communicate(), timeout=120)

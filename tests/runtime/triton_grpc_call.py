@@ -2,7 +2,8 @@
 kserve both register the `inference.*` protobuf messages, so one process cannot import both.
 
 Usage: python triton_grpc_call.py '{"url": ..., "model": ..., "prompts": [[...]], "parameters": {...},
-"client_timeout": 60}'. Prints one JSON line: the outputs, or the error's status and message.
+"client_timeout": 60, "priority": 0}' (priority optional). Prints one JSON line: the outputs, or
+the error's status and message.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import tritonclient.grpc as triton_grpc
 from tritonclient.utils import InferenceServerException
 
 
-def infer(url: str, model: str, prompts: list[list[int]], parameters: dict, client_timeout: float) -> dict:
+def infer(url: str, model: str, prompts: list[list[int]], parameters: dict, client_timeout: float,
+          priority: int = 0) -> dict:
     width = max(len(prompt) for prompt in prompts)
     ids = np.array([prompt + [0] * (width - len(prompt)) for prompt in prompts], dtype=np.int64)
     lengths = np.array([len(prompt) for prompt in prompts], dtype=np.int64)
@@ -25,7 +27,7 @@ def infer(url: str, model: str, prompts: list[list[int]], parameters: dict, clie
     inputs[1].set_data_from_numpy(lengths)
     client = triton_grpc.InferenceServerClient(url)
     try:
-        result = client.infer(model, inputs, parameters=parameters, client_timeout=client_timeout)
+        result = client.infer(model, inputs, parameters=parameters, client_timeout=client_timeout, priority=priority)
     except InferenceServerException as exc:
         return {"status": exc.status(), "message": exc.message()}
     finally:
