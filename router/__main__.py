@@ -65,11 +65,16 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
     check_batch_arguments(parser, args)
 
 
-def install_routes(app: FastAPI, args: argparse.Namespace, edge: OpenAIEdge, gateway: Gateway | None) -> None:
+def install_routes(app: FastAPI, args: argparse.Namespace, edge: OpenAIEdge, gateway: Gateway | None,
+                   websocket: RoutedGenerationBackend) -> None:
     """The OpenAI edge and the batch API, behind the gateway when there is one. The batch API
     first: its lifespan is then the innermost, so its worker stops before the edge and the
-    gateway it sends lines through."""
-    install_batch_api(app, args, list(edge.replica_sets.values()), gateway)
+    gateway it sends lines through. The WebSocket API's subscriptions follow its background
+    requests."""
+    def served_models() -> list[str]:
+        return [card.id for card in edge.model_cards()]
+
+    websocket.background = install_batch_api(app, args, list(edge.replica_sets.values()), gateway, served_models)
     if gateway is not None:
         install_gateway(app, gateway)
     add_openai_edge(app, edge)
@@ -89,8 +94,9 @@ def main() -> None:
         edge = OpenAIEdge(model)
         gateway = build_gateway(args, tenants, model.token_counter)
     # The WebSocket generate route routes as the edge does, behind the same gateway.
-    serve(model, args, lambda app: install_routes(app, args, edge, gateway),
-          websocket=RoutedGenerationBackend(edge, gateway), authorize=authorizer(gateway))
+    websocket = RoutedGenerationBackend(edge, gateway)
+    serve(model, args, lambda app: install_routes(app, args, edge, gateway, websocket),
+          websocket=websocket, authorize=authorizer(gateway))
 
 
 def authorizer(gateway: Gateway | None):

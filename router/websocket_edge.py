@@ -10,7 +10,11 @@ in the predictor. Streams are never cascaded (the cascade judges whole answers).
 Behind the gateway, each request is admitted against its tenant's limits as an HTTP one is (a
 refusal fails that request with 429, 403 or 503, and the session goes on), and metered from the
 usage on every chunk, so that a cancelled request bills the tokens it got; the ledger record is
-durable before the `done` that reports its usage is sent."""
+durable before the `done` that reports its usage is sent.
+
+A `subscribe` follows a background request (router/batch/background.py) of the connection's
+tenant: its status changes, then its final result (the whole answer, not token deltas: it ran
+as a batch line does, not streamed)."""
 
 from __future__ import annotations
 
@@ -21,9 +25,12 @@ from http import HTTPStatus
 
 import httpx
 
+from router.batch.background import BackgroundApi
+from router.batch.routes import ApiError
+from router.batch.store import BatchStoreUnavailable
 from router.config import AUTO_MODEL
 from router.features import RoutingRequest
-from router.gateway.gateway import Gateway, Ticket, refusal_of
+from router.gateway.gateway import ANONYMOUS, Gateway, Ticket, refusal_of
 from router.gateway.reservation import reserved_tokens
 from router.gateway.usage_record import Endpoint
 from router.openai_edge import OpenAIEdge
@@ -35,13 +42,42 @@ from serving.openai_routes import CHAT_COMPLETIONS_PATH, COMPLETIONS_PATH
 from serving.sse import json_events
 from serving.structured_outputs import CONSTRAINT_FIELDS
 from serving.tool_calling import ToolCall
-from serving.websocket_protocol import Finish, GenerateMessage, RequestFailed, TextDelta
+from serving.websocket_protocol import (
+    BackgroundMessage,
+    Finish,
+    GenerateMessage,
+    RequestFailed,
+    TextDelta,
+)
 
 
 class RoutedGenerationBackend:
     def __init__(self, edge: OpenAIEdge, gateway: Gateway | None = None) -> None:
         self.edge = edge
         self.gateway = gateway
+        # The background requests `subscribe` follows; set once the batch API is installed.
+        self.background: BackgroundApi | None = None
+
+    async def follow(self, request_id: str, headers: Mapping[str, str]) -> AsyncIterator[BackgroundMessage]:
+        """The background request's updates, read as the connection's tenant (another tenant's
+        id is unknown, as over HTTP)."""
+        if self.background is None:
+            raise RequestFailed(HTTPStatus.SERVICE_UNAVAILABLE, "background requests are not served yet")
+        try:
+            tenant = self.gateway.authenticate(headers.get("authorization")).name if self.gateway else ANONYMOUS.name
+            async with aclosing(self.background.updates(tenant, request_id)) as updates:
+                async for update in updates:
+                    yield BackgroundMessage(id=request_id, status=update["status"], response=update["response"],
+                                            error=update["error"])
+        except ApiError as exc:
+            raise RequestFailed(exc.status, str(exc)) from None
+        except BatchStoreUnavailable as exc:
+            raise RequestFailed(HTTPStatus.SERVICE_UNAVAILABLE, f"the batch store cannot be reached now: {exc}") from None
+        except Exception as exc:
+            refusal = refusal_of(exc)
+            if refusal is None:
+                raise
+            raise RequestFailed(refusal.status, refusal.message, refusal.retry_after_seconds) from None
 
     async def stream(self, request: GenerateMessage, headers: Mapping[str, str]) -> AsyncIterator[TextDelta | Finish]:
         payload = openai_payload(request, continuous_usage=self.gateway is not None)

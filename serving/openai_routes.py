@@ -36,6 +36,8 @@ CHAT_COMPLETIONS_PATH = f"{OPENAI_PREFIX}/chat/completions"
 # OpenAI's Files and Batch APIs (the router serves them: router/batch/).
 FILES_PATH = f"{OPENAI_PREFIX}/files"
 BATCHES_PATH = f"{OPENAI_PREFIX}/batches"
+# Background requests (a completion submitted with `"background": true`), served by the router.
+BACKGROUND_PATH = f"{OPENAI_PREFIX}/background"
 # vLLM's token routes, at its paths: what a prompt costs, ids for logit_bias or stop_token_ids.
 TOKENIZE_PATH = "/tokenize"
 DETOKENIZE_PATH = "/detokenize"

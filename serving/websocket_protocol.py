@@ -1,7 +1,8 @@
 """The WebSocket generate protocol (`/ws/v1/generate`) the transformer and the router's edge both
-speak: the messages a client sends (`generate`, `cancel`) and those it gets back (`delta`, `done`,
-`error`), validated with pydantic, and the error codes a failed request is answered with. See
-docs/websocket.md for the protocol as a client sees it."""
+speak: the messages a client sends (`generate`, `cancel`, and `subscribe` at the router) and
+those it gets back (`delta`, `done`, `error`, `background`), validated with pydantic, and the
+error codes a failed request is answered with. See docs/websocket.md for the protocol as a client
+sees it."""
 
 from __future__ import annotations
 
@@ -121,9 +122,19 @@ class CancelMessage(BaseModel):
     id: RequestId
 
 
-ClientMessage = Annotated[GenerateMessage | CancelMessage, Field(discriminator="type")]
+class SubscribeMessage(BaseModel):
+    """Follow a background request (submitted over HTTP with `"background": true`) by its id: its
+    status now and at each change, up to the final one with its result. Only the router serves it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["subscribe"]
+    id: RequestId
+
+
+ClientMessage = Annotated[GenerateMessage | CancelMessage | SubscribeMessage, Field(discriminator="type")]
 _CLIENT_MESSAGE = TypeAdapter(ClientMessage)
-MESSAGE_TYPES = ("generate", "cancel")
+MESSAGE_TYPES = ("generate", "cancel", "subscribe")
 
 
 class InvalidMessage(Exception):
@@ -135,7 +146,7 @@ class InvalidMessage(Exception):
         self.message = message
 
 
-def parse_client_message(raw: str | bytes) -> GenerateMessage | CancelMessage:
+def parse_client_message(raw: str | bytes) -> GenerateMessage | CancelMessage | SubscribeMessage:
     """One client message; InvalidMessage says what is wrong with it."""
     try:
         data = json.loads(raw)
@@ -197,6 +208,22 @@ class ErrorMessage(BaseModel):
         return cls(id=request_id, code=code, message=message, retry_after=retry_after)
 
 
+class BackgroundMessage(BaseModel):
+    """A subscribed background request's status; the final one (completed, failed, cancelled,
+    expired) carries its `response` (an answer's status_code, request_id and body) or its `error`
+    (why it never ran), and ends the subscription."""
+
+    type: Literal["background"] = "background"
+    id: str
+    status: str
+    response: dict | None = None
+    error: dict | None = None
+
+    @property
+    def ends(self) -> bool:
+        return self.response is not None or self.error is not None
+
+
 # What a backend yields for one request: text as it comes, then how it finished.
 
 
@@ -221,7 +248,7 @@ class Finish:
                            tool_calls=self.tool_calls)
 
 
-def as_json(message: DeltaMessage | DoneMessage | ErrorMessage) -> str:
+def as_json(message: DeltaMessage | DoneMessage | ErrorMessage | BackgroundMessage) -> str:
     """A server message as sent: optional fields that are unset are left out; `id` never is (null
     on an error about a message whose id could not be read)."""
     data = message.model_dump(mode="json", exclude_none=True)

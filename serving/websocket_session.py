@@ -1,6 +1,8 @@
 """One WebSocket connection of the generate protocol: its requests run as asyncio tasks, multiplexed
-by id, each answered with deltas and one `done` or `error`; a `cancel` or the socket closing
-cancels them, which closes their upstream streams. The connection is bounded in requests in
+by id, each answered with deltas and one `done` or `error`; a `subscribe` follows a background
+request (at the router) with `background` messages, its final one last, and counts as in flight
+meanwhile; a `cancel` or the socket closing cancels them (a subscription's cancel ends the
+subscription only), which closes their upstream streams. The connection is bounded in requests in
 flight, message size and idle time. What generates the text is a backend, one per component (the
 transformer's TextModel, the router's edge). Keep-alive pings are uvicorn's (every 20 s, a
 connection whose peer does not answer within 20 s is closed), which KServe does not let us set.
@@ -15,11 +17,11 @@ import argparse
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect, status
 from starlette.websockets import WebSocketDisconnected
@@ -28,6 +30,7 @@ from serving.errors import InternalError, status_of
 from serving.websocket_protocol import (
     CANCELLED,
     WEBSOCKET_PATH,
+    BackgroundMessage,
     CancelMessage,
     DeltaMessage,
     DoneMessage,
@@ -37,6 +40,7 @@ from serving.websocket_protocol import (
     GenerateMessage,
     InvalidMessage,
     RequestFailed,
+    SubscribeMessage,
     TextDelta,
     as_json,
     parse_client_message,
@@ -65,6 +69,15 @@ class GenerationBackend(Protocol):
         """The request's text as it is generated, then one Finish. An exception ends the request
         with an error message (its status decides the code). Closing the iterator early must stop
         the generation upstream (it is how cancel and disconnects take effect)."""
+
+
+@runtime_checkable
+class BackgroundSubscriptions(Protocol):
+    """A backend that also serves `subscribe` (the router's: it has background requests)."""
+
+    def follow(self, request_id: str, headers: Mapping[str, str]) -> AsyncIterator[BackgroundMessage]:
+        """The background request's status now and at each change, ending with the message that
+        `ends`. An exception ends the subscription with an error message, as in `stream`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,27 +265,31 @@ class WebSocketSession:
             return
         if isinstance(message, CancelMessage):
             await self._cancel(message.id)
+        elif isinstance(message, SubscribeMessage):
+            await self._start(message.id, lambda: self._follow(message))
         else:
-            await self._start(message)
+            await self._start(message.id, lambda: self._serve(message))
 
     # Requests -----------------------------------------------------------------------
 
-    async def _start(self, request: GenerateMessage) -> None:
+    async def _start(self, request_id: str, serve: Callable[[], Coroutine[None, None, None]]) -> None:
+        """Run `serve()` as the request `request_id` (a generation, or a subscription: both count
+        as in flight) unless the connection cannot take it."""
         if self.draining:
-            await self._send(ErrorMessage.of_status(request.id, HTTPStatus.SERVICE_UNAVAILABLE, SHUTDOWN_REFUSAL))
-        elif request.id in self.in_flight:
+            await self._send(ErrorMessage.of_status(request_id, HTTPStatus.SERVICE_UNAVAILABLE, SHUTDOWN_REFUSAL))
+        elif request_id in self.in_flight:
             await self._send(ErrorMessage(
-                id=request.id, code=ErrorCode.DUPLICATE_ID,
-                message=f"a request with id {request.id!r} is already in flight (it goes on); "
+                id=request_id, code=ErrorCode.DUPLICATE_ID,
+                message=f"a request with id {request_id!r} is already in flight (it goes on); "
                         "ids must be unique among in-flight requests"))
         elif len(self.in_flight) >= self.limits.max_in_flight:
             await self._send(ErrorMessage(
-                id=request.id, code=ErrorCode.TOO_MANY_REQUESTS,
+                id=request_id, code=ErrorCode.TOO_MANY_REQUESTS,
                 message=f"this connection already has {len(self.in_flight)} requests in flight, its limit; "
                         "wait for one to finish"))
         else:
-            task = asyncio.create_task(self._serve(request))
-            self.in_flight[request.id] = task
+            task = asyncio.create_task(serve())
+            self.in_flight[request_id] = task
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
 
@@ -292,7 +309,27 @@ class WebSocketSession:
                 await self._send(event.message(request.id))
         raise RuntimeError("the generation backend's stream ended without a Finish")
 
-    async def _end(self, request_id: str, message: DoneMessage | ErrorMessage) -> None:
+    async def _follow(self, subscription: SubscribeMessage) -> None:
+        """Send a background request's status changes; the final one ends the subscription."""
+        try:
+            end = await self._updates(subscription)
+        except Exception as exc:
+            end = error_message(subscription.id, exc)
+        await self._end(subscription.id, end)
+
+    async def _updates(self, subscription: SubscribeMessage) -> BackgroundMessage:
+        """Send the updates before the final one; returns the final one."""
+        if not isinstance(self.backend, BackgroundSubscriptions):
+            raise RequestFailed(HTTPStatus.BAD_REQUEST, "this server has no background requests to subscribe to: "
+                                                        "the router's WebSocket API serves `subscribe`")
+        async with aclosing(self.backend.follow(subscription.id, self.headers)) as updates:
+            async for update in updates:
+                if update.ends:
+                    return update
+                await self._send(update)
+        raise RuntimeError("the background subscription ended without a final status")
+
+    async def _end(self, request_id: str, message: DoneMessage | ErrorMessage | BackgroundMessage) -> None:
         """Send a request's last message, unless a cancel has ended it already: whichever takes
         the request out of `in_flight` first sends its end, so there is exactly one."""
         if self.in_flight.get(request_id) is not asyncio.current_task():
@@ -323,7 +360,7 @@ class WebSocketSession:
 
     # Sending ------------------------------------------------------------------------
 
-    async def _send(self, message: DeltaMessage | DoneMessage | ErrorMessage) -> None:
+    async def _send(self, message: DeltaMessage | DoneMessage | ErrorMessage | BackgroundMessage) -> None:
         try:
             await self.websocket.send_text(as_json(message))
         except (WebSocketDisconnect, WebSocketDisconnected):

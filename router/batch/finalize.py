@@ -12,12 +12,15 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 
 from router.batch.metrics import BATCH_TRANSITIONS
 from router.batch.objects import OUTPUT_PURPOSE, produced_file_id, unanswered_line
 from router.batch.store import (
+    FINAL_STATUSES,
+    BatchKind,
     BatchRecord,
     BatchStatus,
     BatchStore,
@@ -29,6 +32,10 @@ from router.batch.validation import request_lines
 logger = logging.getLogger(__name__)
 
 SWEEP_SECONDS = 1.0
+# Background requests past their retention are looked for this often, at most this many at a time.
+RETENTION_SWEEP_SECONDS = 10.0
+RETENTION_SWEEP_LIMIT = 1000
+DEFAULT_BACKGROUND_RETENTION_SECONDS = 86400.0
 
 
 class Finalizer:
@@ -65,7 +72,9 @@ class Finalizer:
     async def finish(self, batch: BatchRecord) -> None:
         """Write a finalizing batch's files and move it to its ending."""
         ending = batch.ending or BatchStatus.COMPLETED
-        output_file_id, error_file_id = await self._write_files(batch, ending)
+        # A background request's result is its one LineResult, read by id: it has no files.
+        output_file_id, error_file_id = (None, None) if batch.kind is BatchKind.BACKGROUND else \
+            await self._write_files(batch, ending)
         await self.transition(batch.id, frozenset({BatchStatus.FINALIZING}), ending,
                               output_file_id=output_file_id, error_file_id=error_file_id)
 
@@ -113,11 +122,14 @@ class Sweeper:
     in finalizing for `stale_seconds` (their replica died mid-way)."""
 
     def __init__(self, store: BatchStore, finalizer: Finalizer, stale_seconds: float,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 background_retention_seconds: float = DEFAULT_BACKGROUND_RETENTION_SECONDS) -> None:
         self.store = store
         self.finalizer = finalizer
         self.stale_seconds = stale_seconds
+        self.background_retention_seconds = background_retention_seconds
         self.clock = clock
+        self._next_retention_sweep = 0.0
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
@@ -157,3 +169,22 @@ class Sweeper:
             elif batch.status is BatchStatus.FINALIZING and \
                     now - batch.times.get("finalizing_at", 0) >= self.stale_seconds:
                 await self.finalizer.finish(batch)
+        if now >= self._next_retention_sweep:
+            self._next_retention_sweep = now + RETENTION_SWEEP_SECONDS
+            await self.delete_retained(now)
+
+    async def delete_retained(self, now: float) -> int:
+        """Delete the background requests that ended `background_retention_seconds` ago or more
+        (only one that ended can be: a request created more recently than that cannot have); how
+        many were deleted."""
+        cutoff = now - self.background_retention_seconds
+        deleted = 0
+        for record in await self.store.background_requests(math.ceil(cutoff), RETENTION_SWEEP_LIMIT):
+            ended_at = record.times.get(f"{record.status}_at")
+            if record.status in FINAL_STATUSES and ended_at is not None and ended_at <= cutoff:
+                await self.store.delete_batch(record.id)
+                deleted += 1
+        if deleted:
+            logger.info("deleted %d background requests past their retention (%g s)", deleted,
+                        self.background_retention_seconds)
+        return deleted

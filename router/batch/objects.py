@@ -1,5 +1,5 @@
-"""OpenAI's File and Batch objects as this router answers them, their ids, the lines of a batch's
-output and error files, and the checks of a create request's own fields (endpoint, completion
+"""OpenAI's File and Batch objects as this router answers them, the objects of background
+requests, their ids, the lines of a batch's output and error files, and the checks of a create request's own fields (endpoint, completion
 window, metadata) with OpenAI's limits. Wire shapes only: nothing here reads or writes the store."""
 
 from __future__ import annotations
@@ -8,12 +8,18 @@ import hashlib
 import json
 import re
 import uuid
+from enum import StrEnum
 
-from router.batch.store import BatchRecord, BatchStatus, FileRecord
+from router.batch.store import BatchRecord, BatchStatus, FileRecord, LineResult
 
 FILE_PREFIX = "file-"
 BATCH_PREFIX = "batch_"
 BATCH_REQUEST_PREFIX = "batch_req_"
+BACKGROUND_PREFIX = "bgreq_"
+# The request body field that submits a completion for later (router/batch/background.py).
+BACKGROUND_FIELD = "background"
+# The custom_id of a background request's one line.
+BACKGROUND_LINE_ID = "request"
 INPUT_PURPOSE = "batch"
 OUTPUT_PURPOSE = "batch_output"
 PURPOSES = (INPUT_PURPOSE, OUTPUT_PURPOSE)
@@ -32,6 +38,8 @@ MAX_METADATA_VALUE_CHARS = 512
 # The codes of lines that never ran, in the error file.
 EXPIRED_CODE = "batch_expired"
 CANCELLED_CODE = "batch_cancelled"
+EXPIRED_BACKGROUND_CODE = "background_expired"
+CANCELLED_BACKGROUND_CODE = "background_cancelled"
 
 
 class BatchRequestError(ValueError):
@@ -51,6 +59,10 @@ def new_file_id() -> str:
 
 def new_batch_id() -> str:
     return BATCH_PREFIX + uuid.uuid4().hex
+
+
+def new_background_id() -> str:
+    return BACKGROUND_PREFIX + uuid.uuid4().hex
 
 
 def produced_file_id(batch_id: str, kind: str) -> str:
@@ -137,6 +149,63 @@ def batch_object(record: BatchRecord, completed: int, failed: int) -> dict:
         "cancelling_at": times.get("cancelling_at"), "cancelled_at": times.get("cancelled_at"),
         "request_counts": {"total": record.total, "completed": completed, "failed": failed},
         "metadata": record.metadata,
+    }
+
+
+class BackgroundStatus(StrEnum):
+    """A background request's statuses, as OpenAI's background responses name them."""
+
+    QUEUED = "queued"
+    IN_PROGRESS = "in_progress"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+
+
+FINAL_BACKGROUND_STATUSES = frozenset({BackgroundStatus.COMPLETED, BackgroundStatus.FAILED,
+                                       BackgroundStatus.CANCELLED, BackgroundStatus.EXPIRED})
+
+
+def background_status(record: BatchRecord, result: LineResult | None) -> BackgroundStatus:
+    """The status a client sees. Finalizing counts as its ending (a background request has no
+    files to write, so it is there for an instant); cancelling as cancelled (its line will not run,
+    and an answer that comes meanwhile is discarded); a request whose answer was not 2xx failed."""
+    status = record.ending if record.status is BatchStatus.FINALIZING and record.ending else record.status
+    if status is BatchStatus.IN_PROGRESS:
+        started = "in_progress_at" in record.times
+        return BackgroundStatus.IN_PROGRESS if started else BackgroundStatus.QUEUED
+    if status in (BatchStatus.CANCELLING, BatchStatus.CANCELLED):
+        return BackgroundStatus.CANCELLED
+    if status is BatchStatus.EXPIRED:
+        return BackgroundStatus.EXPIRED
+    if status is BatchStatus.COMPLETED and result is not None and result.ok:
+        return BackgroundStatus.COMPLETED
+    return BackgroundStatus.FAILED
+
+
+def background_object(record: BatchRecord, result: LineResult | None) -> dict:
+    """A background request: `response` is its answer as a batch output line has it (status_code,
+    request_id, body), once it has one; `error` says why one that ended never ran."""
+    status = background_status(record, result)
+    times = record.times
+    # Cancelling ends at once (finalizing, then cancelled): finalizing_at is when it was asked.
+    cancelled_at = times.get("finalizing_at") if status is BackgroundStatus.CANCELLED else None
+    response = json.loads(result.line)["response"] if result is not None and status in (
+        BackgroundStatus.COMPLETED, BackgroundStatus.FAILED) else None
+    error = None
+    if status is BackgroundStatus.EXPIRED:
+        error = {"code": EXPIRED_BACKGROUND_CODE, "message": "this request could not be run before its completion "
+                                                             f"window ({record.completion_window}) passed"}
+    elif status is BackgroundStatus.CANCELLED:
+        error = {"code": CANCELLED_BACKGROUND_CODE, "message": "this request was cancelled"}
+    elif status is BackgroundStatus.FAILED and response is None:
+        error = {"code": "background_failed", "message": "this request ended without an answer"}
+    return {
+        "id": record.id, "object": "background.request", "endpoint": record.endpoint, "model": record.model,
+        "status": str(status), "created_at": record.created_at, "started_at": times.get("in_progress_at"),
+        "completed_at": times.get("completed_at"), "cancelled_at": cancelled_at,
+        "expires_at": record.expires_at, "response": response, "error": error,
     }
 
 

@@ -16,6 +16,8 @@ Keys, under the RedisStore's prefix:
   batch:batch:<id>                        hash: a BatchRecord field each (JSON), times.<name> each
   batch:batches-by-tenant:<tenant>        sorted set of batch ids, by created_at then id
   batch:active                            set of the ids of batches in ACTIVE_STATUSES
+  batch:background                        sorted set of the ids of background requests, by created_at
+                                          (they are in no batches-by-tenant: /v1/batches never lists them)
   batch:results:<batch id>                hash: custom_id -> "<index> <ok> <line>"
   batch:counts:<batch id>                 hash: completed, failed
   batch:queue                             the Stream of lines, consumer group `workers`
@@ -34,6 +36,7 @@ from redis.exceptions import ResponseError
 
 from router.batch.store import (
     ACTIVE_STATUSES,
+    BatchKind,
     BatchRecord,
     BatchStatus,
     BatchStoreUnavailable,
@@ -166,6 +169,7 @@ class RedisBatchStore:
         self._client = redis.client
         self._queue_key = redis.key("batch", "queue")
         self._active_key = redis.key("batch", "active")
+        self._background_key = redis.key("batch", "background")
         self._page = self._client.register_script(PAGE_SCRIPT)
         self._transition = self._client.register_script(TRANSITION_SCRIPT)
         self._record_result = self._client.register_script(RECORD_RESULT_SCRIPT)
@@ -217,6 +221,18 @@ class RedisBatchStore:
         batch_ids = await self._call("list active batches", self._client.smembers(self._active_key))
         records = await self._batches([batch_id.decode() for batch_id in batch_ids])
         return sorted(records, key=lambda record: (record.created_at, record.id))
+
+    async def background_requests(self, created_before: int, limit: int) -> list[BatchRecord]:
+        batch_ids = await self._call("list background requests", self._client.zrangebyscore(
+            self._background_key, "-inf", f"({created_before}", start=0, num=limit))
+        return await self._batches([batch_id.decode() for batch_id in batch_ids])
+
+    async def delete_batch(self, batch_id: str) -> None:
+        transaction = self._client.pipeline(transaction=True)
+        transaction.delete(self._batch_key(batch_id), self._results_key(batch_id), self._counts_key(batch_id))
+        transaction.zrem(self._background_key, batch_id)
+        transaction.srem(self._active_key, batch_id)
+        await self._call("delete a batch", transaction.execute())
 
     async def transition(self, batch_id: str, from_statuses: frozenset[BatchStatus], to: BatchStatus,
                          at: int, **changes: object) -> BatchRecord | None:
@@ -333,7 +349,10 @@ class RedisBatchStore:
         transaction = self._client.pipeline(transaction=True)
         transaction.delete(key)
         transaction.hset(key, mapping=_batch_fields(record))
-        transaction.zadd(self.redis.key("batch", "batches-by-tenant", record.tenant), {record.id: record.created_at})
+        if record.kind is BatchKind.BACKGROUND:
+            transaction.zadd(self._background_key, {record.id: record.created_at})
+        else:
+            transaction.zadd(self.redis.key("batch", "batches-by-tenant", record.tenant), {record.id: record.created_at})
         if record.status in ACTIVE_STATUSES:
             transaction.sadd(self._active_key, record.id)
         for index, (custom_id, body) in enumerate(lines):

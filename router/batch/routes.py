@@ -16,6 +16,7 @@ from http import HTTPStatus
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.types import Scope
 
 from router.batch.finalize import Finalizer
 from router.batch.metrics import BATCH_TRANSITIONS
@@ -35,6 +36,7 @@ from router.batch.objects import (
 )
 from router.batch.store import (
     FINAL_STATUSES,
+    BatchKind,
     BatchRecord,
     BatchStatus,
     BatchStore,
@@ -172,7 +174,8 @@ class BatchApi:
 
     async def batch(self, tenant: str, batch_id: str) -> BatchRecord:
         record = await self.store.batch(batch_id)
-        if record is None or record.tenant != tenant:
+        # A background request is stored as a batch of one, but it is not one of the tenant's batches.
+        if record is None or record.tenant != tenant or record.kind is not BatchKind.BATCH:
             raise ApiError(HTTPStatus.NOT_FOUND, f"no batch with id {batch_id!r}", "batch_id", "batch_not_found")
         return record
 
@@ -210,12 +213,12 @@ def _count_utf8_lines(content: bytes) -> int | None:
     return count_request_lines(content)
 
 
-def _tenant(request: Request) -> str:
+def tenant_of(scope: Scope) -> str:
     """Named by the gateway (router/gateway/middleware.py); without a gateway there are no tenants."""
-    return request.scope.get(TENANT_SCOPE_KEY, ANONYMOUS.name)
+    return scope.get(TENANT_SCOPE_KEY, ANONYMOUS.name)
 
 
-async def _answered(work: Awaitable[dict | Response]) -> Response:
+async def answered(work: Awaitable[dict | Response]) -> Response:
     try:
         answer = await work
     except ApiError as exc:
@@ -246,49 +249,49 @@ def add_batch_routes(app: FastAPI, api: BatchApi) -> None:
     @router.post(FILES_PATH)
     async def upload_file(request: Request) -> Response:
         async def work() -> dict:
-            return await api.upload(_tenant(request), await request.body(), request.headers.get("content-type", ""))
-        return await _answered(work())
+            return await api.upload(tenant_of(request.scope), await request.body(), request.headers.get("content-type", ""))
+        return await answered(work())
 
     @router.get(FILES_PATH)
     async def list_files(request: Request, purpose: str | None = None, after: str | None = None,
                          limit: int = DEFAULT_FILE_LIST_LIMIT, order: str = "desc") -> Response:
-        return await _answered(api.files(_tenant(request), purpose, after, limit, order))
+        return await answered(api.files(tenant_of(request.scope), purpose, after, limit, order))
 
     @router.get(FILES_PATH + "/{file_id}")
     async def retrieve_file(request: Request, file_id: str) -> Response:
         async def work() -> dict:
-            return file_object(await api.file(_tenant(request), file_id))
-        return await _answered(work())
+            return file_object(await api.file(tenant_of(request.scope), file_id))
+        return await answered(work())
 
     @router.delete(FILES_PATH + "/{file_id}")
     async def delete_file(request: Request, file_id: str) -> Response:
-        return await _answered(api.delete(_tenant(request), file_id))
+        return await answered(api.delete(tenant_of(request.scope), file_id))
 
     @router.get(FILES_PATH + "/{file_id}/content")
     async def file_content(request: Request, file_id: str) -> Response:
         async def work() -> Response:
-            return Response(await api.content(_tenant(request), file_id), media_type="application/octet-stream")
-        return await _answered(work())
+            return Response(await api.content(tenant_of(request.scope), file_id), media_type="application/octet-stream")
+        return await answered(work())
 
     @router.post(BATCHES_PATH)
     async def create_batch(request: Request) -> Response:
         async def work() -> dict:
-            return await api.create(_tenant(request), await _json_object(request))
-        return await _answered(work())
+            return await api.create(tenant_of(request.scope), await _json_object(request))
+        return await answered(work())
 
     @router.get(BATCHES_PATH)
     async def list_batches(request: Request, after: str | None = None,
                            limit: int = DEFAULT_BATCH_LIST_LIMIT) -> Response:
-        return await _answered(api.batches(_tenant(request), after, limit))
+        return await answered(api.batches(tenant_of(request.scope), after, limit))
 
     @router.get(BATCHES_PATH + "/{batch_id}")
     async def retrieve_batch(request: Request, batch_id: str) -> Response:
         async def work() -> dict:
-            return await api.batch_object(await api.batch(_tenant(request), batch_id))
-        return await _answered(work())
+            return await api.batch_object(await api.batch(tenant_of(request.scope), batch_id))
+        return await answered(work())
 
     @router.post(BATCHES_PATH + "/{batch_id}/cancel")
     async def cancel_batch(request: Request, batch_id: str) -> Response:
-        return await _answered(api.cancel(_tenant(request), batch_id))
+        return await answered(api.cancel(tenant_of(request.scope), batch_id))
 
     app.include_router(router)

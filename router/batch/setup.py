@@ -1,19 +1,32 @@
 """The batch API's command-line flags on `python -m router`, and putting it on the app: the Files
-and Batch routes, the upload's own body bound, and the worker and sweeper that run with the app.
-It is always on: idle, it costs a sweep of the store a second. Its state is a SQLite file in the
-router's state directory, or, with the gateway's --redis_url, Redis (replicas share the work)."""
+and Batch routes, the upload's own body bound, and the worker and sweeper that run with the app;
+background requests (router/batch/background.py) ride on the same store and worker. It is always
+on: idle, it costs a sweep of the store a second. Its state is a SQLite file in the router's
+state directory, or, with the gateway's --redis_url, Redis (replicas share the work)."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 from fastapi import FastAPI
 
+from router.batch.background import (
+    DEFAULT_COMPLETION_WINDOW,
+    BackgroundApi,
+    BackgroundSettings,
+    add_background_routes,
+)
 from router.batch.capacity import SpareCapacity
 from router.batch.dispatch import InProcessDispatcher
-from router.batch.finalize import Finalizer, Sweeper
+from router.batch.finalize import (
+    DEFAULT_BACKGROUND_RETENTION_SECONDS,
+    Finalizer,
+    Sweeper,
+)
+from router.batch.objects import BatchRequestError, completion_window_seconds
 from router.batch.redis_store import RedisBatchStore
 from router.batch.routes import (
     MULTIPART_OVERHEAD_BYTES,
@@ -57,6 +70,11 @@ def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--batch_max_waiting", type=float, default=1.0,
                        help="batch lines start only while every target's predictors have fewer requests waiting "
                             "than this (vllm:num_requests_waiting; unknown load counts as none)")
+    group.add_argument("--background_completion_window", default=DEFAULT_COMPLETION_WINDOW,
+                       help="how long a background request (`\"background\": true`) may wait to start before it "
+                            "expires: <n>s, <n>m, <n>h or <n>d, up to 7d")
+    group.add_argument("--background_retention_seconds", type=float, default=DEFAULT_BACKGROUND_RETENTION_SECONDS,
+                       help="how long a background request's result is kept after it ends; then it is deleted")
     group.add_argument("--batch_lease_seconds", type=float, default=60.0,
                        help="how long a claimed line is this process's; renewed while it runs, and claimed again "
                             "by another replica when its process died")
@@ -70,6 +88,12 @@ def check_batch_arguments(parser: argparse.ArgumentParser, args: argparse.Namesp
         parser.error("--batch_max_waiting must be > 0")
     if args.batch_lease_seconds < 1:
         parser.error("--batch_lease_seconds must be >= 1")
+    if not args.background_retention_seconds > 0:
+        parser.error("--background_retention_seconds must be > 0")
+    try:
+        completion_window_seconds(args.background_completion_window)
+    except BatchRequestError as exc:
+        parser.error(f"--background_completion_window: {exc}")
 
 
 def open_store(args: argparse.Namespace, gateway: Gateway | None) -> tuple[BatchStore, RedisStore | None]:
@@ -91,8 +115,10 @@ def open_store(args: argparse.Namespace, gateway: Gateway | None) -> tuple[Batch
 
 
 def install_batch_api(app: FastAPI, args: argparse.Namespace, replica_sets: list[ReplicaSet],
-                      gateway: Gateway | None) -> None:
-    """The routes, the upload's bound, and the worker and sweeper for as long as the app serves."""
+                      gateway: Gateway | None, served_models: Callable[[], Collection[str]]) -> BackgroundApi:
+    """The routes (batches', and background requests', which may name `served_models`), the
+    upload's bound, and the worker and sweeper for as long as the app serves. Returns the
+    background requests' API, for the WebSocket API's subscriptions."""
     store, own_redis = open_store(args, gateway)
     finalizer = Finalizer(store)
     add_batch_routes(app, BatchApi(store, finalizer, FileLimits(args.batch_max_file_bytes, args.batch_max_lines)))
@@ -100,7 +126,10 @@ def install_batch_api(app: FastAPI, args: argparse.Namespace, replica_sets: list
     capacity = SpareCapacity(replica_sets, args.batch_concurrency, args.batch_max_waiting)
     worker = BatchWorker(store, InProcessDispatcher(app), finalizer, capacity,
                          WorkerSettings(lease_seconds=args.batch_lease_seconds))
-    sweeper = Sweeper(store, finalizer, stale_seconds=args.batch_lease_seconds)
+    sweeper = Sweeper(store, finalizer, stale_seconds=args.batch_lease_seconds,
+                      background_retention_seconds=args.background_retention_seconds)
+    background = BackgroundApi(store, finalizer, worker, BackgroundSettings(args.background_completion_window))
+    add_background_routes(app, background, served_models)
 
     async def start() -> None:
         worker.start()
@@ -114,3 +143,4 @@ def install_batch_api(app: FastAPI, args: argparse.Namespace, replica_sets: list
             await own_redis.close()
 
     chain_lifespan(app, after_startup=start, after_shutdown=stop)
+    return background

@@ -22,6 +22,7 @@ from typing import TypeVar
 
 from router.batch.store import (
     ACTIVE_STATUSES,
+    BatchKind,
     BatchRecord,
     BatchStatus,
     BatchStoreUnavailable,
@@ -59,6 +60,8 @@ CREATE TABLE IF NOT EXISTS batches (
 );
 CREATE INDEX IF NOT EXISTS batches_by_tenant ON batches (tenant, created_at, id);
 CREATE INDEX IF NOT EXISTS batches_by_status ON batches (status);
+-- The sweeper's look for background requests past their retention (background_requests).
+CREATE INDEX IF NOT EXISTS batches_by_kind ON batches (json_extract(record, '$.kind'), created_at);
 -- AUTOINCREMENT: a position (a WorkItem's receipt) is never reused, so a stale receipt can
 -- never renew or ack another line.
 CREATE TABLE IF NOT EXISTS queue (
@@ -92,6 +95,8 @@ CREATE TABLE IF NOT EXISTS result_counts (
 
 FILE_COLUMNS = "id, tenant, purpose, filename, bytes, created_at, expires_at"
 QUEUE_COLUMNS = "position, batch_id, line_index, custom_id, body, deliveries"
+# A batch's kind, read from its record: NULL in records stored before kinds existed (batches).
+KIND = "json_extract(record, '$.kind')"
 COUNT_RESULT = ("INSERT INTO result_counts (batch_id, completed, failed) VALUES (?, ?, ?) ON CONFLICT (batch_id) "
                 "DO UPDATE SET completed = completed + excluded.completed, failed = failed + excluded.failed")
 
@@ -150,8 +155,8 @@ class SQLiteBatchStore:
         return _batch(rows[0][0]) if rows else None
 
     async def batches(self, tenant: str, after: str | None, limit: int) -> list[BatchRecord]:
-        sql = "SELECT record FROM batches WHERE tenant = ?"
-        parameters: tuple = (tenant,)
+        sql = f"SELECT record FROM batches WHERE tenant = ? AND {KIND} IS NOT ?"
+        parameters: tuple = (tenant, BatchKind.BACKGROUND)
         if after is not None:
             sql += " AND (created_at, id) < (SELECT created_at, id FROM batches WHERE id = ? AND tenant = ?)"
             parameters += (after, tenant)
@@ -165,6 +170,15 @@ class SQLiteBatchStore:
                                f"SELECT record FROM batches WHERE status IN ({placeholders}) ORDER BY created_at, id",
                                tuple(ACTIVE_STATUSES))
         return [_batch(row[0]) for row in rows]
+
+    async def background_requests(self, created_before: int, limit: int) -> list[BatchRecord]:
+        rows = await self._run("list background requests", self._read,
+                               f"SELECT record FROM batches WHERE {KIND} = ? AND created_at < ? "
+                               "ORDER BY created_at, id LIMIT ?", (BatchKind.BACKGROUND, created_before, limit))
+        return [_batch(row[0]) for row in rows]
+
+    async def delete_batch(self, batch_id: str) -> None:
+        await self._run("delete a batch", self._delete_batch, batch_id)
 
     async def transition(self, batch_id: str, from_statuses: frozenset[BatchStatus], to: BatchStatus,
                          at: int, **changes: object) -> BatchRecord | None:
@@ -242,6 +256,12 @@ class SQLiteBatchStore:
             self._connection.executemany(
                 "INSERT INTO queue (batch_id, line_index, custom_id, body) VALUES (?, ?, ?, ?)",
                 [(record.id, index, custom_id, body) for index, (custom_id, body) in enumerate(lines)])
+
+    def _delete_batch(self, batch_id: str) -> None:
+        with _immediate(self._connection):
+            for table in ("batches", "queue", "results", "result_counts"):
+                column = "id" if table == "batches" else "batch_id"
+                self._connection.execute(f"DELETE FROM {table} WHERE {column} = ?", (batch_id,))
 
     def _transition(self, batch_id: str, from_statuses: frozenset[BatchStatus], to: BatchStatus, at: int,
                     changes: dict[str, object]) -> BatchRecord | None:

@@ -28,6 +28,14 @@ class BatchStatus(StrEnum):
     CANCELLED = "cancelled"
 
 
+class BatchKind(StrEnum):
+    """What a stored batch is: a batch of the Batch API, or a background request (a batch of one
+    line, router/batch/background.py), which /v1/batches never shows and which has no files."""
+
+    BATCH = "batch"
+    BACKGROUND = "background"
+
+
 # The statuses a batch never leaves.
 FINAL_STATUSES = frozenset({BatchStatus.FAILED, BatchStatus.COMPLETED, BatchStatus.EXPIRED, BatchStatus.CANCELLED})
 # The statuses the sweeper watches (`active_batches`).
@@ -75,6 +83,10 @@ class BatchRecord:
     errors: list[dict] | None = None
     # What finalizing ends in: completed, expired or cancelled.
     ending: BatchStatus | None = None
+    # Records stored before kinds existed are batches.
+    kind: BatchKind = BatchKind.BATCH
+    # The model a background request asked for (its object's `model`); None for a batch.
+    model: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +133,7 @@ class BatchStore(Protocol):
     async def batch(self, batch_id: str) -> BatchRecord | None: ...
 
     async def batches(self, tenant: str, after: str | None, limit: int) -> list[BatchRecord]:
-        """The tenant's batches, newest first, after the batch `after` in that order."""
+        """The tenant's batches (kind batch only), newest first, after the batch `after` in that order."""
 
     async def active_batches(self) -> list[BatchRecord]:
         """Every batch in progress, finalizing or cancelling (for the sweeper: expiry,
@@ -132,6 +144,13 @@ class BatchStore(Protocol):
         """Atomically: if the batch's status is one of `from_statuses`, set it to `to`, record
         `times[f"{to}_at"] = at` and apply `changes` (BatchRecord fields); the new record, or
         None when its status was another (another replica got there first)."""
+
+    async def background_requests(self, created_before: int, limit: int) -> list[BatchRecord]:
+        """Up to `limit` background requests created before `created_before`, oldest first: the
+        sweeper's candidates for deletion once their retention has passed."""
+
+    async def delete_batch(self, batch_id: str) -> None:
+        """Remove a batch that has ended, with its results (its lines were acked when it ended)."""
 
     # Results ----------------------------------------------------------------------------
     async def record_result(self, batch_id: str, result: LineResult) -> tuple[bool, int, int]:
@@ -191,4 +210,6 @@ def batch_from_dict(data: dict[str, Any]) -> BatchRecord:
     """The record that batch_to_dict gave, after a JSON round trip."""
     ending = data.get("ending")
     return BatchRecord(**{**data, "status": BatchStatus(data["status"]),
-                          "ending": None if ending is None else BatchStatus(ending)})
+                          "ending": None if ending is None else BatchStatus(ending),
+                          "kind": BatchKind(data.get("kind", BatchKind.BATCH))})
+

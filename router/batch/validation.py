@@ -88,6 +88,9 @@ def _check_line(text: bytes, endpoint: str, seen: set[str]) -> tuple[str, bytes]
     if body.get("stream") is True:
         raise LineError("stream_not_supported", "a batch line cannot stream: remove 'stream' or set it to false",
                         "body.stream")
+    if "background" in body:
+        raise LineError("background_not_supported", "a batch line already runs in the background: remove "
+                        "'background'", "body.background")
     return custom_id, json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
 
 

@@ -3,7 +3,8 @@ spare capacity (router/batch/capacity.py), runs each through the router's own ap
 (router/batch/dispatch.py), keeps its result (the first one kept wins) and acks it, and finalizes
 the batch when its last line has a result. A line's lease is renewed while it runs; if this
 process dies, the lease runs out and another worker (or this one, restarted) claims the line
-again. A 429 or 503 is not a result: the line waits for its Retry-After and runs again."""
+again. A 429 or 503 is not a result: the line waits for its Retry-After and runs again. A
+background request is a batch of one line, run the same way; its dispatch can be cancelled."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import logging
 import math
 import os
 import socket
+import time
 import uuid
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -23,6 +25,7 @@ from router.batch.finalize import Finalizer
 from router.batch.metrics import BATCH_LINES, BATCH_LINES_IN_FLIGHT
 from router.batch.objects import answered_line
 from router.batch.store import (
+    BatchKind,
     BatchRecord,
     BatchStatus,
     BatchStore,
@@ -59,6 +62,8 @@ class BatchWorker:
         self._lines: set[asyncio.Task] = set()
         self._task: asyncio.Task | None = None
         self._slot_freed = asyncio.Event()
+        # The dispatches of background requests running here, by id, for cancel_dispatch.
+        self._dispatches: dict[str, asyncio.Task] = {}
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="batch-worker")
@@ -131,7 +136,11 @@ class BatchWorker:
             BATCH_LINES.labels("skipped").inc()
             await self.store.ack([item])
             return
-        answer = await self._answer(batch, item)
+        if batch.kind is BatchKind.BACKGROUND:
+            # Its object says in_progress from now on; None: it was cancelled or expired meanwhile.
+            batch = await self.store.transition(batch.id, frozenset({BatchStatus.IN_PROGRESS}),
+                                                BatchStatus.IN_PROGRESS, int(time.time()))
+        answer = await self._cancellable_answer(batch, item) if batch is not None else None
         if answer is None:
             BATCH_LINES.labels("skipped").inc()
             await self.store.ack([item])
@@ -147,6 +156,31 @@ class BatchWorker:
         BATCH_LINES.labels(("completed" if _ok(answer) else "failed") if kept else "skipped").inc()
         if completed + failed >= batch.total:
             await self.finalizer.complete_if_done(batch.id)
+
+    def cancel_dispatch(self, batch_id: str) -> bool:
+        """Stop the dispatch of a background request running in this process (it was cancelled):
+        its target's request is closed rather than run to its end. False when it is not here."""
+        dispatch = self._dispatches.get(batch_id)
+        if dispatch is None:
+            return False
+        dispatch.cancel()
+        return True
+
+    async def _cancellable_answer(self, batch: BatchRecord, item: WorkItem) -> DispatchedAnswer | None:
+        """The line's answer, or None when cancel_dispatch stopped it (the worker stopping still
+        cancels the line, whose lease then runs out)."""
+        if batch.kind is not BatchKind.BACKGROUND:
+            return await self._answer(batch, item)
+        dispatch = asyncio.create_task(self._answer(batch, item))
+        self._dispatches[batch.id] = dispatch
+        try:
+            return await dispatch
+        except asyncio.CancelledError:
+            if asyncio.current_task().cancelling():
+                raise
+            return None
+        finally:
+            self._dispatches.pop(batch.id, None)
 
     async def _answer(self, batch: BatchRecord, item: WorkItem) -> DispatchedAnswer | None:
         """The line's answer; a 429 or 503 waits for its Retry-After and runs again, as long as
@@ -175,8 +209,11 @@ def _runs(batch: BatchRecord | None) -> bool:
 
 def _records(batch: BatchRecord | None) -> bool:
     """Whether a line that ran still counts: in progress, or cancelling (a line already running
-    when its batch was cancelled keeps its answer)."""
-    return batch is not None and batch.status in (BatchStatus.IN_PROGRESS, BatchStatus.CANCELLING)
+    when its batch was cancelled keeps its answer). A cancelled background request's answer is
+    discarded: its client asked for it not to run."""
+    if batch is None or batch.kind is BatchKind.BACKGROUND:
+        return batch is not None and batch.status is BatchStatus.IN_PROGRESS
+    return batch.status in (BatchStatus.IN_PROGRESS, BatchStatus.CANCELLING)
 
 
 def _ok(answer: DispatchedAnswer) -> bool:

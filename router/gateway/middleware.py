@@ -6,6 +6,8 @@ the answer carries: a whole answer's `usage`, or a stream's usage as its chunks 
 (router/gateway/stream_usage.py). The ledger record is durable before the client sees the usage
 that it records: before a whole answer's body, before a stream's closing usage chunk. Every
 response it admitted carries the tenant's x-ratelimit-* headers. It also serves GET /v1/usage.
+A background submission (`"background": true`) is only authenticated and checked against the
+tenant's models here: it is admitted and metered when it runs, as a batch line does.
 
 Streams and Idempotency-Key: a stream is stored once it has ended, and a retry gets its events
 again, whole, in one response; a duplicate that arrives while the stream runs waits for its end.
@@ -26,6 +28,7 @@ from starlette.datastructures import MutableHeaders, QueryParams
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from router.batch.objects import BACKGROUND_FIELD
 from router.gateway.admission_gate import start_gated
 from router.gateway.gateway import CacheHitBilling, Gateway, Refusal, Ticket, Unauthorized, refusal_of
 from router.gateway.idempotency import (
@@ -46,6 +49,7 @@ from router.gateway.tenants import Tenant
 from router.gateway.usage_record import Endpoint
 from router.gateway.usage_report import parse_period, usage_report
 from serving.openai_routes import (
+    BACKGROUND_PATH,
     BATCHES_PATH,
     CHAT_COMPLETIONS_PATH,
     COMPLETIONS_PATH,
@@ -74,7 +78,7 @@ EVENT_STREAM = "text/event-stream"
 # a client. The gateway also sets it on the files and batches routes, for them to know the tenant.
 TENANT_SCOPE_KEY = "kserve_llm.tenant"
 # Routes that only need to know the tenant: no limits, no metering (they generate nothing).
-AUTHENTICATED_ONLY_PREFIXES = (FILES_PATH, BATCHES_PATH)
+AUTHENTICATED_ONLY_PREFIXES = (FILES_PATH, BATCHES_PATH, BACKGROUND_PATH)
 
 
 def classify(method: str, path: str, authenticate_predict: bool) -> Endpoint | None:
@@ -162,12 +166,25 @@ class Exchange:
             body = _json_object(message.get("body", b"")) if self.endpoint.generates else None
             if body is not None:
                 self.gateway.check_model(tenant, body.get("model"))
+            if body is not None and body.get(BACKGROUND_FIELD) is True:
+                await self._submit_background(tenant, message)
+                return
             await self._serve(tenant, message, body)
         except Exception as exc:
             refusal = refusal_of(exc) or _client_error(exc)
             if refusal is None:
                 raise
             await self._refuse(refusal)
+
+    async def _submit_background(self, tenant: Tenant, message: Message) -> None:
+        """A background submission (router/batch/background.py) is only queued here: it is
+        admitted and metered when it runs, as a batch line, so it passes as authenticated only."""
+        pending = [message]
+
+        async def receive() -> Message:
+            return pending.pop() if pending else await self.receive()
+
+        await self.app({**self.scope, TENANT_SCOPE_KEY: tenant.name}, receive, self.send)
 
     def _tenant(self) -> Tenant:
         """The tenant this process named in the scope (a batch line), or the one whose key the

@@ -238,6 +238,17 @@ async def test_errors_answer_one_message_and_the_connection_goes_on(url):
     assert rest[-1]["type"] == "done"
 
 
+async def test_subscribe_without_background_requests_is_an_error_and_the_connection_goes_on(url):
+    async with websockets.connect(url) as socket:
+        await socket.send(json.dumps({"type": "subscribe", "id": "bgreq_1"}))
+        refused = json.loads(await socket.recv())
+        await socket.send(generate("after", "x"))
+        rest = await until_ends(socket, {"after"})
+    assert refused["id"] == "bgreq_1" and refused["code"] == "invalid_request"
+    assert "the router's WebSocket API serves `subscribe`" in refused["message"]
+    assert rest[-1]["type"] == "done"
+
+
 async def test_in_flight_requests_are_bounded_per_connection(url):
     async with websockets.connect(url) as socket:
         for index in range(MAX_IN_FLIGHT + 1):

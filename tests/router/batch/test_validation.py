@@ -62,3 +62,11 @@ def test_metadata_limits():
     for bad in ({"k": 1}, ["k"], {f"k{index}": "v" for index in range(17)}):
         with pytest.raises(BatchRequestError):
             check_metadata(bad)
+
+
+def test_a_batch_line_cannot_ask_for_background():
+    text = json.dumps({"custom_id": "a", "method": "POST", "url": CHAT,
+                       "body": {"model": "auto", "messages": [], "background": True}}).encode()
+    checked = validate_batch_file(text, CHAT, max_lines=10)
+    assert [(error["code"], error["param"]) for error in checked.errors] == [("background_not_supported",
+                                                                             "body.background")]
