@@ -22,16 +22,21 @@ from serving.connection_limits import (
     connection_limits,
     use_connection_limits,
 )
-from serving.errors import add_exception_handlers
+from serving.errors import add_exception_handlers, log_expected_errors_without_traceback
 from serving.lifespan import chain_lifespan
-from serving.middleware import ClientConnectionMiddleware, DefaultJSONContentTypeMiddleware, RetryAfterMiddleware
+from serving.middleware import (
+    ClientConnectionMiddleware,
+    DefaultJSONContentTypeMiddleware,
+    RetryAfterMiddleware,
+)
 from serving.request_bodies import ThreadedJSONRoute
-
 
 # The default --max_body_bytes of a component (predictor, transformer, router): one request is one
 # prompt or a small batch of them, and a body is decoded in memory (and checked) before it is served.
 COMPONENT_MAX_BODY_BYTES = 1 << 20
 DEFAULT_GRACE_PERIOD = 30
+# The package shared by every component (errors, limits, middleware).
+SERVING_LOGGER_NAME = "serving"
 
 
 def add_server_limit_arguments(group: argparse._ActionsContainer) -> None:
@@ -62,15 +67,19 @@ def describe_server_limits(args: argparse.Namespace) -> str:
 
 
 def configure_logging(args: argparse.Namespace, logger_name: str) -> None:
-    """KServe's logging setup, and its format for the component's own logger too."""
+    """KServe's logging setup, and its format for the component's own logger and the shared
+    serving layer's (whose error lines went out bare, through logging's last-resort handler);
+    a client's error or an overload is one line, never a stack trace, whoever logs it."""
+    log_expected_errors_without_traceback(kserve_logging.KSERVE_LOGGER_NAME)
     if not args.configure_logging:
         return
     kserve_logging.configure_logging(args.log_config_file)
     kserve_logger = logging.getLogger(kserve_logging.KSERVE_LOGGER_NAME)
-    logger = logging.getLogger(logger_name)
-    logger.handlers = list(kserve_logger.handlers)
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
+    for name in (logger_name, SERVING_LOGGER_NAME):
+        logger = logging.getLogger(name)
+        logger.handlers = list(kserve_logger.handlers)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
     defer_access_log()
 
 
