@@ -10,8 +10,10 @@ import asyncio
 import collections
 import gc
 import logging
+import warnings
 
 from fastapi import FastAPI
+from fastapi.exceptions import FastAPIDeprecationWarning
 from kserve import logging as kserve_logging
 from kserve.protocol.rest import server as kserve_rest_server
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -71,6 +73,7 @@ def configure_logging(args: argparse.Namespace, logger_name: str) -> None:
     serving layer's (whose error lines went out bare, through logging's last-resort handler);
     a client's error or an overload is one line, never a stack trace, whoever logs it."""
     log_expected_errors_without_traceback(kserve_logging.KSERVE_LOGGER_NAME)
+    ignore_deprecations_users_cannot_act_on()
     if not args.configure_logging:
         return
     kserve_logging.configure_logging(args.log_config_file)
@@ -81,6 +84,16 @@ def configure_logging(args: argparse.Namespace, logger_name: str) -> None:
         logger.setLevel(logging.INFO)
         logger.propagate = False
     defer_access_log()
+
+
+def ignore_deprecations_users_cannot_act_on() -> None:
+    """Ignore the deprecation warnings that KServe's own code triggers in its libraries, which every
+    component printed at its first request: nothing a user of ours can change. Each filter names
+    the module, category and message, so that any other warning still shows."""
+    # KServe answers with FastAPI's ORJSONResponse (its apps' default response class, and its v1
+    # routes'), which FastAPI deprecates (0.165 here); the warning points at whoever instantiates it.
+    warnings.filterwarnings("ignore", message="ORJSONResponse is deprecated", category=FastAPIDeprecationWarning,
+                            module=r"(fastapi\.routing|kserve\.)")
 
 
 # How long an access line waits before it is formatted and written.

@@ -179,3 +179,11 @@ async def test_a_400_and_a_503_are_one_log_line_each_without_a_traceback(launch_
         assert sum(" serving.errors " in line for line in lines) == 1, lines
         assert any(" kserve " in line and "grpc_method" in line for line in lines), lines
         assert all(re.match(r"\d{4}-\d\d-\d\d [\d:.]+ \d+ \S+ WARNING ", line) for line in lines), lines
+
+
+def test_no_library_deprecation_warning_reaches_the_log(server, http):
+    # FastAPI's ORJSONResponse, which KServe answers with, warned at the first request of each kind.
+    assert http.get(f"/v2/models/{MODEL_NAME}/ready").status_code == 200
+    assert http.post(PREDICT, json={"instances": [{"input_ids": [1, 2], "max_tokens": 2}]}).status_code == 200
+    assert http.post(INFER, json=infer_body()).status_code == 200
+    assert "DeprecationWarning" not in server.log(), server.log()[-3000:]
