@@ -6,13 +6,27 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import sys
+
+from runtime.triton_imports import keep_triton_out_unless_cuda
+
+# Before the engine's imports, and only when run as the predictor (tests import this module too):
+# on a CPU, triton would be imported through transformers and print leak warnings at exit.
+if __name__ == "__main__":
+    keep_triton_out_unless_cuda(sys.argv[1:])
 
 from runtime.cache import add_cache_dir_argument
 from runtime.engine import ConfigError, EngineConfig, ModelLoadError
 from runtime.generate_routes import add_generate_routes
 from runtime.gguf_checkpoint import GGUFCheckpointError, hf_checkpoint_dir
 from runtime.model import LLMModel
-from serving.component import component_parser, exit_if_cannot_start, limits_group, parse_component_args, serve
+from serving.component import (
+    component_parser,
+    exit_if_cannot_start,
+    limits_group,
+    parse_component_args,
+    serve,
+)
 from serving.server import describe_server_limits
 
 logger = logging.getLogger("runtime")

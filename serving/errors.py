@@ -14,7 +14,15 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from grpc_interceptor.exceptions import DeadlineExceeded
-from kserve.errors import InferenceError, InvalidInput, ModelNotFound, ModelNotReady
+from kserve.errors import (
+    InferenceError,
+    InvalidInput,
+    ModelNotFound,
+    ModelNotReady,
+    ServerNotLive,
+    ServerNotReady,
+    UnsupportedProtocol,
+)
 from pydantic import ValidationError
 
 from serving.openai_protocol import openai_error_body
@@ -244,6 +252,37 @@ def invalid_input(exc: ValidationError) -> InvalidInput:
     return InvalidInput(describe_validation_errors(exc.errors()))
 
 
+# Errors that say what the client sent or that the server is busy: the request, not the code, is
+# at fault, so their stack trace tells an operator nothing. InferenceError stays out: KServe raises
+# it for failures inside the model, whose trace is what an operator needs.
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (
+    InvalidInput, ModelNotFound, ModelNotReady, NotImplementedError, UnsupportedProtocol, ServerNotReady,
+    ServerNotLive, PayloadTooLarge,
+)
+
+
+class ExpectedErrorsWithoutTraceback(logging.Filter):
+    """Turns a record that carries an EXPECTED_ERRORS exception into one warning line, without the
+    trace. KServe's gRPC interceptor (kserve.protocol.grpc.interceptors, whose interceptors
+    KServe's GRPCServer fixes) logs every error it maps, a 400 or a 503 alike, as an ERROR with
+    its stack trace: twenty lines per refused request under load."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, EXPECTED_ERRORS) and not isinstance(exc, InferenceError):
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, logging.getLevelName(logging.WARNING)
+        return True
+
+
+def log_expected_errors_without_traceback(logger_name: str) -> None:
+    """Install ExpectedErrorsWithoutTraceback on `logger_name` (once)."""
+    logger = logging.getLogger(logger_name)
+    if not any(isinstance(each, ExpectedErrorsWithoutTraceback) for each in logger.filters):
+        logger.addFilter(ExpectedErrorsWithoutTraceback())
+
+
 def add_exception_handlers(app: FastAPI) -> None:
     """Register our status codes on the app; malformed or invalid bodies get 400, not 422.
 
@@ -260,7 +299,7 @@ def add_exception_handlers(app: FastAPI) -> None:
 
     build_middleware_stack = app.build_middleware_stack
 
-    def build_with_our_handlers():  # noqa: ANN202 - Starlette's ASGIApp
+    def build_with_our_handlers():
         register()
         return build_middleware_stack()
 

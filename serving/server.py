@@ -10,8 +10,10 @@ import asyncio
 import collections
 import gc
 import logging
+import warnings
 
 from fastapi import FastAPI
+from fastapi.exceptions import FastAPIDeprecationWarning
 from kserve import logging as kserve_logging
 from kserve.protocol.rest import server as kserve_rest_server
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -22,16 +24,21 @@ from serving.connection_limits import (
     connection_limits,
     use_connection_limits,
 )
-from serving.errors import add_exception_handlers
+from serving.errors import add_exception_handlers, log_expected_errors_without_traceback
 from serving.lifespan import chain_lifespan
-from serving.middleware import ClientConnectionMiddleware, DefaultJSONContentTypeMiddleware, RetryAfterMiddleware
+from serving.middleware import (
+    ClientConnectionMiddleware,
+    DefaultJSONContentTypeMiddleware,
+    RetryAfterMiddleware,
+)
 from serving.request_bodies import ThreadedJSONRoute
-
 
 # The default --max_body_bytes of a component (predictor, transformer, router): one request is one
 # prompt or a small batch of them, and a body is decoded in memory (and checked) before it is served.
 COMPONENT_MAX_BODY_BYTES = 1 << 20
 DEFAULT_GRACE_PERIOD = 30
+# The package shared by every component (errors, limits, middleware).
+SERVING_LOGGER_NAME = "serving"
 
 
 def add_server_limit_arguments(group: argparse._ActionsContainer) -> None:
@@ -62,16 +69,31 @@ def describe_server_limits(args: argparse.Namespace) -> str:
 
 
 def configure_logging(args: argparse.Namespace, logger_name: str) -> None:
-    """KServe's logging setup, and its format for the component's own logger too."""
+    """KServe's logging setup, and its format for the component's own logger and the shared
+    serving layer's (whose error lines went out bare, through logging's last-resort handler);
+    a client's error or an overload is one line, never a stack trace, whoever logs it."""
+    log_expected_errors_without_traceback(kserve_logging.KSERVE_LOGGER_NAME)
+    ignore_deprecations_users_cannot_act_on()
     if not args.configure_logging:
         return
     kserve_logging.configure_logging(args.log_config_file)
     kserve_logger = logging.getLogger(kserve_logging.KSERVE_LOGGER_NAME)
-    logger = logging.getLogger(logger_name)
-    logger.handlers = list(kserve_logger.handlers)
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
+    for name in (logger_name, SERVING_LOGGER_NAME):
+        logger = logging.getLogger(name)
+        logger.handlers = list(kserve_logger.handlers)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
     defer_access_log()
+
+
+def ignore_deprecations_users_cannot_act_on() -> None:
+    """Ignore the deprecation warnings that KServe's own code triggers in its libraries, which every
+    component printed at its first request: nothing a user of ours can change. Each filter names
+    the module, category and message, so that any other warning still shows."""
+    # KServe answers with FastAPI's ORJSONResponse (its apps' default response class, and its v1
+    # routes'), which FastAPI deprecates (0.165 here); the warning points at whoever instantiates it.
+    warnings.filterwarnings("ignore", message="ORJSONResponse is deprecated", category=FastAPIDeprecationWarning,
+                            module=r"(fastapi\.routing|kserve\.)")
 
 
 # How long an access line waits before it is formatted and written.

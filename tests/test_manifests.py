@@ -34,7 +34,8 @@ from router.graph_spec import DEFAULT_SERVER_WRITE, GraphSpecError, InferenceGra
 
 MANIFESTS = Path(__file__).resolve().parent.parent / "manifests"
 KUSTOMIZATION = "kustomization.yaml"
-IMAGE = "kserve-llm-runtime"
+IMAGE = "kserve-llm-runtime"  # Dockerfile (CPU): transformers, router
+GPU_IMAGE = "kserve-llm-runtime-gpu"  # Dockerfile.gpu: the predictors (the ClusterServingRuntime)
 IMAGE_TAG = "0.1.0"  # the version in setup.cfg, set by the kustomizations
 RUNTIME = "kserve-llm-runtime"
 KSERVE_GROUP = "serving.kserve.io"
@@ -364,6 +365,13 @@ def containers_of(body: dict) -> list[dict]:
     return []
 
 
+def image_of(body: dict) -> str:
+    """The image a manifest's containers run: the GPU image for the predictors (the
+    ClusterServingRuntime's container; every model's predictor asks for a GPU), the CPU image for
+    the transformers and the router."""
+    return GPU_IMAGE if body["kind"] == "ClusterServingRuntime" else IMAGE
+
+
 def deployment_mode_errors(isvc: dict) -> list[str]:
     """Features KServe (or Knative) accepts in one deployment mode only."""
     mode = deployment_mode(isvc)
@@ -404,7 +412,7 @@ def test_every_kustomization_builds_into_valid_objects(folder: Path) -> None:
     for body in built:
         assert manifest_errors(body) == []
         for container in containers_of(body):
-            assert container["image"] == f"{IMAGE}:{IMAGE_TAG}", f"{body['metadata']['name']}: no image tag"
+            assert container["image"] == f"{image_of(body)}:{IMAGE_TAG}", f"{body['metadata']['name']}: no image tag"
         if body["kind"] == "InferenceService":
             assert deployment_mode_errors(body) + keda_errors(body) == []
     knative = any(body["kind"] == "InferenceService" and deployment_mode(body) == "Knative" for body in built)
@@ -681,9 +689,126 @@ def test_every_component_keeps_a_replica() -> None:
         assert document.body["spec"]["minReplicas"] >= 1, str(document)
 
 
-def test_one_image_runs_every_component() -> None:
+def test_each_component_runs_its_image() -> None:
     for document in kinds("ClusterServingRuntime") + kinds("InferenceService"):
         for container in containers_of(document.body):
-            assert container["image"] == IMAGE, f"{document}: kustomize sets the tag of {IMAGE} only"
+            expected = image_of(document.body)
+            assert container["image"] == expected, f"{document}: kustomize sets the tags of {IMAGE} and {GPU_IMAGE}"
             command = container.get("command", ["python", "-m", "runtime"])
             assert command[:2] == ["python", "-m"] and command[2] in MODULES, f"{document}: {command}"
+
+
+def test_the_gpu_image_serves_gpu_predictors_only() -> None:
+    """Every service on the ClusterServingRuntime (which runs the GPU image) asks for CUDA and a GPU."""
+    for document in kinds("InferenceService"):
+        model = document.body["spec"]["predictor"].get("model")
+        if model is None:
+            continue
+        assert model["runtime"] == RUNTIME
+        assert "--device=cuda" in model["args"], f"{document}: the GPU image serves CUDA predictors"
+        assert model["resources"]["limits"]["nvidia.com/gpu"] == "1", str(document)
+
+
+# ---------------------------------------------------------------------------------------------
+# NetworkPolicies: the models' pods take requests only from the router's and the graphs' router
+# pods (and their own transformers). Pods are matched by the labels KServe puts on them:
+# serving.kserve.io/inferenceservice and component on an InferenceService's pods,
+# serving.kserve.io/inferencegraph on a graph's router pods.
+
+ISVC_LABEL = "serving.kserve.io/inferenceservice"
+GRAPH_LABEL = "serving.kserve.io/inferencegraph"
+MODELS_POLICY = "llm-models"
+SERVING_PORTS = {8080, 8081}
+
+
+def matches(selector: dict, labels: dict[str, str]) -> bool:
+    """A Kubernetes label selector (matchLabels and matchExpressions) against a pod's labels."""
+    if not selects(selector.get("matchLabels", {}), labels):
+        return False
+    for expression in selector.get("matchExpressions", []):
+        key, operator, values = expression["key"], expression["operator"], expression.get("values", [])
+        present = key in labels
+        if not {"In": present and labels.get(key) in values, "NotIn": not present or labels[key] not in values,
+                "Exists": present, "DoesNotExist": not present}[operator]:
+            return False
+    return True
+
+
+def pod_labels(isvc_name: str, component: str) -> dict[str, str]:
+    return {ISVC_LABEL: isvc_name, "component": component}
+
+
+def admitted_ports(policy: dict, labels: dict[str, str]) -> set[int]:
+    """The ports a pod of this namespace with `labels` may reach the policy's pods on."""
+    ports: set[int] = set()
+    for rule in policy["spec"]["ingress"]:
+        peers = [peer for peer in rule["from"] if set(peer) == {"podSelector"}]
+        if any(matches(peer["podSelector"], labels) for peer in peers):
+            ports |= {port["port"] for port in rule["ports"]}
+    return ports
+
+
+def models_behind_the_router() -> set[str]:
+    """The services the router's config and the graphs call, the router itself aside."""
+    config = router_config()
+    graphed = {step["serviceName"] for document in GRAPHS for node in document.body["spec"]["nodes"].values()
+               for step in node["steps"] if "serviceName" in step}
+    return ({config.targets.small.model, config.targets.large.model} | graphed) - {config.model_name}
+
+
+def test_the_policy_selects_every_model_behind_the_router_and_not_the_router() -> None:
+    policy = named("NetworkPolicy", MODELS_POLICY)
+    selector = policy["spec"]["podSelector"]
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    models = models_behind_the_router()
+    assert models >= {"llm-small", "llm-large", "llm-small-v2"}
+    for name in models:
+        spec = named("InferenceService", name)["spec"]
+        for component in ("predictor", "transformer"):
+            if component in spec:
+                assert matches(selector, pod_labels(name, component)), f"{name} {component} is not protected"
+    assert not matches(selector, pod_labels(router_config().model_name, "predictor")), "clients call the router"
+
+
+def test_the_policy_admits_the_router_the_graphs_and_the_models_transformers_only() -> None:
+    policy = named("NetworkPolicy", MODELS_POLICY)
+    router_pod = pod_labels(router_config().model_name, "predictor")
+    assert admitted_ports(policy, router_pod) == SERVING_PORTS
+    for document in GRAPHS:
+        graph_pod = {GRAPH_LABEL: document.body["metadata"]["name"]}
+        assert admitted_ports(policy, graph_pod) == SERVING_PORTS, f"{document}'s router pods"
+    for name in models_behind_the_router():
+        assert admitted_ports(policy, pod_labels(name, "transformer")) == SERVING_PORTS, f"{name}'s transformer"
+        assert admitted_ports(policy, pod_labels(name, "predictor")) == set(), "a predictor calls no model"
+    assert admitted_ports(policy, {"app": "anything-else"}) == set()
+    # The ports are the ones the containers serve on.
+    [container] = named("ClusterServingRuntime", RUNTIME)["spec"]["containers"]
+    assert {port["containerPort"] for port in container["ports"]} <= SERVING_PORTS
+
+
+def test_prometheus_may_scrape_the_models() -> None:
+    policy = named("NetworkPolicy", MODELS_POLICY)
+    runtime = named("ClusterServingRuntime", RUNTIME)["spec"]
+    metrics_port = int(runtime["annotations"]["prometheus.io/port"])
+    scrapers = [rule for rule in policy["spec"]["ingress"]
+                if any("namespaceSelector" in peer for peer in rule["from"])]
+    assert any(metrics_port in {port["port"] for port in rule["ports"]} for rule in scrapers)
+
+
+@pytest.mark.parametrize("folder", [k.folder for k in kustomizations()], ids=lambda f: str(f.relative_to(MANIFESTS)))
+def test_every_install_of_the_models_protects_them(folder: Path) -> None:
+    """Every folder that installs the runtime and models carries the policy; graphs/ goes on top of
+    one of them (its llm-small-v2 is covered by theirs, as the test above checks)."""
+    built = kustomize(folder)
+    models = [body["metadata"]["name"] for body in built if body["kind"] == "InferenceService"
+              and body["metadata"]["name"] in models_behind_the_router()]
+    if not models or not any(body["kind"] == "ClusterServingRuntime" for body in built):
+        return
+    [policy] = [body for body in built
+                if body["kind"] == "NetworkPolicy" and body["metadata"]["name"] == MODELS_POLICY]
+    for name in models:
+        assert matches(policy["spec"]["podSelector"], pod_labels(name, "predictor")), f"{folder}: {name}"
+    knative = any(deployment_mode(body) == "Knative" for body in built if body["kind"] == "InferenceService")
+    # Knative's activator and cluster-local gateway deliver the requests into the queue-proxy (8012).
+    knative_ports = {port["port"] for rule in policy["spec"]["ingress"] for port in rule["ports"]} & {8012}
+    assert bool(knative_ports) == knative, f"{folder}: Knative mode needs its data path admitted, others not"

@@ -34,6 +34,7 @@ from .host_to_device import to_device
 
 _BITS_PER_WORD = 32
 BITMASK_KERNEL_SOURCE = Path(__file__).parent / "csrc" / "apply_token_bitmask.cpp"
+BITMASK_KERNEL_NAME = "kserve_llm_cpu_token_bitmask"
 
 
 class Grammar:
@@ -117,7 +118,7 @@ def apply_grammar_bitmask(logits: torch.Tensor, rows: list[int], bitmask: torch.
 def load_bitmask_kernel() -> Callable | None:
     """The C++ CPU kernel apply_token_bitmask(logits, bitmask, rows), or None if it cannot be
     built here (cpu_extensions.py)."""
-    module = load_cpu_extension("kserve_llm_cpu_token_bitmask", BITMASK_KERNEL_SOURCE, "grammar mask")
+    module = load_cpu_extension(BITMASK_KERNEL_NAME, BITMASK_KERNEL_SOURCE, "grammar mask")
     return None if module is None else module.apply_token_bitmask
 
 

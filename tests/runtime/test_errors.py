@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 
 import grpc
 import httpx
@@ -142,3 +143,47 @@ async def test_request_timeout_is_504_and_aborts(launch_server):
         assert server.wait_for_metric("vllm:num_requests_running", lambda value: value == 0, timeout=2.0) == 0
         assert server.wait_for_metric("vllm:kv_cache_usage_perc", lambda value: value == 0, timeout=2.0) == 0
         assert client.post(GENERATE, json={"input_ids": [1, 2], "parameters": {"max_tokens": 2}}).status_code == 200
+
+
+async def test_a_400_and_a_503_are_one_log_line_each_without_a_traceback(launch_server):
+    # KServe's gRPC interceptor logged each with its stack trace; REST errors went out unformatted.
+    server = launch_server("--max_queue", "1", "--max_num_seqs", "1")
+    long = {"input_ids": [1, 2, 3], "parameters": {"max_tokens": 1500, "ignore_eos": True}}
+    async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+        bad = await client.post(INFER, json=infer_body(parameters={"max_tokens": 0}))
+        with pytest.raises(grpc.aio.AioRpcError) as bad_over_grpc:
+            await grpc_infer(server.grpc_url, {"max_tokens": 0})
+        async with client.stream("POST", GENERATE_STREAM, json=long) as running:
+            lines = running.aiter_lines()
+            while not (await anext(lines)).startswith("data: "):
+                pass
+            # The only slot is taken and the only place in the queue too: refused.
+            waiting = asyncio.create_task(client.post(GENERATE, json=long))
+            assert await asyncio.to_thread(
+                server.wait_for_metric, "vllm:num_requests_waiting", lambda value: value == 1) == 1
+            full = await client.post(INFER, json=infer_body())
+            with pytest.raises(grpc.aio.AioRpcError) as full_over_grpc:
+                await grpc_infer(server.grpc_url, {"max_tokens": 2})
+            waiting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await waiting
+    assert bad.status_code == 400 and bad_over_grpc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert full.status_code == 503 and full_over_grpc.value.code() == grpc.StatusCode.UNAVAILABLE
+    server.stop()
+    log = server.log()
+    assert "Traceback" not in log, log[-3000:]
+    for message in (bad.json()["error"], full.json()["error"]):
+        lines = [line for line in log.splitlines() if message in line]
+        # One line from our REST handler, one from KServe's gRPC interceptor per attempt (KServe's
+        # client retries UNAVAILABLE), each in the servers' format (time, pid, logger), a warning.
+        assert sum(" serving.errors " in line for line in lines) == 1, lines
+        assert any(" kserve " in line and "grpc_method" in line for line in lines), lines
+        assert all(re.match(r"\d{4}-\d\d-\d\d [\d:.]+ \d+ \S+ WARNING ", line) for line in lines), lines
+
+
+def test_no_library_deprecation_warning_reaches_the_log(server, http):
+    # FastAPI's ORJSONResponse, which KServe answers with, warned at the first request of each kind.
+    assert http.get(f"/v2/models/{MODEL_NAME}/ready").status_code == 200
+    assert http.post(PREDICT, json={"instances": [{"input_ids": [1, 2], "max_tokens": 2}]}).status_code == 200
+    assert http.post(INFER, json=infer_body()).status_code == 200
+    assert "DeprecationWarning" not in server.log(), server.log()[-3000:]

@@ -18,13 +18,14 @@ from .metadata import AttentionBackend, AttentionMetadata
 from .torch_backend import torch_prefill_attention
 
 SOURCE = Path(__file__).parent / "csrc" / "paged_decode_attention.cpp"
+KERNEL_NAME = "kserve_llm_cpu_attention"
 
 
 @functools.cache
 def load_decode_kernel() -> Callable | None:
     """Returns paged_decode_attention(query, key_cache, value_cache, block_tables,
     context_lens, scale, sliding_window) or None if it cannot be built here."""
-    module = load_cpu_extension("kserve_llm_cpu_attention", SOURCE, "attention")
+    module = load_cpu_extension(KERNEL_NAME, SOURCE, "attention")
     return None if module is None else module.paged_decode_attention
 
 
