@@ -18,7 +18,11 @@ from dataclasses import dataclass
 from http import HTTPStatus
 
 from router.batch.capacity import SpareCapacity
-from router.batch.dispatch import DispatchedAnswer, InProcessDispatcher
+from router.batch.dispatch import (
+    DispatchedAnswer,
+    InProcessDispatcher,
+    at_batch_priority,
+)
 from router.batch.finalize import Finalizer
 from router.batch.metrics import BATCH_LINES, BATCH_LINES_IN_FLIGHT
 from router.batch.objects import answered_line
@@ -151,8 +155,9 @@ class BatchWorker:
     async def _answer(self, batch: BatchRecord, item: WorkItem) -> DispatchedAnswer | None:
         """The line's answer; a 429 or 503 waits for its Retry-After and runs again, as long as
         the batch runs (None once it does not)."""
+        body = at_batch_priority(item.body)
         while True:
-            answer = await self.dispatcher.post(batch.endpoint, item.body, batch.tenant)
+            answer = await self.dispatcher.post(batch.endpoint, body, batch.tenant)
             if answer.status not in RETRIED_STATUSES:
                 return answer
             BATCH_LINES.labels("retried").inc()

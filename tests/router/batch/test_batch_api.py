@@ -15,6 +15,7 @@ import httpx
 import openai
 import pytest
 
+from router.batch.dispatch import BATCH_PRIORITY
 from tests.router.conftest import start_router
 from tests.router.edge_fakes import FakeTransformer, running_transformers
 from tests.servers import Server, run_python
@@ -82,6 +83,17 @@ def test_a_500_line_batch_completes_with_one_line_per_custom_id(client, fakes):
     assert len(fakes["llm-small-a"].received) == 500
     output_file = client.files.retrieve(batch.output_file_id)
     assert output_file.purpose == "batch_output" and output_file.bytes > 0
+
+
+def test_lines_reach_the_target_at_the_batch_priority_unless_they_set_their_own(client, fakes):
+    """The engine starts waiting online requests (priority 0 by default) before batch lines."""
+    own = chat_line("own", "llm-small")
+    own["body"]["priority"] = -1
+    lines = [chat_line("default", "llm-small"), own]
+    batch = client.batches.create(input_file_id=upload(client, lines), endpoint=CHAT, completion_window="24h")
+    assert wait_for_end(client, batch.id).status == "completed"
+    priorities = sorted(request["body"]["priority"] for request in fakes["llm-small-a"].received)
+    assert priorities == [-1, BATCH_PRIORITY]
 
 
 def test_a_line_its_target_refuses_lands_in_the_error_file(client, fakes):
