@@ -9,8 +9,11 @@ demo model's stack (predictor, transformer, router with the batch API, as serve_
       p50/p99 as a ratio to (c) (the bar: p99 at most 1.20), and the batch lines done meanwhile.
 
 Every phase runs --rounds times, the four in turn, so that the machine's other load hits the
-baselines (a, c) and what is compared with them (b, d) alike; TTFT percentiles pool the rounds'
-samples, throughputs add their tokens and seconds. Online requests stream through the router's
+baselines (a, c) and what is compared with them (b, d) alike. The bars are judged on the median
+of the rounds' ratios, each of a phase against the baseline run just before it (on a shared
+machine the load changes between rounds more than between neighbouring phases); the pooled row
+(TTFT percentiles over all rounds' samples, throughputs as all tokens over all seconds) is shown
+beside them. Online requests stream through the router's
 OpenAI edge (`model: "auto"`); batch lines are the same shape (fixed prompt and output lengths,
 greedy, ignore_eos), each phase on fresh prompts. The router's batch flags are this run's
 policy: --router_arg passes any of them (`--router_arg=--batch_concurrency=32`).
@@ -28,6 +31,7 @@ import math
 import os
 import random
 import shlex
+import statistics
 import sys
 import tempfile
 import time
@@ -233,7 +237,20 @@ async def run_rounds(run: Run) -> dict:
               f"batch lines done meanwhile", flush=True)
         rounds.append({"peak": peak_round, "drain": drained, "online_alone": summarise(*alone[-1], UNJUDGED),
                        "online_with_batch": {**summarise(*beside[-1], UNJUDGED), **with_batch}})
-    return {"rate": rate, "rounds": rounds, "pooled": pooled(peak, drains, alone, beside)}
+    return {"rate": rate, "rounds": rounds, "pooled": pooled(peak, drains, alone, beside),
+            "median_ratios": median_ratios(rounds)}
+
+
+def round_ratios(row: dict) -> tuple[float, float]:
+    """One round's (drain / peak throughput, p99 TTFT with the batch / alone)."""
+    drained = row["drain"]
+    drain_ratio = drained["completion_tokens"] / drained["api_seconds"] / row["peak"]["output_token_throughput"]
+    return drain_ratio, row["online_with_batch"]["ttft_ms"]["p99"] / row["online_alone"]["ttft_ms"]["p99"]
+
+
+def median_ratios(rounds: list[dict]) -> dict:
+    drain, ttft = zip(*(round_ratios(row) for row in rounds))
+    return {"drain_ratio": statistics.median(drain), "ttft_p99_ratio": statistics.median(ttft)}
 
 
 def pooled(peak: list, drains: list[dict], alone: list, beside: list) -> dict:
@@ -263,19 +280,21 @@ def print_report(report: dict) -> None:
           f"{'alone p99':>10}{'+batch p50':>11}{'+batch p99':>11}{'p99 ratio':>10}{'lines meanwhile':>16}")
     for number, row in enumerate(report["rounds"], 1):
         peak, drained = row["peak"]["output_token_throughput"], row["drain"]
-        drain_tps = drained["completion_tokens"] / drained["api_seconds"]
+        drain_ratio, ttft_ratio = round_ratios(row)
         alone, beside = row["online_alone"]["ttft_ms"], row["online_with_batch"]["ttft_ms"]
-        print(f"{number:<7}{peak:>11.0f}{drain_tps:>12.0f}{drain_tps / peak:>11.2f}{alone['p50']:>10.1f}"
-              f"{alone['p99']:>10.1f}{beside['p50']:>11.1f}{beside['p99']:>11.1f}{beside['p99'] / alone['p99']:>10.2f}"
-              f"{row['online_with_batch']['lines_done_meanwhile']:>16}")
+        print(f"{number:<7}{peak:>11.0f}{drained['completion_tokens'] / drained['api_seconds']:>12.0f}"
+              f"{drain_ratio:>11.2f}{alone['p50']:>10.1f}{alone['p99']:>10.1f}{beside['p50']:>11.1f}"
+              f"{beside['p99']:>11.1f}{ttft_ratio:>10.2f}{row['online_with_batch']['lines_done_meanwhile']:>16}")
     alone, beside = pooled_["online_alone"], pooled_["online_with_batch"]
     print(f"{'pooled':<7}{pooled_['peak_tokens_per_s']:>11.0f}{pooled_['drain_tokens_per_s']:>12.0f}"
           f"{pooled_['drain_ratio']:>11.2f}{alone['p50_ms']:>10.1f}{alone['p99_ms']:>10.1f}{beside['p50_ms']:>11.1f}"
           f"{beside['p99_ms']:>11.1f}{pooled_['ttft_p99_ratio']:>10.2f}")
-    print(f"\nbar (1) online p99 TTFT with the batch <= {TTFT_P99_BAR:.2f}x alone: "
-          f"{'met' if pooled_['ttft_p99_ratio'] <= TTFT_P99_BAR else 'NOT met'} ({pooled_['ttft_p99_ratio']:.2f}x)")
-    print(f"bar (2) batch alone drains at >= {DRAIN_BAR:.0%} of peak: "
-          f"{'met' if pooled_['drain_ratio'] >= DRAIN_BAR else 'NOT met'} ({pooled_['drain_ratio']:.0%})")
+    median = report["median_ratios"]
+    print(f"{'median':<7}{'':>23}{median['drain_ratio']:>11.2f}{'':>42}{median['ttft_p99_ratio']:>10.2f}")
+    print(f"\nbar (1) online p99 TTFT with the batch <= {TTFT_P99_BAR:.2f}x alone (median of rounds): "
+          f"{'met' if median['ttft_p99_ratio'] <= TTFT_P99_BAR else 'NOT met'} ({median['ttft_p99_ratio']:.2f}x)")
+    print(f"bar (2) batch alone drains at >= {DRAIN_BAR:.0%} of peak (median of rounds): "
+          f"{'met' if median['drain_ratio'] >= DRAIN_BAR else 'NOT met'} ({median['drain_ratio']:.0%})")
     failed = alone["failed"] + beside["failed"]
     if failed:
         print(f"{failed} online requests failed")
