@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Message
 
+from router.batch.capacity import BATCH_LINE_SCOPE_KEY
 from router.gateway.middleware import TENANT_SCOPE_KEY
 from serving.openai_routes import OPENAI_PREFIX
 
@@ -60,7 +61,7 @@ class InProcessDispatcher:
             "query_string": b"", "client": ("127.0.0.1", 0), "server": ("127.0.0.1", 0), "state": {},
             "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                         (REQUEST_ID_HEADER.encode(), request_id.encode())],
-            TENANT_SCOPE_KEY: tenant,
+            TENANT_SCOPE_KEY: tenant, BATCH_LINE_SCOPE_KEY: True,
         }
         answer = _Collector()
         await self.app(scope, _Receive(body), answer.send)
