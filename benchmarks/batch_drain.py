@@ -60,6 +60,8 @@ BATCH_RAMP_SECONDS = 2.0
 # (d)'s batch holds this many times the lines the stack could finish during the online load at
 # its peak rate, so that it is still draining when the online load ends.
 BATCH_OVERSIZE = 1.5
+# (d): requests sent this soon after the online load starts meet the batch at full concurrency.
+ONSET_SECONDS = 2.0
 TTFT_P99_BAR = 1.20
 DRAIN_BAR = 0.80
 # The goodput SLO is not what this benchmark judges; summarise() needs one.
@@ -118,15 +120,19 @@ async def closed_loop(run: Run, requests: list[Request], clients: int) -> tuple[
     return samples, time.perf_counter() - started
 
 
-async def poisson(run: Run, requests: list[Request], rate: float, rng: random.Random) -> tuple[list[Sample], float]:
-    """Each request sent at Poisson arrival times of `rate` per second; the samples and seconds."""
+async def poisson(run: Run, requests: list[Request], rate: float,
+                  rng: random.Random) -> tuple[list[Sample], float, list[float]]:
+    """Each request sent at Poisson arrival times of `rate` per second; the samples, the seconds,
+    and when each request was sent (seconds from the first)."""
     samples = [Sample(ROUTER) for _ in requests]
+    sent = []
     started = time.perf_counter()
     async with asyncio.timeout(run.args.phase_timeout), asyncio.TaskGroup() as group:
         for request, sample in zip(requests, samples):
+            sent.append(time.perf_counter() - started)
             group.create_task(run.clients.send(request, sample))
             await asyncio.sleep(rng.expovariate(rate))
-    return samples, time.perf_counter() - started
+    return samples, time.perf_counter() - started, sent
 
 
 # Batches ----------------------------------------------------------------------------------------
@@ -195,15 +201,23 @@ async def online_with_batch(run: Run, rate: float, peak_rps: float, rng: random.
     batch = await create_batch(run, run.source.take(lines), "beside")
     await asyncio.sleep(BATCH_RAMP_SECONDS)
     before = (await batch_of(run, batch["id"]))["request_counts"]["completed"]
-    samples, duration = await poisson(run, online, rate, rng)
+    samples, duration, sent = await poisson(run, online, rate, rng)
     after = await batch_of(run, batch["id"])
     drained_early = after["status"] != "in_progress"
     await run.http.post(f"{run.router}{BATCHES}/{batch['id']}/cancel")
     await wait_until_ended(run, batch["id"])
     done = after["request_counts"]["completed"] - before
+    onset = [sample.ttft for sample, at in zip(samples, sent) if at < ONSET_SECONDS and sample.completed]
+    later = [sample.ttft for sample, at in zip(samples, sent) if at >= ONSET_SECONDS and sample.completed]
     return {"samples": samples, "duration_s": duration, "batch_lines": lines, "lines_done_meanwhile": done,
             "batch_tokens_per_s_meanwhile": done * run.args.output_tokens / duration,
-            "batch_ended_before_online_load": drained_early}
+            "batch_ended_before_online_load": drained_early,
+            # Where the tail comes from: the requests that met the batch running at full
+            # concurrency (the policy shrinks it only once online requests come), and the rest.
+            "ttft_ms_onset": {"requests": len(onset), "max": 1000 * max(onset, default=math.nan)},
+            "ttft_ms_after_onset": {"requests": len(later), "p99": 1000 * percentile(later, 99)},
+            "sent_s_and_ttft_ms": [(round(at, 3), round(1000 * sample.ttft, 1) if sample.completed else None)
+                                   for sample, at in zip(samples, sent)]}
 
 
 # The run ----------------------------------------------------------------------------------------
@@ -226,15 +240,17 @@ async def run_rounds(run: Run) -> dict:
         drains.append(drained)
         print(f"round {number}: (b) batch alone {drained['completion_tokens'] / drained['api_seconds']:.0f} tok/s "
               f"({drained['completed']}/{drained['lines']} lines in {drained['api_seconds']} s)", flush=True)
-        samples, seconds = await poisson(run, run.source.take(args.online_requests), rate, rng)
+        samples, seconds, _ = await poisson(run, run.source.take(args.online_requests), rate, rng)
         alone.append((samples, seconds))
         print(f"round {number}: (c) online alone at {rate:.2f}/s: TTFT p99 "
               f"{summarise(samples, seconds, UNJUDGED)['ttft_ms']['p99']:.0f} ms", flush=True)
         with_batch = await online_with_batch(run, rate, peak_round["request_throughput"], rng)
         beside.append((with_batch.pop("samples"), with_batch["duration_s"]))
         print(f"round {number}: (d) online + batch: TTFT p99 "
-              f"{summarise(*beside[-1], UNJUDGED)['ttft_ms']['p99']:.0f} ms, {with_batch['lines_done_meanwhile']} "
-              f"batch lines done meanwhile", flush=True)
+              f"{summarise(*beside[-1], UNJUDGED)['ttft_ms']['p99']:.0f} ms (after the first {ONSET_SECONDS:g} s "
+              f"{with_batch['ttft_ms_after_onset']['p99']:.0f} ms, before it at most "
+              f"{with_batch['ttft_ms_onset']['max']:.0f} ms), {with_batch['lines_done_meanwhile']} batch lines done "
+              f"meanwhile", flush=True)
         rounds.append({"peak": peak_round, "drain": drained, "online_alone": summarise(*alone[-1], UNJUDGED),
                        "online_with_batch": {**summarise(*beside[-1], UNJUDGED), **with_batch}})
     return {"rate": rate, "rounds": rounds, "pooled": pooled(peak, drains, alone, beside),
