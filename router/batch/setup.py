@@ -44,12 +44,12 @@ def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--batch_max_file_bytes", type=int, default=64 << 20,
                        help="largest file an upload may carry (413 past it); other routes keep --max_body_bytes")
     group.add_argument("--batch_max_lines", type=int, default=50000, help="most requests in one batch file")
-    group.add_argument("--batch_concurrency", type=int, default=16,
-                       help="most batch lines one router process runs at once")
+    group.add_argument("--batch_concurrency", type=int, default=32,
+                       help="most batch lines one router process runs at once, while it serves no online request")
     group.add_argument("--batch_max_waiting", type=float, default=1.0,
                        help="batch lines start only while every target's predictors have fewer requests waiting "
                             "than this (vllm:num_requests_waiting; unknown load counts as none)")
-    group.add_argument("--batch_concurrency_beside_online", type=int, default=2,
+    group.add_argument("--batch_concurrency_beside_online", type=int, default=1,
                        help="most batch lines one router process runs while it serves online requests, and until "
                             "--batch_online_quiet_seconds after the last one ended (0: none)")
     group.add_argument("--batch_online_quiet_seconds", type=float, default=1.0,
