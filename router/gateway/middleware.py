@@ -25,7 +25,7 @@ from starlette.datastructures import MutableHeaders, QueryParams
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from router.gateway.gateway import CacheHitBilling, Gateway, Refusal, Ticket, refusal_of
+from router.gateway.gateway import CacheHitBilling, Gateway, Refusal, Ticket, Unauthorized, refusal_of
 from router.gateway.idempotency import (
     IdempotencyConflict,
     IdempotencyInFlight,
@@ -117,11 +117,8 @@ class GatewayMiddleware:
         a valid key); what their batches run is admitted and metered line by line."""
         try:
             tenant = self.gateway.authenticate(_header(scope, b"authorization"))
-        except Exception as exc:
-            refusal = refusal_of(exc)
-            if refusal is None:
-                raise
-            await refusal.response(openai=True)(scope, receive, send)
+        except Unauthorized as exc:
+            await refusal_of(exc).response(openai=True)(scope, receive, send)
             return
         await self.app({**scope, TENANT_SCOPE_KEY: tenant.name}, receive, send)
 

@@ -43,6 +43,8 @@ class FakeTransformer:
     # Requests answering at once (whole answers, while their delay runs), and the most seen.
     in_flight: int = 0
     max_in_flight: int = 0
+    # Scrapes of /metrics so far: a test that sets `waiting` knows when the router has seen it.
+    metrics_scrapes: int = 0
     url: str = ""
 
     def reset(self) -> None:
@@ -155,6 +157,7 @@ class FakeTransformer:
                 {"id": "cmpl-1", "model": body["model"], "choices": [], "usage": usage}]
 
     async def _metrics(self, request: Request) -> Response:
+        self.metrics_scrapes += 1
         if self.waiting is None:
             return PlainTextResponse("no metrics here", status_code=404)
         labels = f'{{model_name="{self.name.rsplit("-", 1)[0]}"}}'

@@ -51,7 +51,7 @@ def assert_complete_once(client: OpenAI, batch_id: str, lines: list[dict]) -> No
 
 
 def test_a_router_killed_mid_batch_completes_it_after_a_restart(fakes, tmp_path):
-    fakes["llm-small-a"].delay = 0.1
+    fakes["llm-small-a"].delay = 0.2
     config = batch_config(tmp_path / "router.yaml", fakes["llm-small-a"], fakes["llm-large-a"])
     arguments = ("--batch_lease_seconds", LEASE_SECONDS, "--batch_concurrency", "4")
     first = start_router(config, tmp_path, *arguments)
@@ -73,10 +73,10 @@ def test_a_router_killed_mid_batch_completes_it_after_a_restart(fakes, tmp_path)
 
 
 def test_two_routers_on_one_redis_finish_a_batch_when_one_is_killed(fakes, tmp_path, redis_server):
-    fakes["llm-small-a"].delay = 0.1
+    fakes["llm-small-a"].delay = 0.2
     config = batch_config(tmp_path / "router.yaml", fakes["llm-small-a"], fakes["llm-large-a"])
     # A database of this test's own on the session's redis-server.
-    arguments = ("--batch_lease_seconds", LEASE_SECONDS, "--batch_concurrency", "2", "--redis_url",
+    arguments = ("--batch_lease_seconds", LEASE_SECONDS, "--batch_concurrency", "4", "--redis_url",
                  f"redis://127.0.0.1:{redis_server.port}/7")
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
