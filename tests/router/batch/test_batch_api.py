@@ -261,6 +261,30 @@ def _metric(router: Server, name: str, labels: str = "") -> float:
     raise AssertionError(f"no {name}{{{labels}}} on /metrics")
 
 
+def test_online_requests_preempt_the_newest_lines_which_run_again(client, fakes, router):
+    """The router runs 8 lines at once, 1 beside online requests (the default): an online request
+    cancels the 7 newest lines' requests; they are sent again once online traffic is quiet, and
+    the batch still ends with one result per line."""
+    small = fakes["llm-small-a"]
+    small.delay = 3.0
+    preempted_before = _metric(router, "router_batch_lines_total", 'outcome="preempted"')
+    lines = [chat_line(f"line-{index}", "llm-small") for index in range(8)]
+    batch = client.batches.create(input_file_id=upload(client, lines), endpoint=CHAT, completion_window="24h")
+    deadline = time.monotonic() + 30
+    while small.in_flight < 8 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert small.in_flight == 8
+    client.chat.completions.create(model="llm-small", messages=[{"role": "user", "content": "online"}], max_tokens=4)
+    batch = wait_for_end(client, batch.id)
+    assert batch.status == "completed" and batch.request_counts.completed == 8
+    output, _ = all_lines(client, batch)
+    assert sorted(line["custom_id"] for line in output) == sorted(line["custom_id"] for line in lines)
+    preempted = _metric(router, "router_batch_lines_total", 'outcome="preempted"') - preempted_before
+    assert preempted >= 1
+    # Each preempted line was sent again; plus the online request.
+    assert len(small.received) == 8 + preempted + 1
+
+
 def test_lines_answered_503_run_again_after_their_retry_after(client, fakes, router):
     fakes["llm-small-a"].status = 503
     retried_before = _metric(router, "router_batch_lines_total", 'outcome="retried"')
