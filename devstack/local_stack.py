@@ -112,9 +112,9 @@ def transformer(size: str, ports: Ports, models: ModelSource = DEMO_MODELS) -> C
     return kserve_component(f"transformer-{size}", "transformer", args, ports.transformer(size), name)
 
 
-def router(name: str, port: int, config: Path) -> Component:
+def router(name: str, port: int, config: Path, extra_args: Sequence[str] = ()) -> Component:
     """A router whose config names the KServe model ROUTER_NAME (as router/router.yaml does)."""
-    return kserve_component(name, "router", ["--config", str(config)], port, ROUTER_NAME)
+    return kserve_component(name, "router", ["--config", str(config), *extra_args], port, ROUTER_NAME)
 
 
 def graph_runner(name: str, port: int, graph: Path, services: Mapping[str, str], *extra_args: str) -> Component:

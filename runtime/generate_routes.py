@@ -44,7 +44,7 @@ def add_generate_routes(app: FastAPI, model: LLMModel) -> None:
 async def generate_response(model: LLMModel, body: GenerateRequest) -> GenerateResponse:
     with translate_errors(model.name):
         params = body.parameters.to_sampling_params()
-    output = await model.generate(body.input_ids, params)
+    output = await model.generate(body.input_ids, params, body.parameters.engine_priority)
     response = GenerateResponse(
         model_name=model.name, output_ids=output.output_token_ids, finish_reason=output.finish_reason
     )
@@ -58,7 +58,7 @@ async def generate_response(model: LLMModel, body: GenerateRequest) -> GenerateR
 async def generate_stream_response(model: LLMModel, body: GenerateRequest) -> EventStreamResponse:
     with translate_errors(model.name):
         params = body.parameters.to_sampling_params()
-    outputs = await model.open_stream(body.input_ids, params)
+    outputs = await model.open_stream(body.input_ids, params, body.parameters.engine_priority)
 
     def to_event(output: RequestOutput) -> dict:
         # GenerateStreamEvent's fields as a plain dict (an event per step is on every token's

@@ -105,21 +105,23 @@ class LLMModel(ServingModel):
 
     # Requests -----------------------------------------------------------------------
 
-    async def stream(self, prompt_token_ids: list[int], params: SamplingParams) -> AsyncIterator[RequestOutput]:
+    async def stream(self, prompt_token_ids: list[int], params: SamplingParams,
+                     priority: int = 0) -> AsyncIterator[RequestOutput]:
         """One engine request, an output per step. Leaving the iteration early aborts it."""
-        async with aclosing(await self.open_stream(prompt_token_ids, params)) as outputs:
+        async with aclosing(await self.open_stream(prompt_token_ids, params, priority)) as outputs:
             async for output in outputs:
                 yield output
 
-    async def open_stream(self, prompt_token_ids: list[int], params: SamplingParams) -> AsyncIterator[RequestOutput]:
-        """Admit a request: a refused one (bad input, overload, shutting down) fails here with
-        its own status code. Nothing waits for the first token, so a streamed response starts
+    async def open_stream(self, prompt_token_ids: list[int], params: SamplingParams,
+                          priority: int = 0) -> AsyncIterator[RequestOutput]:
+        """Admit a request (`priority`: the engine's order among waiting requests, lower first):
+        a refused one (bad input, overload, shutting down) fails here with its own status code. Nothing waits for the first token, so a streamed response starts
         (its head reaches the client) while the prompt is prefilled; a failure after this
         point ends the stream with an error message."""
         self.check_admitting()
         deadline = None if self.request_timeout is None else asyncio.get_running_loop().time() + self.request_timeout
         with translate_errors(self.name):
-            request = await self.llm.open(uuid.uuid4().hex, prompt_token_ids, params)
+            request = await self.llm.open(uuid.uuid4().hex, prompt_token_ids, params, priority)
         return self._outputs(request, deadline)
 
     async def _outputs(self, request: AsyncIterator[RequestOutput], deadline: float | None) -> AsyncIterator[RequestOutput]:
@@ -153,16 +155,18 @@ class LLMModel(ServingModel):
             reason = self.llm.dead_reason if self.llm is not None else None
             raise ServiceUnavailable(self.name, f"the engine is not running{f': {reason}' if reason else ''}")
 
-    async def generate(self, prompt_token_ids: list[int], params: SamplingParams) -> RequestOutput:
+    async def generate(self, prompt_token_ids: list[int], params: SamplingParams, priority: int = 0) -> RequestOutput:
         """Run one request to completion; its final output."""
         final = None
-        async for output in self.stream(prompt_token_ids, params):
+        async for output in self.stream(prompt_token_ids, params, priority):
             final = output
         return final
 
-    async def generate_all(self, prompts: list[list[int]], params: list[SamplingParams]) -> list[RequestOutput]:
+    async def generate_all(self, prompts: list[list[int]], params: list[SamplingParams],
+                           priorities: list[int]) -> list[RequestOutput]:
         """Run requests concurrently (the engine batches them); if one fails, the rest are aborted."""
-        return await gather_or_cancel([self.generate(prompt, p) for prompt, p in zip(prompts, params)])
+        return await gather_or_cancel([self.generate(prompt, p, priority)
+                                       for prompt, p, priority in zip(prompts, params, priorities)])
 
     # KServe's handlers -----------------------------------------------------------------
 
@@ -175,9 +179,10 @@ class LLMModel(ServingModel):
 
     async def _infer_v2(self, request: InferRequest) -> InferResponse:
         with translate_errors(self.name):
-            params = SamplingFields.model_validate(sampling_parameters(request.parameters)).to_sampling_params()
+            fields = SamplingFields.model_validate(sampling_parameters(request.parameters))
+            params = fields.to_sampling_params()
         prompts = decode_prompts(request)
-        outputs = await self.generate_all(prompts, [params] * len(prompts))
+        outputs = await self.generate_all(prompts, [params] * len(prompts), [fields.engine_priority] * len(prompts))
         return InferResponse(
             response_id=request.id or uuid.uuid4().hex,
             model_name=self.name,
@@ -193,12 +198,13 @@ class LLMModel(ServingModel):
             params = [instance.to_sampling_params(logprobs=True) for instance in request.instances]
         wants_logprobs = [bool(instance.logprobs or instance.top_logprobs) for instance in request.instances]
         prompts = [instance.input_ids for instance in request.instances]
+        priorities = [instance.engine_priority for instance in request.instances]
         if request.stream:
             if len(prompts) != 1:
                 raise InvalidInput(f"a streamed predict takes exactly one instance, got {len(prompts)}")
-            outputs = await self.open_stream(prompts[0], params[0])
+            outputs = await self.open_stream(prompts[0], params[0], priorities[0])
             return json_lines(stream_messages(outputs, lambda output: _predict_chunk(output, wants_logprobs[0])))
-        outputs = await self.generate_all(prompts, params)
+        outputs = await self.generate_all(prompts, params, priorities)
         return {"predictions": [_prediction(output, wants) for output, wants in zip(outputs, wants_logprobs)]}
 
 

@@ -35,11 +35,18 @@ class SamplingFields(StructuredOutputFields):
     repetition_penalty: float | None = None
     # {token id: bias}, or "token:bias,token:bias" where a dict cannot go (v2 parameters).
     logit_bias: TokenBias | None = None
+    # The engine's scheduling order (lower first), not a sampling parameter: see engine_priority.
+    priority: int | None = None
+
+    @property
+    def engine_priority(self) -> int:
+        """The priority the engine request is opened with (vLLM's default 0 when unset)."""
+        return self.priority or 0
 
     def to_sampling_params(self, *, logprobs: bool = False) -> SamplingParams:
         """Build SamplingParams (which checks ranges and raises ValueError with the allowed one);
         `logprobs=True` computes them whatever the request asked."""
-        fields = self.model_dump(include=set(SamplingFields.model_fields) - set(CONSTRAINT_FIELDS), exclude_none=True)
+        fields = self.model_dump(include=_SAMPLING_PARAMS_FIELDS, exclude_none=True)
         if "stop_token_ids" in fields:
             fields["stop_token_ids"] = tuple(fields["stop_token_ids"])
         if logprobs:
@@ -47,6 +54,11 @@ class SamplingFields(StructuredOutputFields):
         if (constraint := self.structured_output) is not None:
             fields["structured_output"] = engine_structured_output(constraint)
         return SamplingParams(**fields)
+
+
+# The fields SamplingParams takes as they are (the constraint is converted; the priority is the
+# engine request's own).
+_SAMPLING_PARAMS_FIELDS = set(SamplingFields.model_fields) - set(CONSTRAINT_FIELDS) - {"priority"}
 
 
 def engine_structured_output(constraint: StructuredOutputs) -> StructuredOutput:

@@ -29,6 +29,8 @@ MAX_STOP_TOKEN_IDS = 256
 # in the response's x-ignored-fields header): storing completions, their metadata, the service
 # tier, predicted outputs (a latency hint), the end user's id. `parallel_tool_calls`: a forced
 # call is always one call, and a model's own format says how many it makes.
+# A priority fits in gRPC's int64 parameters with room to spare.
+MIN_PRIORITY, MAX_PRIORITY = -(2**31), 2**31 - 1
 BENIGN_FIELDS = ("store", "metadata", "service_tier", "parallel_tool_calls", "prediction", "user")
 
 
@@ -103,6 +105,9 @@ class SamplingBase(StructuredOutputFields, _Body):
     repetition_penalty: Annotated[float, Field(ge=MIN_REPETITION_PENALTY, le=MAX_REPETITION_PENALTY)] | None = None
     # {token id: bias}; JSON object keys are strings, so "50256" is read as 50256.
     logit_bias: LogitBias | None = None
+    # vLLM's scheduling priority: among requests waiting for the engine, lower values start first
+    # (ties first come, first served). The batch API sends its lines at BATCH_PRIORITY.
+    priority: Annotated[int, Field(ge=MIN_PRIORITY, le=MAX_PRIORITY)] | None = None
 
     @field_validator("stop")
     @classmethod

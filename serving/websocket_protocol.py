@@ -112,7 +112,8 @@ class GenerateMessage(ToolRequestFields, SamplingBase):
 
 SAMPLING_FIELDS = frozenset({"max_tokens", "temperature", "top_p", "seed", "stop", "logprobs", "top_k",
                              "min_tokens", "ignore_eos", "presence_penalty", "frequency_penalty",
-                             "repetition_penalty", "logit_bias", "min_p", "stop_token_ids", *CONSTRAINT_FIELDS})
+                             "repetition_penalty", "logit_bias", "min_p", "stop_token_ids", "priority",
+                             *CONSTRAINT_FIELDS})
 
 
 class CancelMessage(BaseModel):

@@ -138,7 +138,7 @@ def _sampling_fields(body, max_tokens: int | None, logprobs: bool, top_logprobs:
         stop=body.stop_strings or None, logprobs=logprobs or None, top_logprobs=top_logprobs or None,
         presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty,
         repetition_penalty=body.repetition_penalty, logit_bias=body.logit_bias,
-        structured_outputs=body.structured_output,
+        structured_outputs=body.structured_output, priority=body.priority,
     )
 
 

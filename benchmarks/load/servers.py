@@ -10,6 +10,7 @@ import secrets
 import shutil
 import subprocess
 import time
+from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -39,8 +40,10 @@ TENANT_LIMITS = {"requests_per_minute": 1_000_000, "tokens_per_minute": 1_000_00
                  "budget": {"tokens": 10**12, "period": "month"}}
 
 
-def start_servers(stack: ExitStack, targets: tuple[str, ...], num_threads: int, log_dir: Path) -> Endpoints:
-    """The components `targets` reach, started and ready; stopped when `stack` closes."""
+def start_servers(stack: ExitStack, targets: tuple[str, ...], num_threads: int, log_dir: Path,
+                  router_args: Sequence[str] = ()) -> Endpoints:
+    """The components `targets` reach, started and ready; stopped when `stack` closes.
+    `router_args`: more flags for the router (the batch benchmark's batch policy)."""
     base = free_port_block(30)
     ports = Ports(base=base, router=base + ROUTER_PORT_OFFSET)
     components = [predictor(SIZE, ports, ["--num_threads", str(num_threads)])]
@@ -48,7 +51,7 @@ def start_servers(stack: ExitStack, targets: tuple[str, ...], num_threads: int, 
         components.append(transformer(SIZE, ports))
     config = _router_config(log_dir / "router.yaml", ports)
     if ROUTER in targets:
-        components.append(router("router", ports.router, config))
+        components.append(router("router", ports.router, config, router_args))
     gateway_key = None
     if GATEWAY in targets:
         redis_url = _start_redis(stack, base + REDIS_PORT_OFFSET, log_dir)

@@ -2,16 +2,19 @@
 (bounded bodies, the gateway's limits and metering, Retry-After) and the OpenAI edge (routing,
 fallback, the cascade) treat it exactly as a client's request, without a socket in between. The
 batch's tenant rides in the scope (TENANT_SCOPE_KEY), where only code in this process can put it:
-a client cannot claim a tenant that way, only with its key."""
+a client cannot claim a tenant that way, only with its key. One difference: a line that sets no
+`priority` is sent at BATCH_PRIORITY, so that the engine starts waiting online requests first."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Message
 
+from router.batch.capacity import BATCH_LINE_SCOPE_KEY
 from router.gateway.middleware import TENANT_SCOPE_KEY
 from serving.openai_routes import OPENAI_PREFIX
 
@@ -20,6 +23,17 @@ OPENAI_ROOT = OPENAI_PREFIX.removesuffix("/v1")
 REQUEST_ID_HEADER = "x-request-id"
 # The gateway's id of a metered request (router/gateway/middleware.py), the answer's request_id.
 GATEWAY_REQUEST_ID_HEADER = "x-gateway-request-id"
+# vLLM's priority (lower first) of a batch line that sets none; online requests default to 0.
+BATCH_PRIORITY = 100
+
+
+def at_batch_priority(body: bytes) -> bytes:
+    """A line's body with `priority` BATCH_PRIORITY unless it sets its own (validation made it a
+    JSON object when the batch was created)."""
+    fields = json.loads(body)
+    if "priority" in fields:
+        return body
+    return json.dumps({**fields, "priority": BATCH_PRIORITY}).encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +61,7 @@ class InProcessDispatcher:
             "query_string": b"", "client": ("127.0.0.1", 0), "server": ("127.0.0.1", 0), "state": {},
             "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                         (REQUEST_ID_HEADER.encode(), request_id.encode())],
-            TENANT_SCOPE_KEY: tenant,
+            TENANT_SCOPE_KEY: tenant, BATCH_LINE_SCOPE_KEY: True,
         }
         answer = _Collector()
         await self.app(scope, _Receive(body), answer.send)

@@ -2,7 +2,8 @@
 
 - `router_batch_lines_total{outcome}`: lines the worker handled: `completed` (a 2xx answer kept),
   `failed` (another answer kept, for the error file), `retried` (a 429 or 503: run again after
-  its Retry-After), `skipped` (its batch had ended, or it already had a result: a redelivery).
+  its Retry-After), `preempted` (its request cancelled for online requests: sent again later),
+  `skipped` (its batch had ended, or it already had a result: a redelivery).
 - `router_batch_lines_in_flight`: lines this process is running now.
 - `router_batch_transitions_total{to}`: batches that reached a status (`failed` at creation too)."""
 
@@ -16,6 +17,6 @@ BATCH_LINES_IN_FLIGHT = Gauge("router_batch_lines_in_flight", "Batch lines this 
 BATCH_TRANSITIONS = Counter("router_batch_transitions", "Batches that reached a status, by the status.", ["to"])
 
 # Every series from the start, so that a dashboard's rate() sees the first increment.
-LINE_OUTCOMES = ("completed", "failed", "retried", "skipped")
+LINE_OUTCOMES = ("completed", "failed", "retried", "preempted", "skipped")
 for _outcome in LINE_OUTCOMES:
     BATCH_LINES.labels(_outcome)

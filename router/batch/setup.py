@@ -19,7 +19,7 @@ from router.batch.background import (
     BackgroundSettings,
     add_background_routes,
 )
-from router.batch.capacity import SpareCapacity
+from router.batch.capacity import OnlineTraffic, OnlineTrafficMiddleware, SpareCapacity
 from router.batch.dispatch import InProcessDispatcher
 from router.batch.finalize import (
     DEFAULT_BACKGROUND_RETENTION_SECONDS,
@@ -65,11 +65,17 @@ def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--batch_max_file_bytes", type=int, default=64 << 20,
                        help="largest file an upload may carry (413 past it); other routes keep --max_body_bytes")
     group.add_argument("--batch_max_lines", type=int, default=50000, help="most requests in one batch file")
-    group.add_argument("--batch_concurrency", type=int, default=16,
-                       help="most batch lines one router process runs at once")
+    group.add_argument("--batch_concurrency", type=int, default=32,
+                       help="most batch lines one router process runs at once, while it serves no online request")
     group.add_argument("--batch_max_waiting", type=float, default=1.0,
                        help="batch lines start only while every target's predictors have fewer requests waiting "
                             "than this (vllm:num_requests_waiting; unknown load counts as none)")
+    group.add_argument("--batch_concurrency_beside_online", type=int, default=1,
+                       help="most batch lines one router process runs while it serves online requests, and until "
+                            "--batch_online_quiet_seconds after the last one ended (0: none)")
+    group.add_argument("--batch_online_quiet_seconds", type=float, default=1.0,
+                       help="how long after its last online request a router process goes back to "
+                            "--batch_concurrency lines")
     group.add_argument("--background_completion_window", default=DEFAULT_COMPLETION_WINDOW,
                        help="how long a background request (`\"background\": true`) may wait to start before it "
                             "expires: <n>s, <n>m, <n>h or <n>d, up to 7d")
@@ -84,6 +90,10 @@ def check_batch_arguments(parser: argparse.ArgumentParser, args: argparse.Namesp
     for flag in ("batch_max_file_bytes", "batch_max_lines", "batch_concurrency"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag} must be >= 1")
+    if args.batch_concurrency_beside_online < 0:
+        parser.error("--batch_concurrency_beside_online must be >= 0")
+    if args.batch_online_quiet_seconds < 0:
+        parser.error("--batch_online_quiet_seconds must be >= 0")
     if args.batch_max_waiting <= 0:
         parser.error("--batch_max_waiting must be > 0")
     if args.batch_lease_seconds < 1:
@@ -108,22 +118,27 @@ def open_store(args: argparse.Namespace, gateway: Gateway | None) -> tuple[Batch
         directory.mkdir(parents=True, exist_ok=True)
     store = open_batch_store(directory / BATCH_STORE_FILE, redis)
     where = f"in Redis at {redis.describe()}" if redis is not None else str(directory / BATCH_STORE_FILE)
-    logger.info("batch API: store %s, files up to %d bytes and %d lines, %d lines at once while targets wait "
-                "< %g, leases %g s", where, args.batch_max_file_bytes, args.batch_max_lines, args.batch_concurrency,
-                args.batch_max_waiting, args.batch_lease_seconds)
+    logger.info("batch API: store %s, files up to %d bytes and %d lines, %d lines at once (%d beside online requests, "
+                "until %g s after the last) while targets wait < %g, leases %g s", where, args.batch_max_file_bytes,
+                args.batch_max_lines, args.batch_concurrency, args.batch_concurrency_beside_online,
+                args.batch_online_quiet_seconds, args.batch_max_waiting, args.batch_lease_seconds)
     return store, own_redis
 
 
 def install_batch_api(app: FastAPI, args: argparse.Namespace, replica_sets: list[ReplicaSet],
                       gateway: Gateway | None, served_models: Callable[[], Collection[str]]) -> BackgroundApi:
     """The routes (batches', and background requests', which may name `served_models`), the
-    upload's bound, and the worker and sweeper for as long as the app serves. Returns the
-    background requests' API, for the WebSocket API's subscriptions."""
+    upload's bound, the count of online requests the capacity policy reads, and the worker and
+    sweeper for as long as the app serves. Returns the background requests' API, for the
+    WebSocket API's subscriptions."""
     store, own_redis = open_store(args, gateway)
     finalizer = Finalizer(store)
     add_batch_routes(app, BatchApi(store, finalizer, FileLimits(args.batch_max_file_bytes, args.batch_max_lines)))
     allow_larger_body(app, FILES_PATH, args.batch_max_file_bytes + MULTIPART_OVERHEAD_BYTES)
-    capacity = SpareCapacity(replica_sets, args.batch_concurrency, args.batch_max_waiting)
+    online = OnlineTraffic()
+    app.add_middleware(OnlineTrafficMiddleware, traffic=online)
+    capacity = SpareCapacity(replica_sets, args.batch_concurrency, args.batch_max_waiting,
+                             args.batch_concurrency_beside_online, args.batch_online_quiet_seconds, online)
     worker = BatchWorker(store, InProcessDispatcher(app), finalizer, capacity,
                          WorkerSettings(lease_seconds=args.batch_lease_seconds))
     sweeper = Sweeper(store, finalizer, stale_seconds=args.batch_lease_seconds,

@@ -3,8 +3,12 @@ spare capacity (router/batch/capacity.py), runs each through the router's own ap
 (router/batch/dispatch.py), keeps its result (the first one kept wins) and acks it, and finalizes
 the batch when its last line has a result. A line's lease is renewed while it runs; if this
 process dies, the lease runs out and another worker (or this one, restarted) claims the line
-again. A 429 or 503 is not a result: the line waits for its Retry-After and runs again. A
-background request is a batch of one line, run the same way; its dispatch can be cancelled."""
+again. A 429 or 503 is not a result: the line waits for its Retry-After and runs again. When
+online requests come and the capacity's limit drops below the lines being sent, the newest are
+preempted (their requests cancelled, which aborts them in the engine) and sent again, still
+leased to this process, once the limit allows: a line that has run a second costs less than
+every online first token meanwhile waiting behind a full batch. A background request is a batch
+of one line, run the same way; its dispatch can be cancelled."""
 
 from __future__ import annotations
 
@@ -20,7 +24,11 @@ from dataclasses import dataclass
 from http import HTTPStatus
 
 from router.batch.capacity import SpareCapacity
-from router.batch.dispatch import DispatchedAnswer, InProcessDispatcher
+from router.batch.dispatch import (
+    DispatchedAnswer,
+    InProcessDispatcher,
+    at_batch_priority,
+)
 from router.batch.finalize import Finalizer
 from router.batch.metrics import BATCH_LINES, BATCH_LINES_IN_FLIGHT
 from router.batch.objects import answered_line
@@ -60,6 +68,8 @@ class BatchWorker:
         # again only once their leases have run out.
         self.consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._lines: set[asyncio.Task] = set()
+        # The lines' requests being sent now, oldest first: the newest are preempted first.
+        self._sending: list[asyncio.Task] = []
         self._task: asyncio.Task | None = None
         self._slot_freed = asyncio.Event()
         # The dispatches of background requests running here, by id, for cancel_dispatch.
@@ -79,6 +89,7 @@ class BatchWorker:
     async def _run(self) -> None:
         failing: str | None = None  # the last claim's failure, logged when it changes (not 5 times a second)
         while True:
+            self._preempt()
             try:
                 claimed = await self._claim()
             except Exception as exc:
@@ -104,6 +115,11 @@ class BatchWorker:
             self._lines.add(task)
             task.add_done_callback(self._line_done)
         return len(items)
+
+    def _preempt(self) -> None:
+        """Cancel the newest requests past the capacity's limit (online requests came)."""
+        for sending in self._sending[self.capacity.limit():]:
+            sending.cancel()
 
     async def _idle(self) -> None:
         """Until a slot is freed or IDLE_SECONDS pass (new lines, or capacity, may have come)."""
@@ -185,14 +201,38 @@ class BatchWorker:
     async def _answer(self, batch: BatchRecord, item: WorkItem) -> DispatchedAnswer | None:
         """The line's answer; a 429 or 503 waits for its Retry-After and runs again, as long as
         the batch runs (None once it does not)."""
+        body = at_batch_priority(item.body)
         while True:
-            answer = await self.dispatcher.post(batch.endpoint, item.body, batch.tenant)
+            answer = await self._send(batch, body)
+            if answer is None:
+                BATCH_LINES.labels("preempted").inc()
+                await self._wait_for_a_sending_slot()
+                continue
             if answer.status not in RETRIED_STATUSES:
                 return answer
             BATCH_LINES.labels("retried").inc()
             await asyncio.sleep(_retry_after(answer))
             if not _runs(await self.store.batch(batch.id)):
                 return None
+
+    async def _send(self, batch: BatchRecord, body: bytes) -> DispatchedAnswer | None:
+        """The line's answer; None when it was preempted."""
+        sending = asyncio.create_task(self.dispatcher.post(batch.endpoint, body, batch.tenant))
+        self._sending.append(sending)
+        try:
+            return await sending
+        except asyncio.CancelledError:
+            if asyncio.current_task().cancelling():
+                raise  # the worker stops
+            return None
+        finally:
+            self._sending.remove(sending)
+
+    async def _wait_for_a_sending_slot(self) -> None:
+        """Until fewer lines are being sent than the capacity's limit (claims wait meanwhile:
+        this line is still in flight)."""
+        while len(self._sending) >= self.capacity.limit():
+            await asyncio.sleep(IDLE_SECONDS)
 
     async def _renew(self, item: WorkItem) -> None:
         while True:

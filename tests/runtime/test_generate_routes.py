@@ -10,6 +10,7 @@ import httpx
 from runtime.schemas import GenerateStreamEvent
 
 from .conftest import MODEL_NAME, PROMPTS, REFERENCE_MAX_TOKENS, parse_sse
+from .priority_order import PriorityProbe, answer_order
 
 GENERATE = f"/v2/models/{MODEL_NAME}/generate"
 GENERATE_STREAM = f"/v2/models/{MODEL_NAME}/generate_stream"
@@ -107,3 +108,14 @@ def test_client_leaving_a_non_streamed_request_aborts_it(server):
             pass  # the client gives up and closes its connection
     assert server.wait_for_metric("vllm:num_requests_running", lambda value: value == 0, timeout=2.0) == 0
     assert server.wait_for_metric("vllm:kv_cache_usage_perc", lambda value: value == 0, timeout=2.0) == 0
+
+
+async def test_a_lower_priority_value_is_admitted_first(launch_server):
+    """vLLM's `priority` (lower first) reaches the engine's waiting queue: with one batch slot,
+    the request queued later at priority 0 is answered before the one queued earlier at 5."""
+    server = launch_server("--max_num_seqs", "1")
+    probe = PriorityProbe(server.url, GENERATE_STREAM,
+                          {"input_ids": [1, 2, 3], "parameters": {"max_tokens": 1500, "ignore_eos": True}},
+                          GENERATE, lambda priority: {"input_ids": [4, 5], "parameters": {
+                              "max_tokens": 2, "ignore_eos": True, "priority": priority}})
+    assert await answer_order(server, probe) == [0, 5]

@@ -9,6 +9,8 @@ import httpx
 import openai
 import pytest
 
+from tests.runtime.conftest import start_server
+from tests.runtime.priority_order import PriorityProbe, answer_order
 from tests.servers import MODEL_NAME
 
 SEEDED = dict(temperature=1.0, seed=1234)
@@ -244,3 +246,25 @@ def test_prompt_too_long_is_refused_before_the_predictor(client, predictor):
         client.completions.create(model=MODEL_NAME, prompt="hello", max_tokens=4000)
     assert "at most" in no_room.value.body["message"]
     assert predictor.metric("vllm:prompt_tokens_total") == prompts_before
+
+
+async def test_priority_reaches_the_engine(demo_dir, launch_transformer, tmp_path):
+    """vLLM's `priority` on a completion goes through to the predictor's engine (lower first):
+    with one batch slot there, the request queued later at 0 is answered before the one at 5."""
+    predictor = start_server(tmp_path, "--max_num_seqs", "1")
+    try:
+        transformer = launch_transformer(f"127.0.0.1:{predictor.http_port}")
+        completions = "/openai/v1/completions"
+        probe = PriorityProbe(transformer.url, completions,
+                              {"model": MODEL_NAME, "prompt": "hold the slot", "max_tokens": 1500, "ignore_eos": True,
+                               "stream": True},
+                              completions, lambda priority: {"model": MODEL_NAME, "prompt": "a short one",
+                                                             "max_tokens": 2, "priority": priority})
+        assert await answer_order(predictor, probe) == [0, 5]
+    finally:
+        predictor.stop()
+
+
+def test_priority_out_of_range_is_a_400_naming_the_field(client):
+    with pytest.raises(openai.BadRequestError, match="priority"):
+        client.completions.create(model=MODEL_NAME, prompt="hi", max_tokens=1, extra_body={"priority": 2**40})

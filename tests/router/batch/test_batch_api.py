@@ -15,6 +15,7 @@ import httpx
 import openai
 import pytest
 
+from router.batch.dispatch import BATCH_PRIORITY
 from tests.router.conftest import start_router
 from tests.router.edge_fakes import FakeTransformer, running_transformers
 from tests.servers import Server, run_python
@@ -82,6 +83,17 @@ def test_a_500_line_batch_completes_with_one_line_per_custom_id(client, fakes):
     assert len(fakes["llm-small-a"].received) == 500
     output_file = client.files.retrieve(batch.output_file_id)
     assert output_file.purpose == "batch_output" and output_file.bytes > 0
+
+
+def test_lines_reach_the_target_at_the_batch_priority_unless_they_set_their_own(client, fakes):
+    """The engine starts waiting online requests (priority 0 by default) before batch lines."""
+    own = chat_line("own", "llm-small")
+    own["body"]["priority"] = -1
+    lines = [chat_line("default", "llm-small"), own]
+    batch = client.batches.create(input_file_id=upload(client, lines), endpoint=CHAT, completion_window="24h")
+    assert wait_for_end(client, batch.id).status == "completed"
+    priorities = sorted(request["body"]["priority"] for request in fakes["llm-small-a"].received)
+    assert priorities == [-1, BATCH_PRIORITY]
 
 
 def test_a_line_its_target_refuses_lands_in_the_error_file(client, fakes):
@@ -247,6 +259,30 @@ def _metric(router: Server, name: str, labels: str = "") -> float:
         if line.startswith(name) and labels in line and not line.startswith("#"):
             return float(line.rsplit(" ", 1)[1])
     raise AssertionError(f"no {name}{{{labels}}} on /metrics")
+
+
+def test_online_requests_preempt_the_newest_lines_which_run_again(client, fakes, router):
+    """The router runs 8 lines at once, 1 beside online requests (the default): an online request
+    cancels the 7 newest lines' requests; they are sent again once online traffic is quiet, and
+    the batch still ends with one result per line."""
+    small = fakes["llm-small-a"]
+    small.delay = 3.0
+    preempted_before = _metric(router, "router_batch_lines_total", 'outcome="preempted"')
+    lines = [chat_line(f"line-{index}", "llm-small") for index in range(8)]
+    batch = client.batches.create(input_file_id=upload(client, lines), endpoint=CHAT, completion_window="24h")
+    deadline = time.monotonic() + 30
+    while small.in_flight < 8 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert small.in_flight == 8
+    client.chat.completions.create(model="llm-small", messages=[{"role": "user", "content": "online"}], max_tokens=4)
+    batch = wait_for_end(client, batch.id)
+    assert batch.status == "completed" and batch.request_counts.completed == 8
+    output, _ = all_lines(client, batch)
+    assert sorted(line["custom_id"] for line in output) == sorted(line["custom_id"] for line in lines)
+    preempted = _metric(router, "router_batch_lines_total", 'outcome="preempted"') - preempted_before
+    assert preempted >= 1
+    # Each preempted line was sent again; plus the online request.
+    assert len(small.received) == 8 + preempted + 1
 
 
 def test_lines_answered_503_run_again_after_their_retry_after(client, fakes, router):
