@@ -1,11 +1,12 @@
 """Fixtures of the batch store's tests: `batch_store`, which runs a test once on the SQLite store
 and once on the Redis store (the session's redis-server, under the test's own key prefix), and
 `store_arguments`, the command-line arguments that open the same store in another process
-(tests/router/batch/queue_worker.py)."""
+(tests/router/batch/queue_worker.py), and `fakes`, the fake transformers the API tests' routers
+send to."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 
 from router.batch.store import BatchStore
 from tests.router.batch.queue_worker import opened_store
+from tests.router.edge_fakes import FakeTransformer, running_transformers
 
 BACKENDS = ["sqlite", "redis"]
 
@@ -44,3 +46,10 @@ def store_location(request, tmp_path) -> StoreLocation:
 async def batch_store(store_location: StoreLocation) -> AsyncIterator[BatchStore]:
     async with opened_store(*store_location.arguments()) as store:
         yield store
+
+
+@pytest.fixture(scope="module")
+def fakes() -> Iterator[dict[str, FakeTransformer]]:
+    """The two targets of a module's routers: fake transformers for the small and the large model."""
+    with running_transformers("llm-small-a", "llm-large-a") as running:
+        yield running

@@ -22,7 +22,7 @@ from router.batch.finalize import Finalizer, Sweeper
 from router.batch.store import BatchKind, BatchRecord, BatchStatus
 from router.gateway.tenants import hash_key
 from tests.router.conftest import start_router
-from tests.router.edge_fakes import FakeTransformer, running_transformers
+from tests.router.edge_fakes import FakeTransformer
 from tests.servers import Server
 
 from .batch_helpers import (
@@ -37,12 +37,6 @@ from .batch_helpers import (
 KEYS = {"acme": "sk-acme-background-key", "globex": "sk-globex-background-key"}
 FINAL = ("completed", "failed", "cancelled", "expired")
 QUESTION = {"model": "auto", "messages": [{"role": "user", "content": "How are you?"}], "max_tokens": 4}
-
-
-@pytest.fixture(scope="module")
-def fakes() -> Iterator[dict[str, FakeTransformer]]:
-    with running_transformers("llm-small-a", "llm-large-a") as running:
-        yield running
 
 
 @pytest.fixture(scope="module")

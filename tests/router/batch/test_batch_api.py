@@ -17,7 +17,6 @@ import pytest
 
 from router.batch.dispatch import BATCH_PRIORITY
 from tests.router.conftest import start_router
-from tests.router.edge_fakes import FakeTransformer, running_transformers
 from tests.servers import Server, run_python
 
 from .batch_helpers import (
@@ -34,12 +33,6 @@ from .batch_helpers import (
 
 MAX_FILE_BYTES = 200_000
 MAX_LINES = 600
-
-
-@pytest.fixture(scope="module")
-def fakes() -> Iterator[dict[str, FakeTransformer]]:
-    with running_transformers("llm-small-a", "llm-large-a") as running:
-        yield running
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ import yaml
 
 from router.gateway.tenants import hash_key
 from tests.router.conftest import start_router
-from tests.router.edge_fakes import FakeTransformer, running_transformers
 from tests.servers import Server
 
 from .batch_helpers import (
@@ -26,12 +25,6 @@ from .batch_helpers import (
 )
 
 KEYS = {"acme": "sk-acme-batch-key", "globex": "sk-globex-batch-key"}
-
-
-@pytest.fixture(scope="module")
-def fakes() -> Iterator[dict[str, FakeTransformer]]:
-    with running_transformers("llm-small-a", "llm-large-a") as running:
-        yield running
 
 
 @pytest.fixture(scope="module")
