@@ -331,6 +331,7 @@ def test_every_dashboard_and_keda_query_returns_series(prometheus_and_stack) -> 
         values[variable["name"]] = "|".join(options)
     queries = dashboard_queries() + keda_queries()
     assert len(queries) > 20
+    assert [query.where for query in queries if not metric_names_of(query.expr)] == []
     missing_metrics = {query.where: sorted(metric_names_of(query.expr) - exported) for query in queries}
     assert {where: names for where, names in missing_metrics.items() if names} == {}
     empty = [f"{query.where}: {query.expr}" for query in queries
