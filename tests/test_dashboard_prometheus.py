@@ -55,7 +55,7 @@ LARGE_LIMITS = ["--max_num_seqs", "1", "--max_queue", "1"]
 PREDICTOR_ARGS = ["--device", "cpu", "--dtype", "float32", "--num_gpu_blocks", "128", "--attention_backend", "torch",
                   "--num_threads", "1"]
 
-pytestmark = pytest.mark.skipif(PROMETHEUS is None, reason="needs the prometheus binary: `apt-get install prometheus` "
+needs_prometheus = pytest.mark.skipif(PROMETHEUS is None, reason="needs the prometheus binary: `apt-get install prometheus` "
                                                           "(Debian's package; .ci/run installs it when missing)")
 
 
@@ -311,6 +311,7 @@ def test_metric_names_of_a_query() -> None:
 # Against Prometheus
 
 
+@needs_prometheus
 def test_every_dashboard_and_keda_query_returns_series(prometheus_and_stack) -> None:
     prometheus, stack = prometheus_and_stack
     seen = send_load(stack)
