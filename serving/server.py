@@ -16,6 +16,8 @@ from fastapi import FastAPI
 from fastapi.exceptions import FastAPIDeprecationWarning
 from kserve import logging as kserve_logging
 from kserve.protocol.rest import server as kserve_rest_server
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from serving.connection_limits import (
@@ -196,9 +198,20 @@ def freeze_startup_heap(app: FastAPI) -> None:
     chain_lifespan(app, after_startup=freeze)
 
 
+async def metrics_in_text_format() -> Response:
+    """/metrics in Prometheus' text format, whatever the scraper asks for. KServe's own
+    route negotiates OpenMetrics, which Prometheus asks for first, and prometheus_client (0.26)
+    then writes each sample's name with its colons turned into underscores
+    (prometheus/client_python#1177): Prometheus would store `vllm_num_requests_waiting`, and the
+    KEDA queries and the dashboard, which ask for vLLM's `vllm:` names, would find nothing."""
+    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+
 def install_http_layers(app: FastAPI, args: argparse.Namespace) -> None:
     """Our middleware and error handlers on KServe's app, and the server settings above; call it
     before `kserve.ModelServer(...).start()`."""
+    # Declared before KServe declares its own /metrics when the server starts: the first one wins.
+    app.add_api_route("/metrics", metrics_in_text_format, methods=["GET"], include_in_schema=False)
     app.add_middleware(ClientConnectionMiddleware, max_body_bytes=args.max_body_bytes)
     # Routes declared on the app from here on (ours) decode large JSON bodies off the event loop.
     app.router.route_class = ThreadedJSONRoute
