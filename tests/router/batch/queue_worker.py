@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import sys
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -38,8 +37,11 @@ async def opened_store(sqlite_path: str, redis_url: str | None = None,
             await redis.close()
 
 
-async def drain(store: BatchStore, consumer: str, lease_seconds: float, start_at: float) -> None:
-    await asyncio.sleep(max(0.0, start_at - time.time()))
+async def drain(store: BatchStore, consumer: str, lease_seconds: float) -> None:
+    """Says `ready` once its store is open, starts when told (a line on stdin: both workers
+    start together, however long each took to start), then claims until the queue is empty."""
+    print("ready", flush=True)
+    await asyncio.to_thread(sys.stdin.readline)
     while items := await store.claim(consumer, CLAIM_COUNT, lease_seconds):
         for item in items:
             print(item.custom_id, flush=True)
@@ -56,9 +58,10 @@ async def hold(store: BatchStore, consumer: str, lease_seconds: float, count: in
 
 
 async def main(mode: str, consumer: str, lease: str, number: str, *location: str) -> None:
+    """`number`: how many lines `hold` claims (unused by `drain`)."""
     async with opened_store(*location) as store:
         if mode == "drain":
-            await drain(store, consumer, float(lease), float(number))
+            await drain(store, consumer, float(lease))
         elif mode == "hold":
             await hold(store, consumer, float(lease), int(number))
         else:

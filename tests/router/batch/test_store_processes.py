@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from router.batch.store import BatchStore
@@ -21,15 +20,24 @@ LINES = 200
 # Longer than the whole drain: no lease runs out, so no line may go to both processes.
 DRAIN_LEASE_SECONDS = 30.0
 HOLD_LEASE_SECONDS = 0.5
-# Both processes start claiming at the same moment, once both have started.
-START_DELAY_SECONDS = 1.5
 WORKER_TIMEOUT_SECONDS = 60.0
 
 
 def start_worker(*arguments: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "tests.router.batch.queue_worker", *arguments],
-                            cwd=REPOSITORY, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(REPOSITORY)})
+                            cwd=REPOSITORY, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "PYTHONPATH": str(REPOSITORY)})
+
+
+def start_together(workers: list[subprocess.Popen]) -> None:
+    """Once every worker says it is ready, tell them all to start: a worker that took longer to
+    start (a busy machine) would otherwise find the queue drained by the other."""
+    for worker in workers:
+        line = worker.stdout.readline()
+        assert line == "ready\n", (line, worker.stderr.read() if worker.poll() is not None else "")
+    for worker in workers:
+        worker.stdin.write("go\n")
+        worker.stdin.flush()
 
 
 def stop(process: subprocess.Popen) -> None:
@@ -41,10 +49,10 @@ def stop(process: subprocess.Popen) -> None:
 async def test_two_processes_draining_one_queue_each_take_their_own_lines(batch_store: BatchStore,
                                                                            store_location: StoreLocation):
     await add_batch_of(batch_store, "batch-1", LINES)
-    start_at = str(time.time() + START_DELAY_SECONDS)
-    workers = [start_worker("drain", f"worker-{number}", str(DRAIN_LEASE_SECONDS), start_at,
+    workers = [start_worker("drain", f"worker-{number}", str(DRAIN_LEASE_SECONDS), "0",
                             *store_location.arguments()) for number in (1, 2)]
     try:
+        await asyncio.to_thread(start_together, workers)
         outputs = await asyncio.gather(*(asyncio.to_thread(worker.communicate, timeout=WORKER_TIMEOUT_SECONDS)
                                          for worker in workers))
     finally:
