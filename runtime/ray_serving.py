@@ -80,13 +80,13 @@ class EngineReplica:
         self.num_requests = 0
 
     async def stream(
-        self, request_id: str, prompt_token_ids: list[int], params: SamplingParams
+        self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, priority: int = 0
     ) -> AsyncIterator[RequestOutput | None]:
         """None once the request is admitted (RayEngineClient.open waits for it), then its
         outputs. Cancelling this call (the caller left) closes the stream, which aborts the
         request."""
         self.num_requests += 1
-        async with await self.engine.open(request_id, prompt_token_ids, params) as outputs:
+        async with await self.engine.open(request_id, prompt_token_ids, params, priority) as outputs:
             yield ADMITTED
             async for output in outputs:
                 yield output
@@ -141,12 +141,14 @@ class RayEngineClient:
         """The replicas' stats added up, as of the last refresh (at most STATS_PERIOD_S old)."""
         return sum_engine_stats([each.engine for each in self.replica_stats])
 
-    async def open(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> OutputStream:
-        """Like AsyncLLMEngine.open, on a replica: returns once the replica has admitted the
-        request (a refused one raises the engine's own error); closing the returned stream
-        early cancels the replica's call, which aborts the request."""
+    async def open(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
+                   priority: int = 0) -> OutputStream:
+        """Like AsyncLLMEngine.open, on a replica (`priority` orders it in that replica's waiting
+        queue): returns once the replica has admitted the request (a refused one raises the
+        engine's own error); closing the returned stream early cancels the replica's call,
+        which aborts the request."""
         outputs = self._outputs(self.handle.options(method_name="stream", stream=True).remote(
-            request_id, prompt_token_ids, params
+            request_id, prompt_token_ids, params, priority
         ))
         try:
             await anext(outputs)  # the replica's ADMITTED

@@ -43,6 +43,8 @@ class EngineClient(Protocol):
     def stats(self) -> EngineStats:
         """The counters behind /metrics and readiness."""
 
-    async def open(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> OutputStream:
+    async def open(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
+                   priority: int = 0) -> OutputStream:
         """Admit a request without waiting for its first token: a refused one raises the
-        engine's own error here (RequestRejected, QueueFull, EngineDead)."""
+        engine's own error here (RequestRejected, QueueFull, EngineDead). `priority` orders it
+        among the requests waiting for the engine, lower first (vLLM's)."""
