@@ -10,30 +10,37 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 # Read at import, the fallback origin where the kernel does not say when the process started.
 _IMPORTED_AT = time.monotonic()
+# Every phase, in the order they happen, each reported (0 where it did not happen here: no
+# kernels with KSERVE_LLM_CPU_KERNELS=0, the engine's phases in Ray replicas' own processes).
+# imports: process start to main(); checkpoint: finding (or building, converting) the model's
+# directory; kv_cache: sizing (profiling, on CUDA) and allocating it; kernels: building or
+# loading the C++ CPU kernels; server: the model loaded to the server answering.
+PHASES = ("imports", "checkpoint", "weight_load", "kv_cache", "warm_up", "kernels", "server")
 
 
 class StartupTimings:
     """Seconds per phase, exclusive: a phase nested in another (a kernel built during warm-up)
     is not counted in the outer one, so the phases add up to the time they cover."""
 
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.seconds: dict[str, float] = dict.fromkeys(PHASES, 0.0)
         # Seconds spent in nested phases, per phase now open (innermost last).
         self._nested: list[float] = []
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
-        started = time.monotonic()
+        started = self.clock()
         self._nested.append(0.0)
         try:
             yield
         finally:
-            elapsed = time.monotonic() - started
+            elapsed = self.clock() - started
             nested = self._nested.pop()
             self.record(name, elapsed - nested)
             if self._nested:
