@@ -99,8 +99,8 @@ class ModelRunner:
         activation memory, kernels initialise for the large shapes. On the CPU nothing of the
         kind depends on the prefill's size (MKL compiles nothing per shape), so a prefill
         just past oneDNN's row buckets, which takes MKL's path, does; oneDNN's kernels for
-        every bucket are compiled apart. A full one there only cost start-up (0.6 s for
-        the small demo model, most of its warm-up). The garbage it writes is overwritten
+        the small buckets are compiled apart (cpu_linear.py). A full one there only cost
+        start-up (0.6 s for the small demo model, then most of its warm-up). The garbage it writes is overwritten
         before any block is read."""
         capacity = self.kv_caches[0][0].shape[0] * self.block_size
         if self.device.type == "cpu":
