@@ -160,7 +160,7 @@ def checkpoint_dir(args: argparse.Namespace) -> str:
 
 def report_startup_when_ready(app: FastAPI, model_name: str) -> None:
     """Once the app has started (the server answers), log where the start-up's time went and
-    publish it as kserve_llm_startup_seconds{phase}: "server" is from the model loaded to then."""
+    publish it as kserve_llm:startup_seconds{phase}: "server" is from the model loaded to then."""
     loaded_at = seconds_since_process_start()
 
     async def report() -> None:

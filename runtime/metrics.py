@@ -44,9 +44,9 @@ REQUEST_QUEUE_TIME = Histogram(
     "vllm:request_queue_time_seconds", "Time requests spent waiting to be scheduled, in seconds.", LABELS,
     buckets=_REQUEST_BUCKETS,
 )
-# Not one of vLLM's (it has none for start-up), hence this project's own prefix.
+# Not one of vLLM's (it has none for start-up): our own prefix, as kserve_llm:replica_requests.
 STARTUP_SECONDS = Gauge(
-    "kserve_llm_startup_seconds", "Wall seconds of each start-up phase, process start to ready; the phases add up "
+    "kserve_llm:startup_seconds", "Wall seconds of each start-up phase, process start to ready; the phases add up "
     "to the whole.", LABELS + ["phase"],
 )
 
