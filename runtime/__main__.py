@@ -8,6 +8,8 @@ import dataclasses
 import logging
 import sys
 
+from fastapi import FastAPI
+
 from runtime.triton_imports import keep_triton_out_unless_cuda
 
 # Before the engine's imports, and only when run as the predictor (tests import this module too):
@@ -16,9 +18,17 @@ if __name__ == "__main__":
     keep_triton_out_unless_cuda(sys.argv[1:])
 
 from runtime.cache import add_cache_dir_argument
-from runtime.engine import ConfigError, EngineConfig, ModelLoadError
+from runtime.engine import (
+    STARTUP,
+    ConfigError,
+    EngineConfig,
+    ModelLoadError,
+    describe_startup,
+    seconds_since_process_start,
+)
 from runtime.generate_routes import add_generate_routes
 from runtime.gguf_checkpoint import GGUFCheckpointError, hf_checkpoint_dir
+from runtime.metrics import set_startup_seconds
 from runtime.model import LLMModel
 from serving.component import (
     component_parser,
@@ -27,6 +37,7 @@ from serving.component import (
     parse_component_args,
     serve,
 )
+from serving.lifespan import chain_lifespan
 from serving.server import describe_server_limits
 
 logger = logging.getLogger("runtime")
@@ -147,15 +158,39 @@ def checkpoint_dir(args: argparse.Namespace) -> str:
     return str(build_demo_model(args.demo, args.cache_dir))
 
 
+def report_startup_when_ready(app: FastAPI, model_name: str) -> None:
+    """Once the app has started (the server answers), log where the start-up's time went and
+    publish it as kserve_llm:startup_seconds{phase}: "server" is from the model loaded to then."""
+    loaded_at = seconds_since_process_start()
+
+    async def report() -> None:
+        ready_at = seconds_since_process_start()
+        STARTUP.record("server", ready_at - loaded_at)
+        breakdown = STARTUP.breakdown(ready_at)
+        set_startup_seconds(model_name, breakdown)
+        logger.info("startup: %s", describe_startup(breakdown))
+
+    chain_lifespan(app, after_startup=report)
+
+
 def main() -> None:
+    # Everything before this line: the interpreter starting and the imports.
+    STARTUP.record("imports", seconds_since_process_start())
     parser = build_parser()
     args = parse_component_args(parser, logger.name, check_arguments)
     with exit_if_cannot_start(logger, "predictor", ConfigError, ModelLoadError, GGUFCheckpointError):
-        model = build_model(args, engine_config(args, checkpoint_dir(args)))
+        with STARTUP.phase("checkpoint"):
+            model_dir = checkpoint_dir(args)
+        model = build_model(args, engine_config(args, model_dir))
         model.load()
     logger.info("serving model %r on http %d / grpc %d: max_queue=%s request_timeout=%s %s", model.name,
                 args.http_port, args.grpc_port, args.max_queue, args.request_timeout, describe_server_limits(args))
-    serve(model, args, lambda app: add_generate_routes(app, model))
+
+    def install_routes(app: FastAPI) -> None:
+        add_generate_routes(app, model)
+        report_startup_when_ready(app, model.name)
+
+    serve(model, args, install_routes)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from prometheus_client import REGISTRY, Counter, Histogram
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -44,6 +44,17 @@ REQUEST_QUEUE_TIME = Histogram(
     "vllm:request_queue_time_seconds", "Time requests spent waiting to be scheduled, in seconds.", LABELS,
     buckets=_REQUEST_BUCKETS,
 )
+# Not one of vLLM's (it has none for start-up): our own prefix, as kserve_llm:replica_requests.
+STARTUP_SECONDS = Gauge(
+    "kserve_llm:startup_seconds", "Wall seconds of each start-up phase, process start to ready; the phases add up "
+    "to the whole.", LABELS + ["phase"],
+)
+
+
+def set_startup_seconds(model_name: str, breakdown: dict[str, float]) -> None:
+    """Publish a finished start-up's phases (StartupTimings.breakdown)."""
+    for phase, seconds in breakdown.items():
+        STARTUP_SECONDS.labels(model_name, phase).set(seconds)
 
 
 class EngineStatsCollector(Collector):

@@ -9,9 +9,11 @@ from .errors import EngineDead, QueueFull, RequestRejected
 from .model_loader import ModelLoadError
 from .outputs import RequestMetrics, RequestOutput
 from .sampling_params import SamplingParams
+from .startup import STARTUP, describe_startup, seconds_since_process_start
 from .structured_output import StructuredOutput
 
 __all__ = [
+    "STARTUP",
     "AsyncLLMEngine",
     "ConfigError",
     "EngineClient",
@@ -27,4 +29,6 @@ __all__ = [
     "RequestRejected",
     "SamplingParams",
     "StructuredOutput",
+    "describe_startup",
+    "seconds_since_process_start",
 ]

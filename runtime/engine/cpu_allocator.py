@@ -13,6 +13,10 @@ import ctypes
 import ctypes.util
 import functools
 import logging
+import math
+import mmap
+
+import torch
 
 logger = logging.getLogger(__name__)
 
@@ -37,3 +41,17 @@ def keep_freed_memory_mapped() -> bool:
     if not applied:
         logger.info("could not tune the C allocator (not glibc?); CPU steps may be slower")
     return applied
+
+
+def lazily_zeroed(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """A zeroed host tensor whose pages the kernel supplies, already zero, on first touch.
+
+    torch.zeros writes every byte at once: for the CPU KV cache (1 GiB by default) that is
+    about half a second of start-up, for memory that requests fill a block at a time. An
+    anonymous mapping costs nothing until used (and is page-aligned, as SIMD loads like)."""
+    num_bytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    if num_bytes == 0:
+        return torch.zeros(shape, dtype=dtype)
+    # The tensor keeps the mapping alive (torch.frombuffer holds a reference to it).
+    memory = mmap.mmap(-1, num_bytes)
+    return torch.frombuffer(memory, dtype=torch.uint8).view(dtype).view(shape)

@@ -18,6 +18,8 @@ from types import ModuleType
 
 import torch
 
+from .startup import STARTUP
+
 logger = logging.getLogger(__name__)
 
 CPU_KERNELS_ENV = "KSERVE_LLM_CPU_KERNELS"
@@ -45,6 +47,11 @@ def load_cpu_extension(name: str, source: Path, purpose: str) -> ModuleType | No
     if CPU kernels are off or it cannot be built here. `purpose` names it in the log."""
     if os.environ.get(CPU_KERNELS_ENV, "1") == "0":
         return None
+    with STARTUP.phase("kernels"):
+        return _load_or_build(name, source, purpose)
+
+
+def _load_or_build(name: str, source: Path, purpose: str) -> ModuleType | None:
     isa = detected_isa()
     prebuilt = _load_prebuilt(extension_name(name, isa), purpose)
     if prebuilt is not None:

@@ -13,8 +13,12 @@ and keeps up to 1024 of them: with every batch size a shape of its own, a server
 grow with each new batch size seen (towards 0.6 GB) and steps would wait for compiles. So rows
 are padded up to one of ROW_BUCKETS (4 sizes per octave: at most 25 % more rows, and less time,
 since a few rows' product costs mostly its weight reads), batches past ONEDNN_MAX_ROWS (prefill
-steps, where MKL's repacking is spread over many rows) keep F.linear, and the engine compiles
-every bucket at start (`warm_up_cpu_linears`): about 26 kernels per weight shape, 15 MiB.
+steps, where MKL's repacking is spread over many rows) keep F.linear: at most 26 kernels per
+weight shape, 15 MiB. The engine compiles the buckets up to WARM_UP_MAX_ROWS at start
+(`warm_up_cpu_linears`), those every small decode batch meets; a larger bucket's first step
+compiles its own, a few ms inside a step of tens. Warming all of them took most of the demo
+predictor's warm-up (0.7 s of 1.2 s on the 2-core VM under load), for products of up to 256 rows
+through every weight, the LM head's included (BENCHMARKS.md, Cold start).
 
 Without oneDNN (a torch build lacking it) or for other dtypes (its CPU half-precision support
 depends on the processor), few rows are computed as W @ x.T in row slices of W, which streams
@@ -33,6 +37,8 @@ WEIGHT_SLICE_ROWS = 2048
 ROW_BUCKETS = (1, 2, 3, 4, 6, 8, 10, 12, 14, 16, 20, 24, 28, 32, 40, 48, 56, 64,
                80, 96, 112, 128, 160, 192, 224, 256)
 ONEDNN_MAX_ROWS = ROW_BUCKETS[-1]
+# The buckets warm_up_cpu_linears compiles by default (see the module's note).
+WARM_UP_MAX_ROWS = 32
 # _BUCKET_OF[rows]: the bucket that `rows` (1 .. ONEDNN_MAX_ROWS) is padded to.
 _BUCKET_OF = [0] + [next(bucket for bucket in ROW_BUCKETS if bucket >= rows) for rows in range(1, ONEDNN_MAX_ROWS + 1)]
 
@@ -100,19 +106,20 @@ class CpuLinear(torch.nn.Module):
         return self.onednn(rows, self.weight, self.bias, "none", [], "")[:num_rows]
 
 
-def warm_up_cpu_linears(model: torch.nn.Module) -> int:
-    """Have oneDNN compile each weight shape's kernel at every row bucket now, so that serving
-    neither waits for a compile nor grows in memory as new batch sizes come. Returns the number
-    of (shape, bucket) kernels run."""
+def warm_up_cpu_linears(model: torch.nn.Module, max_rows: int = WARM_UP_MAX_ROWS) -> int:
+    """Have oneDNN compile each weight shape's kernel at every row bucket up to `max_rows` now,
+    so that small batches never wait for a compile. Returns the number of (shape, bucket)
+    kernels run."""
+    buckets = [bucket for bucket in ROW_BUCKETS if bucket <= max_rows]
     shapes = {}
     for module in model.modules():
         if isinstance(module, CpuLinear) and module.uses_onednn:
             shapes.setdefault((module.in_features, module.out_features, module.bias is not None), module)
     with torch.inference_mode():
         for layer in shapes.values():
-            for bucket in ROW_BUCKETS:
+            for bucket in buckets:
                 layer(torch.zeros(bucket, layer.in_features))
-    return len(shapes) * len(ROW_BUCKETS)
+    return len(shapes) * len(buckets)
 
 
 def cpu_linear_if_cpu(linear: torch.nn.Linear) -> torch.nn.Module:

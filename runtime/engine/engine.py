@@ -24,6 +24,7 @@ from .sampler import PendingSample, SampledTokens, Sampler
 from .sampling_params import SamplingParams
 from .scheduler import ScheduledSequence, Scheduler
 from .sequence import FinishReason, Sequence, SequenceStatus
+from .startup import STARTUP
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +63,8 @@ class LLMEngine:
         if config.num_threads is not None:
             torch.set_num_threads(config.num_threads)
         started = time.monotonic()
-        loaded = load_model(config) if model is None else adopt_model(model, config)
+        with STARTUP.phase("weight_load"):
+            loaded = load_model(config) if model is None else adopt_model(model, config)
         self.device = loaded.device
         self.dtype = loaded.dtype
         if self.device.type == "cpu":
@@ -73,19 +75,12 @@ class LLMEngine:
         self.max_model_len = self._resolve_max_model_len(loaded.max_position_embeddings)
         graph_capture = self._decode_graph_capture()
         uses_graphs = graph_capture is not None
-        # Decode graphs keep one cache block for their padding rows, outside the block manager.
-        self.num_kv_blocks = self._resolve_num_kv_blocks(num_reserved_blocks=1 if uses_graphs else 0)
-        self.runner.allocate_kv_cache(self.num_kv_blocks, padding_block=uses_graphs)
-        try:
-            self.runner.warm_up(min(config.max_num_batched_tokens, self.max_model_len))
-        except Exception as exc:
-            raise ModelLoadError(f"{config.model} does not run on the paged KV cache: {exc}") from exc
-        if uses_graphs:
-            try:
-                self.runner.capture_decode_graphs(config.cuda_graph_batch_sizes, self.max_model_len, graph_capture)
-            except Exception as exc:
-                raise ModelLoadError(f"capturing decode steps as CUDA graphs failed ({exc}); enforce_eager "
-                                     "runs without them") from exc
+        with STARTUP.phase("kv_cache"):
+            # Decode graphs keep one cache block for their padding rows, outside the block manager.
+            self.num_kv_blocks = self._resolve_num_kv_blocks(num_reserved_blocks=1 if uses_graphs else 0)
+            self.runner.allocate_kv_cache(self.num_kv_blocks, padding_block=uses_graphs)
+        with STARTUP.phase("warm_up"):
+            self._warm_up(graph_capture)
         kv_capacity = self.num_kv_blocks * config.block_size
         if kv_capacity < self.max_model_len:
             logger.warning(
@@ -117,6 +112,22 @@ class LLMEngine:
         )
 
     # Setup --------------------------------------------------------------------------
+
+    def _warm_up(self, graph_capture: GraphCapture | None) -> None:
+        """One full-budget prefill, then the decode graphs where they are used: the first
+        request pays for neither."""
+        config = self.config
+        try:
+            self.runner.warm_up(min(config.max_num_batched_tokens, self.max_model_len))
+        except Exception as exc:
+            raise ModelLoadError(f"{config.model} does not run on the paged KV cache: {exc}") from exc
+        if graph_capture is None:
+            return
+        try:
+            self.runner.capture_decode_graphs(config.cuda_graph_batch_sizes, self.max_model_len, graph_capture)
+        except Exception as exc:
+            raise ModelLoadError(f"capturing decode steps as CUDA graphs failed ({exc}); enforce_eager "
+                                 "runs without them") from exc
 
     def _resolve_max_model_len(self, model_limit: int | None) -> int:
         asked = self.config.max_model_len

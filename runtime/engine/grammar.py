@@ -27,7 +27,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from llguidance import LLExecutor, LLMatcher
-from llguidance.torch import fill_next_token_bitmask_par
 
 from .cpu_extensions import load_cpu_extension
 from .host_to_device import to_device
@@ -97,8 +96,16 @@ class GrammarMaskFiller:
 
 def fill_grammar_bitmask(matchers: list[LLMatcher], bitmask: torch.Tensor, executor: LLExecutor) -> torch.Tensor:
     """Fill host `bitmask` [len(matchers), words] int32: bit t of row i is set when matchers[i]
-    allows token t. Returns `bitmask`."""
-    fill_next_token_bitmask_par(executor, [(matcher, row) for row, matcher in enumerate(matchers)], bitmask)
+    allows token t. Returns `bitmask`.
+
+    What llguidance.torch.fill_next_token_bitmask_par does, called directly: importing that
+    module imports torch._inductor (for a torch.compile'd function we never use), about a
+    second of every predictor's start-up."""
+    if bitmask.dtype != torch.int32 or not bitmask.is_cpu or bitmask.dim() != 2 or not bitmask.is_contiguous():
+        raise ValueError("a grammar bitmask is a contiguous 2-D int32 tensor on the host")
+    rows, words = bitmask.shape
+    pairs = [(matcher, row) for row, matcher in enumerate(matchers)]
+    executor.unsafe_compute_mask_ptr(pairs, bitmask.data_ptr(), words * 4, rows)
     return bitmask
 
 

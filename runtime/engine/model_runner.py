@@ -24,7 +24,8 @@ import torch
 
 from .attention import AttentionMetadata, PrefillChunk, select_attention_backend
 from .block_manager import blocks_for_tokens
-from .cpu_linear import warm_up_cpu_linears
+from .cpu_allocator import lazily_zeroed
+from .cpu_linear import ONEDNN_MAX_ROWS, warm_up_cpu_linears
 from .cuda_graphs import DecodeGraphs, GraphCapture
 from .device_tokens import DeviceTokens
 from .host_to_device import to_device
@@ -36,6 +37,9 @@ logger = logging.getLogger(__name__)
 
 # The host's stand-in for an input token the device has not handed over yet (any valid id).
 PENDING_TOKEN_PLACEHOLDER = 0
+# The CPU warm-up prefill: one row more than oneDNN's largest bucket, so it takes the MKL path that
+# prefills take (see ModelRunner.warm_up).
+CPU_WARM_UP_TOKENS = ONEDNN_MAX_ROWS + 1
 
 
 class ModelRunner:
@@ -71,7 +75,10 @@ class ModelRunner:
         shape = (2, self.num_layers, num_cache_blocks, self.block_size, self.num_kv_heads, self.head_dim)
         # Zeroed, not empty: attention gathers whole pages and masks the unused tail,
         # and a masked NaN from uninitialised memory would still poison the output.
-        cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        if self.device.type == "cpu":
+            cache = lazily_zeroed(shape, self.dtype)
+        else:
+            cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
         self.kv_caches = [(cache[0, layer], cache[1, layer]) for layer in range(self.num_layers)]
 
     def profile_peak_memory(self, num_tokens: int) -> int:
@@ -86,11 +93,18 @@ class ModelRunner:
         return peak
 
     def warm_up(self, num_tokens: int) -> None:
-        """Run one full-budget prefill into the (still unused) KV cache, so the first real
-        step does not pay for one-off work: the allocator mapping activation memory,
-        kernels initialising (on the CPU, oneDNN's linear kernels for every row bucket). The
-        garbage it writes is overwritten before any block is read."""
+        """Run one prefill into the (still unused) KV cache, so the first real step does not
+        pay for one-off work, and a model that cannot run on the paged cache fails now. On
+        CUDA it is a full-budget one (`num_tokens`): the caching allocator reserves the
+        activation memory, kernels initialise for the large shapes. On the CPU nothing of the
+        kind depends on the prefill's size (MKL compiles nothing per shape), so a prefill
+        just past oneDNN's row buckets, which takes MKL's path, does; oneDNN's kernels for
+        the small buckets are compiled apart (cpu_linear.py). A full one there only cost
+        start-up (0.6 s for the small demo model, then most of its warm-up). The garbage it writes is overwritten
+        before any block is read."""
         capacity = self.kv_caches[0][0].shape[0] * self.block_size
+        if self.device.type == "cpu":
+            num_tokens = min(num_tokens, CPU_WARM_UP_TOKENS)
         self._dummy_prefill(min(num_tokens, capacity))
         if self.device.type == "cpu":
             warm_up_cpu_linears(self.fast_forward or self.model)

@@ -14,6 +14,7 @@ from runtime.engine.cpu_linear import (
     ONEDNN_LINEAR,
     ONEDNN_MAX_ROWS,
     ROW_BUCKETS,
+    WARM_UP_MAX_ROWS,
     WEIGHT_SLICE_ROWS,
     CpuLinear,
     use_fast_cpu_layers,
@@ -98,8 +99,10 @@ def test_row_counts_share_their_buckets_kernels():
     assert all(bucket >= rows and bucket <= 1.25 * rows + 1 for rows, bucket in enumerate(seen_rows, start=1))
 
 
-def test_warm_up_runs_each_weight_shape_at_every_bucket():
+def test_warm_up_runs_each_weight_shape_at_every_bucket_up_to_its_limit():
     model = torch.nn.Sequential(CpuLinear(make_linear(True)), CpuLinear(make_linear(True)),
                                 CpuLinear(torch.nn.Linear(OUT_FEATURES, 8)))
-    expected = 2 * len(ROW_BUCKETS) if ONEDNN_LINEAR is not None else 0
-    assert warm_up_cpu_linears(model) == expected
+    small_buckets = [bucket for bucket in ROW_BUCKETS if bucket <= WARM_UP_MAX_ROWS]
+    onednn = ONEDNN_LINEAR is not None
+    assert warm_up_cpu_linears(model) == (2 * len(small_buckets) if onednn else 0)
+    assert warm_up_cpu_linears(model, max_rows=ONEDNN_MAX_ROWS) == (2 * len(ROW_BUCKETS) if onednn else 0)

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
+import pytest
+
+from runtime.engine.startup import PHASES
+
 from .conftest import MODEL_NAME, metric_names
 
 EXPECTED = {
@@ -43,3 +49,18 @@ def test_counters_and_histograms_move(server, http):
     assert after["vllm:prefix_cache_queries_total"] > before["vllm:prefix_cache_queries_total"]
     assert server.metric("vllm:request_success_total", 'finished_reason="length"') - success_before == 2
     assert server.metric("vllm:num_requests_running") == 0
+
+
+def test_startup_phases_are_logged_and_exported(server, http):
+    """At ready the predictor logs where its start-up went, one line with every phase, and
+    exports the same split as kserve_llm:startup_seconds{phase}, adding up to the whole."""
+    summary = re.search(r"startup: ready in ([\d.]+)s: (.*)$", server.log(), re.MULTILINE)
+    assert summary is not None
+    logged = {name: float(seconds) for name, seconds in re.findall(r"(\w+) ([\d.]+)s", summary.group(2))}
+    assert list(logged) == [*PHASES, "other"]
+    assert sum(logged.values()) == pytest.approx(float(summary.group(1)), abs=0.01)
+    exported = {phase: server.metric("kserve_llm:startup_seconds", f'phase="{phase}"') for phase in logged}
+    assert exported == pytest.approx(logged, abs=0.001)
+    # Ran here: the checkpoint loaded, the engine warmed up (the suite turns the C++ kernels off).
+    assert exported["imports"] > 0 and exported["weight_load"] > 0 and exported["warm_up"] > 0
+    assert exported["kernels"] == 0

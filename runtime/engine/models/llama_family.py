@@ -22,26 +22,30 @@ LLAMA_FAMILY_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 
 
 def _fuse_linears(*linears: torch.nn.Linear) -> torch.nn.Linear:
-    """One Linear whose output is the concatenation of the given ones' outputs."""
+    """One Linear whose output is the concatenation of the given ones' outputs.
+
+    Its weight is the one copy: each given Linear's weight (and bias) becomes a view of its rows,
+    so the transformers modules still work and the model's memory does not grow by the fused
+    layers. The fused Linear is made on the meta device, so no random initialisation is paid
+    for weights that are then overwritten."""
     first = linears[0]
-    has_bias = [linear.bias is not None for linear in linears]
-    fused = torch.nn.Linear(
-        first.in_features,
-        sum(linear.out_features for linear in linears),
-        bias=any(has_bias),
-        device=first.weight.device,
-        dtype=first.weight.dtype,
-    )
+    has_bias = any(linear.bias is not None for linear in linears)
+    out_features = sum(linear.out_features for linear in linears)
+    fused = torch.nn.Linear(first.in_features, out_features, bias=has_bias, device="meta", dtype=first.weight.dtype)
     with torch.no_grad():
-        fused.weight.copy_(torch.cat([linear.weight for linear in linears]))
-        if any(has_bias):
-            fused.bias.copy_(
-                torch.cat([
-                    linear.bias if linear.bias is not None else linear.weight.new_zeros(linear.out_features)
-                    for linear in linears
-                ])
-            )
-    fused.requires_grad_(False)
+        fused.weight = torch.nn.Parameter(torch.cat([linear.weight for linear in linears]), requires_grad=False)
+        if has_bias:
+            fused.bias = torch.nn.Parameter(torch.cat([
+                linear.bias if linear.bias is not None else linear.weight.new_zeros(linear.out_features)
+                for linear in linears
+            ]), requires_grad=False)
+    start = 0
+    for linear in linears:
+        rows = slice(start, start + linear.out_features)
+        linear.weight = torch.nn.Parameter(fused.weight[rows], requires_grad=False)
+        if linear.bias is not None:
+            linear.bias = torch.nn.Parameter(fused.bias[rows], requires_grad=False)
+        start = rows.stop
     return fused
 
 
