@@ -16,6 +16,7 @@ import math
 import time
 from collections.abc import Callable
 
+from router.batch.failure_log import RepeatedFailureLog
 from router.batch.metrics import BATCH_TRANSITIONS
 from router.batch.objects import OUTPUT_PURPOSE, produced_file_id, unanswered_line
 from router.batch.store import (
@@ -142,19 +143,14 @@ class Sweeper:
             self._task = None
 
     async def _run(self) -> None:
-        failing: str | None = None  # the last sweep's failure, logged when it changes
+        failures = RepeatedFailureLog(logger, "the batch sweeper", SWEEP_SECONDS)
         while True:
             try:
                 await self.sweep()
             except Exception as exc:
-                if str(exc) != failing:
-                    logger.error("the batch sweeper failed (trying again every %g s): %s", SWEEP_SECONDS, exc,
-                                 exc_info=failing is None)
-                failing = str(exc)
+                failures.failed(exc)
             else:
-                if failing is not None:
-                    logger.info("the batch sweeper works again")
-                failing = None
+                failures.succeeded()
             await asyncio.sleep(SWEEP_SECONDS)
 
     async def sweep(self) -> None:

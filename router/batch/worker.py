@@ -29,6 +29,7 @@ from router.batch.dispatch import (
     InProcessDispatcher,
     at_batch_priority,
 )
+from router.batch.failure_log import RepeatedFailureLog
 from router.batch.finalize import Finalizer
 from router.batch.metrics import BATCH_LINES, BATCH_LINES_IN_FLIGHT
 from router.batch.objects import answered_line
@@ -87,21 +88,16 @@ class BatchWorker:
         self._task = None
 
     async def _run(self) -> None:
-        failing: str | None = None  # the last claim's failure, logged when it changes (not 5 times a second)
+        failures = RepeatedFailureLog(logger, "claiming batch lines", IDLE_SECONDS)
         while True:
             self._preempt()
             try:
                 claimed = await self._claim()
             except Exception as exc:
                 claimed = 0
-                if str(exc) != failing:
-                    logger.error("claiming batch lines failed (trying again every %g s): %s", IDLE_SECONDS, exc,
-                                 exc_info=failing is None)
-                failing = str(exc)
+                failures.failed(exc)
             else:
-                if failing is not None:
-                    logger.info("claiming batch lines works again")
-                failing = None
+                failures.succeeded()
             if not claimed:
                 await self._idle()
 
