@@ -8,11 +8,14 @@ import json
 import time
 from pathlib import Path
 
+import yaml
 from openai import OpenAI
 from openai.types import Batch
 
-from tests.router.conftest import write_config
+from router.gateway.tenants import hash_key
+from tests.router.conftest import start_router, write_config
 from tests.router.edge_fakes import FakeTransformer
+from tests.servers import Server
 
 ENDED = ("completed", "failed", "expired", "cancelled")
 CHAT = "/v1/chat/completions"
@@ -33,6 +36,15 @@ def batch_config(path: Path, small: FakeTransformer, large: FakeTransformer) -> 
         load_balancing={"metrics_interval_seconds": METRICS_INTERVAL},
         circuit_breakers={"failure_threshold": 100000, "open_seconds": 0.5},
     )
+
+
+def start_tenant_router(fakes: dict[str, FakeTransformer], directory: Path, keys: dict[str, str]) -> Server:
+    """A batch router whose tenants (name -> API key) come from a tenants file, sending to `fakes`."""
+    tenants = directory / "tenants.yaml"
+    tenants.write_text(yaml.safe_dump({"tenants": [{"name": name, "keys_sha256": [hash_key(key.encode())]}
+                                                   for name, key in keys.items()]}))
+    config = batch_config(directory / "router.yaml", fakes["llm-small-a"], fakes["llm-large-a"])
+    return start_router(config, directory, "--tenants_file", str(tenants))
 
 
 def client_of(url: str, api_key: str = "unused") -> OpenAI:

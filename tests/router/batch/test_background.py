@@ -16,11 +16,9 @@ from collections.abc import Iterator
 import httpx
 import pytest
 import websockets
-import yaml
 
 from router.batch.finalize import Finalizer, Sweeper
 from router.batch.store import BatchKind, BatchRecord, BatchStatus
-from router.gateway.tenants import hash_key
 from tests.router.conftest import start_router
 from tests.router.edge_fakes import FakeTransformer
 from tests.servers import Server
@@ -30,6 +28,7 @@ from .batch_helpers import (
     batch_config,
     chat_line,
     client_of,
+    start_tenant_router,
     upload,
     wait_for_end,
 )
@@ -52,11 +51,7 @@ def router(fakes, tmp_path_factory) -> Iterator[Server]:
 @pytest.fixture(scope="module")
 def tenant_router(fakes, tmp_path_factory) -> Iterator[Server]:
     directory = tmp_path_factory.mktemp("background-tenants")
-    tenants = directory / "tenants.yaml"
-    tenants.write_text(yaml.safe_dump({"tenants": [{"name": name, "keys_sha256": [hash_key(key.encode())]}
-                                                   for name, key in KEYS.items()]}))
-    config = batch_config(directory / "router.yaml", fakes["llm-small-a"], fakes["llm-large-a"])
-    server = start_router(config, directory, "--tenants_file", str(tenants))
+    server = start_tenant_router(fakes, directory, KEYS)
     yield server
     assert server.stop() == 0, server.log()[-3000:]
 

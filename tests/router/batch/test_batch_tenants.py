@@ -9,17 +9,14 @@ from collections.abc import Iterator
 import httpx
 import openai
 import pytest
-import yaml
 
-from router.gateway.tenants import hash_key
-from tests.router.conftest import start_router
 from tests.servers import Server
 
 from .batch_helpers import (
     CHAT,
-    batch_config,
     chat_line,
     client_of,
+    start_tenant_router,
     upload,
     wait_for_end,
 )
@@ -30,11 +27,7 @@ KEYS = {"acme": "sk-acme-batch-key", "globex": "sk-globex-batch-key"}
 @pytest.fixture(scope="module")
 def router(fakes, tmp_path_factory) -> Iterator[Server]:
     directory = tmp_path_factory.mktemp("batch-tenants")
-    tenants = directory / "tenants.yaml"
-    tenants.write_text(yaml.safe_dump({"tenants": [{"name": name, "keys_sha256": [hash_key(key.encode())]}
-                                                   for name, key in KEYS.items()]}))
-    config = batch_config(directory / "router.yaml", fakes["llm-small-a"], fakes["llm-large-a"])
-    server = start_router(config, directory, "--tenants_file", str(tenants))
+    server = start_tenant_router(fakes, directory, KEYS)
     yield server
     assert server.stop() == 0, server.log()[-3000:]
 
