@@ -111,12 +111,15 @@ class Ticket:
         if self._finished:
             return
         self._finished = True
+        # The settlement goes beside the ledger's record (in Redis: their commands share a write);
+        # the counts are final, and it goes on whether or not the record could be written.
+        settling = asyncio.ensure_future(
+            self.gateway.limiter.settle(self.admission, self.meter.prompt_tokens + self.meter.completion_tokens))
         try:
             if not self.meter.committed:
                 await self.meter.commit(outcome)
         finally:
-            used = self.meter.prompt_tokens + self.meter.completion_tokens
-            await self.gateway.limiter.settle(self.admission, used)
+            await settling
 
 
 class Gateway:
@@ -200,8 +203,13 @@ class Gateway:
         if not admitting.cancelled() and admitting.exception() is None:
             self.later(self.limiter.settle(admitting.result(), 0))
 
-    async def close(self) -> None:
+    async def settled(self) -> None:
+        """Wait for the work `later` started: once it returns, the answers given so far are
+        stored for their keys and the caches."""
         await asyncio.gather(*self._background, return_exceptions=True)
+
+    async def close(self) -> None:
+        await self.settled()
         for store in (self.idempotency, self.cache, self.semantic_cache):
             if store is not None:
                 await store.close()

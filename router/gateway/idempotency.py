@@ -33,7 +33,7 @@ import secrets
 import time
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import Enum, StrEnum
 from itertools import islice
@@ -43,6 +43,7 @@ from urllib.parse import quote
 from prometheus_client import Counter
 
 from router.gateway.bounds import require_positive
+from router.gateway.redis_pipeline import LuaScript
 from router.gateway.redis_store import RedisStore, milliseconds
 from router.gateway.stored_response import StoredResponse
 
@@ -113,11 +114,12 @@ Claim = Proceed | Replay | Busy
 
 
 class IdempotencyStore(Protocol):
-    async def begin(self, tenant: str, key: str, digest: str, wait_seconds: float) -> Proceed | Replay:
+    def begin(self, tenant: str, key: str, digest: str, wait_seconds: float) -> Awaitable[Proceed | Replay]:
         """Proceed (the caller owns the key) or Replay (the earlier answer). A duplicate of a
         request in flight waits up to `wait_seconds` for its answer; if that request is abandoned
-        meanwhile, the waiter owns the key. Raises InvalidIdempotencyKey, IdempotencyConflict,
-        IdempotencyInFlight, RedisUnavailable."""
+        meanwhile, the waiter owns the key. Raises InvalidIdempotencyKey at once; awaited, it
+        raises IdempotencyConflict, IdempotencyInFlight, RedisUnavailable. A store in Redis sends
+        its first claim before returning, so the caller's next work overlaps the round trip."""
 
     async def complete(self, proceed: Proceed, response: StoredResponse) -> None:
         """Store the answer for `ttl_seconds` and hand it to the waiting duplicates."""
@@ -152,13 +154,18 @@ def new_token() -> str:
 class WaitingStore(ABC):
     """What both backends share: `begin` claims the key, or waits for its owner to finish."""
 
-    async def begin(self, tenant: str, key: str, digest: str, wait_seconds: float) -> Proceed | Replay:
+    def begin(self, tenant: str, key: str, digest: str, wait_seconds: float) -> Awaitable[Proceed | Replay]:
         validate_key(key)
         entry_key = self._entry_key(tenant, key)
+        return self._settle(self._claim(entry_key, digest), key, entry_key, digest, wait_seconds)
+
+    async def _settle(self, first_claim: Awaitable[Claim], key: str, entry_key: str, digest: str,
+                      wait_seconds: float) -> Proceed | Replay:
         deadline = time.monotonic() + wait_seconds
         attempt = 0
+        claiming = first_claim
         while True:
-            claim = await self._claim(entry_key, digest)
+            claim = await claiming
             if claim is Busy.OTHER_BODY:
                 IDEMPOTENCY_REQUESTS.labels(IdempotencyResult.CONFLICT).inc()
                 raise IdempotencyConflict(
@@ -175,13 +182,14 @@ class WaitingStore(ABC):
                     f"{wait_seconds:g} s; retry later")
             await self._wait(entry_key, remaining, attempt)
             attempt += 1
+            claiming = self._claim(entry_key, digest)
 
     @abstractmethod
     def _entry_key(self, tenant: str, key: str) -> str: ...
 
     @abstractmethod
-    async def _claim(self, entry_key: str, digest: str) -> Claim:
-        """Take the key if it is free, else what holds it."""
+    def _claim(self, entry_key: str, digest: str) -> Awaitable[Claim]:
+        """Take the key if it is free, else what holds it (a command to Redis is sent at once)."""
 
     @abstractmethod
     async def _wait(self, entry_key: str, remaining: float, attempt: int) -> None:
@@ -305,6 +313,8 @@ if redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then return 0 end
 return redis.call('DEL', KEYS[1])
 """
 
+BEGIN, COMPLETE, ABANDON = LuaScript(BEGIN_SCRIPT), LuaScript(COMPLETE_SCRIPT), LuaScript(ABANDON_SCRIPT)
+
 
 class RedisIdempotencyStore(WaitingStore):
     """Keys shared by router replicas in Redis, each claimed, completed and abandoned by one Lua
@@ -316,18 +326,15 @@ class RedisIdempotencyStore(WaitingStore):
         self.store = store
         self.ttl_seconds = ttl_seconds
         self.lease_seconds = lease_seconds
-        self._begin = store.client.register_script(BEGIN_SCRIPT)
-        self._complete = store.client.register_script(COMPLETE_SCRIPT)
-        self._abandon = store.client.register_script(ABANDON_SCRIPT)
 
     async def complete(self, proceed: Proceed, response: StoredResponse) -> None:
-        completed = await self.store.call("idempotency", self._complete(
-            keys=[proceed.entry_key], args=[proceed.token, response.to_bytes(), milliseconds(self.ttl_seconds)]))
+        completed = await self.store.run_script("idempotency", COMPLETE, [proceed.entry_key],
+                                                [proceed.token, response.to_bytes(), milliseconds(self.ttl_seconds)])
         if not completed:
             logger.warning("Idempotency entry %s was no longer ours to complete (its lease ran out)", proceed.entry_key)
 
     async def abandon(self, proceed: Proceed) -> None:
-        await self.store.call("idempotency", self._abandon(keys=[proceed.entry_key], args=[proceed.token]))
+        await self.store.run_script("idempotency", ABANDON, [proceed.entry_key], [proceed.token])
 
     async def close(self) -> None:
         """Nothing of its own to release: the RedisStore is the caller's, shared with the rest of
@@ -336,10 +343,14 @@ class RedisIdempotencyStore(WaitingStore):
     def _entry_key(self, tenant: str, key: str) -> str:
         return self.store.key("idempotency", entry_name(tenant, key))
 
-    async def _claim(self, entry_key: str, digest: str) -> Claim:
+    def _claim(self, entry_key: str, digest: str) -> Awaitable[Claim]:
         token = new_token()
-        state, *response = await self.store.call("idempotency", self._begin(
-            keys=[entry_key], args=[token, digest, milliseconds(self.lease_seconds)]))
+        sent = self.store.run_script("idempotency", BEGIN, [entry_key],
+                                     [token, digest, milliseconds(self.lease_seconds)])
+        return self._claimed(sent, token, entry_key, digest)
+
+    async def _claimed(self, sent: Awaitable[list], token: str, entry_key: str, digest: str) -> Claim:
+        state, *response = await sent
         match state:
             case b"new":
                 return Proceed(token, entry_key, digest)

@@ -17,13 +17,14 @@ import asyncio
 import math
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
 from prometheus_client import Counter
 
+from router.gateway.redis_pipeline import LuaScript, Reply
 from router.gateway.redis_store import FailureMode, RedisStore, RedisUnavailable
 from router.gateway.tenants import Tenant, TenantPolicy
 
@@ -119,8 +120,10 @@ class LimitsUnavailable(Exception):
 
 
 class Limiter(Protocol):
-    async def admit(self, tenant: Tenant, tokens: int) -> Admission:
-        """Admit a request reserving `tokens`, or raise RateLimited (or LimitsUnavailable)."""
+    def admit(self, tenant: Tenant, tokens: int) -> Awaitable[Admission]:
+        """Admit a request reserving `tokens`, or raise RateLimited (or LimitsUnavailable). A
+        limiter in Redis sends its command before returning, so the caller's next work overlaps
+        the round trip."""
 
     async def settle(self, admission: Admission, used_tokens: int) -> None:
         """Account the tokens the request used and free its slot; once, whatever the calls."""
@@ -229,6 +232,12 @@ def _refusal_message(limit: Limit, tenant: Tenant, tokens: int, reading: Reading
 
 def _unlimited_admission(tenant: Tenant, tokens: int) -> Admission:
     return Admission(tenant, tokens, lease_id=None, period_start=None, state=LimitState())
+
+
+async def _admit_unlimited(tenant: Tenant, tokens: int) -> Admission:
+    """The admission of a tenant without limits (ValueError for a negative reservation)."""
+    _check_reservation(tokens)
+    return _unlimited_admission(tenant, tokens)
 
 
 def _check_reservation(tokens: int) -> None:
@@ -445,6 +454,8 @@ if expiry and tonumber(expiry) > now then
 end
 """
 
+ADMIT, SETTLE, REFRESH = LuaScript(ADMIT_SCRIPT), LuaScript(SETTLE_SCRIPT), LuaScript(REFRESH_SCRIPT)
+
 
 class RedisLimiter:
     """The limits of all router replicas, in Redis: each admission checks and takes every limit
@@ -458,16 +469,13 @@ class RedisLimiter:
         self._failure_mode = failure_mode
         self._lease_seconds = lease_seconds
         self._clock = clock
-        self._admit_script = store.client.register_script(ADMIT_SCRIPT)
-        self._settle_script = store.client.register_script(SETTLE_SCRIPT)
-        self._refresh_script = store.client.register_script(REFRESH_SCRIPT)
         self._settling: set[asyncio.Task] = set()
 
-    async def admit(self, tenant: Tenant, tokens: int) -> Admission:
-        _check_reservation(tokens)
+    def admit(self, tenant: Tenant, tokens: int) -> Awaitable[Admission]:
+        """The admission, its script sent before this returns (RedisStore.run_script)."""
         policy = tenant.policy
-        if not policy.limited:
-            return _unlimited_admission(tenant, tokens)
+        if tokens < 0 or not policy.limited:
+            return _admit_unlimited(tenant, tokens)
         now = self._clock()
         period_start, period_end = policy.budget.window(now) if policy.budget else (None, None)
         lease_id = _new_lease_id(policy)
@@ -475,9 +483,14 @@ class RedisLimiter:
         arguments = [policy.requests_per_minute or 0, policy.tokens_per_minute or 0, policy.max_concurrent or 0,
                      policy.budget.tokens if policy.budget else 0, budget_expiry, tokens, lease_id or "",
                      self._lease_seconds]
-        script = self._admit_script(keys=self._keys(tenant, period_start), args=arguments)
+        sent = self._store.run_script("limits", ADMIT, self._keys(tenant, period_start), arguments)
+        return self._admission(sent, tenant, tokens, lease_id, period_start, period_end, now)
+
+    async def _admission(self, sent: Awaitable[Reply], tenant: Tenant, tokens: int, lease_id: str | None,
+                         period_start: float | None, period_end: float | None, now: float) -> Admission:
+        policy = tenant.policy
         try:
-            reply = await self._store.call("limits", script)
+            reply = await sent
         except RedisUnavailable as exc:
             if self._failure_mode == FailureMode.CLOSED:
                 raise LimitsUnavailable(f"the limits of tenant {tenant.name} cannot be checked: {exc}") from None
@@ -503,9 +516,8 @@ class RedisLimiter:
         if admission.lease_id is None or admission.settled:
             return
         leases_key = self._keys(admission.tenant, None)[2]
-        script = self._refresh_script(keys=[leases_key], args=[admission.lease_id, self._lease_seconds])
         try:
-            await self._store.call("limits", script)
+            await self._store.run_script("limits", REFRESH, [leases_key], [admission.lease_id, self._lease_seconds])
         except RedisUnavailable:
             pass  # the lease keeps its expiry; the store has logged the failure
 
@@ -518,8 +530,7 @@ class RedisLimiter:
         arguments = [policy.tokens_per_minute or 0, admission.tokens - used_tokens, admission.lease_id or "",
                      1 if policy.budget else 0]
         try:
-            await self._store.call("limits", self._settle_script(keys=[tokens_key, leases_key, budget_key],
-                                                                 args=arguments))
+            await self._store.run_script("limits", SETTLE, [tokens_key, leases_key, budget_key], arguments)
         except RedisUnavailable:
             pass  # the lease expires by itself; the tokens stay taken; the store has logged the failure
 

@@ -21,7 +21,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Coroutine
 from http import HTTPStatus
 
 from starlette.datastructures import MutableHeaders, QueryParams
@@ -206,11 +206,13 @@ class Exchange:
         semantic = self._semantic_query(tenant, body) if key is not None else None
         reservation = reserved_tokens(self.endpoint is Endpoint.CHAT, body, self.gateway.counter,
                                       self.gateway.settings.unbounded_max_tokens) if body is not None else 0
-        # Three tasks, each of which sends its Redis command as soon as it runs, before the route's
-        # own work starts: their answers then come back while the route works.
-        admitting = self.gateway.start_admission(tenant, reservation)
+        # Each of the three sends its Redis command as it is called: the commands leave together,
+        # in one write, at the end of this turn of the event loop, before the route's own work
+        # starts, and their answers come back while the route works. The claim goes first: a bad
+        # Idempotency-Key is refused before anything is taken.
         claiming = asyncio.ensure_future(self._begin_idempotent(tenant, message))
         caching = asyncio.ensure_future(self._cached(key, semantic))
+        admitting = self.gateway.start_admission(tenant, reservation)
         streams = body is not None and body.get("stream") is True
         relay = Relay(self.send, StreamOptions.of(body) if streams else None)
         route = self._start_route(relay, _with_body(message, ask_for_usage(body)) if streams else message)
@@ -312,14 +314,19 @@ class Exchange:
 
     # Idempotency and the cache ---------------------------------------------------------
 
-    async def _begin_idempotent(self, tenant: Tenant, message: Message) -> Proceed | Replay | None:
+    def _begin_idempotent(self, tenant: Tenant, message: Message) -> Awaitable[Proceed | Replay | None]:
+        """The claim of the request's Idempotency-Key (None without one), sent before this returns;
+        InvalidIdempotencyKey at once."""
         key = _header(self.scope, IDEMPOTENCY_HEADER)
         store = self.gateway.idempotency
         if key is None or store is None:
-            return None
+            return _resolved(None)
         digest = body_digest(message.get("body", b""))
+        return self._claimed(store.begin(tenant.name, key, digest, self.gateway.settings.idempotency_wait_seconds))
+
+    async def _claimed(self, beginning: Awaitable[Proceed | Replay]) -> Proceed | Replay | None:
         try:
-            return await store.begin(tenant.name, key, digest, self.gateway.settings.idempotency_wait_seconds)
+            return await beginning
         except RedisUnavailable:
             self._fail_open_or_closed("idempotency")
             return None
@@ -354,14 +361,21 @@ class Exchange:
         scope = cache_key(tenant.name, self.endpoint.value, {**body, "prompt": None, "messages": None})
         return None if scope is None else (scope, text)
 
-    async def _cached(self, key: str | None, semantic: tuple[str, str] | None) -> tuple[StoredResponse | None, dict]:
+    def _cached(self, key: str | None,
+                semantic: tuple[str, str] | None) -> Awaitable[tuple[StoredResponse | None, dict]]:
         """The stored answer to this request, or to a near duplicate of it, and the headers that
-        say which; a miss when a cache cannot be reached (or 503, failing closed)."""
+        say which; a miss when a cache cannot be reached (or 503, failing closed). The exact
+        lookup is sent before this returns."""
         if key is None:
-            return None, {}
+            return _resolved((None, {}))
+        exact = self.gateway.cache.get(key) if self.gateway.cache is not None else None
+        return self._looked_up(exact, semantic)
+
+    async def _looked_up(self, exact: Awaitable[StoredResponse | None] | None,
+                         semantic: tuple[str, str] | None) -> tuple[StoredResponse | None, dict]:
         try:
-            if self.gateway.cache is not None and (exact := await self.gateway.cache.get(key)) is not None:
-                return exact, {CACHE_HEADER: "hit"}
+            if exact is not None and (hit := await exact) is not None:
+                return hit, {CACHE_HEADER: "hit"}
             if semantic is not None and (near := await self.gateway.semantic_cache.lookup(*semantic)) is not None:
                 return StoredResponse.from_bytes(near.value), {CACHE_HEADER: "hit",
                                                                SIMILARITY_HEADER: f"{near.similarity:.4f}"}
@@ -508,6 +522,10 @@ async def _after(event: asyncio.Event, work: Coroutine[object, object, None]) ->
         work.close()  # never started: refused, or answered from the store
         raise
     await work
+
+
+async def _resolved(value: object) -> object:
+    return value
 
 
 def _retrieve_exception(task: asyncio.Future) -> None:

@@ -26,8 +26,10 @@ import json
 import logging
 import math
 from collections import defaultdict
+from collections.abc import Awaitable
 
 from router.gateway.group_commit import settle
+from router.gateway.redis_pipeline import LuaScript
 from router.gateway.redis_store import RedisStore, RedisUnavailable
 from router.gateway.sqlite_ledger import SQLiteLedger
 from router.gateway.usage_record import LedgerUnavailable, UsageRecord, UsageTotal
@@ -125,14 +127,15 @@ return reply
 """
 
 
+APPEND_SCRIPT = LuaScript(APPEND)
+
+
 class RedisLedger:
     """The shared usage ledger, with `spool` for the records Redis could not take."""
 
     def __init__(self, store: RedisStore, spool: SQLiteLedger) -> None:
         self._store = store
         self._spool = spool
-        self._append_script = store.client.register_script(APPEND)
-        self._append_script_loaded = False
         self._sum_hours = store.client.register_script(SUM_HOURS)
         self._sum_entries = store.client.register_script(SUM_ENTRIES)
         self._stream = store.key("usage")
@@ -196,13 +199,15 @@ class RedisLedger:
                 batch, self._outbox = batch + self._outbox, []
             settle([sent for _, sent in batch], error)
 
-    def _queue_append(self, pipeline, record: UsageRecord) -> None:
+    def _append(self, record: UsageRecord) -> Awaitable[int]:
+        """Whether Redis took `record` as new (1) or had it (0); sent before this returns."""
         hour = int(record.timestamp // HOUR_SECONDS)
         keys = [self._stream, self._hours, self._late, self._store.key("usage", "seen", record.request_id),
                 self._store.key("usage", "hour", str(hour))]
         fields = [json.dumps([record.tenant, record.model, kind]) for kind in KINDS]
-        pipeline.evalsha(self._append_script.sha, len(keys), *keys, record.to_json(), repr(record.timestamp), hour,
-                         *fields, record.prompt_tokens, record.completion_tokens, DEDUPE_SECONDS, LATE_MILLISECONDS)
+        return self._store.run_script("ledger", APPEND_SCRIPT, keys, [
+            record.to_json(), repr(record.timestamp), hour, *fields, record.prompt_tokens, record.completion_tokens,
+            DEDUPE_SECONDS, LATE_MILLISECONDS])
 
     def _start_replay(self) -> None:
         if self._replay_needed and (self._replay is None or self._replay.done()):
@@ -230,20 +235,13 @@ class RedisLedger:
                 await asyncio.sleep(REPLAY_RETRY_SECONDS)
 
     async def _forward(self, records: list[UsageRecord]) -> int:
-        """Appends `records` in one pipeline; how many were new to Redis."""
-        # The script is loaded once, not checked on every pipeline (redis-py's way: one more
-        # round trip each), and again after any failure: a restarted Redis has forgotten it.
-        if not self._append_script_loaded:
-            await self._store.call("ledger", self._store.client.script_load(APPEND))
-            self._append_script_loaded = True
-        pipeline = self._store.client.pipeline(transaction=False)
-        for record in records:
-            self._queue_append(pipeline, record)
-        try:
-            return sum(await self._store.call("ledger", pipeline.execute()))
-        except RedisUnavailable:
-            self._append_script_loaded = False
-            raise
+        """Appends `records`, their scripts in one write (RedisStore.run_script); how many were new
+        to Redis. RedisUnavailable if any failed."""
+        replies = await asyncio.gather(*[self._append(record) for record in records], return_exceptions=True)
+        for reply in replies:
+            if isinstance(reply, BaseException):
+                raise reply
+        return sum(replies)
 
     async def _add_whole_hours(self, sums: dict, tenant: str | None, start: float,
                                end: float) -> list[tuple[float, float]]:

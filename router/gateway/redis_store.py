@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from enum import StrEnum
 from typing import TypeVar
 
 from prometheus_client import Counter, Gauge
 from redis import asyncio as redis_asyncio
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
+
+from router.gateway.redis_pipeline import Argument, LuaScript, PipelinedConnection, Reply
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +46,10 @@ class RedisUnavailable(Exception):
 
 
 class RedisStore:
-    """One asyncio Redis client (a connection pool) with a timeout on every socket operation,
-    and the key prefix that keeps this deployment's keys apart from others on the same server."""
+    """The gateway's connections to one Redis, each with a timeout on every operation, and the key
+    prefix that keeps this deployment's keys apart from others on the same server: a pipelined
+    connection for the commands of every request (`send`, `run_script`), and a redis-py client
+    (a connection pool) for the rest."""
 
     def __init__(self, url: str, timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS, prefix: str = "kllm:") -> None:
         self.url = url
@@ -57,6 +61,7 @@ class RedisStore:
         )
         # from_pool: closing the client closes its pool.
         self.client = redis_asyncio.Redis.from_pool(pool)
+        self._pipelined = PipelinedConnection(url, timeout_seconds)
         self._last_logged = 0.0
 
     def key(self, *parts: str) -> str:
@@ -76,6 +81,27 @@ class RedisStore:
         REDIS_UP.set(1)
         return result
 
+    def send(self, use: str, *arguments: Argument) -> Awaitable[Reply]:
+        """The reply to a command that answers at once (never a blocking one), or RedisUnavailable.
+        It is written before this returns: it leaves with the others of this turn of the event
+        loop, on the pipelined connection."""
+        return self.call(use, self._pipelined.submit(arguments))
+
+    def run_script(self, use: str, script: LuaScript, keys: Sequence[Argument],
+                   arguments: Sequence[Argument]) -> Awaitable[Reply]:
+        """`script`'s reply, or RedisUnavailable; sent as `send` sends, by its SHA1."""
+        sent = self._pipelined.submit(("EVALSHA", script.sha, len(keys), *keys, *arguments))
+        return self.call(use, self._script_reply(sent, script, keys, arguments))
+
+    async def _script_reply(self, sent: Awaitable[Reply], script: LuaScript, keys: Sequence[Argument],
+                            arguments: Sequence[Argument]) -> Reply:
+        try:
+            return await sent
+        except NoScriptError:
+            # A Redis that restarted (or was flushed) has forgotten it: EVAL sends the text, which
+            # Redis keeps for the next EVALSHA.
+            return await self._pipelined.submit(("EVAL", script.text, len(keys), *keys, *arguments))
+
     async def ping(self) -> None:
         await self.call("ping", self.client.ping())
 
@@ -85,6 +111,7 @@ class RedisStore:
         return f"{scheme}://{rest.rpartition('@')[2]}"
 
     async def close(self) -> None:
+        await self._pipelined.close()
         await self.client.aclose()
 
     def _log_failure(self, use: str, exc: BaseException) -> None:

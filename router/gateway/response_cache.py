@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
@@ -28,6 +28,7 @@ from urllib.parse import quote
 from prometheus_client import Counter
 
 from router.gateway.bounds import require_positive
+from router.gateway.redis_pipeline import LuaScript
 from router.gateway.redis_store import RedisStore, milliseconds
 from router.gateway.stored_response import StoredResponse, body_digest
 
@@ -79,7 +80,7 @@ def is_deterministic(payload: dict[str, Any]) -> bool:
 
 
 class ResponseCache(Protocol):
-    async def get(self, key: str) -> StoredResponse | None:
+    def get(self, key: str) -> Awaitable[StoredResponse | None]:
         """The stored answer (a hit) or None (a miss)."""
 
     async def put(self, key: str, response: StoredResponse) -> None:
@@ -167,6 +168,8 @@ redis.call('PEXPIRE', KEYS[2], ARGV[2])
 return 1
 """
 
+PUT = LuaScript(PUT_SCRIPT)
+
 
 class RedisResponseCache:
     """Answers shared by router replicas in Redis: each a string with its TTL, at most
@@ -180,18 +183,21 @@ class RedisResponseCache:
         self.max_entry_bytes = max_entry_bytes
         self.max_entries = max_entries
         self.index_key = store.key("cache-index")
-        self._put = store.client.register_script(PUT_SCRIPT)
 
-    async def get(self, key: str) -> StoredResponse | None:
-        stored = await self.store.call("cache", self.store.client.get(self.store.key("cache", key)))
-        return counted(None if stored is None else StoredResponse.from_bytes(stored))
+    def get(self, key: str) -> Awaitable[StoredResponse | None]:
+        """The answer stored under `key`, its GET sent before this returns (RedisStore.send)."""
+        return self._decoded(self.store.send("cache", "GET", self.store.key("cache", key)))
 
     async def put(self, key: str, response: StoredResponse) -> None:
         if not is_storable(response, self.max_entry_bytes):
             return
-        await self.store.call("cache", self._put(
-            keys=[self.store.key("cache", key), self.index_key],
-            args=[response.to_bytes(), milliseconds(self.ttl_seconds), self.max_entries]))
+        await self.store.run_script("cache", PUT, [self.store.key("cache", key), self.index_key],
+                                    [response.to_bytes(), milliseconds(self.ttl_seconds), self.max_entries])
+
+    @staticmethod
+    async def _decoded(sent: Awaitable[bytes | None]) -> StoredResponse | None:
+        stored = await sent
+        return counted(None if stored is None else StoredResponse.from_bytes(stored))
 
     async def close(self) -> None:
         """Nothing of its own to release: the RedisStore is the caller's, shared with the rest of

@@ -292,6 +292,7 @@ async def test_a_refused_generation_never_reaches_the_model(tmp_path):
 async def test_a_cache_hit_replays_the_answer_and_bills_as_configured(tmp_path, stores, billing, billed):
     async with stack(tmp_path, GatewaySettings(cache_hit_billing=billing), cache=True, stores=stores) as edge:
         first = await edge.post(CHAT, chat())
+        await edge.gateway.settled()  # the answer is cached once the client has it
         again = await edge.post(CHAT, chat())
 
         assert (first.status_code, first.headers["x-cache"]) == (200, "miss")
@@ -555,6 +556,7 @@ async def test_a_stream_that_failed_part_way_is_neither_cached_nor_replayed(tmp_
         failed = await edge.post(CHAT, body, **{"idempotency-key": "retry-1"})
         edge.model.fail_after_chunks = None
         retry = await edge.post(CHAT, body, **{"idempotency-key": "retry-1"})
+        await edge.gateway.settled()
         again = await edge.post(CHAT, body)
 
         assert '"error"' in failed.text
