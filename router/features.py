@@ -14,6 +14,7 @@ window, or bounded by a fixed span (`{1,400}`) per cue word."""
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ from serving.text import without_lone_surrogates
 # Without a tokenizer, English text and code average about four characters per token.
 CHARACTERS_PER_TOKEN = 4
 SCANNED_CHARS_EACH_END = 2048
+# Texts whose token counts are kept (each at most 2 x SCANNED_CHARS_EACH_END characters: 1 MiB in all).
+COUNTED_TEXTS = 256
 
 # Prompt length: a short sentence (up to LENGTH_FLOOR tokens) says nothing; from there the
 # activation grows with the logarithm of the length, so a longer prompt always scores a little
@@ -110,18 +113,24 @@ class Measurement:
 
 class TokenCounter:
     """Counts prompt tokens with the target models' tokenizer when given one, else estimates them
-    from the text's length. `method` says which, so decisions can show it."""
+    from the text's length. `method` says which, so decisions can show it. The counts of the last
+    COUNTED_TEXTS texts are kept: the gateway's reservation and the routing policy count the same
+    prompt, and encoding it is the most expensive thing either does."""
 
     def __init__(self, tokenizer_dir: str | Path | None = None) -> None:
         self.tokenizer = _load_tokenizer(tokenizer_dir) if tokenizer_dir is not None else None
         self.method = "tokenizer" if self.tokenizer is not None else f"estimate (characters / {CHARACTERS_PER_TOKEN})"
+        self._encoded_length = functools.lru_cache(maxsize=COUNTED_TEXTS)(self._encode)
 
     def count(self, text: str) -> int:
         if self.tokenizer is None:
             return math.ceil(len(text) / CHARACTERS_PER_TOKEN)
         window = scanned_text(text)
-        tokens = len(self.tokenizer.encode(window, add_special_tokens=False))
+        tokens = self._encoded_length(window)
         return tokens if len(window) == len(text) else math.ceil(tokens * len(text) / len(window))
+
+    def _encode(self, window: str) -> int:
+        return len(self.tokenizer.encode(window, add_special_tokens=False))
 
 
 def scanned_text(text: str) -> str:

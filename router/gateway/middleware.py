@@ -24,7 +24,7 @@ import time
 from collections.abc import Awaitable, Coroutine
 from http import HTTPStatus
 
-from starlette.datastructures import MutableHeaders, QueryParams
+from starlette.datastructures import QueryParams
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -69,7 +69,7 @@ REPLAYED_HEADER = "idempotent-replayed"
 # The id of the request's usage ledger record, on every response the gateway metered.
 REQUEST_ID_HEADER = "x-gateway-request-id"
 # The response headers an answer is stored with, to be replayed: the router's own (x-route...).
-STORED_HEADER_PREFIX = "x-route"
+STORED_HEADER_PREFIX = b"x-route"
 # A response larger than this is not stored for replay or the cache.
 MAX_STORED_BYTES = 8 << 20
 EVENT_STREAM = "text/event-stream"
@@ -431,7 +431,7 @@ class Relay:
         self.stream_options = stream_options
         self.admitted = asyncio.Event()
         self.ticket: Ticket | None = None
-        self.headers: dict[str, str] = {}
+        self.added_headers: list[tuple[bytes, bytes]] = []
         self.usage: StreamUsage | None = None
         self.status: int | None = None
         self.content_type: str | None = None
@@ -443,7 +443,8 @@ class Relay:
     def admit(self, ticket: Ticket, extra_headers: dict[str, str]) -> None:
         """The request is admitted: its route may go on, and its answer to the client."""
         self.ticket = ticket
-        self.headers = {**ticket.headers(), **extra_headers, REQUEST_ID_HEADER: ticket.meter.request_id}
+        headers = {**ticket.headers(), **extra_headers, REQUEST_ID_HEADER: ticket.meter.request_id}
+        self.added_headers = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()]
         self.admitted.set()
 
     async def send(self, message: Message) -> None:
@@ -456,16 +457,23 @@ class Relay:
         await self._send(message)
 
     def _start(self, message: Message) -> Message:
+        """The route's headers, less any the gateway sets, then the gateway's: one pass, which also
+        reads the content type and the headers to store."""
         self.status = message["status"]
-        headers = MutableHeaders(raw=list(message.get("headers", [])))
-        for name, value in self.headers.items():
-            headers[name] = value
-        self.content_type = headers.get("content-type")
+        replaced = {name for name, _ in self.added_headers}
+        raw = []
+        for name, value in message.get("headers", []):
+            if name in replaced:
+                continue
+            raw.append((name, value))
+            if name == b"content-type":
+                self.content_type = value.decode("latin-1")
+            elif name.startswith(STORED_HEADER_PREFIX):
+                self.response_headers[name.decode("latin-1")] = value.decode("latin-1")
+        raw.extend(self.added_headers)
         if self.stream_options is not None and (self.content_type or "").startswith(EVENT_STREAM):
             self.usage = StreamUsage(self.stream_options, self.ticket.meter.observe)
-        self.response_headers = {name: value for name, value in headers.items()
-                                 if name.startswith(STORED_HEADER_PREFIX)}
-        return {**message, "headers": headers.raw}
+        return {**message, "headers": raw}
 
     async def _body(self, message: Message) -> Message:
         chunk = message.get("body", b"")

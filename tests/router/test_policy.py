@@ -121,6 +121,13 @@ def test_tokens_are_counted_with_a_tokenizer_when_given_one(tokenizer_dir):
     assert feature["value"] == len(tokenizer.encode(text, add_special_tokens=False))
 
 
+def test_a_prompt_counted_again_is_not_encoded_again(tokenizer_dir, monkeypatch):
+    counter = TokenCounter(tokenizer_dir)
+    first = counter.count("the gateway's reservation and the policy count the same prompt")
+    monkeypatch.setattr(counter.tokenizer, "encode", lambda *args, **kwargs: pytest.fail("encoded again"))
+    assert counter.count("the gateway's reservation and the policy count the same " + "prompt") == first
+
+
 def test_a_tokenizer_directory_that_cannot_be_loaded_is_refused(tmp_path):
     with pytest.raises(TokenizerError, match="does not exist"):
         TokenCounter(tmp_path / "missing")
