@@ -3,10 +3,13 @@ process, export their spans over OTLP/HTTP (OTEL_TRACES_EXPORTER=otlp, the way a
 them to a collector) to a collector this test runs on 127.0.0.1, which decodes them. A client's
 request through all three is one trace, the child of the client's traceparent, with each hop's
 server span the child of the caller's, and spans for routing, tokenization, detokenization, the
-predictor's request, its queue wait, prefill and decode."""
+predictor's request, its queue wait, prefill and decode; a WebSocket request continues the
+trace of its connection's handshake, and the hop to the predictor over gRPC carries it too."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -15,6 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
+import websockets
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
@@ -114,33 +118,41 @@ def collector() -> Iterator[Collector]:
     started.close()
 
 
+def tracing_to(collector: Collector, patch: pytest.MonkeyPatch) -> None:
+    """Servers started from here on trace to `collector`, each batch sent within 100 ms."""
+    patch.setenv("OTEL_TRACES_EXPORTER", "otlp")
+    patch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", collector.endpoint)
+    patch.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")
+    patch.delenv("OTEL_SERVICE_NAME", raising=False)
+    patch.delenv("OTEL_SDK_DISABLED", raising=False)
+
+
 @pytest.fixture(scope="module")
-def router(collector, tmp_path_factory) -> Iterator[Server]:
-    """The three components, tracing to the collector; the router's large target is down (the
-    requests name the small one's model)."""
+def servers(collector, tmp_path_factory) -> Iterator[list[Server]]:
+    """[predictor, transformer, router], tracing to the collector; the router's large target is
+    down (the requests name the small one's model)."""
     build_demo_model("small")
     directory = tmp_path_factory.mktemp("traces")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("OTEL_TRACES_EXPORTER", "otlp")
-        patch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", collector.endpoint)
-        patch.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")
-        patch.delenv("OTEL_SERVICE_NAME", raising=False)
-        patch.delenv("OTEL_SDK_DISABLED", raising=False)
-        servers = [start_server(directory)]
-        servers.append(start_transformer(directory, f"127.0.0.1:{servers[0].http_port}"))
-        config = write_config(directory / "router.yaml", targets={
-            "small": {"model": MODEL_NAME, "urls": [servers[1].url]},
-            "large": {"model": "llm-large", "urls": [f"http://127.0.0.1:{free_port()}"]},
-        })
-        try:
-            servers.append(start_router(config, directory))
-        except BaseException:
-            for server in servers:
-                server.stop()
-            raise
-    yield servers[-1]
-    for server in reversed(servers):
-        server.stop()
+    started = []
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            tracing_to(collector, patch)
+            started.append(start_server(directory))
+            started.append(start_transformer(directory, f"127.0.0.1:{started[0].http_port}"))
+            config = write_config(directory / "router.yaml", targets={
+                "small": {"model": MODEL_NAME, "urls": [started[1].url]},
+                "large": {"model": "llm-large", "urls": [f"http://127.0.0.1:{free_port()}"]},
+            })
+            started.append(start_router(config, directory))
+        yield started
+    finally:
+        for server in reversed(started):
+            server.stop()
+
+
+@pytest.fixture(scope="module")
+def router(servers) -> Server:
+    return servers[-1]
 
 
 def by_name(spans: list[ReceivedSpan], service: str, name: str) -> ReceivedSpan:
@@ -207,3 +219,48 @@ def test_a_malformed_traceparent_is_ignored_and_the_request_starts_its_own_trace
     assert root.parent_span_id == ""
     spans = collector.trace(root.trace_id, {PREDICTOR_REQUEST})
     assert {span.service for span in spans} == {ROUTER_SERVICE, TRANSFORMER_SERVICE, PREDICTOR_SERVICE}
+
+
+async def test_a_websocket_request_continues_the_handshakes_trace_through_all_three(router, collector):
+    trace_id = "0af7651916cd43dd8448eb211c80319c"
+    handshake = {"traceparent": f"00-{trace_id}-{CLIENT_SPAN_ID}-01"}
+    async with websockets.connect(f"ws://127.0.0.1:{router.http_port}/ws/v1/generate",
+                                  additional_headers=handshake) as socket:
+        await socket.send(json.dumps({"type": "generate", "id": "one", "model": MODEL_NAME, "prompt": "Hi",
+                                      "max_tokens": 3, "temperature": 0}))
+        while (message := json.loads(await asyncio.wait_for(socket.recv(), 60)))["type"] not in ("done", "error"):
+            pass
+    assert message["type"] == "done", message
+    spans = collector.trace(trace_id, {"route", PREDICTOR_REQUEST})
+    request = by_name(spans, ROUTER_SERVICE, "websocket generate")
+    assert request.parent_span_id == CLIENT_SPAN_ID
+    assert request.attributes["websocket.request_id"] == "one"
+    assert by_name(spans, ROUTER_SERVICE, "route").parent_span_id == request.span_id
+    transformer = by_name(spans, TRANSFORMER_SERVICE, f"POST {COMPLETIONS}")
+    assert transformer.parent_span_id == request.span_id
+    predictor = by_name(spans, PREDICTOR_SERVICE, f"POST /v2/models/{MODEL_NAME}/generate_stream")
+    assert predictor.parent_span_id == transformer.span_id
+    assert by_name(spans, PREDICTOR_SERVICE, PREDICTOR_REQUEST).parent_span_id == predictor.span_id
+
+
+def test_the_transformer_passes_the_trace_on_to_the_predictor_over_grpc(servers, collector, tmp_path):
+    """Over gRPC the trace context travels in the call's metadata; the predictor's request span
+    is then the child of the transformer's span (KServe's gRPC server has no span of its own)."""
+    predictor = servers[0]
+    with pytest.MonkeyPatch.context() as patch:
+        tracing_to(collector, patch)
+        transformer = start_transformer(tmp_path, predictor.grpc_url, "--predictor_protocol", "grpc-v2",
+                                        "--predictor_rest_host", f"127.0.0.1:{predictor.http_port}")
+    trace_id = "5b8aa5a2d2c872e8321cf37308d69df2"
+    try:
+        body = {"model": MODEL_NAME, "prompt": "Hello", "max_tokens": 2, "temperature": 0}
+        response = httpx.post(transformer.url + COMPLETIONS, json=body, timeout=60,
+                              headers={"traceparent": f"00-{trace_id}-{CLIENT_SPAN_ID}-01"})
+        assert response.status_code == 200
+        spans = collector.trace(trace_id, {PREDICTOR_REQUEST})
+    finally:
+        transformer.stop()
+    served = by_name(spans, TRANSFORMER_SERVICE, f"POST {COMPLETIONS}")
+    assert served.parent_span_id == CLIENT_SPAN_ID
+    assert by_name(spans, PREDICTOR_SERVICE, PREDICTOR_REQUEST).parent_span_id == served.span_id
+    assert not [span for span in spans if span.service == PREDICTOR_SERVICE and span.name.startswith("POST")]
