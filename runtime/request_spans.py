@@ -17,7 +17,8 @@ OPERATION = "text_completion"
 def record_request_spans(model_name: str, params: SamplingParams, output: RequestOutput | None,
                          failure: BaseException | None) -> None:
     """The spans of one request, as children of the current span (the request's server span).
-    `output`: its last; None when it failed before any. `failure`: what ended it early, if anything."""
+    `output`: its last; None when it failed before any. `failure`: what ended its outputs'
+    iteration early, if anything (a deadline, a client that left)."""
     if output is None:
         return
     metrics = output.metrics
@@ -29,7 +30,8 @@ def record_request_spans(model_name: str, params: SamplingParams, output: Reques
     end = at(metrics.finished_time)
     request = tracing.tracer().start_span(f"{OPERATION} {model_name}", start_time=at(metrics.arrival_time),
                                           attributes=request_attributes(model_name, params, output))
-    if failure is not None:
+    # A stream closed after its last output (GeneratorExit) ended as it should.
+    if failure is not None and (not output.finished or output.error is not None):
         tracing.fail(request, failure)
     parent = trace.set_span_in_context(request)
     for name, start, stop in phases(metrics):

@@ -45,6 +45,7 @@ class ReceivedSpan:
     span_id: str
     parent_span_id: str
     attributes: dict
+    failed: bool
 
 
 class Collector:
@@ -85,7 +86,8 @@ class Collector:
                 for span in scope_spans.spans:
                     attributes = {kv.key: _value(kv.value) for kv in span.attributes}
                     received.append(ReceivedSpan(resource["service.name"], span.name, span.trace_id.hex(),
-                                                 span.span_id.hex(), span.parent_span_id.hex(), attributes))
+                                                 span.span_id.hex(), span.parent_span_id.hex(), attributes,
+                                                 span.status.code == span.status.STATUS_CODE_ERROR))
         with self.lock:
             self.spans.extend(received)
 
@@ -200,6 +202,7 @@ def test_a_streamed_completion_is_one_trace_from_the_client_through_router_trans
     assert request.attributes["gen_ai.response.finish_reasons"] == ["length"]
     for phase in ("queue", "prefill", "decode"):
         assert by_name(spans, PREDICTOR_SERVICE, phase).parent_span_id == request.span_id
+    assert not [span for span in spans if span.failed]
 
 
 def test_a_malformed_traceparent_is_ignored_and_the_request_starts_its_own_trace(router, collector):

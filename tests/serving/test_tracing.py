@@ -165,9 +165,11 @@ async def test_continued_from_makes_a_callers_context_current_only_when_no_span_
 
 # The predictor's request spans -------------------------------------------------------------
 
-def finished_output(metrics: RequestMetrics, finish_reason: str | None = "length") -> RequestOutput:
+def last_output(metrics: RequestMetrics, finish_reason: str | None = "length") -> RequestOutput:
+    """A request's last output, finished unless `finish_reason` is None."""
     generated = GeneratedLists([7, 8, 9], None, None)
-    return RequestOutput("req-1", [1, 2, 3, 4], [9], True, finish_reason, None, 2, metrics, generated, 3)
+    return RequestOutput("req-1", [1, 2, 3, 4], [9], finish_reason is not None, finish_reason, None, 2, metrics,
+                         generated, 3)
 
 
 def test_the_phases_run_from_arrival_to_first_schedule_to_first_token_to_the_end():
@@ -182,7 +184,7 @@ def test_a_finished_request_becomes_a_request_span_with_queue_prefill_and_decode
     metrics = RequestMetrics(now - 3.0, now - 2.5, now - 2.0, now - 1.1, now - 1.0, 1)
     with tracing.tracer().start_as_current_span("server") as server:
         record_request_spans("demo", SamplingParams(max_tokens=3, temperature=0.0, seed=5),
-                             finished_output(metrics), None)
+                             last_output(metrics), None)
     by_name = {span.name: span for span in spans.get_finished_spans()}
     request = by_name["text_completion demo"]
     assert request.parent.span_id == server.context.span_id
@@ -204,8 +206,15 @@ def test_a_finished_request_becomes_a_request_span_with_queue_prefill_and_decode
 
 def test_a_request_that_failed_is_marked_so(spans):
     now = tracing.clock_pair()[0]
-    record_request_spans("demo", SamplingParams(), finished_output(RequestMetrics(now, now, None, None, None, 0),
+    record_request_spans("demo", SamplingParams(), last_output(RequestMetrics(now, now, None, None, None, 0),
                                                                     None), TimeoutError())
     request = next(span for span in spans.get_finished_spans() if span.name == "text_completion demo")
     assert not request.status.is_ok
     assert [span.name for span in spans.get_finished_spans() if span.name != request.name] == ["queue", "prefill"]
+
+
+def test_a_stream_closed_after_its_last_output_is_no_failure(spans):
+    now = tracing.clock_pair()[0]
+    record_request_spans("demo", SamplingParams(), last_output(RequestMetrics(now, now, now, now, now, 0)),
+                         GeneratorExit())
+    assert all(span.status.is_ok for span in spans.get_finished_spans())
