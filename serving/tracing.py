@@ -40,6 +40,9 @@ ROUTER_SERVICE = "kserve-llm-router"
 TRANSFORMER_SERVICE = "kserve-llm-transformer"
 PREDICTOR_SERVICE = "kserve-llm-predictor"
 
+# Requests that only read (health, readiness, metrics, listings) get no span of their own.
+UNTRACED_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
 _tracer: trace.Tracer | None = None
 _provider: TracerProvider | None = None
 
@@ -183,13 +186,15 @@ class TracingMiddleware:
     """A SERVER span around each HTTP request (to the end of its body, a stream's included), the
     child of the caller's `traceparent` if it sent one, and current while the request is served,
     so that the spans its handler starts are its children and its calls onward carry it.
-    Installed only when tracing is on (install_http_layers)."""
+    Reads are not traced (UNTRACED_METHODS): probes, /metrics scrapes (the router's load poller
+    reads each predictor's every second) and listings would bury the requests. Installed only
+    when tracing is on (install_http_layers)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["method"] in UNTRACED_METHODS:
             await self.app(scope, receive, send)
             return
         method, path = scope["method"], scope["path"]

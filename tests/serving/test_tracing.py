@@ -110,28 +110,32 @@ def traced_app() -> FastAPI:
     """An app whose handler answers with the headers it would send onward."""
     app = FastAPI()
 
-    @app.get("/onward")
+    @app.post("/onward")
     async def onward(request: Request) -> dict:
         return tracing.inject({})
 
-    @app.get("/fails")
+    @app.post("/fails")
     async def fails() -> None:
         raise RuntimeError("boom")
+
+    @app.get("/ready")
+    async def ready() -> dict:
+        return tracing.inject({})
 
     app.add_middleware(TracingMiddleware)
     return app
 
 
-async def get(path: str, headers: dict[str, str] | None = None) -> httpx.Response:
+async def call(path: str, headers: dict[str, str] | None = None, method: str = "POST") -> httpx.Response:
     transport = httpx.ASGITransport(traced_app(), raise_app_exceptions=False)
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-        return await client.get(path, headers=headers)
+        return await client.request(method, path, headers=headers)
 
 
 async def test_a_callers_traceparent_is_honoured_and_the_request_span_goes_onward(spans):
-    response = await get("/onward", {"traceparent": CLIENT_TRACEPARENT})
+    response = await call("/onward", {"traceparent": CLIENT_TRACEPARENT})
     [span] = spans.get_finished_spans()
-    assert span.kind is SpanKind.SERVER and span.name == "GET /onward"
+    assert span.kind is SpanKind.SERVER and span.name == "POST /onward"
     assert f"{span.context.trace_id:032x}" == CLIENT_TRACE_ID
     assert f"{span.parent.span_id:016x}" == CLIENT_SPAN_ID and span.parent.is_remote
     assert span.attributes["http.response.status_code"] == 200
@@ -141,7 +145,7 @@ async def test_a_callers_traceparent_is_honoured_and_the_request_span_goes_onwar
 
 @pytest.mark.parametrize("traceparent", MALFORMED_TRACEPARENTS)
 async def test_a_malformed_traceparent_is_ignored_never_an_error(spans, traceparent):
-    response = await get("/onward", {"traceparent": traceparent})
+    response = await call("/onward", {"traceparent": traceparent})
     assert response.status_code == 200
     [span] = spans.get_finished_spans()
     assert span.parent is None
@@ -149,10 +153,16 @@ async def test_a_malformed_traceparent_is_ignored_never_an_error(spans, tracepar
 
 
 async def test_a_request_without_traceparent_starts_a_trace_and_a_server_error_marks_its_span(spans):
-    assert (await get("/fails")).status_code == 500
+    assert (await call("/fails")).status_code == 500
     [span] = spans.get_finished_spans()
     assert span.parent is None
     assert not span.status.is_ok
+
+
+async def test_reads_such_as_probes_and_scrapes_get_no_span(spans):
+    response = await call("/ready", {"traceparent": CLIENT_TRACEPARENT}, method="GET")
+    assert response.json() == {}
+    assert not spans.get_finished_spans()
 
 
 async def test_continued_from_makes_a_callers_context_current_only_when_no_span_is(spans):
