@@ -78,9 +78,11 @@ def run_configured(environ: dict[str, str], code: str) -> subprocess.CompletedPr
 
 PROVIDER_STATE = """
 import json
+import sys
 from opentelemetry import trace
 print(json.dumps({"configured": configured, "enabled": tracing.ENABLED,
-                  "provider": type(trace.get_tracer_provider()).__name__}))
+                  "provider": type(trace.get_tracer_provider()).__name__,
+                  "sdk_imported": "opentelemetry.sdk.trace" in sys.modules}))
 """
 
 
@@ -88,14 +90,14 @@ print(json.dumps({"configured": configured, "enabled": tracing.ENABLED,
                                      {"OTEL_TRACES_EXPORTER": "console", "OTEL_SDK_DISABLED": "true"}])
 def test_off_by_default_no_sdk_tracer_provider_is_installed(environ):
     state = json.loads(run_configured(environ, PROVIDER_STATE).stdout)
-    assert state == {"configured": False, "enabled": False, "provider": "ProxyTracerProvider"}
+    assert state == {"configured": False, "enabled": False, "provider": "ProxyTracerProvider", "sdk_imported": False}
 
 
 def test_on_the_sdk_provider_exports_spans_under_the_components_name_unless_otel_service_name_says():
     show_span = PROVIDER_STATE + "tracing.tracer().start_span('hello').end()\n"
     result = run_configured({"OTEL_TRACES_EXPORTER": "console"}, show_span)
     state = json.loads(result.stdout.splitlines()[0])
-    assert state == {"configured": True, "enabled": True, "provider": "TracerProvider"}
+    assert state == {"configured": True, "enabled": True, "provider": "TracerProvider", "sdk_imported": True}
     # The console exporter writes each span as JSON when the process exits (the batch is flushed).
     exported = json.loads(result.stdout.split("\n", 1)[1])
     assert exported["name"] == "hello"
