@@ -15,8 +15,8 @@ import logging
 import os
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, ContextManager
+from contextlib import AbstractContextManager, contextmanager
+from typing import TYPE_CHECKING
 
 from opentelemetry import context, propagate, trace
 from opentelemetry.context import Context
@@ -138,7 +138,7 @@ def inject(headers: dict[str, str]) -> dict[str, str]:
     return headers
 
 
-def server_span(name: str, headers: Mapping[str, str], attributes: dict | None = None) -> ContextManager[Span]:
+def server_span(name: str, headers: Mapping[str, str], attributes: dict | None = None) -> AbstractContextManager[Span]:
     """A current SERVER span for a request served here, the child of the caller's traceparent."""
     return _tracer.start_as_current_span(name, context=extract(headers), kind=SpanKind.SERVER, attributes=attributes)
 
@@ -174,6 +174,7 @@ def clock_pair() -> tuple[float, int]:
 
 
 def fail(span: Span, exc: BaseException) -> None:
+    """Mark `span` as ended by `exc`."""
     span.record_exception(exc)
     span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
 
