@@ -36,8 +36,9 @@ with config_flag_hidden_from_kserve():
     from router.model import RouterModel
     from router.openai_edge import OpenAIEdge, add_openai_edge
     from router.websocket_edge import RoutedGenerationBackend
-    from serving.component import component_parser, exit_if_cannot_start, parse_component_args, serve
+    from serving.component import component_parser, exit_if_cannot_start, parse_component_args, serve, start_tracing
     from serving.server import describe_server_limits
+    from serving.tracing import ROUTER_SERVICE
 
 logger = logging.getLogger("router")
 
@@ -83,6 +84,7 @@ def install_routes(app: FastAPI, args: argparse.Namespace, edge: OpenAIEdge, gat
 def main() -> None:
     parser = build_parser()
     args = parse_component_args(parser, logger.name, check_arguments)
+    start_tracing(logger, "router", ROUTER_SERVICE)
     with exit_if_cannot_start(logger, "router", ApiKeysError, TenantsError, ConfigError, TokenizerError,
                               LearnedModelError):
         tenants = load_tenants(args)

@@ -38,6 +38,7 @@ from router.learned_policy import LearnedPolicy, load_policy
 from router.policy import CAPABILITY, Decision, Hint, RoutingPolicy, batch_decision, parse_hint
 from router.schemas import ROUTER_PARAMETERS, InferParameters, PredictRequest
 from router.tensors import INPUT_METADATA, OUTPUT_METADATA, echo_request, prompts_of, request_parameters, route_outputs
+from serving import tracing
 from serving.base_model import ServingModel
 
 logger = logging.getLogger(__name__)
@@ -68,10 +69,15 @@ class RouterModel(ServingModel):
             self.policy = load_policy(self.config.policy, counter)
             learned = self.config.policy.learned_model
             logger.info("router %r: %s policy, threshold %.4g, prompt tokens counted by %s, targets small=%s large=%s",
-                        self.name, f"learned ({learned})" if learned else "rule", self.policy.threshold,
+                        self.name, f"learned ({learned})" if learned else self.policy_kind, self.policy.threshold,
                         counter.method, self.config.targets.small.describe(), self.config.targets.large.describe())
         self.ready = True
         return self.ready
+
+    @property
+    def policy_kind(self) -> str:
+        """`learned` (a model fitted by router.train) or `rule`."""
+        return "learned" if self.config.policy.learned_model else "rule"
 
     # Metadata -----------------------------------------------------------------------
 
@@ -95,6 +101,16 @@ class RouterModel(ServingModel):
                chat: bool = False) -> tuple[Decision, list[Decision]]:
         """As `decide`, counting nothing: the caller counts the decision once it acts on it."""
         self.check_admitting()
+        if not tracing.ENABLED:
+            return self._choose(requests, hint, chat)
+        with tracing.tracer().start_as_current_span("route") as span:
+            decision, decisions = self._choose(requests, hint, chat)
+            span.set_attributes(decision_attributes(decision, self.config.targets.of(decision.route).model,
+                                                    self.policy_kind, len(requests)))
+            return decision, decisions
+
+    def _choose(self, requests: list[RoutingRequest], hint: Hint | None,
+                chat: bool) -> tuple[Decision, list[Decision]]:
         decisions = [self.policy.decide(request, hint) for request in requests]
         return placed(batch_decision(decisions), self.config.targets, chat), decisions
 
@@ -182,3 +198,19 @@ def _nests_deeper_than(value: object, limit: int) -> bool:
             return True
         pending.extend((child, depth + 1) for child in children)
     return False
+
+
+def decision_attributes(decision: Decision, target_model: str, policy_kind: str, num_requests: int) -> dict:
+    """A decision as the `route` span's attributes."""
+    attributes = {
+        "router.route": decision.route.value,
+        "router.target_model": target_model,
+        "router.policy": policy_kind,
+        "router.decided_by": decision.decided_by,
+        "router.score": decision.score,
+        "router.threshold": decision.threshold,
+        "router.batch_size": num_requests,
+    }
+    if decision.capability is not None:
+        attributes["router.capability"] = decision.capability
+    return attributes

@@ -54,6 +54,7 @@ from router.policy import CAPABILITY, Decision, Hint, Route, parse_hint
 from router.replicas import ReplicaSet
 from router.schemas import chat_routing_request
 from router.upstream import Answer, Call, Fallback, Plan, TargetFailed, Upstream
+from serving import tracing
 from serving.http_client import Pools
 from serving.lifespan import chain_lifespan
 from serving.openai_protocol import (
@@ -174,6 +175,8 @@ class OpenAIEdge:
         else:
             answer, trace = await self.upstream.send(plan, call), CascadeTrace()
         self.learning.record(routing.decision, requests, headers, answer, trace)
+        if tracing.ENABLED:
+            tracing.annotate(_answer_attributes(body.model, answer, trace))
         return _response(answer, routing, trace.escalated)
 
     async def answer_tokens(self, path: str, body: TokenizeRequest | DetokenizeRequest,
@@ -283,6 +286,20 @@ class OpenAIEdge:
             small.fallback = Fallback(failed.route, failed.failure)
             return None
         return large
+
+
+def _answer_attributes(requested_model: str, answer: Answer, trace: CascadeTrace) -> dict:
+    """What the request's span says of how it was answered."""
+    attributes = {"gen_ai.request.model": requested_model, "router.answered_route": answer.route.value}
+    if answer.fallback is not None:
+        attributes["router.fallback"] = str(answer.fallback)
+    if trace.confidence is not None:
+        attributes["router.cascade.confidence"] = trace.confidence
+    if trace.escalated is not None:
+        attributes["router.escalated"] = trace.escalated
+    if trace.explored:
+        attributes["router.explored"] = True
+    return attributes
 
 
 def _agreement(small: Answer, large: Answer, chat: bool) -> bool | None:

@@ -23,6 +23,7 @@ from router.breakers import Permit
 from router.metrics import FALLBACKS
 from router.policy import Route
 from router.replicas import Endpoint, ReplicaSet
+from serving import tracing
 from serving.errors import RequestTimeout, ServiceUnavailable, error_message
 from serving.http_client import Pools, Response, UpstreamDisconnected, UpstreamUnreachable
 from serving.openai_protocol import openai_error_body
@@ -72,6 +73,8 @@ class Call:
     @classmethod
     def of(cls, path: str, payload: dict, request_headers: Mapping[str, str], stream: bool) -> Call:
         headers = {name: request_headers[name] for name in FORWARDED_HEADERS if name in request_headers}
+        if tracing.ENABLED:
+            tracing.inject(headers)
         return cls(path, payload, headers, stream)
 
     @property

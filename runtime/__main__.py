@@ -36,9 +36,11 @@ from serving.component import (
     limits_group,
     parse_component_args,
     serve,
+    start_tracing,
 )
 from serving.lifespan import chain_lifespan
 from serving.server import describe_server_limits
+from serving.tracing import PREDICTOR_SERVICE
 
 logger = logging.getLogger("runtime")
 
@@ -178,6 +180,7 @@ def main() -> None:
     STARTUP.record("imports", seconds_since_process_start())
     parser = build_parser()
     args = parse_component_args(parser, logger.name, check_arguments)
+    start_tracing(logger, "predictor", PREDICTOR_SERVICE)
     with exit_if_cannot_start(logger, "predictor", ConfigError, ModelLoadError, GGUFCheckpointError):
         with STARTUP.phase("checkpoint"):
             model_dir = checkpoint_dir(args)

@@ -15,11 +15,13 @@ from kserve.protocol.infer_type import InferRequest, InferResponse
 
 from runtime.engine import AsyncLLMEngine, EngineClient, EngineConfig, RequestOutput, SamplingParams
 from runtime.errors import translate_errors
+from serving import tracing
 from serving.base_model import ServingModel
 from serving.errors import RequestTimeout, ServiceUnavailable
 from serving.streaming import gather_or_cancel, json_lines, stream_messages
 from serving.v2_parameters import sampling_parameters
 from runtime.metrics import RequestTracker, register_engine_stats, unregister_engine_stats
+from runtime.request_spans import record_request_spans
 from runtime.schemas import Prediction, PredictRequest, PredictStreamChunk, SamplingFields
 from runtime.tensors import INPUT_METADATA, OUTPUT_METADATA, decode_prompts, encode_outputs
 
@@ -122,23 +124,32 @@ class LLMModel(ServingModel):
         deadline = None if self.request_timeout is None else asyncio.get_running_loop().time() + self.request_timeout
         with translate_errors(self.name):
             request = await self.llm.open(uuid.uuid4().hex, prompt_token_ids, params, priority)
-        return self._outputs(request, deadline)
+        return self._outputs(request, deadline, params)
 
-    async def _outputs(self, request: AsyncIterator[RequestOutput], deadline: float | None) -> AsyncIterator[RequestOutput]:
-        """An admitted request's outputs, observed by the metrics and held to the deadline."""
+    async def _outputs(self, request: AsyncIterator[RequestOutput], deadline: float | None,
+                       params: SamplingParams) -> AsyncIterator[RequestOutput]:
+        """An admitted request's outputs, observed by the metrics (and, when tracing, recorded
+        as spans once it ends) and held to the deadline."""
         tracker = RequestTracker(self.name)
         self.num_in_flight += 1
+        last = failure = None
         try:
             with translate_errors(self.name):
                 async with aclosing(request):
                     while (output := await self._next_output(request, deadline)) is not None:
+                        last = output
                         tracker.observe(output)
                         if output.error is not None:
                             raise InferenceError(output.error)
                         yield output
+        except BaseException as exc:
+            failure = exc
+            raise
         finally:
             self.num_in_flight -= 1
             tracker.close()
+            if tracing.ENABLED:
+                record_request_spans(self.name, params, last, failure)
 
     async def _next_output(self, outputs: AsyncIterator[RequestOutput], deadline: float | None) -> RequestOutput | None:
         """The next output, or None at the end; past the deadline the engine request is aborted
@@ -173,6 +184,13 @@ class LLMModel(ServingModel):
     async def predict(
         self, payload: dict | InferRequest, headers: dict[str, str] | None = None
     ) -> dict | InferResponse | AsyncIterator[bytes]:
+        if tracing.ENABLED and headers:
+            # Over gRPC no HTTP span is current: the caller's traceparent comes in the metadata.
+            with tracing.continued_from(headers):
+                return await self._predict(payload)
+        return await self._predict(payload)
+
+    async def _predict(self, payload: dict | InferRequest) -> dict | InferResponse | AsyncIterator[bytes]:
         if isinstance(payload, InferRequest):
             return await self._infer_v2(payload)
         return await self._predict_v1(payload)

@@ -16,6 +16,7 @@ from kserve import model_server
 from serving.base_model import ServingModel
 from serving.server import add_server_limit_arguments, check_server_limits, configure_logging, install_http_layers
 from serving.shutdown import drain_on_signal
+from serving.tracing import TracingConfigError, configure_tracing
 from serving.websocket_session import (
     Authorizer,
     GenerationBackend,
@@ -74,6 +75,14 @@ def exit_if_cannot_start(logger: logging.Logger, component: str, *errors: type[E
         # stacklevel: the line names the component's own code (past contextlib), as it did inline.
         logger.error("cannot start the %s: %s", component, exc, stacklevel=3)
         sys.exit(2)
+
+
+def start_tracing(logger: logging.Logger, component: str, service_name: str) -> None:
+    """OpenTelemetry traces as the OTEL_* variables ask (serving/tracing.py; off by default),
+    under `service_name` unless OTEL_SERVICE_NAME says otherwise; a request for what this runtime
+    cannot do (an unknown exporter) exits 2. Before `serve`, which adds the request spans."""
+    with exit_if_cannot_start(logger, component, TracingConfigError):
+        configure_tracing(service_name)
 
 
 def serve(model: ServingModel, args: argparse.Namespace, install_routes: RouteInstaller | None = None,

@@ -20,6 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from serving import tracing
 from serving.connection_limits import (
     add_connection_limit_arguments,
     check_connection_limits,
@@ -34,6 +35,7 @@ from serving.middleware import (
     RetryAfterMiddleware,
 )
 from serving.request_bodies import ThreadedJSONRoute
+from serving.tracing import TracingMiddleware
 
 # The default --max_body_bytes of a component (predictor, transformer, router): one request is one
 # prompt or a small batch of them, and a body is decoded in memory (and checked) before it is served.
@@ -222,3 +224,6 @@ def install_http_layers(app: FastAPI, args: argparse.Namespace) -> None:
     use_requested_event_loop(args)
     use_connection_limits(connection_limits(args))
     freeze_startup_heap(app)
+    if tracing.ENABLED:
+        # Last, so outermost: a request's span covers what the other layers do with it.
+        app.add_middleware(TracingMiddleware)

@@ -26,6 +26,7 @@ from typing import Protocol, runtime_checkable
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect, status
 from starlette.websockets import WebSocketDisconnected
 
+from serving import tracing
 from serving.errors import InternalError, status_of
 from serving.websocket_protocol import (
     CANCELLED,
@@ -294,6 +295,14 @@ class WebSocketSession:
             task.add_done_callback(self.tasks.discard)
 
     async def _serve(self, request: GenerateMessage) -> None:
+        if not tracing.ENABLED:
+            await self._serve_untraced(request)
+            return
+        # A span per request (the connection carries many), the child of the handshake's traceparent.
+        with tracing.server_span("websocket generate", self.headers, {"websocket.request_id": request.id}):
+            await self._serve_untraced(request)
+
+    async def _serve_untraced(self, request: GenerateMessage) -> None:
         try:
             end = await self._stream(request)
         except Exception as exc:

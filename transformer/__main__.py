@@ -13,8 +13,9 @@ from fastapi import FastAPI
 
 from runtime.cache import add_cache_dir_argument
 from runtime.gguf_checkpoint import GGUFCheckpointError, hf_checkpoint_dir
-from serving.component import component_parser, exit_if_cannot_start, parse_component_args, serve
+from serving.component import component_parser, exit_if_cannot_start, parse_component_args, serve, start_tracing
 from serving.server import describe_server_limits
+from serving.tracing import TRANSFORMER_SERVICE
 from transformer.generate_routes import add_generate_routes
 from transformer.model import TextModel
 from transformer.openai_api import add_openai_routes
@@ -87,6 +88,7 @@ def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     parser = build_parser()
     args = parse_component_args(parser, logger.name, check_arguments)
+    start_tracing(logger, "transformer", TRANSFORMER_SERVICE)
     with exit_if_cannot_start(logger, "transformer", TokenizerLoadError, GGUFCheckpointError):
         tokenizer = TextTokenizer(tokenizer_dir(args), args.max_model_len)
     model = TextModel(args.model_name, tokenizer, predictor_settings(args))

@@ -3,10 +3,12 @@ strings. Every route of the transformer (OpenAI, v1, v2, generate) goes through 
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass, field
 
+from serving import tracing
 from serving.errors import BadGateway
 from transformer.detokenizer import IncrementalDetokenizer
 from transformer.predictor_client import Generated, PredictorClient
@@ -73,7 +75,7 @@ class TextGenerator:
                 if text_stream is None:
                     # Made once the request has reached the predictor (the detokenizer decodes
                     # the prompt's tail), while the predictor prefills.
-                    text_stream = _TextStream(self.tokenizer, request)
+                    text_stream = _text_stream(self.tokenizer, request)
                 chunk = text_stream.add(generated)
                 yield chunk
                 if chunk.finish_reason is not None:
@@ -87,7 +89,7 @@ class TextGenerator:
             chunks = [chunk async for chunk in self.stream(request, headers)]
         else:
             generated = await self.predictor.generate(request.prompt_ids, request.parameters, headers)
-            chunks = [_TextStream(self.tokenizer, request).add(generated)]
+            chunks = [_text_stream(self.tokenizer, request).add(generated)]
         return _join(chunks, len(request.prompt_ids))
 
 
@@ -109,6 +111,37 @@ class _TextStream:
         if self._stop.stopped:
             finish_reason = STOP
         return TextChunk(text, generated.token_ids, finish_reason, generated.logprobs, generated.top_logprobs)
+
+
+class _TracedTextStream(_TextStream):
+    """A _TextStream that, when its last tokens come, records one `detokenize` span from its first
+    tokens to its last, saying how much of that time detokenizing took (a span per token would
+    cost more than the work)."""
+
+    def __init__(self, tokenizer: TextTokenizer, request: TextRequest) -> None:
+        super().__init__(tokenizer, request)
+        self._first_tokens_at: int | None = None
+        self._busy_seconds = 0.0
+        self._num_tokens = 0
+
+    def add(self, generated: Generated) -> TextChunk:
+        if generated.is_empty:
+            return super().add(generated)
+        if self._first_tokens_at is None:
+            self._first_tokens_at = time.time_ns()
+        started = time.perf_counter()
+        chunk = super().add(generated)
+        self._busy_seconds += time.perf_counter() - started
+        self._num_tokens += len(generated.token_ids)
+        if chunk.finish_reason is not None:
+            attributes = {"gen_ai.usage.output_tokens": self._num_tokens,
+                          "transformer.detokenize.busy_seconds": self._busy_seconds}
+            tracing.tracer().start_span("detokenize", start_time=self._first_tokens_at, attributes=attributes).end()
+        return chunk
+
+
+def _text_stream(tokenizer: TextTokenizer, request: TextRequest) -> _TextStream:
+    return _TracedTextStream(tokenizer, request) if tracing.ENABLED else _TextStream(tokenizer, request)
 
 
 async def without_empty(chunks: AsyncIterator[TextChunk]) -> AsyncIterator[TextChunk]:

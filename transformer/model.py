@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferRequest, InferResponse
 
+from serving import tracing
 from serving.base_model import ServingModel
 from serving.openai_protocol import ChatMessage
 from serving.streaming import gather_or_cancel, json_lines, open_stream, stream_messages
@@ -59,6 +60,17 @@ class TextModel(ServingModel):
         if isinstance(prompt, list):
             self._check_token_ids(prompt)
             return prompt
+        if not tracing.ENABLED:
+            return await self._tokenize(prompt, messages, add_generation_prompt, tools)
+        with tracing.tracer().start_as_current_span("tokenize") as span:
+            prompt_ids = await self._tokenize(prompt, messages, add_generation_prompt, tools)
+            span.set_attributes({"gen_ai.request.model": self.name, "transformer.chat_template": messages is not None,
+                                 "gen_ai.usage.input_tokens": len(prompt_ids)})
+            return prompt_ids
+
+    async def _tokenize(self, prompt: str | None, messages: list[ChatMessage] | None, add_generation_prompt: bool,
+                        tools: list[dict] | None) -> list[int]:
+        """A text prompt, or chat messages rendered by the chat template, as token ids."""
         try:
             if messages is not None:
                 conversation = [_conversation_turn(message) for message in messages]
@@ -105,6 +117,13 @@ class TextModel(ServingModel):
     ) -> dict | InferResponse | AsyncIterator[bytes]:
         self.check_admitting()
         headers = headers or {}
+        if tracing.ENABLED:
+            # Over gRPC no HTTP span is current: the caller's traceparent comes in the metadata.
+            with tracing.continued_from(headers):
+                return await self._predict(payload, headers)
+        return await self._predict(payload, headers)
+
+    async def _predict(self, payload: dict | InferRequest, headers: dict[str, str]) -> dict | AsyncIterator[bytes] | InferResponse:
         if isinstance(payload, InferRequest):
             return await self._infer_v2(payload, headers)
         return await self._predict_v1(payload, headers)

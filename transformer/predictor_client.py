@@ -16,6 +16,7 @@ import numpy as np
 from kserve import InferenceGRPCClient, InferInput, InferRequest
 from kserve.errors import InvalidInput
 
+from serving import tracing
 from serving.errors import BadGateway, RequestTimeout, ServiceUnavailable, error_message, upstream_error
 from serving.http_client import Pools, Response, UpstreamDisconnected, UpstreamUnreachable
 from serving.sse import json_events
@@ -165,7 +166,10 @@ class PredictorClient:
         )
 
     def _pass_on(self, headers: dict[str, str]) -> dict[str, str]:
-        return {name: headers[name] for name in self.settings.forwarded_headers if name in headers}
+        passed_on = {name: headers[name] for name in self.settings.forwarded_headers if name in headers}
+        if tracing.ENABLED:
+            tracing.inject(passed_on)
+        return passed_on
 
     @asynccontextmanager
     async def _translate_errors(self) -> AsyncIterator[None]:
