@@ -7,17 +7,20 @@ Rows: the predictor with its C++ kernels already built (torch's cache warm, the 
 with --cold_kernels, also once with an empty TORCH_EXTENSIONS_DIR, so the kernels are compiled (the
 first start on a machine); with --tree, the kernels-built row for other checkouts (a baseline
 worktree), run in turn with this one so the machine's load hits all alike. KServe's huggingfaceserver on the same
-model (the demo model's directory is a Hugging Face checkpoint) where it is importable here;
-otherwise the report says it was skipped (it is not installed by this benchmark).
+model (the demo model's directory is a Hugging Face checkpoint), in turn with the others, where the
+interpreter --hf_server_python (this one by default) can import it; otherwise the report says why
+it was skipped, with the import's error. This benchmark installs nothing: huggingfaceserver belongs
+in a virtual environment of its own (shared PEERS.md), and it imports vLLM (KServe's OpenAI types
+do, since KServe 0.15), so an environment without vLLM cannot run it.
 
     .venv/bin/python benchmarks/cold_start.py --runs 5 --cold_kernels --json cold_start.json
     .venv/bin/python benchmarks/cold_start.py --tree /tmp/baseline  # a checkout of the branch before
+    .venv/bin/python benchmarks/cold_start.py --hf_server_python /work/hfs-venv/bin/python
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import re
@@ -78,13 +81,24 @@ def predictor(name: str, tree: Path, env: dict[str, str] | None = None) -> Targe
     return Target(name, [sys.executable, "-m", "runtime", *args], tree, {"PYTHONPATH": str(tree), **(env or {})})
 
 
-def huggingfaceserver(model_dir: Path) -> Target | None:
-    """KServe's huggingfaceserver on the demo model, or None where it is not installed."""
-    if importlib.util.find_spec("huggingfaceserver") is None:
-        return None
+def huggingfaceserver(model_dir: Path, python: str) -> Target:
+    """KServe's huggingfaceserver on the demo model, run by the interpreter `python`."""
     args = ["--model_dir", str(model_dir), "--model_name", MODEL_NAME, "--task", "text_generation",
             "--backend", "huggingface", "--dtype", "float32"]
-    return Target("huggingfaceserver", [sys.executable, "-m", "huggingfaceserver", *args], REPO_ROOT)
+    return Target("huggingfaceserver", [python, "-m", "huggingfaceserver", *args], REPO_ROOT)
+
+
+def import_failure(python: str, module: str) -> str | None:
+    """Why the interpreter `python` cannot import `module` (the error's last line), or None if it can."""
+    try:
+        result = subprocess.run([python, "-c", f"import {module}"], capture_output=True, text=True,
+                                timeout=START_TIMEOUT)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    if result.returncode == 0:
+        return None
+    lines = result.stderr.strip().splitlines()
+    return lines[-1] if lines else f"exit status {result.returncode}"
 
 
 def start_once(target: Target, log_dir: Path, index: int) -> Run:
@@ -186,17 +200,21 @@ def main() -> None:
     parser.add_argument("--tree", type=Path, action="append", default=[],
                         help="another checkout to measure the same way (e.g. a baseline worktree)")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--hf_server_python", default=sys.executable,
+                        help="the Python of a virtual environment with KServe's huggingfaceserver (default: this one)")
     args = parser.parse_args()
     model_dir = build_demo_model("small")
     targets = [predictor(f"predictor ({tree.name})", tree.resolve()) for tree in args.tree]
     targets.insert(0, predictor("predictor", REPO_ROOT))
-    hf = huggingfaceserver(model_dir)
-    if hf is None:
-        print("huggingfaceserver is not importable in this environment: skipped", file=sys.stderr)
+    failure = import_failure(args.hf_server_python, "huggingfaceserver")
+    if failure is None:
+        targets.append(huggingfaceserver(model_dir, args.hf_server_python))
+        hf_status = f"measured with {args.hf_server_python}"
     else:
-        targets.append(hf)
+        hf_status = f"skipped: {args.hf_server_python} cannot import huggingfaceserver ({failure})"
+        print(f"huggingfaceserver {hf_status}", file=sys.stderr)
     report: dict = {"load_average_before": [round(value, 2) for value in os.getloadavg()],
-                    "huggingfaceserver": "measured" if hf else "not installed: skipped", "results": {}}
+                    "huggingfaceserver": hf_status, "results": {}}
     runs: dict[str, list[Run]] = {target.name: [] for target in targets}
     with tempfile.TemporaryDirectory(prefix="cold-start-") as scratch:
         log_dir = Path(scratch)

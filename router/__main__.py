@@ -35,6 +35,7 @@ with config_flag_hidden_from_kserve():
     from router.learned_policy import LearnedModelError
     from router.model import RouterModel
     from router.openai_edge import OpenAIEdge, add_openai_edge
+    from router.response_metrics import ResponseStatusMiddleware
     from router.websocket_edge import RoutedGenerationBackend
     from serving.component import component_parser, exit_if_cannot_start, parse_component_args, serve, start_tracing
     from serving.server import describe_server_limits
@@ -71,7 +72,8 @@ def install_routes(app: FastAPI, args: argparse.Namespace, edge: OpenAIEdge, gat
     """The OpenAI edge and the batch API, behind the gateway when there is one. The batch API
     first: its lifespan is then the innermost, so its worker stops before the edge and the
     gateway it sends lines through. The WebSocket API's subscriptions follow its background
-    requests."""
+    requests. The responses' statuses are counted outermost, so that every layer's own answers
+    (the gateway's 429s, 413s, 500s) count too."""
     def served_models() -> list[str]:
         return [card.id for card in edge.model_cards()]
 
@@ -79,6 +81,7 @@ def install_routes(app: FastAPI, args: argparse.Namespace, edge: OpenAIEdge, gat
     if gateway is not None:
         install_gateway(app, gateway)
     add_openai_edge(app, edge)
+    app.add_middleware(ResponseStatusMiddleware, model_name=edge.model.name)
 
 
 def main() -> None:

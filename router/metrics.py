@@ -25,7 +25,9 @@ series carries `model_name`, as the predictor's do.
   state, by the state it went `to` (`open`, `half_open`, `closed`); a change to half-open is
   counted when the next request or load poll finds it so.
 
-The OpenAI edge counts all of them; predict only decides, so it counts requests and scores."""
+The OpenAI edge counts all of them; predict only decides, so it counts requests and scores.
+`router_responses_total{model_name, status}`, every response by status code, is counted by a
+middleware of its own (router/response_metrics.py)."""
 
 from __future__ import annotations
 

@@ -1,9 +1,11 @@
 """The Grafana dashboard (manifests/observability/grafana-dashboard.json) and the KEDA queries
 (manifests/autoscaling/keda.yaml) against a real Prometheus (Debian's `prometheus` package, which
-.ci/run installs) scraping the local stack on the demo models every second: after a load that
-streams, escalates, falls back, gets 503s and 429s, every query returns series, and every metric a
-query names is one that the stack exports. A dashboard is only as good as its queries, and a query
-that names a metric nobody exports returns nothing, silently."""
+.ci/run installs) scraping the local stack on the demo models every second, its router's gateway
+on a real Redis with both response caches: after a load that streams, escalates, falls back, gets
+503s and 429s, hits the caches, runs a batch and a background request and lives through a Redis
+outage, every query returns series, and every metric a query names is one that the stack exports.
+A dashboard is only as good as its queries, and a query that names a metric nobody exports
+returns nothing, silently."""
 
 from __future__ import annotations
 
@@ -34,7 +36,9 @@ from devstack.local_stack import (
     write_router_config,
 )
 from runtime.demo import build_demo_model
+from serving.openai_routes import BACKGROUND_PATH, BATCHES_PATH, FILES_PATH
 from tests.devstack.stacks import running
+from tests.redis_server import RedisServer, start_redis
 from tests.servers import free_port
 from tests.serving.ports import free_port_block
 
@@ -72,9 +76,10 @@ def write_tenants(path: Path) -> Path:
     return path
 
 
-def gateway_router(port: int, config: Path, directory: Path) -> Component:
+def gateway_router(port: int, config: Path, directory: Path, redis: RedisServer) -> Component:
     args = ["--config", str(config), "--tenants_file", str(write_tenants(directory / "tenants.yaml")),
-            "--usage_ledger", str(directory / "usage.db")]
+            "--usage_ledger", str(directory / "usage.db"), "--redis_url", redis.url, "--response_cache",
+            "--semantic_cache"]
     return kserve_component("router", "router", args, port, "router")
 
 
@@ -115,7 +120,7 @@ def write_prometheus_config(path: Path, targets: list[str]) -> Path:
 
 
 @pytest.fixture(scope="module")
-def prometheus_and_stack(tmp_path_factory) -> Iterator[tuple[Prometheus, Stack]]:
+def prometheus_and_stack(tmp_path_factory) -> Iterator[tuple[Prometheus, Stack, RedisServer]]:
     for size in SIZES:
         build_demo_model(size)
     directory = tmp_path_factory.mktemp("dashboard")
@@ -124,13 +129,18 @@ def prometheus_and_stack(tmp_path_factory) -> Iterator[tuple[Prometheus, Stack]]
     # Every `auto` request goes to the small model first, so that the cascade runs on each.
     config = write_router_config(directory / "router.yaml", ports, policy={"threshold": 0.99},
                                  cascade={"enabled": True, "min_confidence": -3.0, "escalate_on_length": False})
-    components = [gateway_router(ports.router, config, directory),
+    redis = start_redis(directory / "redis")
+    components = [gateway_router(ports.router, config, directory, redis),
                   *(transformer(size, ports) for size in SIZES),
                   predictor("small", ports, PREDICTOR_ARGS), predictor("large", ports, PREDICTOR_ARGS + LARGE_LIMITS)]
     prometheus_config = write_prometheus_config(directory / "prometheus.yml",
                                                 [f"127.0.0.1:{component.http_port}" for component in components])
-    with running(Stack(components, log_dir=directory)) as stack, prometheus_running(prometheus_config, directory) as prom:
-        yield prom, stack
+    try:
+        with running(Stack(components, log_dir=directory)) as stack, \
+                prometheus_running(prometheus_config, directory) as prom:
+            yield prom, stack, redis
+    finally:
+        redis.stop()
 
 
 @contextmanager
@@ -202,21 +212,59 @@ def waiting_on(stack: Stack, size: str) -> float:
                if line.startswith("vllm:num_requests_waiting{"))
 
 
-def send_load(stack: Stack) -> dict[str, list[int]]:
-    """Cascades and streams through the small model, 429s of the tiny tenant, and the large model
-    kept full (one stream running, one waiting) while requests for it get its 503 (naming it) or
-    fall back to the small model (`auto` with `x-route: large`). The statuses, by kind of request."""
+def submit_batch(client: httpx.Client, router: str) -> str:
+    """A batch of two chat lines for the small model; its id."""
+    lines = b"".join(json.dumps({"custom_id": f"line-{index}", "method": "POST", "url": "/v1/chat/completions",
+                                 "body": chat(f"Batch line {index}", model="llm-small")}).encode() + b"\n"
+                     for index in range(2))
+    uploaded = client.post(router + FILES_PATH, files={"file": ("lines.jsonl", lines)}, data={"purpose": "batch"},
+                           headers=bearer())
+    assert uploaded.status_code == 200, uploaded.text
+    created = client.post(router + BATCHES_PATH, json={"input_file_id": uploaded.json()["id"],
+                                                       "endpoint": "/v1/chat/completions", "completion_window": "24h"},
+                          headers=bearer())
+    assert created.status_code == 200, created.text
+    return created.json()["id"]
+
+
+def submit_background(client: httpx.Client, router: str) -> str:
+    submitted = client.post(router + CHAT, json=chat("In the background", model="llm-small", background=True),
+                            headers=bearer())
+    assert submitted.status_code == 200, submitted.text
+    return submitted.json()["id"]
+
+
+def batch_status(client: httpx.Client, router: str, batch_id: str) -> str:
+    """The batch's status once it has ended."""
+    ended = ("completed", "failed", "expired", "cancelled")
+    wait_for(lambda: client.get(f"{router}{BATCHES_PATH}/{batch_id}", headers=bearer()).json()["status"] in ended,
+             60, f"batch {batch_id} to end")
+    return client.get(f"{router}{BATCHES_PATH}/{batch_id}", headers=bearer()).json()["status"]
+
+
+def send_load(stack: Stack, redis: RedisServer) -> dict[str, list]:
+    """A batch and a background request queued first (they run on spare capacity), cascades and
+    streams through the small model, the same request again and a near duplicate of it (the
+    exact and the semantic cache's hits), 429s of the tiny tenant, and the large model kept full
+    (one stream running, one waiting) while requests for it get its 503 (naming it) or fall back
+    to the small model (`auto` with `x-route: large`); once the batch has ended, a request of the
+    tiny tenant while Redis is down (served: the gateway fails open). The statuses, by kind of
+    request."""
     router = stack.component("router").url
-    seen: dict[str, list[int]] = {}
+    seen: dict[str, list] = {}
     with httpx.Client(timeout=120) as client:
         def send(kind: str, path: str, body: dict, headers: dict, first_event: threading.Event | None = None) -> None:
             seen.setdefault(kind, []).append(status_of(client, router + path, body, headers, first_event))
 
+        batch_id, background_id = submit_batch(client, router), submit_background(client, router)
         for index in range(3):
             send("cascade", CHAT, chat(f"Tell me about tea {index}"), bearer())
             send("small stream", CHAT, chat(f"Stream about tea {index}", max_tokens=16, stream=True), bearer())
+        seen["cache"] = [client.post(router + CHAT, json=chat(content), headers=bearer()).headers.get("x-cache")
+                         for content in ("Tell me about tea 0", "Tell me about tea 0?")]
+        tiny = {"model": "llm-small", "prompt": "Hi", "max_tokens": 2}
         for _ in range(3):
-            send("tiny", COMPLETIONS, {"model": "llm-small", "prompt": "Hi", "max_tokens": 2}, bearer(TINY_KEY))
+            send("tiny", COMPLETIONS, tiny, bearer(TINY_KEY))
         # The breaker of the large model's replica opens on 3 consecutive failures (router.yaml),
         # and a success counts from a stream's first token: the 503s come after the running
         # stream's first token, and before the waiting one's.
@@ -234,6 +282,14 @@ def send_load(stack: Stack) -> dict[str, list[int]]:
             send("large hinted", CHAT, chat(f"Fall back {index}"), {**bearer(), "x-route": "large"})
         running.join()
         waiting.join()
+        seen["background"] = [client.get(f"{router}{BACKGROUND_PATH}/{background_id}", params={"wait": 30},
+                                         headers=bearer()).json()["status"]]
+        seen["batch"] = [batch_status(client, router, batch_id)]
+        redis.stop()
+        try:
+            send("redis down", COMPLETIONS, tiny, bearer(TINY_KEY))
+        finally:
+            redis.restart()
     return seen
 
 
@@ -313,13 +369,16 @@ def test_metric_names_of_a_query() -> None:
 
 @needs_prometheus
 def test_every_dashboard_and_keda_query_returns_series(prometheus_and_stack) -> None:
-    prometheus, stack = prometheus_and_stack
-    seen = send_load(stack)
+    prometheus, stack, redis = prometheus_and_stack
+    seen = send_load(stack, redis)
     assert set(seen["cascade"]) == {200} and set(seen["small stream"]) == {200}, seen
     assert set(seen["large stream"]) == {200}, seen
     assert seen["tiny"] == [200, 200, 429], seen
     assert seen["large named"] == [503], seen
     assert set(seen["large hinted"]) == {200}, seen
+    assert seen["cache"] == ["hit", "hit"], seen
+    assert seen["background"] == ["completed"] and seen["batch"] == ["completed"], seen
+    assert seen["redis down"] == [200], seen
     # Two scrapes after the load, so that every counter's last increment is in Prometheus.
     time.sleep(3 * SCRAPE_SECONDS)
     exported = prometheus.metric_names()

@@ -28,6 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from router.batch.dispatch import OPENAI_ROOT
 from router.batch.finalize import Finalizer
+from router.batch.metrics import BATCH_TRANSITIONS
 from router.batch.objects import (
     BACKGROUND_FIELD,
     BACKGROUND_LINE_ID,
@@ -89,6 +90,7 @@ class BackgroundApi:
                              model=body.get("model"))
         line = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
         await self.store.add_batch(record, [(BACKGROUND_LINE_ID, line)])
+        BATCH_TRANSITIONS.labels(str(record.status), str(record.kind)).inc()
         return background_object(record, None)
 
     async def request(self, tenant: str, request_id: str) -> BatchRecord:

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 
 from router.batch.failure_log import RepeatedFailureLog
-from router.batch.metrics import BATCH_TRANSITIONS
+from router.batch.metrics import BATCH_LINES_PENDING, BATCH_TRANSITIONS
 from router.batch.objects import OUTPUT_PURPOSE, produced_file_id, unanswered_line
 from router.batch.store import (
     FINAL_STATUSES,
@@ -49,18 +49,20 @@ class Finalizer:
         """The store's compare-and-set, counted in the metrics when it moved the batch."""
         record = await self.store.transition(batch_id, from_statuses, to, int(self.clock()), **changes)
         if record is not None:
-            BATCH_TRANSITIONS.labels(str(to)).inc()
+            BATCH_TRANSITIONS.labels(str(to), str(record.kind)).inc()
             logger.info("batch %s: %s", batch_id, to)
         return record
 
-    async def complete_if_done(self, batch_id: str) -> None:
-        """Finalize a batch in progress whose lines all have a result."""
+    async def complete_if_done(self, batch_id: str) -> int:
+        """Finalize a batch in progress whose lines all have a result; how many lines have none
+        (0 for a batch not in progress)."""
         batch = await self.store.batch(batch_id)
         if batch is None or batch.status is not BatchStatus.IN_PROGRESS:
-            return
+            return 0
         completed, failed = await self.store.counts(batch_id)
         if completed + failed >= batch.total:
             await self.end(batch, BatchStatus.COMPLETED)
+        return max(batch.total - completed - failed, 0)
 
     async def end(self, batch: BatchRecord, ending: BatchStatus) -> None:
         """in_progress or cancelling -> finalizing (unless another replica got there first) ->
@@ -154,17 +156,21 @@ class Sweeper:
             await asyncio.sleep(SWEEP_SECONDS)
 
     async def sweep(self) -> None:
+        """One pass over the active batches; router_batch_lines_pending set from the lines of
+        those in progress."""
         now = self.clock()
+        pending = 0
         for batch in await self.store.active_batches():
             if batch.status is BatchStatus.IN_PROGRESS and now >= batch.expires_at:
                 await self.finalizer.end(batch, BatchStatus.EXPIRED)
             elif batch.status is BatchStatus.IN_PROGRESS:
-                await self.finalizer.complete_if_done(batch.id)
+                pending += await self.finalizer.complete_if_done(batch.id)
             elif batch.status is BatchStatus.CANCELLING:
                 await self.finalizer.end(batch, BatchStatus.CANCELLED)
             elif batch.status is BatchStatus.FINALIZING and \
                     now - batch.times.get("finalizing_at", 0) >= self.stale_seconds:
                 await self.finalizer.finish(batch)
+        BATCH_LINES_PENDING.set(pending)
         if now >= self._next_retention_sweep:
             self._next_retention_sweep = now + RETENTION_SWEEP_SECONDS
             await self.delete_retained(now)

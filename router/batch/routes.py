@@ -157,7 +157,7 @@ class BatchApi:
                              now + window_seconds, len(checked.lines), metadata, {f"{status}_at": now},
                              errors=checked.errors or None)
         await self.store.add_batch(record, checked.lines)
-        BATCH_TRANSITIONS.labels(str(status)).inc()
+        BATCH_TRANSITIONS.labels(str(status), str(record.kind)).inc()
         return batch_object(record, 0, 0)
 
     async def _input_file(self, tenant: str, file_id: object) -> FileRecord:

@@ -38,7 +38,7 @@ from router.batch.sqlite_store import SQLiteBatchStore
 from router.batch.store import BatchStore
 from router.batch.worker import BatchWorker, WorkerSettings
 from router.gateway.gateway import Gateway
-from router.gateway.redis_store import RedisStore
+from router.gateway.redis_store import FailureMode, RedisStore
 from router.gateway.setup import STATE_DIR_VARIABLE, default_state_dir
 from router.replicas import ReplicaSet
 from serving.lifespan import chain_lifespan
@@ -112,7 +112,8 @@ def open_store(args: argparse.Namespace, gateway: Gateway | None) -> tuple[Batch
     redis = gateway.store if gateway is not None else None
     own_redis = None
     if redis is None and args.redis_url:
-        redis = own_redis = RedisStore(args.redis_url, args.redis_timeout_seconds)
+        # The batch routes answer 503 while their store cannot be reached: they fail closed.
+        redis = own_redis = RedisStore(args.redis_url, args.redis_timeout_seconds, failure_mode=FailureMode.CLOSED)
     directory = Path(args.batch_state_dir) if args.batch_state_dir else default_state_dir()
     if redis is None:
         directory.mkdir(parents=True, exist_ok=True)

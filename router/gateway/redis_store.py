@@ -1,8 +1,9 @@
 """The gateway's connection to Redis, where router replicas share their limits, ledger, idempotency
 keys and cache. Every call is bounded in time (a Redis that stops answering must never hang a
-request), and every failure becomes RedisUnavailable, counted in `gateway_redis_errors_total` and
-shown by `gateway_redis_up`. What a caller does then depends on its FailureMode: let the request
-through (`open`) or refuse it with a 503 (`closed`)."""
+request), and every failure becomes RedisUnavailable, counted in `gateway_redis_errors_total{use}` and
+shown by `gateway_redis_up{failure_mode}`. What a caller does then depends on its FailureMode: let the
+request through (`open`) or refuse it with a 503 (`closed`), which the gauge's label says. A process
+without Redis exports no gauge (rather than one that reads as down)."""
 
 from __future__ import annotations
 
@@ -29,7 +30,9 @@ LOG_INTERVAL_SECONDS = 10.0
 
 REDIS_ERRORS = Counter("gateway_redis_errors", "Redis calls of the gateway that failed or timed out, by use.",
                        ["use"])
-REDIS_UP = Gauge("gateway_redis_up", "Whether the gateway's last Redis call succeeded (1) or failed (0).")
+REDIS_UP = Gauge("gateway_redis_up", "Whether the gateway's last Redis call succeeded (1) or failed (0), labelled "
+                 "with what the gateway does while it fails (open: serve unmetered, closed: refuse with 503).",
+                 ["failure_mode"])
 
 Result = TypeVar("Result")
 
@@ -49,10 +52,13 @@ class RedisStore:
     """The gateway's connections to one Redis, each with a timeout on every operation, and the key
     prefix that keeps this deployment's keys apart from others on the same server: a pipelined
     connection for the commands of every request (`send`, `run_script`), and a redis-py client
-    (a connection pool) for the rest."""
+    (a connection pool) for the rest. `failure_mode` only labels gateway_redis_up: the callers
+    act on it."""
 
-    def __init__(self, url: str, timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS, prefix: str = "kllm:") -> None:
+    def __init__(self, url: str, timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS, prefix: str = "kllm:",
+                 failure_mode: FailureMode = FailureMode.OPEN) -> None:
         self.url = url
+        self.failure_mode = failure_mode
         self.prefix = prefix
         self.timeout_seconds = timeout_seconds
         pool = redis_asyncio.BlockingConnectionPool.from_url(
@@ -62,23 +68,24 @@ class RedisStore:
         # from_pool: closing the client closes its pool.
         self.client = redis_asyncio.Redis.from_pool(pool)
         self._pipelined = PipelinedConnection(url, timeout_seconds)
+        self._up = REDIS_UP.labels(failure_mode)  # set on every call: the labelled gauge is looked up once
         self._last_logged = 0.0
 
     def key(self, *parts: str) -> str:
         return self.prefix + ":".join(parts)
 
     async def call(self, use: str, operation: Awaitable[Result]) -> Result:
-        """The result of `operation` (a coroutine of self.client), or RedisUnavailable. `use`
+        """The result of `operation` (a coroutine of self.client, or a reply awaited), or RedisUnavailable. `use`
         labels the failure metric: limits, ledger, idempotency, cache."""
         try:
             result = await operation
         except (RedisError, OSError, TimeoutError) as exc:
             REDIS_ERRORS.labels(use).inc()
-            REDIS_UP.set(0)
+            self._up.set(0)
             self._log_failure(use, exc)
             raise RedisUnavailable(
                 f"Redis at {self.describe()} failed for {use}: {type(exc).__name__}: {exc}") from None
-        REDIS_UP.set(1)
+        self._up.set(1)
         return result
 
     def send(self, use: str, *arguments: Argument) -> Awaitable[Reply]:

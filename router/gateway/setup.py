@@ -110,8 +110,8 @@ def build_gateway(args: argparse.Namespace, tenants: Tenants, counter: TokenCoun
     """The gateway the flags ask for, or None when they ask for none."""
     if not tenants.required and not args.response_cache and not args.semantic_cache:
         return None
-    store = RedisStore(args.redis_url, args.redis_timeout_seconds) if args.redis_url else None
     failure_mode = FailureMode(args.redis_failure_mode)
+    store = RedisStore(args.redis_url, args.redis_timeout_seconds, failure_mode=failure_mode) if args.redis_url else None
     settings = GatewaySettings(unbounded_max_tokens=args.unbounded_max_tokens,
                                cache_hit_billing=CacheHitBilling(args.cache_hit_billing),
                                authenticate_predict=bool(args.tenants_file), failure_mode=failure_mode)

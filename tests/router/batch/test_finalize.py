@@ -1,13 +1,14 @@
 """How batches end, on each store: the sweeper finishes a batch whose replica died mid-finalize
 (writing the same files again, under the same ids), completes one whose last result's replica
 died before finalizing, and expires one past its window with an error line for each line that
-never ran, all in input line order."""
+never ran, all in input line order; and it counts the backlog of lines still without a result."""
 
 from __future__ import annotations
 
 import json
 
 from router.batch.finalize import Finalizer, Sweeper
+from router.batch.metrics import BATCH_LINES_PENDING
 from router.batch.objects import answered_line, produced_file_id
 from router.batch.store import BatchRecord, BatchStatus, FileRecord, LineResult
 
@@ -93,3 +94,14 @@ async def test_a_batch_past_its_window_expires_with_the_lines_it_ran(batch_store
     assert [(line["custom_id"], line["error"]["code"], line["response"]) for line in errors] == [
         ("p", "batch_expired", None), ("r", "batch_expired", None)]
     assert len({line["id"] for line in errors}) == 2
+
+
+async def test_the_sweeper_counts_the_lines_without_a_result_of_the_batches_in_progress(batch_store):
+    await started_batch(batch_store, "batch_half", ["a", "b", "c"])
+    await answer(batch_store, "batch_half", 0, "a")
+    await started_batch(batch_store, "batch_full", ["x"])
+    await answer(batch_store, "batch_full", 0, "x")
+    now = CREATED + 5
+    await Sweeper(batch_store, Finalizer(batch_store, clock_at(now)), STALE_SECONDS, clock_at(now)).sweep()
+    assert BATCH_LINES_PENDING._value.get() == 2
+    assert (await batch_store.batch("batch_full")).status is BatchStatus.COMPLETED

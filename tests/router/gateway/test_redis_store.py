@@ -21,7 +21,7 @@ def test_calls_use_the_prefix(redis_server, redis_prefix):
             await store.close()
 
     assert asyncio.run(scenario()) == b"42"
-    assert REDIS_UP._value.get() == 1
+    assert REDIS_UP.labels("open")._value.get() == 1
 
 
 def test_an_unreachable_server_fails_fast():
@@ -37,4 +37,4 @@ def test_an_unreachable_server_fails_fast():
         asyncio.run(scenario())
     assert time.monotonic() - started < 2
     assert "secret" not in str(failure.value)
-    assert REDIS_UP._value.get() == 0
+    assert REDIS_UP.labels("open")._value.get() == 0
