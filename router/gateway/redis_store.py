@@ -75,8 +75,8 @@ class RedisStore:
         return self.prefix + ":".join(parts)
 
     async def call(self, use: str, operation: Awaitable[Result]) -> Result:
-        """The result of `operation` (a coroutine of self.client, or a reply awaited), or RedisUnavailable. `use`
-        labels the failure metric: limits, ledger, idempotency, cache."""
+        """The result of `operation` (a coroutine of self.client, or a reply awaited), or
+        RedisUnavailable. `use` labels the failure metric: limits, ledger, idempotency, cache."""
         try:
             result = await operation
         except (RedisError, OSError, TimeoutError) as exc:
