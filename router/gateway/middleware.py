@@ -210,7 +210,7 @@ class Exchange:
         # in one write, at the end of this turn of the event loop, before the route's own work
         # starts, and their answers come back while the route works. The claim goes first: a bad
         # Idempotency-Key is refused before anything is taken.
-        claiming = asyncio.ensure_future(self._begin_idempotent(tenant, message))
+        claiming = asyncio.ensure_future(self._begin_idempotent(tenant, message, body))
         caching = asyncio.ensure_future(self._cached(key, semantic))
         admitting = self.gateway.start_admission(tenant, reservation)
         streams = body is not None and body.get("stream") is True
@@ -314,14 +314,16 @@ class Exchange:
 
     # Idempotency and the cache ---------------------------------------------------------
 
-    def _begin_idempotent(self, tenant: Tenant, message: Message) -> Awaitable[Proceed | Replay | None]:
+    def _begin_idempotent(self, tenant: Tenant, message: Message,
+                          body: dict | None) -> Awaitable[Proceed | Replay | None]:
         """The claim of the request's Idempotency-Key (None without one), sent before this returns;
-        InvalidIdempotencyKey at once."""
+        InvalidIdempotencyKey at once. The body's digest is of its JSON (`body`, parsed already) or
+        of its bytes."""
         key = _header(self.scope, IDEMPOTENCY_HEADER)
         store = self.gateway.idempotency
         if key is None or store is None:
             return _resolved(None)
-        digest = body_digest(message.get("body", b""))
+        digest = body_digest(body if body is not None else message.get("body", b""))
         return self._claimed(store.begin(tenant.name, key, digest, self.gateway.settings.idempotency_wait_seconds))
 
     async def _claimed(self, beginning: Awaitable[Proceed | Replay]) -> Proceed | Replay | None:
