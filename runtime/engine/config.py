@@ -18,6 +18,11 @@ ATTENTION_BACKEND_NAMES = ("auto", "torch", "cpp", "triton")
 # max_num_seqs itself when it falls between two): dense where padding would double a
 # small batch, every 16 rows above 32, where a padding row costs little.
 DEFAULT_CUDA_GRAPH_BATCH_SIZES = (1, 2, 4, 8, 16, 24, 32, *range(48, 257, 16))
+# Speculative decoding stops paying at this many sequences in a decode step: measured with
+# benchmarks/speculative_decoding.py on the 2-core CPU (BENCHMARKS.md): the target's forward is
+# no longer latency-bound there, so verifying K+1 tokens per sequence costs about what K+1
+# decode steps do, and rejected tokens are pure loss.
+DEFAULT_SPECULATIVE_DISABLE_BY_BATCH_SIZE = 8
 
 
 @dataclass(slots=True)
@@ -41,6 +46,13 @@ class EngineConfig:
     directory `model`), in a pool beside the step loop; a compile that takes longer than
     `grammar_compile_timeout` seconds is refused, and the last `grammar_cache_size` compiled
     grammars are kept (grammar_compiler.py).
+
+    With `speculative_model` (a checkpoint directory with the same vocabulary) the engine also
+    runs that model as a draft with its own paged KV cache: in a step of decodes only, it proposes
+    up to `num_speculative_tokens` tokens per sequence, which the target verifies in one forward
+    pass (speculative.py). Steps of `speculative_disable_by_batch_size` sequences or more decode
+    normally: at that batch the target's forward stops being cheaper per token than K+1 decodes.
+    Speculation needs async_scheduling off.
     """
 
     model: str
@@ -72,6 +84,9 @@ class EngineConfig:
     tokenizer: str | None = None
     grammar_compile_timeout: float = 10.0
     grammar_cache_size: int = 256
+    speculative_model: str | None = None
+    num_speculative_tokens: int | None = None
+    speculative_disable_by_batch_size: int = DEFAULT_SPECULATIVE_DISABLE_BY_BATCH_SIZE
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -101,6 +116,20 @@ class EngineConfig:
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < float("inf"):
             raise ConfigError(f"grammar_compile_timeout must be a positive number of seconds, got {timeout!r}")
         self.cuda_graph_batch_sizes = self._graph_batch_sizes()
+        self._check_speculative()
+
+    def _check_speculative(self) -> None:
+        _check_positive("speculative_disable_by_batch_size", self.speculative_disable_by_batch_size)
+        if not self.speculative_model:
+            if self.num_speculative_tokens is not None:
+                raise ConfigError("num_speculative_tokens is set but no speculative_model drafts the tokens")
+            return
+        if self.num_speculative_tokens is None:
+            raise ConfigError("speculative_model needs num_speculative_tokens (the draft tokens proposed per step)")
+        _check_positive("num_speculative_tokens", self.num_speculative_tokens)
+        if self.async_scheduling:
+            raise ConfigError("speculative decoding needs async_scheduling off: each step's draft starts from the "
+                              "tokens the previous step accepted")
 
     def _graph_batch_sizes(self) -> tuple[int, ...]:
         if self.cuda_graph_batch_sizes is None:
