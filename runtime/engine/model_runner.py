@@ -40,6 +40,9 @@ PENDING_TOKEN_PLACEHOLDER = 0
 # The CPU warm-up prefill: one row more than oneDNN's largest bucket, so it takes the MKL path that
 # prefills take (see ModelRunner.warm_up).
 CPU_WARM_UP_TOKENS = ONEDNN_MAX_ROWS + 1
+# forward_chunks runs chunks up to this long as decode rows, one per token (speculative drafts
+# and their verification); longer ones as prefill chunks.
+MAX_DECODE_ROWS_CHUNK = 16
 
 
 class ModelRunner:
@@ -176,8 +179,11 @@ class ModelRunner:
         block table (speculative decoding's draft and verification passes). Returns the logits
         of each chunk's last `num_logits` tokens, chunk after chunk [rows, vocab].
 
-        One-token chunks go first, as decode rows; longer ones follow as prefill chunks."""
-        order = sorted(range(len(chunks)), key=lambda index: len(chunks[index].token_ids) > 1)
+        Chunks of up to MAX_DECODE_ROWS_CHUNK tokens go first, each token a decode row that
+        attends to the cache up to itself (the layer writes every new token's K/V before it
+        attends): one batched decode kernel for all of them, and the same kernel normal decode
+        steps run. Longer chunks (a draft catching up on a prompt) follow as prefill chunks."""
+        order = sorted(range(len(chunks)), key=lambda index: len(chunks[index].token_ids) > MAX_DECODE_ROWS_CHUNK)
         first_token = [0] * len(chunks)
         input_ids: list[int] = []
         positions, slots, decode_tables, decode_lens, prefills = [], [], [], [], []
@@ -190,9 +196,9 @@ class ModelRunner:
             block_ids = np.asarray(chunk.block_table, dtype=np.int64)[chunk_positions // self.block_size]
             positions.append(chunk_positions)
             slots.append(self._slots(block_ids, chunk_positions))
-            if num_tokens == 1:
-                decode_tables.append(chunk.block_table)
-                decode_lens.append(chunk.start + 1)
+            if num_tokens <= MAX_DECODE_ROWS_CHUNK:
+                decode_tables += [chunk.block_table] * num_tokens
+                decode_lens.extend(chunk_positions + 1)
             else:
                 prefills.append((chunk.block_table, chunk.start, num_tokens))
         logits_indices = [

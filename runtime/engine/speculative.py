@@ -151,6 +151,7 @@ class SpeculativeDecoder:
 
     # Running ------------------------------------------------------------------------
 
+    @torch.inference_mode()
     def run(self, scheduled: list[ScheduledSequence], lengths: list[int]) -> SpeculativeStep:
         """Draft, verify in one target pass, accept; leaves each sequence's computed tokens and
         both block tables at what the accepted tokens keep. Tokens are not appended here."""
