@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import httpx
 import pytest
 
 from runtime.engine.startup import PHASES
@@ -64,3 +65,18 @@ def test_startup_phases_are_logged_and_exported(server, http):
     # Ran here: the checkpoint loaded, the engine warmed up (the suite turns the C++ kernels off).
     assert exported["imports"] > 0 and exported["weight_load"] > 0 and exported["warm_up"] > 0
     assert exported["kernels"] == 0
+
+
+def test_speculative_decoding_flags_and_counters(launch_server, demo_model_dir):
+    """--speculative_model with the served model as its own draft: every draft token is
+    accepted, and vLLM's spec_decode counters say so."""
+    server = launch_server("--speculative_model", str(demo_model_dir), "--num_speculative_tokens", "3")
+    body = {"input_ids": [11, 12, 13, 14], "parameters": {"max_tokens": 9, "ignore_eos": True, "temperature": 0}}
+    response = httpx.post(f"{server.url}/v2/models/{MODEL_NAME}/generate", json=body, timeout=60)
+    assert response.status_code == 200
+    assert len(response.json()["output_ids"]) == 9
+    # The prefill's token, then two steps of 3 drafts and a bonus each.
+    assert server.metric("vllm:spec_decode_num_drafts_total") == 2
+    assert server.metric("vllm:spec_decode_num_draft_tokens_total") == 6
+    assert server.metric("vllm:spec_decode_num_accepted_tokens_total") == 6
+    assert "speculative=" in server.log()
