@@ -175,10 +175,12 @@ class SpeculativeDecoder:
             self.target_blocks.register_full_blocks(seq)
         return SpeculativeStep([seq for seq, _ in speculating], accepted, regular, logits[num_speculative_rows:])
 
-    def _propose(self, speculating: list[tuple[Sequence, int]]) -> tuple[list[list[int]], torch.Tensor]:
+    def _propose(self, speculating: list[tuple[Sequence, int]]) -> tuple[list[list[int]], torch.Tensor | None]:
         """Each sequence's draft tokens, and the draft's distributions they were drawn from
-        [sequences, longest draft, vocab] (zero past a sequence's own length)."""
+        [sequences, longest draft, vocab] (zero past a sequence's own length); None when every
+        sequence is greedy, as its draft tokens are then the draft's argmax."""
         longest = max(length for _, length in speculating)
+        all_greedy = all(seq.params.greedy for seq, _ in speculating)
         draft_tokens: list[list[int]] = [[] for _ in speculating]
         draft_probs = None
         for step in range(longest):
@@ -193,11 +195,17 @@ class SpeculativeDecoder:
                     start, tokens = seq.num_known_tokens + step - 1, [draft_tokens[row][-1]]
                 chunks.append(TokenChunk(tokens, start, self._drafts[seq].block_table))
             seqs = [speculating[row][0] for row in rows]
-            probs = _probs(self.runner.forward_chunks(chunks).float(), seqs)
-            if draft_probs is None:
-                draft_probs = probs.new_zeros((len(speculating), longest, probs.shape[1]))
-            draft_probs[rows, step] = probs
-            for row, token in zip(rows, draw(probs, [seq.generator for seq in seqs]).tolist()):
+            logits = self.runner.forward_chunks(chunks).float()
+            apply_bias_and_penalties(logits, seqs)
+            if all_greedy:
+                tokens = logits.argmax(dim=-1)
+            else:
+                probs = sampling_probs(logits, [seq.params for seq in seqs])
+                if draft_probs is None:
+                    draft_probs = probs.new_zeros((len(speculating), longest, probs.shape[1]))
+                draft_probs[rows, step] = probs
+                tokens = draw(probs, [seq.generator for seq in seqs])
+            for row, token in zip(rows, tokens.tolist()):
                 draft_tokens[row].append(token)
         return draft_tokens, draft_probs
 
@@ -205,7 +213,7 @@ class SpeculativeDecoder:
         self,
         speculating: list[tuple[Sequence, int]],
         draft_tokens: list[list[int]],
-        draft_probs: torch.Tensor,
+        draft_probs: torch.Tensor | None,
         logits: torch.Tensor,
     ) -> list[AcceptedTokens]:
         """Rejection-sample each sequence's drafts against the target's `logits` (its K+1 rows,
@@ -215,18 +223,24 @@ class SpeculativeDecoder:
             raw_logprobs = torch.log_softmax(logits.float(), dim=-1)
         row_seqs = [seq for seq, length in speculating for _ in range(length + 1)]
         # A copy: float() of float32 logits is the tensor itself, and the bias goes in in place.
-        target_probs = _probs(logits.float().clone(), row_seqs)
-        longest = draft_probs.shape[1]
-        # [sequences, longest + 1, vocab]: position j of a sequence is its row start + j (padded).
+        biased = logits.float().clone()
+        apply_bias_and_penalties(biased, row_seqs)
         starts, offset = [], 0
         for _, length in speculating:
             starts.append(offset)
             offset += length + 1
-        index = torch.tensor([[start + min(j, length) for j in range(longest + 1)]
-                              for start, (_, length) in zip(starts, speculating)], device=logits.device)
         lengths = [length for _, length in speculating]
-        token_ids = rejection_sample(target_probs[index], draft_probs, _padded(draft_tokens, longest, logits.device), lengths,
-                                     [seq.generator for seq, _ in speculating])
+        if draft_probs is None:
+            token_ids = greedy_accept(draft_tokens, biased.argmax(dim=-1).tolist(), starts)
+        else:
+            target_probs = sampling_probs(biased, [seq.params for seq in row_seqs])
+            longest = draft_probs.shape[1]
+            # [sequences, longest + 1, vocab]: position j of a sequence is its row start + j (padded).
+            index = torch.tensor([[start + min(j, length) for j in range(longest + 1)]
+                                  for start, length in zip(starts, lengths)], device=logits.device)
+            token_ids = rejection_sample(target_probs[index], draft_probs,
+                                         _padded(draft_tokens, longest, logits.device), lengths,
+                                         [seq.generator for seq, _ in speculating])
         self.stats.num_drafts += len(speculating)
         self.stats.num_draft_tokens += sum(lengths)
         self.stats.num_accepted_tokens += sum(len(tokens) - 1 for tokens in token_ids)
@@ -290,16 +304,25 @@ def rejection_sample(
     return [drafts[row][: num_accepted[row]] + [last[row]] for row in rows]
 
 
+def greedy_accept(draft_tokens: list[list[int]], target_tokens: list[int], starts: list[int]) -> list[list[int]]:
+    """Rejection sampling where p and q are one-hot: each sequence keeps its drafts while they are
+    the target's argmax (target_tokens[starts[i] + j] at its position j), then takes the target's."""
+    accepted = []
+    for drafts, start in zip(draft_tokens, starts):
+        tokens = []
+        for position, draft in enumerate(drafts):
+            tokens.append(target_tokens[start + position])
+            if draft != tokens[-1]:
+                break
+        else:
+            tokens.append(target_tokens[start + len(drafts)])
+        accepted.append(tokens)
+    return accepted
+
+
 def _fits(block_manager: BlockManager, needs: list[tuple[object, int]]) -> bool:
     needed = sum(block_manager.num_blocks_needed(seq, num_tokens) for seq, num_tokens in needs)
     return needed <= block_manager.num_free_blocks
-
-
-def _probs(logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
-    """Each row's sampling distribution (float32 `logits`, row i for seqs[i]): the logit bias,
-    then the sampling parameters. Penalties never apply: such requests do not speculate."""
-    apply_bias_and_penalties(logits, seqs)
-    return sampling_probs(logits, [seq.params for seq in seqs])
 
 
 def _padded(rows: list[list[int]], width: int, device: torch.device) -> torch.Tensor:

@@ -95,6 +95,18 @@ def test_greedy_output_equals_normal_decoding(models, normal, speculative, draft
         assert accepted < proposed / 4
 
 
+def test_greedy_rows_beside_sampled_ones_keep_their_output(normal, speculative):
+    """With a sampled request in the batch the step takes the rejection-sampling path, where a
+    greedy row's p and q are one-hot: it must still keep exactly the target's argmax."""
+    prompts = random_prompts(3, 5, 30, seed=4)
+    expected = [out.output_token_ids for out in normal.generate(prompts[:2], GREEDY)]
+    sampled = SamplingParams(max_tokens=24, temperature=1.0, top_k=20, top_p=0.9, ignore_eos=True)
+    outputs = run_checked(speculative["near"], prompts, [GREEDY, GREEDY, sampled])
+    assert [out.output_token_ids for out in outputs[:2]] == expected
+    assert len(outputs[2].output_token_ids) == 24
+    assert_all_blocks_free(speculative["near"])
+
+
 def test_stop_token_inside_an_accepted_run_ends_the_output_there(normal, speculative):
     prompt = random_prompts(1, 10, 10, seed=5)[0]
     reference = normal.generate([prompt], GREEDY)[0].output_token_ids
