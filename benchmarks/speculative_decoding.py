@@ -9,7 +9,7 @@ wall time over speculative wall time for the same requests, the median of the ro
 Checks that both engines' outputs are equal (greedy).
 
 Usage: python benchmarks/speculative_decoding.py [--batch_sizes 1 4 16] [--num_speculative_tokens 3]
-       [--rounds 5] [--num_threads 1] [--json PATH]
+       [--rounds 5] [--num_threads 1] [--max_tokens N] [--json PATH]
 """
 
 from __future__ import annotations
@@ -67,13 +67,16 @@ def build_engines(num_speculative_tokens: int, num_threads: int) -> tuple[LLMEng
     return normal, speculative
 
 
-def prompts_and_params(count: int) -> tuple[list[list[int]], SamplingParams]:
+def prompts_and_params(count: int, max_tokens: int | None) -> tuple[list[list[int]], SamplingParams]:
     """The `count` questions with the longest answers among CANDIDATES held-out ones (most are
     answered in 2 to 4 tokens, the first of which comes from the prefill, not from a draft)."""
     tokenizer = Tokenizer.from_file(str(CHECKPOINTS / "large" / "tokenizer.json"))
     candidates = held_out_items(Split.ROUTER, max(CANDIDATES, count), PROMPT_SEED)
     items = sorted(candidates, key=lambda item: len(tokenizer.encode(item.answer).ids), reverse=True)[:count]
     prompts = [tokenizer.encode(chat_prompt(item.prompt), add_special_tokens=False).ids for item in items]
+    if max_tokens is not None:
+        # Past the answer: both models go on writing the chat's next turns.
+        return prompts, SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
     params = SamplingParams(max_tokens=MAX_ANSWER_TOKENS, temperature=0.0, stop_token_ids=stop_token_ids(tokenizer))
     return prompts, params
 
@@ -127,17 +130,20 @@ def main() -> None:
     parser.add_argument("--num_speculative_tokens", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--num_threads", type=int, default=1)
+    parser.add_argument("--max_tokens", type=int, default=None,
+                        help="generate this many tokens, past the answer and its stop tokens (unset: the answer only)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     for noisy in ("runtime", "transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     normal, speculative = build_engines(args.num_speculative_tokens, args.num_threads)
-    prompts, params = prompts_and_params(max(args.batch_sizes))
+    prompts, params = prompts_and_params(max(args.batch_sizes), args.max_tokens)
     timed_generate(normal, prompts[:2], params)
     timed_generate(speculative, prompts[:2], params)
     results = []
-    print(f"k={args.num_speculative_tokens} threads={args.num_threads} rounds={args.rounds}")
+    print(f"k={args.num_speculative_tokens} threads={args.num_threads} rounds={args.rounds} "
+          f"max_tokens={args.max_tokens or 'answer'}")
     print("| batch | normal s | speculative s | speedup (median, min-max) | acceptance | tokens/step | equal |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for batch_size in args.batch_sizes:
