@@ -18,11 +18,14 @@ ATTENTION_BACKEND_NAMES = ("auto", "torch", "cpp", "triton")
 # max_num_seqs itself when it falls between two): dense where padding would double a
 # small batch, every 16 rows above 32, where a padding row costs little.
 DEFAULT_CUDA_GRAPH_BATCH_SIZES = (1, 2, 4, 8, 16, 24, 32, *range(48, 257, 16))
-# Speculative decoding stops paying at this many sequences in a decode step: measured with
-# benchmarks/speculative_decoding.py on the 2-core CPU (BENCHMARKS.md): the target's forward is
-# no longer latency-bound there, so verifying K+1 tokens per sequence costs about what K+1
-# decode steps do, and rejected tokens are pure loss.
-DEFAULT_SPECULATIVE_DISABLE_BY_BATCH_SIZE = 8
+# Speculative decoding stops paying at this many sequences in a decode step. Measured with
+# benchmarks/speculative_decoding.py on the 2-core CPU, the small task model drafting 4 tokens for
+# the large one (BENCHMARKS.md): 1.18-1.34x at batch 1, 0.93-1.12x at 2 and 4, 0.85-0.90x at 8
+# and 16. The draft's forward costs half the target's there (3 layers against 6, both so small
+# that a forward costs its per-layer overhead), so a step's four drafts and its verification cost
+# about three target forwards for at most five tokens; with more sequences fewer drafts are
+# accepted, and the verification's B x (K+1) rows stop being nearly free.
+DEFAULT_SPECULATIVE_DISABLE_BY_BATCH_SIZE = 2
 
 
 @dataclass(slots=True)

@@ -405,9 +405,10 @@ class LLMEngine:
         did not speculate, the accepted runs for the others."""
         outputs = []
         if step.regular:
+            pending = self.sampler(step.regular_logits, step.regular)
             for seq in step.regular:
-                seq.num_pending_tokens += 1
-            outputs += self._append_tokens(step.regular, self.sampler(step.regular_logits, step.regular).fetch())
+                seq.num_pending_tokens += 1  # as _launch does: _append_tokens hands each its pending token
+            outputs += self._append_tokens(step.regular, pending.fetch())
         for seq, accepted in zip(step.speculated, step.accepted):
             outputs.append(self._add_output_tokens(seq, accepted.token_ids, accepted.logprobs, accepted.top_logprobs))
         return outputs

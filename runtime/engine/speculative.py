@@ -252,6 +252,8 @@ class SpeculativeDecoder:
         up to the last of those it computed itself; the slots past them go back."""
         seq.num_computed_tokens += num_accepted + 1
         self.target_blocks.trim(seq, seq.num_computed_tokens)
+        # A block the previous step's last token filled is computed only now.
+        self.target_blocks.register_full_blocks(seq)
         draft = self._drafts[seq]
         draft.num_computed_tokens = seq.num_known_tokens + min(num_accepted, length - 1)
         self.block_manager.trim(draft, draft.num_computed_tokens)

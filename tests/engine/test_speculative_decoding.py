@@ -39,7 +39,9 @@ def models(tmp_path_factory) -> dict[str, Path]:
 def make_engine(models: dict[str, Path], draft: str | None, **overrides) -> LLMEngine:
     settings = dict(model=str(models["target"]), dtype="float32", device="cpu", max_model_len=256, num_threads=1)
     if draft is not None:
-        settings.update(speculative_model=str(models[draft]), num_speculative_tokens=K)
+        # Speculating at every batch size these tests use (the default turns it off from 2).
+        settings.update(speculative_model=str(models[draft]), num_speculative_tokens=K,
+                        speculative_disable_by_batch_size=64)
     settings.update(overrides)
     return LLMEngine(EngineConfig(**settings))
 
@@ -152,6 +154,23 @@ def test_requests_that_do_not_speculate_share_the_step_and_keep_their_output(nor
     assert_all_blocks_free(engine)
 
 
+def test_min_tokens_beside_speculating_requests_counts_the_tokens_it_has(normal, speculative):
+    """A min_tokens request decodes normally inside speculative steps: its stop token is held
+    back until exactly min_tokens tokens are out, as without speculation."""
+    prompts = random_prompts(2, 10, 20, seed=12)
+    reference = normal.generate(prompts[:1], GREEDY)[0].output_token_ids
+    index = next(i for i in range(3, len(reference)) if reference[i] not in reference[:i])
+    held_back = SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True, min_tokens=index + 1,
+                               stop_token_ids=(reference[index],))
+    expected = normal.generate(prompts[:1], held_back)[0].output_token_ids
+    assert expected[index] != reference[index]  # the stop token was held back at position `index`
+    engine = speculative["target"]
+    drafts_before = engine.stats().spec_decode_num_drafts
+    outputs = run_checked(engine, prompts, [held_back, GREEDY])
+    assert outputs[0].output_token_ids == expected
+    assert engine.stats().spec_decode_num_drafts > drafts_before
+
+
 def test_abort_mid_speculation_frees_both_caches(normal, speculative):
     engine = speculative["near"]
     prompts = random_prompts(3, 20, 40, seed=8)
@@ -161,6 +180,7 @@ def test_abort_mid_speculation_frees_both_caches(normal, speculative):
     drafts_before = engine.stats().spec_decode_num_drafts
     collected = {f"abort-{index}": [] for index in range(3)}
     while engine.stats().spec_decode_num_drafts < drafts_before + 6:
+        assert engine.has_unfinished_requests()
         for output in engine.step():
             collected[output.request_id] += output.new_token_ids
     aborted = engine.abort("abort-1")
