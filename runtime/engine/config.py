@@ -54,8 +54,8 @@ class EngineConfig:
     runs that model as a draft with its own paged KV cache: in a step of decodes only, it proposes
     up to `num_speculative_tokens` tokens per sequence, which the target verifies in one forward
     pass (speculative.py). Steps of `speculative_disable_by_batch_size` sequences or more decode
-    normally: at that batch the target's forward stops being cheaper per token than K+1 decodes.
-    Speculation needs async_scheduling off.
+    normally: from that batch on speculation was measured to cost more than it saves (see
+    DEFAULT_SPECULATIVE_DISABLE_BY_BATCH_SIZE). Speculation needs async_scheduling off.
     """
 
     model: str
