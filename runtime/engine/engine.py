@@ -351,7 +351,10 @@ class LLMEngine:
         waits for the previous one's tokens, so the host's work of a step (scheduling, inputs,
         outputs) overlaps the device's work on another. Each running request is scheduled
         before its newest token is known; one that then turns out to have stopped has that
-        step's token for it dropped (a row of wasted work, as in vLLM's async scheduling)."""
+        step's token for it dropped (a row of wasted work, as in vLLM's async scheduling).
+
+        With a draft model, a step the speculator takes (SpeculativeDecoder.plan) drafts, verifies
+        and hands out up to K+1 tokens per sequence instead."""
         schedule = self.scheduler.schedule()
         if self.speculator is not None:
             for seq in schedule.preempted:
