@@ -6,7 +6,8 @@ one decoding normally, one with the small model as its draft (speculation forced
 batch size, so the batch size where it stops paying can be read off). Prints the acceptance rate
 (accepted / proposed draft tokens), the mean tokens per speculative step, and the speedup: normal
 wall time over speculative wall time for the same requests, the median of the rounds' ratios.
-Checks that both engines' outputs are equal (greedy).
+Checks that both engines' outputs are equal (greedy), and names the smallest batch size whose
+median speedup is below 1: the measured speculative_disable_by_batch_size.
 
 Usage: python benchmarks/speculative_decoding.py [--batch_sizes 1 4 16] [--num_speculative_tokens 3]
        [--rounds 5] [--num_threads 1] [--max_tokens N] [--json PATH]
@@ -29,6 +30,7 @@ sys.path.insert(0, str(REPO_ROOT))
 from tokenizers import Tokenizer  # noqa: E402
 
 from runtime.engine import EngineConfig, LLMEngine, SamplingParams  # noqa: E402
+from runtime.engine.config import DEFAULT_SPECULATIVE_DISABLE_BY_BATCH_SIZE  # noqa: E402
 from task_models.checkpoint import chat_prompt, stop_token_ids  # noqa: E402
 from task_models.evaluate import MAX_ANSWER_TOKENS  # noqa: E402
 from task_models.skills import Split, held_out_items  # noqa: E402
@@ -154,6 +156,10 @@ def main() -> None:
               f"{result.speedup:.2f}x ({result.speedup_min:.2f}-{result.speedup_max:.2f}) | "
               f"{result.acceptance_rate:.1%} | {result.tokens_per_speculative_step:.2f} | {result.outputs_equal} |",
               flush=True)
+    losing = [result.batch_size for result in results if result.speedup < 1.0]
+    threshold = min(losing) if losing else None
+    print(f"speculative_disable_by_batch_size: {threshold or 'none measured'} (the smallest batch measured whose "
+          f"median speedup is below 1; the default is {DEFAULT_SPECULATIVE_DISABLE_BY_BATCH_SIZE})")
     if args.json is not None:
         args.json.write_text(json.dumps([asdict(result) for result in results], indent=2))
 
