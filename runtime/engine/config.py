@@ -20,7 +20,7 @@ ATTENTION_BACKEND_NAMES = ("auto", "torch", "cpp", "triton")
 DEFAULT_CUDA_GRAPH_BATCH_SIZES = (1, 2, 4, 8, 16, 24, 32, *range(48, 257, 16))
 # Speculative decoding stops paying at this many sequences in a decode step. Measured with
 # benchmarks/speculative_decoding.py on the 2-core CPU, the small task model drafting 4 tokens for
-# the large one (BENCHMARKS.md): 1.18-1.34x at batch 1, 0.93-1.12x at 2 and 4, 0.85-0.90x at 8
+# the large one (BENCHMARKS.md): 1.02-1.34x at batch 1, 0.93-1.12x at 2 and 4, 0.72-0.99x at 8
 # and 16. The draft's forward costs half the target's there (3 layers against 6, both so small
 # that a forward costs its per-layer overhead), so a step's four drafts and its verification cost
 # about three target forwards for at most five tokens; with more sequences fewer drafts are
