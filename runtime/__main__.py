@@ -100,6 +100,13 @@ def _add_engine_arguments(group: argparse._ArgumentGroup) -> None:
                             "is refused (400)")
     group.add_argument("--grammar_cache_size", type=int, default=defaults["grammar_cache_size"],
                        help="compiled grammars kept, most recently used first, so a repeated schema compiles once")
+    group.add_argument("--speculative_model", default=None,
+                       help="checkpoint directory of a draft model with the same vocabulary: speculative decoding")
+    group.add_argument("--num_speculative_tokens", type=int, default=None,
+                       help="draft tokens proposed per sequence and step (needs --speculative_model)")
+    group.add_argument("--speculative_disable_by_batch_size", type=int,
+                       default=defaults["speculative_disable_by_batch_size"],
+                       help="decode normally in steps of this many sequences or more, where speculation stops paying")
     group.add_argument("--trust_remote_code", action="store_true")
     group.add_argument("--allow_pickle_weights", action="store_true", help="load .bin/.pt checkpoints (runs pickle)")
 
@@ -127,6 +134,9 @@ def engine_config(args: argparse.Namespace, model_dir: str) -> EngineConfig:
         async_scheduling=args.async_scheduling,
         grammar_compile_timeout=args.grammar_compile_timeout,
         grammar_cache_size=args.grammar_cache_size,
+        speculative_model=args.speculative_model,
+        num_speculative_tokens=args.num_speculative_tokens,
+        speculative_disable_by_batch_size=args.speculative_disable_by_batch_size,
     )
 
 

@@ -74,6 +74,12 @@ class EngineStatsCollector(Collector):
             ("vllm:num_preemptions", "Preemptions by the scheduler.", stats.num_preemptions),
             ("vllm:prefix_cache_queries", "Prefix cache queries.", stats.prefix_cache_queries),
             ("vllm:prefix_cache_hits", "Prefix cache hits.", stats.prefix_cache_hits),
+            # Speculative decoding (zero without a draft model).
+            ("vllm:spec_decode_num_drafts", "Speculative proposals, one per sequence and step.",
+             stats.spec_decode_num_drafts),
+            ("vllm:spec_decode_num_draft_tokens", "Draft tokens proposed.", stats.spec_decode_num_draft_tokens),
+            ("vllm:spec_decode_num_accepted_tokens", "Draft tokens the target accepted.",
+             stats.spec_decode_num_accepted_tokens),
         ):
             counter = CounterMetricFamily(name, documentation, labels=LABELS)
             counter.add_metric(labels, value)

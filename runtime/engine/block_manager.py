@@ -158,7 +158,20 @@ class BlockManager:
 
     def free(self, seq: Sequence) -> None:
         """Release `seq`'s blocks; the tail goes first so shared prefixes live longest."""
-        for block_id in reversed(seq.block_table):
+        self._release(seq.block_table)
+        seq.block_table = []
+        seq.num_hashed_blocks = 0
+
+    def trim(self, seq: Sequence, num_tokens: int) -> None:
+        """Release `seq`'s blocks past those its first `num_tokens` tokens fill: the slots of
+        speculative tokens that were rejected (speculative.py)."""
+        keep = self.blocks_for_tokens(num_tokens)
+        if len(seq.block_table) > keep:
+            self._release(seq.block_table[keep:])
+            seq.block_table = seq.block_table[:keep]
+
+    def _release(self, block_ids: list[int]) -> None:
+        for block_id in reversed(block_ids):
             block = self.blocks[block_id]
             block.ref_count -= 1
             if block.ref_count == 0:
@@ -166,8 +179,6 @@ class BlockManager:
                 if block.block_hash is None:
                     # Uncached blocks are worthless once free: reuse them before cached ones.
                     self.free_blocks.move_to_end(block_id, last=False)
-        seq.block_table = []
-        seq.num_hashed_blocks = 0
 
     def _acquire(self, block_id: int) -> None:
         block = self.blocks[block_id]

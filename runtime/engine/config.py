@@ -18,6 +18,14 @@ ATTENTION_BACKEND_NAMES = ("auto", "torch", "cpp", "triton")
 # max_num_seqs itself when it falls between two): dense where padding would double a
 # small batch, every 16 rows above 32, where a padding row costs little.
 DEFAULT_CUDA_GRAPH_BATCH_SIZES = (1, 2, 4, 8, 16, 24, 32, *range(48, 257, 16))
+# Speculative decoding stops paying at this many sequences in a decode step. Measured with
+# benchmarks/speculative_decoding.py on the 2-core CPU, the small task model drafting 4 tokens for
+# the large one (BENCHMARKS.md): 1.02-1.34x at batch 1, 0.93-1.12x at 2 and 4, 0.72-0.99x at 8
+# and 16. The draft's forward costs half the target's there (3 layers against 6, both so small
+# that a forward costs its per-layer overhead), so a step's four drafts and its verification cost
+# about three target forwards for at most five tokens; with more sequences fewer drafts are
+# accepted, and the verification's B x (K+1) rows stop being nearly free.
+DEFAULT_SPECULATIVE_DISABLE_BY_BATCH_SIZE = 2
 
 
 @dataclass(slots=True)
@@ -41,6 +49,13 @@ class EngineConfig:
     directory `model`), in a pool beside the step loop; a compile that takes longer than
     `grammar_compile_timeout` seconds is refused, and the last `grammar_cache_size` compiled
     grammars are kept (grammar_compiler.py).
+
+    With `speculative_model` (a checkpoint directory with the same vocabulary) the engine also
+    runs that model as a draft with its own paged KV cache: in a step of decodes only, it proposes
+    up to `num_speculative_tokens` tokens per sequence, which the target verifies in one forward
+    pass (speculative.py). Steps of `speculative_disable_by_batch_size` sequences or more decode
+    normally: from that batch on speculation was measured to cost more than it saves (see
+    DEFAULT_SPECULATIVE_DISABLE_BY_BATCH_SIZE). Speculation needs async_scheduling off.
     """
 
     model: str
@@ -72,6 +87,9 @@ class EngineConfig:
     tokenizer: str | None = None
     grammar_compile_timeout: float = 10.0
     grammar_cache_size: int = 256
+    speculative_model: str | None = None
+    num_speculative_tokens: int | None = None
+    speculative_disable_by_batch_size: int = DEFAULT_SPECULATIVE_DISABLE_BY_BATCH_SIZE
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -101,6 +119,20 @@ class EngineConfig:
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < float("inf"):
             raise ConfigError(f"grammar_compile_timeout must be a positive number of seconds, got {timeout!r}")
         self.cuda_graph_batch_sizes = self._graph_batch_sizes()
+        self._check_speculative()
+
+    def _check_speculative(self) -> None:
+        _check_positive("speculative_disable_by_batch_size", self.speculative_disable_by_batch_size)
+        if not self.speculative_model:
+            if self.num_speculative_tokens is not None:
+                raise ConfigError("num_speculative_tokens is set but no speculative_model drafts the tokens")
+            return
+        if self.num_speculative_tokens is None:
+            raise ConfigError("speculative_model needs num_speculative_tokens (the draft tokens proposed per step)")
+        _check_positive("num_speculative_tokens", self.num_speculative_tokens)
+        if self.async_scheduling:
+            raise ConfigError("speculative decoding needs async_scheduling off: each step's draft starts from the "
+                              "tokens the previous step accepted")
 
     def _graph_batch_sizes(self) -> tuple[int, ...]:
         if self.cuda_graph_batch_sizes is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import time
@@ -17,13 +18,14 @@ from .cuda_graphs import CudaGraphCapture, GraphCapture
 from .errors import QueueFull, RequestRejected
 from .grammar import Grammar
 from .grammar_compiler import GrammarCompiler
-from .model_loader import ModelLoadError, adopt_model, load_model
+from .model_loader import LoadedModel, ModelLoadError, adopt_model, load_model
 from .model_runner import ModelRunner
 from .outputs import RequestMetrics, RequestOutput
 from .sampler import PendingSample, SampledTokens, Sampler
 from .sampling_params import SamplingParams
 from .scheduler import ScheduledSequence, Scheduler
 from .sequence import FinishReason, Sequence, SequenceStatus
+from .speculative import SpeculativeDecoder, SpeculativeStep
 from .startup import STARTUP
 
 logger = logging.getLogger(__name__)
@@ -43,6 +45,11 @@ class EngineStats:
     num_preemptions: int
     prefix_cache_queries: int
     prefix_cache_hits: int
+    # Speculative decoding (zero without a draft model): proposals, one per sequence and step;
+    # the draft tokens they held; those the target accepted.
+    spec_decode_num_drafts: int = 0
+    spec_decode_num_draft_tokens: int = 0
+    spec_decode_num_accepted_tokens: int = 0
 
 
 @dataclass(slots=True)
@@ -56,9 +63,12 @@ class _LaunchedStep:
 
 
 class LLMEngine:
-    def __init__(self, config: EngineConfig, model: PreTrainedModel | None = None) -> None:
+    def __init__(
+        self, config: EngineConfig, model: PreTrainedModel | None = None, draft_model: PreTrainedModel | None = None
+    ) -> None:
         """Serve the checkpoint directory `config.model`; or, given `model`, that already-built
-        transformers causal LM (on its device, in its dtype; `config.model` then only names it)."""
+        transformers causal LM (on its device, in its dtype; `config.model` then only names it).
+        `draft_model` likewise stands for `config.speculative_model`."""
         self.config = config
         if config.num_threads is not None:
             torch.set_num_threads(config.num_threads)
@@ -67,6 +77,8 @@ class LLMEngine:
             loaded = load_model(config) if model is None else adopt_model(model, config)
         self.device = loaded.device
         self.dtype = loaded.dtype
+        # Loaded before the KV cache is sized, so that on a GPU its weights are not counted as free.
+        draft = self._load_draft(draft_model)
         if self.device.type == "cpu":
             keep_freed_memory_mapped()
         self.vocab_size = loaded.vocab_size
@@ -89,6 +101,11 @@ class LLMEngine:
             )
         self.block_manager = BlockManager(self.num_kv_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(config, self.block_manager)
+        self.speculator = None
+        if draft is not None:
+            with STARTUP.phase("warm_up"):
+                self.speculator = SpeculativeDecoder(draft, config, self.runner, self.block_manager, self.vocab_size,
+                                                     self.max_model_len)
         self.sampler = Sampler(self.eos_token_ids, self.vocab_size, self.device)
         self.grammar_compiler = GrammarCompiler(
             config.tokenizer or config.model, self.vocab_size, self.eos_token_ids, config.grammar_cache_size,
@@ -103,12 +120,13 @@ class LLMEngine:
         logger.info(
             "engine ready in %.1fs: model=%s dtype=%s device=%s kv_blocks=%d x %d tokens (%.1f MiB, %d tokens) "
             "max_model_len=%d max_num_seqs=%d max_num_batched_tokens=%d prefix_caching=%s max_queue=%s "
-            "attention=%s decode_graphs=%s async_scheduling=%s",
+            "attention=%s decode_graphs=%s async_scheduling=%s speculative=%s",
             time.monotonic() - started, config.model, str(self.dtype).removeprefix("torch."), self.device,
             self.num_kv_blocks, config.block_size, kv_bytes / 2**20, self.num_kv_blocks * config.block_size,
             self.max_model_len, config.max_num_seqs, config.max_num_batched_tokens,
             "on" if config.enable_prefix_caching else "off", config.max_queue_size,
             self.runner.attention_backend.name, self._decode_graph_summary(), "on" if self.async_scheduling else "off",
+            self._speculative_summary(),
         )
 
     # Setup --------------------------------------------------------------------------
@@ -128,6 +146,26 @@ class LLMEngine:
         except Exception as exc:
             raise ModelLoadError(f"capturing decode steps as CUDA graphs failed ({exc}); enforce_eager "
                                  "runs without them") from exc
+
+    def _load_draft(self, draft_model: PreTrainedModel | None) -> LoadedModel | None:
+        """The speculative draft model (config.speculative_model, or `draft_model` standing for it)."""
+        config = self.config
+        if not config.speculative_model:
+            if draft_model is not None:
+                raise ConfigError("a draft model was given but speculative_model does not name it")
+            return None
+        with STARTUP.phase("weight_load"):
+            if draft_model is not None:
+                return adopt_model(draft_model, config)
+            return load_model(dataclasses.replace(config, model=config.speculative_model, speculative_model=None,
+                                                  num_speculative_tokens=None))
+
+    def _speculative_summary(self) -> str:
+        config = self.config
+        if self.speculator is None:
+            return "off"
+        return (f"{config.speculative_model} k={config.num_speculative_tokens} "
+                f"below batch {config.speculative_disable_by_batch_size}")
 
     def _resolve_max_model_len(self, model_limit: int | None) -> int:
         asked = self.config.max_model_len
@@ -159,6 +197,8 @@ class LLMEngine:
         host's own work, so there is nothing to overlap, and a token would only come out one
         step later."""
         asked = self.config.async_scheduling
+        if self.config.speculative_model:
+            return False  # EngineConfig refuses it asked for with a draft
         return self.device.type == "cuda" if asked is None else asked
 
     def _resolve_num_kv_blocks(self, num_reserved_blocks: int) -> int:
@@ -311,8 +351,17 @@ class LLMEngine:
         waits for the previous one's tokens, so the host's work of a step (scheduling, inputs,
         outputs) overlaps the device's work on another. Each running request is scheduled
         before its newest token is known; one that then turns out to have stopped has that
-        step's token for it dropped (a row of wasted work, as in vLLM's async scheduling)."""
+        step's token for it dropped (a row of wasted work, as in vLLM's async scheduling).
+
+        With a draft model, a step the speculator takes (SpeculativeDecoder.plan) drafts, verifies
+        and hands out up to K+1 tokens per sequence instead."""
         schedule = self.scheduler.schedule()
+        if self.speculator is not None:
+            for seq in schedule.preempted:
+                self.speculator.free(seq)
+            lengths = None if schedule.is_empty else self.speculator.plan(schedule.scheduled)
+            if lengths is not None:
+                return self._speculative_step(self.speculator.run(schedule.scheduled, lengths))
         previous, self._in_flight = self._in_flight, None
         outputs: list[RequestOutput] = []
         launched = None if schedule.is_empty else self._launch(schedule.scheduled, previous, outputs)
@@ -354,6 +403,19 @@ class LLMEngine:
             seq.pending_token = (pending.token_ids, row)
         return _LaunchedStep(seqs, pending)
 
+    def _speculative_step(self, step: SpeculativeStep) -> list[RequestOutput]:
+        """Hand out a verified speculative step's tokens: the normal sampler's for the rows that
+        did not speculate, the accepted runs for the others."""
+        outputs = []
+        if step.regular:
+            pending = self.sampler(step.regular_logits, step.regular)
+            for seq in step.regular:
+                seq.num_pending_tokens += 1  # as _launch does: _append_tokens hands each its pending token
+            outputs += self._append_tokens(step.regular, pending.fetch())
+        for seq, accepted in zip(step.speculated, step.accepted):
+            outputs.append(self._add_output_tokens(seq, accepted.token_ids, accepted.logprobs, accepted.top_logprobs))
+        return outputs
+
     def _account_computed(self, scheduled: list[ScheduledSequence]) -> None:
         for item in scheduled:
             item.seq.num_computed_tokens += item.num_new_tokens
@@ -367,8 +429,6 @@ class LLMEngine:
         return self._append_tokens(launched.seqs, launched.pending.fetch())
 
     def _append_tokens(self, seqs: list[Sequence], sampled: SampledTokens) -> list[RequestOutput]:
-        now = time.monotonic()
-        block_size = self.config.block_size
         outputs = []
         for row, (seq, token_id) in enumerate(zip(seqs, sampled.token_ids)):
             if seq.is_finished:
@@ -376,32 +436,48 @@ class LLMEngine:
             seq.num_pending_tokens -= 1
             if not seq.num_pending_tokens:
                 seq.pending_token = None
+            logprobs = None if sampled.logprobs is None else [sampled.logprobs[row]]
+            top_logprobs = None if sampled.top_logprobs is None else [sampled.top_logprobs[row]]
+            outputs.append(self._add_output_tokens(seq, [token_id], logprobs, top_logprobs))
+        return outputs
+
+    def _add_output_tokens(
+        self,
+        seq: Sequence,
+        token_ids: list[int],
+        logprobs: list[float] | None,
+        top_logprobs: list[dict[int, float] | None] | None,
+    ) -> RequestOutput:
+        """Append newly sampled tokens to `seq` in order, up to the first that ends it (the rest,
+        speculative tokens past a stop, are dropped); one output for those appended."""
+        now = time.monotonic()
+        block_size = self.config.block_size
+        params = seq.params
+        for index, token_id in enumerate(token_ids):
             seq.output_token_ids.append(token_id)
             num_known = seq.num_known_tokens
             if num_known % block_size == 0 and num_known <= seq.num_computed_tokens:
-                # Async scheduling computed this token's KV before the host knew it: the block it
-                # fills could not be published then (its hash needs the token); it is now.
+                # The KV of this token's block was computed before the host knew the token (async
+                # scheduling, or an accepted speculative run): the block could not be published
+                # then (its hash needs the token); it is now.
                 self.block_manager.register_full_blocks(seq)
-            params = seq.params
             if params.logprobs:
-                seq.output_logprobs.append(sampled.logprobs[row])
+                seq.output_logprobs.append(logprobs[index])
                 if params.top_logprobs:
-                    seq.output_top_logprobs.append(sampled.top_logprobs[row])
+                    seq.output_top_logprobs.append(top_logprobs[index])
             if seq.first_token_time is None:
                 seq.first_token_time = now
             seq.last_token_time = now
+            appended = token_ids[: index + 1]
             if seq.grammar is not None and not seq.grammar.accept(token_id):
                 # Only when the grammar failed at a step (llguidance's per-step limits): the mask
                 # allows nothing else.
                 error = f"the structured output could not go on: {seq.grammar.error}"
-                outputs.append(self._finish(seq, FinishReason.ERROR, [token_id], error))
-                continue
+                return self._finish(seq, FinishReason.ERROR, appended, error)
             reason = self._stop_reason(seq, token_id)
-            if reason is None:
-                outputs.append(self._make_output(seq, [token_id]))
-            else:
-                outputs.append(self._finish(seq, reason, new_token_ids=[token_id]))
-        return outputs
+            if reason is not None:
+                return self._finish(seq, reason, new_token_ids=appended)
+        return self._make_output(seq, token_ids)
 
     def _stop_reason(self, seq: Sequence, token_id: int) -> FinishReason | None:
         params = seq.params
@@ -421,6 +497,8 @@ class LLMEngine:
         self, seq: Sequence, reason: FinishReason, new_token_ids: list[int], error: str | None = None
     ) -> RequestOutput:
         self.scheduler.finish(seq, reason)
+        if self.speculator is not None:
+            self.speculator.free(seq)
         del self._requests[seq.request_id]
         return self._make_output(seq, new_token_ids, error)
 
@@ -482,7 +560,18 @@ class LLMEngine:
             num_preemptions=self.scheduler.num_preemptions,
             prefix_cache_queries=self.block_manager.prefix_cache_queries,
             prefix_cache_hits=self.block_manager.prefix_cache_hits,
+            **self._speculative_stats(),
         )
+
+    def _speculative_stats(self) -> dict[str, int]:
+        if self.speculator is None:
+            return {}
+        stats = self.speculator.stats
+        return {
+            "spec_decode_num_drafts": stats.num_drafts,
+            "spec_decode_num_draft_tokens": stats.num_draft_tokens,
+            "spec_decode_num_accepted_tokens": stats.num_accepted_tokens,
+        }
 
     def check_consistency(self) -> None:
         """Raise RuntimeError if block accounting disagrees with the live requests (tests, debugging)."""
@@ -493,3 +582,5 @@ class LLMEngine:
             if seq.status is SequenceStatus.WAITING and seq.block_table:
                 raise RuntimeError(f"waiting request {seq.request_id} holds blocks")
         self.block_manager.check_consistency(live)
+        if self.speculator is not None:
+            self.speculator.check_consistency(live)

@@ -40,6 +40,9 @@ PENDING_TOKEN_PLACEHOLDER = 0
 # The CPU warm-up prefill: one row more than oneDNN's largest bucket, so it takes the MKL path that
 # prefills take (see ModelRunner.warm_up).
 CPU_WARM_UP_TOKENS = ONEDNN_MAX_ROWS + 1
+# forward_chunks runs chunks up to this long as decode rows, one per token (speculative drafts
+# and their verification); longer ones as prefill chunks.
+MAX_DECODE_ROWS_CHUNK = 16
 
 
 class ModelRunner:
@@ -171,6 +174,46 @@ class ModelRunner:
         )
         return sampling_items, logits
 
+    def forward_chunks(self, chunks: list[TokenChunk]) -> torch.Tensor:
+        """One forward pass over chunks of known tokens, each after the KV already cached in its
+        block table (speculative decoding's draft and verification passes). Returns the logits
+        of each chunk's last `num_logits` tokens, chunk after chunk [rows, vocab].
+
+        Chunks of up to MAX_DECODE_ROWS_CHUNK tokens go first, each token a decode row that
+        attends to the cache up to itself (the layer writes every new token's K/V before it
+        attends): one batched decode kernel for all of them, and the same kernel normal decode
+        steps run. Longer chunks (a draft catching up on a prompt) follow as prefill chunks."""
+        order = sorted(range(len(chunks)), key=lambda index: len(chunks[index].token_ids) > MAX_DECODE_ROWS_CHUNK)
+        first_token = [0] * len(chunks)
+        input_ids: list[int] = []
+        positions, slots, decode_tables, decode_lens, prefills = [], [], [], [], []
+        for index in order:
+            chunk = chunks[index]
+            first_token[index] = len(input_ids)
+            num_tokens = len(chunk.token_ids)
+            input_ids.extend(chunk.token_ids)
+            chunk_positions = np.arange(chunk.start, chunk.start + num_tokens, dtype=np.int64)
+            block_ids = np.asarray(chunk.block_table, dtype=np.int64)[chunk_positions // self.block_size]
+            positions.append(chunk_positions)
+            slots.append(self._slots(block_ids, chunk_positions))
+            if num_tokens <= MAX_DECODE_ROWS_CHUNK:
+                decode_tables += [chunk.block_table] * num_tokens
+                decode_lens.extend(chunk_positions + 1)
+            else:
+                prefills.append((chunk.block_table, chunk.start, num_tokens))
+        logits_indices = [
+            first_token[index] + offset
+            for index, chunk in enumerate(chunks)
+            for offset in range(len(chunk.token_ids) - chunk.num_logits, len(chunk.token_ids))
+        ]
+        meta = self._build_metadata(np.concatenate(slots), decode_tables, decode_lens, prefills)
+        return self._forward(
+            self._to_device(input_ids, torch.long),
+            self._to_device(np.concatenate(positions), torch.long),
+            meta,
+            self._to_device(logits_indices, torch.long),
+        )
+
     def _decode_rows(self, decodes: list[ScheduledSequence]) -> DecodeRows:
         """Items of one token: a decode, or a prompt chunk of one token."""
         block_size = self.block_size
@@ -301,6 +344,18 @@ class ModelRunner:
 
     def _to_device(self, values: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
         return to_device(values, dtype, self.device)
+
+
+@dataclass(slots=True)
+class TokenChunk:
+    """Tokens of one sequence for ModelRunner.forward_chunks: their ids, the position of the first
+    (the KV of every earlier one is cached), the block table that holds them all, and how many of
+    the last ones get logits."""
+
+    token_ids: list[int]
+    start: int
+    block_table: list[int]
+    num_logits: int = 1
 
 
 @dataclass(slots=True)

@@ -155,26 +155,9 @@ class Sampler:
         return (rows, stop_ids) if rows else None
 
     def _sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
-        device = logits.device
-        greedy = to_device([seq.params.greedy for seq in seqs], torch.bool, device)
-        temperatures = to_device(
-            [1.0 if seq.params.greedy else seq.params.temperature for seq in seqs], torch.float32, device
-        )
-        scaled = logits / temperatures.unsqueeze(1)
-        min_ps = [seq.params.min_p for seq in seqs]
-        if any(min_ps):
-            scaled = _apply_min_p(scaled, to_device(min_ps, torch.float32, device))
-        top_ks = [seq.params.top_k for seq in seqs]
-        if any(k > 0 for k in top_ks):
-            scaled = _apply_top_k(scaled, top_ks)
-        top_ps = [seq.params.top_p for seq in seqs]
-        if any(p < 1.0 for p in top_ps):
-            scaled = _apply_top_p(scaled, to_device(top_ps, torch.float32, device))
-        probs = torch.softmax(scaled, dim=-1)
-        noise = torch.empty_like(probs)
-        for row, seq in enumerate(seqs):
-            noise[row].exponential_(generator=seq.generator)
-        sampled = (probs / noise).argmax(dim=-1)
+        greedy = to_device([seq.params.greedy for seq in seqs], torch.bool, logits.device)
+        probs = torch.softmax(_truncated_scaled_logits(logits, [seq.params for seq in seqs]), dim=-1)
+        sampled = draw(probs, [seq.generator for seq in seqs])
         return torch.where(greedy, logits.argmax(dim=-1), sampled)
 
     def _pending(
@@ -188,6 +171,45 @@ class Sampler:
         if max(num_top):
             top_values, top_indices = raw_logprobs.topk(max(num_top), dim=-1)
         return PendingSample(token_ids, chosen, top_values, top_indices, num_top)
+
+
+def sampling_probs(logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
+    """The distribution each row's token is drawn from, given its float32 logits after the bias:
+    after temperature, min-p, top-k and top-p; a greedy row's is all on its argmax."""
+    probs = torch.softmax(_truncated_scaled_logits(logits, params), dim=-1)
+    greedy_rows = [row for row, each in enumerate(params) if each.greedy]
+    if greedy_rows:
+        rows = to_device(greedy_rows, torch.long, logits.device)
+        one_hot = torch.zeros((len(greedy_rows), logits.shape[1]), dtype=probs.dtype, device=logits.device)
+        one_hot.scatter_(1, logits.index_select(0, rows).argmax(dim=-1, keepdim=True), 1.0)
+        probs.index_copy_(0, rows, one_hot)
+    return probs
+
+
+def draw(probs: torch.Tensor, generators: list[torch.Generator | None]) -> torch.Tensor:
+    """One token per row of `probs`, row i with its noise from generators[i] (None: torch's
+    default): the exponential race, argmax of probs / Exp(1)."""
+    noise = torch.empty_like(probs)
+    for row, generator in enumerate(generators):
+        noise[row].exponential_(generator=generator)
+    return (probs / noise).argmax(dim=-1)
+
+
+def _truncated_scaled_logits(logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
+    """Logits divided by temperature (1 for greedy rows), -inf where min-p, top-k or top-p drop a token."""
+    device = logits.device
+    temperatures = to_device([1.0 if each.greedy else each.temperature for each in params], torch.float32, device)
+    scaled = logits / temperatures.unsqueeze(1)
+    min_ps = [each.min_p for each in params]
+    if any(min_ps):
+        scaled = _apply_min_p(scaled, to_device(min_ps, torch.float32, device))
+    top_ks = [each.top_k for each in params]
+    if any(k > 0 for k in top_ks):
+        scaled = _apply_top_k(scaled, top_ks)
+    top_ps = [each.top_p for each in params]
+    if any(p < 1.0 for p in top_ps):
+        scaled = _apply_top_p(scaled, to_device(top_ps, torch.float32, device))
+    return scaled
 
 
 def _is_constrained(seq: Sequence) -> bool:

@@ -292,3 +292,27 @@ def test_reset_prefix_cache_forgets_every_prefix():
     manager.reset_prefix_cache()
     assert manager.find_cached_prefix(make_seq(prompt, 1)) == []
     manager.check_consistency([])
+
+
+def test_trim_gives_back_the_blocks_past_the_kept_tokens_and_keeps_shared_ones():
+    """Speculative decoding's rollback: slots allocated for draft tokens that were rejected go
+    back to the free list, uncached ones first in line for reuse; cached prefix blocks stay."""
+    manager = BlockManager(num_blocks=8, block_size=BLOCK_SIZE, enable_prefix_caching=True)
+    first = make_seq(tokens(10, 8))
+    admit(manager, first)
+    compute(manager, first)
+    seq = make_seq(tokens(10, 9), index=1)
+    assert len(admit(manager, seq)) == 2
+    manager.allocate_slots(seq, 9 - seq.num_computed_tokens + 7)  # the 9th token and 7 drafts: 4 blocks
+    table = seq.block_table
+    assert len(table) == 4
+    manager.trim(seq, 10)
+    assert seq.block_table == table[:3] and seq.block_table is not table  # replaced, not cut in place
+    assert next(iter(manager.free_blocks)) == table[3]
+    manager.trim(seq, 12)  # nothing past 3 blocks to give back
+    assert seq.block_table == table[:3]
+    manager.check_consistency([first, seq])
+    manager.free(seq)
+    manager.free(first)
+    assert manager.num_free_blocks == 8
+    manager.check_consistency([])

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import re
 
+import httpx
 import pytest
 
 from runtime.engine.startup import PHASES
 
-from .conftest import MODEL_NAME, metric_names
+from .conftest import MODEL_NAME, PROMPTS, metric_names, parse_sse
 
 EXPECTED = {
     "vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc",
@@ -64,3 +65,23 @@ def test_startup_phases_are_logged_and_exported(server, http):
     # Ran here: the checkpoint loaded, the engine warmed up (the suite turns the C++ kernels off).
     assert exported["imports"] > 0 and exported["weight_load"] > 0 and exported["warm_up"] > 0
     assert exported["kernels"] == 0
+
+
+def test_speculative_decoding_flags_and_counters(launch_server, demo_model_dir, reference_outputs):
+    """--speculative_model with the served model as its own draft: the output is the engine's
+    without it, streamed a whole accepted run per event; every draft token is accepted, and
+    vLLM's spec_decode counters say so."""
+    server = launch_server("--speculative_model", str(demo_model_dir), "--num_speculative_tokens", "3")
+    body = {"input_ids": PROMPTS[11], "parameters": {"max_tokens": 9, "ignore_eos": True, "temperature": 0}}
+    response = httpx.post(f"{server.url}/v2/models/{MODEL_NAME}/generate", json=body, timeout=60)
+    assert response.status_code == 200
+    assert response.json()["output_ids"] == reference_outputs[11][:9]
+    # The prefill's token, then two steps of 3 drafts and a bonus each.
+    assert server.metric("vllm:spec_decode_num_drafts_total") == 2
+    assert server.metric("vllm:spec_decode_num_draft_tokens_total") == 6
+    assert server.metric("vllm:spec_decode_num_accepted_tokens_total") == 6
+    with httpx.stream("POST", f"{server.url}/v2/models/{MODEL_NAME}/generate_stream", json=body, timeout=60) as stream:
+        events = parse_sse(list(stream.iter_lines()))
+    assert [len(event["output_ids"]) for event in events] == [1, 4, 4]
+    assert [token for event in events for token in event["output_ids"]] == reference_outputs[11][:9]
+    assert "speculative=" in server.log()
