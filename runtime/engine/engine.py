@@ -312,14 +312,20 @@ class LLMEngine:
         outputs) overlaps the device's work on another. Each running request is scheduled
         before its newest token is known; one that then turns out to have stopped has that
         step's token for it dropped (a row of wasted work, as in vLLM's async scheduling)."""
+        started = time.perf_counter()
         schedule = self.scheduler.schedule()
         previous, self._in_flight = self._in_flight, None
         outputs: list[RequestOutput] = []
         launched = None if schedule.is_empty else self._launch(schedule.scheduled, previous, outputs)
         if not self.async_scheduling:
-            return self._fetch(launched)
-        outputs += self._fetch(previous)
-        self._in_flight = launched
+            outputs = self._fetch(launched)
+        else:
+            outputs += self._fetch(previous)
+            self._in_flight = launched
+        if not schedule.is_empty:
+            # With async scheduling the call's time is the previous step's on the device; in a
+            # steady stream of steps that is close enough to this one's for sizing prompt chunks.
+            self.scheduler.step_cost.observe(schedule.num_batched_tokens, time.perf_counter() - started)
         return outputs
 
     def _launch(
