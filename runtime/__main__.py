@@ -45,6 +45,9 @@ from serving.tracing import PREDICTOR_SERVICE
 logger = logging.getLogger("runtime")
 
 DEFAULT_MAX_QUEUE = 256
+# A served model's streams get their next token within about this long while prompts stream in
+# (EngineConfig.decode_step_target_seconds; benchmarks/serve_load.py at 128 streams measured it).
+DEFAULT_DECODE_STEP_TARGET_SECONDS = 0.15
 _ENGINE_DEFAULTS = {field.name: field.default for field in dataclasses.fields(EngineConfig)}
 
 
@@ -81,6 +84,12 @@ def _add_engine_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--gpu_memory_utilization", type=float, default=defaults["gpu_memory_utilization"])
     group.add_argument("--max_num_seqs", type=int, default=defaults["max_num_seqs"])
     group.add_argument("--max_num_batched_tokens", type=int, default=defaults["max_num_batched_tokens"])
+    group.add_argument("--decode_step_target_seconds", type=float, default=DEFAULT_DECODE_STEP_TARGET_SECONDS,
+                       help="the time a step holding running streams aims to stay within: prompt chunks beside "
+                            "them are sized to fit it, keeping inter-token latency steady under load (0: off, "
+                            "every step fills --max_num_batched_tokens)")
+    group.add_argument("--min_prefill_chunk_tokens", type=int, default=defaults["min_prefill_chunk_tokens"],
+                       help="prompt tokens a step beside running streams computes at least")
     group.add_argument("--max_model_len", type=int, default=None, help="context length (unset: the model's)")
     group.add_argument("--enable_prefix_caching", action=argparse.BooleanOptionalAction,
                        default=defaults["enable_prefix_caching"])
@@ -122,6 +131,8 @@ def engine_config(args: argparse.Namespace, model_dir: str) -> EngineConfig:
         gpu_memory_utilization=args.gpu_memory_utilization,
         max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=args.max_num_batched_tokens,
+        decode_step_target_seconds=args.decode_step_target_seconds or None,
+        min_prefill_chunk_tokens=args.min_prefill_chunk_tokens,
         max_model_len=args.max_model_len,
         enable_prefix_caching=args.enable_prefix_caching,
         attention_backend=args.attention_backend,

@@ -84,6 +84,12 @@ class EngineConfig:
     # Queue each step before the previous one's tokens reach the host (LLMEngine.step).
     # None: on with CUDA, off on the CPU.
     async_scheduling: bool | None = None
+    # The time a step that holds running decodes aims to stay within: prompt chunks beside decodes
+    # are sized to fit it (scheduler.py), so a long prompt cannot stall every stream's next token.
+    # None: every step fills max_num_batched_tokens.
+    decode_step_target_seconds: float | None = None
+    # The fewest prompt tokens a step with decodes still computes (if any wait), so prompts progress.
+    min_prefill_chunk_tokens: int = 64
     tokenizer: str | None = None
     grammar_compile_timeout: float = 10.0
     grammar_cache_size: int = 256
@@ -100,6 +106,11 @@ class EngineConfig:
         _check_positive("block_size", self.block_size)
         _check_positive("max_num_seqs", self.max_num_seqs)
         _check_positive("max_num_batched_tokens", self.max_num_batched_tokens)
+        _check_positive("min_prefill_chunk_tokens", self.min_prefill_chunk_tokens)
+        target = self.decode_step_target_seconds
+        if target is not None and (isinstance(target, bool) or not isinstance(target, (int, float))
+                                   or not 0 < target < float("inf")):
+            raise ConfigError(f"decode_step_target_seconds must be a positive number of seconds or None, got {target!r}")
         for name in ("num_kv_blocks", "kv_cache_memory_bytes", "max_model_len", "num_threads"):
             value = getattr(self, name)
             if value is not None:

@@ -355,6 +355,7 @@ class LLMEngine:
 
         With a draft model, a step the speculator takes (SpeculativeDecoder.plan) drafts, verifies
         and hands out up to K+1 tokens per sequence instead."""
+        started = time.perf_counter()
         schedule = self.scheduler.schedule()
         if self.speculator is not None:
             for seq in schedule.preempted:
@@ -366,9 +367,14 @@ class LLMEngine:
         outputs: list[RequestOutput] = []
         launched = None if schedule.is_empty else self._launch(schedule.scheduled, previous, outputs)
         if not self.async_scheduling:
-            return self._fetch(launched)
-        outputs += self._fetch(previous)
-        self._in_flight = launched
+            outputs = self._fetch(launched)
+        else:
+            outputs += self._fetch(previous)
+            self._in_flight = launched
+        if not schedule.is_empty:
+            # With async scheduling the call's time is the previous step's on the device; in a
+            # steady stream of steps that is close enough to this one's for sizing prompt chunks.
+            self.scheduler.step_cost.observe(schedule.num_batched_tokens, time.perf_counter() - started)
         return outputs
 
     def _launch(

@@ -1,11 +1,15 @@
 """Iteration-level scheduling: which requests run in the next step, and how many tokens each.
 
-Every step has a token budget (`max_num_batched_tokens`). Running requests go first,
-oldest first: a decode costs one token, an unfinished prefill takes the next chunk that
-fits the budget. When the KV cache cannot hold a running request's next tokens, the
-newest running request is preempted (its blocks freed, to be recomputed later) until it
-can. Waiting requests are admitted only in steps that preempted nothing, in priority
-then arrival order, while the budget, `max_num_seqs` and free blocks allow.
+Every step has a token budget (`max_num_batched_tokens`). Running decodes go first, oldest
+first, one token each: a prompt never holds up the streams already generating. When the KV
+cache cannot hold a decode's next token, the newest running request is preempted (its blocks
+freed, to be recomputed later) until it can. Prompts come next: unfinished prefills of running
+requests, then waiting requests admitted in priority then arrival order (only in steps that
+preempted nothing, while `max_num_seqs` and free blocks allow), each taking the next chunk that
+fits. Beside decodes, prompts share a smaller budget when `decode_step_target_seconds` is set:
+as many tokens as the step cost model (step_cost.py) says fit in that time with the decodes, and
+at least `min_prefill_chunk_tokens`, so every stream's next token stays within about that time
+while long prompts stream in chunk by chunk.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from dataclasses import dataclass, field
 from .block_manager import BlockManager
 from .config import EngineConfig
 from .sequence import FinishReason, Sequence, SequenceStatus
+from .step_cost import StepCostModel
 
 
 @dataclass(slots=True)
@@ -48,6 +53,9 @@ class Scheduler:
     def __init__(self, config: EngineConfig, block_manager: BlockManager) -> None:
         self.max_num_seqs = config.max_num_seqs
         self.max_num_batched_tokens = config.max_num_batched_tokens
+        self.decode_step_target_seconds = config.decode_step_target_seconds
+        self.min_prefill_chunk_tokens = config.min_prefill_chunk_tokens
+        self.step_cost = StepCostModel()
         self.block_manager = block_manager
         # Both lists stay sorted by Sequence.sort_key: the front is served first,
         # the back of `running` is preempted first.
@@ -65,23 +73,35 @@ class Scheduler:
 
     def schedule(self) -> SchedulerOutput:
         output = SchedulerOutput()
-        budget = self.max_num_batched_tokens
-        budget = self._schedule_running(output, budget)
+        budget = self._schedule_decodes(output, self.max_num_batched_tokens)
+        prompt_budget = min(budget, self._prompt_budget(num_decodes=len(output.scheduled)))
+        prompt_budget = self._schedule_running_prefills(output, prompt_budget)
         if not output.preempted:
-            self._schedule_waiting(output, budget)
+            self._schedule_waiting(output, prompt_budget)
         return output
 
-    def _schedule_running(self, output: SchedulerOutput, budget: int) -> int:
+    def _prompt_budget(self, num_decodes: int) -> int:
+        """The prompt tokens a step with `num_decodes` decodes may compute: all it has room for
+        without a target (or without decodes to keep flowing, or before the cost is known)."""
+        if self.decode_step_target_seconds is None or not num_decodes:
+            return self.max_num_batched_tokens
+        fitting = self.step_cost.tokens_within(self.decode_step_target_seconds)
+        if fitting is None:
+            return self.max_num_batched_tokens
+        return max(self.min_prefill_chunk_tokens, fitting - num_decodes)
+
+    def _schedule_decodes(self, output: SchedulerOutput, budget: int) -> int:
         index = 0
         while index < len(self.running) and budget > 0:
             seq = self.running[index]
-            if seq.num_output_tokens >= seq.params.max_tokens:
-                # Its last token is still being sampled (async scheduling): it finishes by length
-                # once that token is fetched, so there is nothing more to compute for it.
+            if seq.num_uncomputed_tokens != 1 or seq.num_output_tokens >= seq.params.max_tokens:
+                # A prompt (scheduled after the decodes), or a request whose last token is still
+                # being sampled (async scheduling): it finishes by length once that token is
+                # fetched, so there is nothing more to compute for it.
                 index += 1
                 continue
-            num_new_tokens = min(seq.num_uncomputed_tokens, budget)
-            while not self.block_manager.can_allocate(seq, num_new_tokens):
+            while not self.block_manager.can_allocate(seq, 1):
+                # The newest is preempted first: it is at the back, after every decode scheduled.
                 victim = self.running[-1]
                 self._preempt(victim)
                 output.preempted.append(victim)
@@ -89,10 +109,26 @@ class Scheduler:
                     break
             if seq.status is not SequenceStatus.RUNNING:
                 break
+            self.block_manager.allocate_slots(seq, 1)
+            output.scheduled.append(ScheduledSequence(seq, 1))
+            budget -= 1
+            index += 1
+        return budget
+
+    def _schedule_running_prefills(self, output: SchedulerOutput, budget: int) -> int:
+        """The next chunk of each running request's unfinished prompt, oldest first, while the
+        blocks allow (a prompt never preempts: the decodes have been served)."""
+        for seq in self.running:
+            if budget <= 0:
+                break
+            if seq.num_uncomputed_tokens <= 1:
+                continue
+            num_new_tokens = min(seq.num_uncomputed_tokens, budget)
+            if not self.block_manager.can_allocate(seq, num_new_tokens):
+                break
             self.block_manager.allocate_slots(seq, num_new_tokens)
             output.scheduled.append(ScheduledSequence(seq, num_new_tokens))
             budget -= num_new_tokens
-            index += 1
         return budget
 
     def _schedule_waiting(self, output: SchedulerOutput, budget: int) -> None:

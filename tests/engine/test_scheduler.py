@@ -11,17 +11,20 @@ from runtime.engine.config import EngineConfig
 from runtime.engine.sampling_params import SamplingParams
 from runtime.engine.scheduler import Scheduler, SchedulerOutput
 from runtime.engine.sequence import FinishReason, Sequence, SequenceStatus
+from runtime.engine.step_cost import StepCostModel
 
 BLOCK_SIZE = 4
 FAKE_TOKEN = 7
 
 
-def make_scheduler(num_blocks: int = 64, max_num_seqs: int = 8, max_num_batched_tokens: int = 16) -> Scheduler:
+def make_scheduler(num_blocks: int = 64, max_num_seqs: int = 8, max_num_batched_tokens: int = 16,
+                   **options) -> Scheduler:
     config = EngineConfig(
         model="unused",
         block_size=BLOCK_SIZE,
         max_num_seqs=max_num_seqs,
         max_num_batched_tokens=max_num_batched_tokens,
+        **options,
     )
     return Scheduler(config, BlockManager(num_blocks, BLOCK_SIZE, enable_prefix_caching=True))
 
@@ -242,3 +245,58 @@ def test_finish_of_a_waiting_request_removes_it():
     assert scheduler.num_unfinished == 0
     assert seq.status is SequenceStatus.FINISHED and seq.finish_reason is FinishReason.ABORT
     assert scheduler.schedule().is_empty
+
+
+def _teach_cost(scheduler: Scheduler, fixed_seconds: float, seconds_per_token: float) -> None:
+    for num_tokens in (1, 8, 64, 2, 32, 16, 4, 128, 3, 48):
+        scheduler.step_cost.observe(num_tokens, fixed_seconds + seconds_per_token * num_tokens)
+
+
+def test_beside_decodes_a_prompt_gets_the_tokens_that_fit_the_step_target():
+    # Steps cost 10 ms + 1 ms per token: a 50 ms target holds 40 tokens, 2 of them decodes.
+    scheduler = make_scheduler(max_num_batched_tokens=256, decode_step_target_seconds=0.05, min_prefill_chunk_tokens=4)
+    _teach_cost(scheduler, 0.010, 0.001)
+    requests = Requests(scheduler)
+    streams = [requests.add(3, max_tokens=50), requests.add(3, max_tokens=50)]
+    run_step(scheduler)
+    long = requests.add(200)
+
+    output = run_step(scheduler)
+    assert [(item.seq, item.num_new_tokens) for item in output.scheduled] == [(streams[0], 1), (streams[1], 1),
+                                                                              (long, 38)]
+    # Its next chunk is a running prefill's, scheduled after the decodes.
+    output = run_step(scheduler)
+    assert [(item.seq, item.num_new_tokens) for item in output.scheduled] == [(streams[0], 1), (streams[1], 1),
+                                                                              (long, 38)]
+
+
+def test_a_prompt_alone_takes_the_whole_budget_and_one_beside_slow_decodes_at_least_the_minimum():
+    alone = make_scheduler(num_blocks=256, max_num_batched_tokens=256, decode_step_target_seconds=0.05)
+    _teach_cost(alone, 0.040, 0.001)
+    Requests(alone).add(300)
+    assert run_step(alone).num_batched_tokens == 256  # no stream to keep flowing: no target
+
+    scheduler = make_scheduler(num_blocks=256, max_num_batched_tokens=256, decode_step_target_seconds=0.05,
+                               min_prefill_chunk_tokens=8)
+    _teach_cost(scheduler, 0.040, 0.001)  # 10 tokens fit in 50 ms, 4 of them the decodes
+    requests = Requests(scheduler)
+    streams = [requests.add(3, max_tokens=50) for _ in range(4)]
+    assert run_step(scheduler).num_batched_tokens == 12
+    long = requests.add(300)
+    output = run_step(scheduler)
+    assert [(item.seq, item.num_new_tokens) for item in output.scheduled] == [*((seq, 1) for seq in streams),
+                                                                              (long, 8)]
+
+
+def test_the_step_cost_model_finds_the_line_through_the_steps_it_saw():
+    model = StepCostModel()
+    assert model.tokens_within(0.1) is None
+    for num_tokens in (1, 100, 7, 300, 50, 2, 64, 200, 16, 128):
+        model.observe(num_tokens, 0.004 + 0.0005 * num_tokens)
+    fixed, per_token = model.line()
+    assert abs(fixed - 0.004) < 1e-6 and abs(per_token - 0.0005) < 1e-8
+    assert model.tokens_within(0.104) in (199, 200)  # 200, give or take a rounding
+    same_size = StepCostModel()
+    for _ in range(20):
+        same_size.observe(32, 0.01)
+    assert same_size.line() is None  # every step the same size: the cost per token is unknown
