@@ -6,9 +6,9 @@ import itertools
 import logging
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
-from transformers import PreTrainedModel
 
 from .block_manager import BlockManager, blocks_for_tokens
 from .config import ConfigError, EngineConfig
@@ -25,6 +25,9 @@ from .sampling_params import SamplingParams
 from .scheduler import ScheduledSequence, Scheduler
 from .sequence import FinishReason, Sequence, SequenceStatus
 from .startup import STARTUP
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 logger = logging.getLogger(__name__)
 
