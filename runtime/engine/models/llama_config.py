@@ -62,10 +62,15 @@ class LlamaFamilyConfig:
         if unsupported:
             raise NotNative(f"config.json sets {', '.join(unsupported)}")
         defaults = _DEFAULTS[model_type]
+
+        def given(name: str) -> Any:
+            """config.json's value where it sets the field (null included), else transformers' default."""
+            return raw[name] if name in raw else defaults[name]
+
         try:
             hidden_size, num_heads = int(raw["hidden_size"]), int(raw["num_attention_heads"])
             num_layers = int(raw["num_hidden_layers"])
-            max_positions = int(raw.get("max_position_embeddings") or defaults["max_position_embeddings"])
+            max_positions = int(given("max_position_embeddings"))
             config = cls(
                 model_type=model_type,
                 vocab_size=int(raw["vocab_size"]),
@@ -73,8 +78,8 @@ class LlamaFamilyConfig:
                 intermediate_size=int(raw["intermediate_size"]),
                 num_hidden_layers=num_layers,
                 num_attention_heads=num_heads,
-                num_key_value_heads=int(raw.get("num_key_value_heads") or defaults["num_key_value_heads"] or num_heads),
-                head_dim=int(raw.get("head_dim") or defaults["head_dim"] or hidden_size // num_heads),
+                num_key_value_heads=int(given("num_key_value_heads") or num_heads),
+                head_dim=int(given("head_dim") or hidden_size // num_heads),
                 rms_norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
                 hidden_act=raw.get("hidden_act", "silu"),
                 max_position_embeddings=max_positions,
