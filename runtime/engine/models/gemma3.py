@@ -60,11 +60,13 @@ class Gemma3LayerOps(TorchLayerOps):
         return (normalised_rms(hidden, eps) * unit_offset_weight).to(hidden.dtype)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, kw_only=True)
 class Gemma3LayerWeights(LayerWeights):
-    layer_type: str = "full_attention"
-    pre_feedforward_norm: NormWeights | None = None
-    post_feedforward_norm: NormWeights | None = None
+    """A llama layer's weights and Gemma 3's: its attention type (sliding or full), its MLP's own norms."""
+
+    layer_type: str
+    pre_feedforward_norm: NormWeights
+    post_feedforward_norm: NormWeights
 
 
 def gemma3_layer_weights(hf_layer: torch.nn.Module) -> Gemma3LayerWeights:
