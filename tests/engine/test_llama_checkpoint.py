@@ -28,6 +28,9 @@ ROPES = [
     {"rope_type": "linear", "factor": 4.0, "rope_theta": 10000.0},
     {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
      "original_max_position_embeddings": 64, "rope_theta": 500000.0},
+    {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 256, "rope_theta": 10000.0},
+    {"rope_type": "yarn", "factor": 8.0, "original_max_position_embeddings": 128, "rope_theta": 1000000.0,
+     "beta_fast": 16, "beta_slow": 2, "mscale": 0.707, "mscale_all_dim": 1.0, "truncate": False},
 ]
 
 
@@ -57,7 +60,7 @@ def test_fields_a_config_leaves_out_take_transformers_defaults(model_type, extra
     assert ours.rope["rope_theta"] == theirs.rope_parameters["rope_theta"]
 
 
-@pytest.mark.parametrize("rope", ROPES, ids=[rope["rope_type"] for rope in ROPES])
+@pytest.mark.parametrize("rope", ROPES, ids=[f"{rope['rope_type']}-{index}" for index, rope in enumerate(ROPES)])
 def test_rotary_tables_are_transformers_own(rope):
     config = transformers.LlamaConfig(**COMMON, rope_parameters=dict(rope))
     theirs = transformers.models.llama.modeling_llama.LlamaRotaryEmbedding(config)
@@ -79,12 +82,12 @@ def test_legacy_rope_scaling_is_read_as_transformers_reads_it():
 
 @pytest.mark.parametrize("extra", [
     {"rope_parameters": {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0}},
-    {"rope_parameters": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64,
-                         "rope_theta": 10000.0}},
+    {"rope_parameters": {"rope_type": "longrope", "factor": 4.0, "original_max_position_embeddings": 64,
+                         "short_factor": [1.0] * 8, "long_factor": [2.0] * 8, "rope_theta": 10000.0}},
     {"hidden_act": "relu"},
     {"quantization_config": {"quant_method": "fp8"}},
     {"model_type": "gemma"},
-], ids=["dynamic", "yarn", "relu", "quantized", "gemma"])
+], ids=["dynamic", "longrope", "relu", "quantized", "gemma"])
 def test_what_the_reader_does_not_compute_goes_to_transformers(extra):
     with pytest.raises(NotNative):
         LlamaFamilyConfig.from_dict({"model_type": "llama", **MINIMAL, **extra})

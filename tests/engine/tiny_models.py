@@ -44,6 +44,12 @@ ARCHITECTURES = {
         "rope_parameters": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                             "original_max_position_embeddings": 64, "rope_theta": 500000.0},
     }),
+    # YaRN scales cos and sin too (its attention factor); a 64-token original context ramps the
+    # frequencies between extrapolated and interpolated ones within the test prompts' lengths.
+    "qwen2_rope_yarn": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM, {
+        "rope_parameters": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64,
+                            "rope_theta": 10000.0},
+    }),
     # Dynamic RoPE is left to transformers' loader (its frequencies follow the batch): our forward
     # over the model transformers built.
     "llama_rope_dynamic": (transformers.LlamaConfig, transformers.LlamaForCausalLM, {
@@ -63,7 +69,7 @@ ARCHITECTURES = {
 }
 # Read by our own checkpoint reader, without transformers (models/llama_checkpoint.py).
 NATIVE_ARCHITECTURES = {"llama", "llama_tied", "mistral", "qwen2", "qwen3", "llama_bias", "qwen2_sliding", "qwen3_bias",
-                        "llama_rope_linear", "llama_rope_llama3"}
+                        "llama_rope_linear", "llama_rope_llama3", "qwen2_rope_yarn"}
 OWN_FORWARD_ARCHITECTURES = NATIVE_ARCHITECTURES | {"llama_rope_dynamic"}
 # Norm weights and biases drawn at random rather than all equal (biases: zero), so that a forward
 # pass applying one of a layer's norms in another's place, or as 1 + weight wrongly, or a bias

@@ -111,8 +111,10 @@ def _rope_parameters(raw: Mapping[str, Any], max_positions: int) -> dict[str, An
         raise NotNative(f"RoPE type {rope['rope_type']!r}")
     if rope.get("partial_rotary_factor", 1.0) != 1.0:
         raise NotNative("partial rotary embeddings")
-    if rope["rope_type"] == "llama3":
+    if rope["rope_type"] in ("llama3", "yarn"):
         rope.setdefault("original_max_position_embeddings", max_positions)
+    if rope["rope_type"] == "yarn" and rope.get("factor") is None:
+        rope["factor"] = max_positions / rope["original_max_position_embeddings"]
     return rope
 
 
