@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     model = engine.runner.model
     if not Gemma3Forward.supports(model):
         raise SystemExit(f"{args.model_dir} is not a Gemma 3 text model that our forward covers")
-    own = Gemma3Forward(model)
+    own = Gemma3Forward.from_transformers(model)
     print(f"threads {torch.get_num_threads()}, attention {engine.runner.attention_backend.name}", flush=True)
 
     def use_path(path: str) -> None:

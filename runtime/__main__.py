@@ -24,6 +24,7 @@ from runtime.engine import (
     EngineConfig,
     ModelLoadError,
     describe_startup,
+    import_tokenizer_support_in_background,
     seconds_since_process_start,
 )
 from runtime.generate_routes import add_generate_routes
@@ -183,7 +184,8 @@ def checkpoint_dir(args: argparse.Namespace) -> str:
 
 def report_startup_when_ready(app: FastAPI, model_name: str) -> None:
     """Once the app has started (the server answers), log where the start-up's time went and
-    publish it as kserve_llm:startup_seconds{phase}: "server" is from the model loaded to then."""
+    publish it as kserve_llm:startup_seconds{phase}: "server" is from the model loaded to then.
+    Then begin importing what structured outputs need, which start-up skipped (grammar_compiler.py)."""
     loaded_at = seconds_since_process_start()
 
     async def report() -> None:
@@ -192,6 +194,7 @@ def report_startup_when_ready(app: FastAPI, model_name: str) -> None:
         breakdown = STARTUP.breakdown(ready_at)
         set_startup_seconds(model_name, breakdown)
         logger.info("startup: %s", describe_startup(breakdown))
+        import_tokenizer_support_in_background()
 
     chain_lifespan(app, after_startup=report)
 

@@ -6,6 +6,7 @@ from .config import ConfigError, EngineConfig
 from .engine import EngineStats, LLMEngine
 from .engine_client import EngineClient, OutputStream
 from .errors import EngineDead, QueueFull, RequestRejected
+from .grammar_compiler import import_tokenizer_support_in_background
 from .model_loader import ModelLoadError
 from .outputs import RequestMetrics, RequestOutput
 from .sampling_params import SamplingParams
@@ -30,5 +31,6 @@ __all__ = [
     "SamplingParams",
     "StructuredOutput",
     "describe_startup",
+    "import_tokenizer_support_in_background",
     "seconds_since_process_start",
 ]

@@ -7,9 +7,9 @@ import itertools
 import logging
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
-from transformers import PreTrainedModel
 
 from .block_manager import BlockManager, blocks_for_tokens
 from .config import ConfigError, EngineConfig
@@ -27,6 +27,9 @@ from .scheduler import ScheduledSequence, Scheduler
 from .sequence import FinishReason, Sequence, SequenceStatus
 from .speculative import SpeculativeDecoder, SpeculativeStep
 from .startup import STARTUP
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 logger = logging.getLogger(__name__)
 

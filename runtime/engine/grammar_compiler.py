@@ -10,7 +10,10 @@ are kept too, so a schema that cannot compile is refused at once the next time.
 
 llguidance reads the model's tokenizer once (seconds for a 262k vocabulary: see
 benchmarks/grammar_backends.py), at the first constrained request rather than at start-up: a
-server that never sees one never pays for it.
+server that never sees one never pays for it. Reading it needs transformers' tokenizer classes,
+whose import (over a second) the predictor starts in the background once it is ready
+(import_tokenizer_support_in_background), so that neither its start-up nor its first
+constrained request waits for it.
 """
 
 from __future__ import annotations
@@ -25,9 +28,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 
 import llguidance
-import llguidance.hf
 from llguidance import LLMatcher, LLParserLimits, LLTokenizer
-from transformers import PreTrainedTokenizerFast
 
 from .errors import RequestRejected
 from .grammar import Grammar
@@ -125,6 +126,10 @@ class GrammarCompiler:
     def _load_tokenizer(self) -> LLTokenizer:
         started = time.perf_counter()
         try:
+            # Imported here, not at start-up (see the module's note); usually already done.
+            import llguidance.hf
+            from transformers import PreTrainedTokenizerFast
+
             tokenizer = PreTrainedTokenizerFast.from_pretrained(
                 self.tokenizer_dir, local_files_only=True, trust_remote_code=self.trust_remote_code)
             loaded = llguidance.hf.from_tokenizer(tokenizer, n_vocab=self.vocab_size,
@@ -137,6 +142,17 @@ class GrammarCompiler:
         logger.info("structured outputs: read the tokenizer of %s (%d tokens) in %.1f s",
                     self.tokenizer_dir, loaded.vocab_size, time.perf_counter() - started)
         return loaded
+
+
+def import_tokenizer_support_in_background() -> threading.Thread:
+    """Import what reading a tokenizer for structured outputs needs, on a daemon thread."""
+    thread = threading.Thread(target=_import_tokenizer_support, name="tokenizer-import", daemon=True)
+    thread.start()
+    return thread
+
+
+def _import_tokenizer_support() -> None:
+    import llguidance.hf  # noqa: F401 - imports transformers' tokenizer classes
 
 
 def grammar_text(constraint: StructuredOutput) -> str:

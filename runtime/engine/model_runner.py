@@ -54,8 +54,8 @@ class ModelRunner:
         # Our own forward where we have one (faster); transformers' modules otherwise. Where
         # Triton runs the attention, it runs the norms, RoPE and activation too.
         self.fast_forward = None
-        if LlamaFamilyForward.supports(loaded.model):
-            self.fast_forward = LlamaFamilyForward(loaded.model, fused_kernels=self.attention_backend.name == "triton")
+        if loaded.weights is not None:
+            self.fast_forward = LlamaFamilyForward(loaded.weights, fused_kernels=self.attention_backend.name == "triton")
         self.block_size = block_size
         self.num_layers = loaded.num_layers
         self.num_kv_heads = loaded.num_kv_heads

@@ -14,6 +14,7 @@ from runtime.engine.models.gemma3 import Gemma3Forward
 from .tiny_models import (
     ARCHITECTURES,
     COMMON,
+    NATIVE_ARCHITECTURES,
     OWN_FORWARD_ARCHITECTURES,
     random_prompts,
 )
@@ -57,8 +58,10 @@ def test_mixed_batch_matches_transformers(tiny_model_factory, architecture):
     model_dir = tiny_model_factory(architecture)
     prompts = random_prompts(12, 1, 70, seed=1)
     engine = make_engine(model_dir)
-    # Both model paths are covered: our own forward, and transformers' modules.
+    # Every model path is covered: our own forward over our checkpoint reader's weights or over
+    # transformers' model, and transformers' modules.
     assert (engine.runner.fast_forward is not None) == (architecture in OWN_FORWARD_ARCHITECTURES)
+    assert (engine.runner.model is None) == (architecture in NATIVE_ARCHITECTURES)
     outputs = engine.generate(prompts, GREEDY)
     assert_same_tokens(outputs, reference_outputs(model_dir, prompts))
     engine.check_consistency()
@@ -73,7 +76,7 @@ def test_gemma3_own_forward_matches_transformers(tiny_model_factory):
     engine = make_engine(model_dir, max_num_batched_tokens=32)
     assert engine.runner.fast_forward is None
     assert Gemma3Forward.supports(engine.runner.model)
-    engine.runner.fast_forward = Gemma3Forward(engine.runner.model)
+    engine.runner.fast_forward = Gemma3Forward.from_transformers(engine.runner.model)
     assert_same_tokens(engine.generate(prompts, GREEDY), reference_outputs(model_dir, prompts))
     engine.check_consistency()
 

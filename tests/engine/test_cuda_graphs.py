@@ -178,7 +178,7 @@ def test_enforce_eager_captures_nothing(tiny_llama, platform, caplog):
 def test_rope_that_reads_positions_keeps_steps_eager(rope_parameters, graphs_possible):
     extra = {} if rope_parameters is None else {"rope_parameters": rope_parameters}
     model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**COMMON, **extra))
-    assert LlamaFamilyForward(model).rope_depends_on_longest_position is not graphs_possible
+    assert LlamaFamilyForward.from_transformers(model).rope_depends_on_longest_position is not graphs_possible
 
 
 def test_a_failed_capture_says_how_to_run_without_graphs(tiny_llama, monkeypatch):

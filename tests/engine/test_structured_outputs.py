@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import subprocess
+import sys
 import time
 
 import jsonschema
@@ -21,6 +23,8 @@ from transformers import PreTrainedTokenizerFast
 from runtime.engine import AsyncLLMEngine, EngineConfig, LLMEngine, RequestRejected, SamplingParams
 from runtime.engine.grammar import apply_grammar_bitmask
 from runtime.engine.structured_output import MAX_STRUCTURED_OUTPUT_CHARS, StructuredOutput
+
+from tests.servers import REPO_ROOT
 
 from .tiny_models import random_prompts
 
@@ -376,3 +380,18 @@ def test_under_async_scheduling_a_constrained_step_waits_only_after_queueing_its
         steps = " ".join(events).split("forward")[2:]  # from the second step on, each has a previous one
         expected = " sample " if schema is None else " fetch sample "
         assert len(steps) > 5 and all(step.startswith(expected) for step in steps[:-1]), events
+
+
+def test_the_tokenizer_classes_import_in_the_background():
+    """The engine's start-up imports no transformers; the predictor has its tokenizer classes
+    imported on a thread once it is ready, before a constrained request needs them."""
+    script = (
+        "import sys\n"
+        "from runtime.engine import import_tokenizer_support_in_background\n"
+        "assert 'transformers' not in sys.modules\n"
+        "import_tokenizer_support_in_background().join()\n"
+        "assert 'transformers.tokenization_utils_base' in sys.modules\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True,
+                            env={"PYTHONPATH": str(REPO_ROOT), "PATH": "/usr/bin:/bin"}, timeout=120)
+    assert result.returncode == 0, result.stderr

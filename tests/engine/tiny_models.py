@@ -29,6 +29,32 @@ ARCHITECTURES = {
     "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM, {"sliding_window": 24}),
     "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM, {}),
     "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM, {"head_dim": 32}),
+    # The llama family's other config features that the native reader computes: biases on every
+    # projection, Qwen's per-layer sliding window (layer 1 of 2 here), scaled RoPE.
+    "llama_bias": (transformers.LlamaConfig, transformers.LlamaForCausalLM, {"attention_bias": True, "mlp_bias": True}),
+    "qwen2_sliding": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM, {
+        "use_sliding_window": True, "sliding_window": 12, "max_window_layers": 1,
+    }),
+    "qwen3_bias": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM, {"head_dim": 16, "attention_bias": True}),
+    "llama_rope_linear": (transformers.LlamaConfig, transformers.LlamaForCausalLM, {
+        "rope_parameters": {"rope_type": "linear", "factor": 4.0, "rope_theta": 10000.0},
+    }),
+    # An original context of 64 puts the 16-dim heads' wavelengths in all three of Llama 3's bands.
+    "llama_rope_llama3": (transformers.LlamaConfig, transformers.LlamaForCausalLM, {
+        "rope_parameters": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                            "original_max_position_embeddings": 64, "rope_theta": 500000.0},
+    }),
+    # YaRN scales cos and sin too (its attention factor); a 64-token original context ramps the
+    # frequencies between extrapolated and interpolated ones within the test prompts' lengths.
+    "qwen2_rope_yarn": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM, {
+        "rope_parameters": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64,
+                            "rope_theta": 10000.0},
+    }),
+    # Dynamic RoPE is left to transformers' loader (its frequencies follow the batch): our forward
+    # over the model transformers built.
+    "llama_rope_dynamic": (transformers.LlamaConfig, transformers.LlamaForCausalLM, {
+        "rope_parameters": {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0},
+    }),
     # Not in our own-forward family: these run transformers' modules on our paged attention.
     "gemma": (transformers.GemmaConfig, transformers.GemmaForCausalLM, {"head_dim": 16}),
     "phi3": (transformers.Phi3Config, transformers.Phi3ForCausalLM, {}),
@@ -41,11 +67,15 @@ ARCHITECTURES = {
         "layer_types": ["sliding_attention", "full_attention", "sliding_attention"],
     }),
 }
-OWN_FORWARD_ARCHITECTURES = {"llama", "llama_tied", "mistral", "qwen2", "qwen3"}
-# Norm weights drawn at random rather than all equal, so that a forward pass applying one of a
-# layer's four norms in another's place, or as 1 + weight wrongly, differs from transformers.
-# (Not for all: tests of the others rely on their greedy outputs as they are.)
-RANDOM_NORM_ARCHITECTURES = {"gemma3"}
+# Read by our own checkpoint reader, without transformers (models/llama_checkpoint.py).
+NATIVE_ARCHITECTURES = {"llama", "llama_tied", "mistral", "qwen2", "qwen3", "llama_bias", "qwen2_sliding", "qwen3_bias",
+                        "llama_rope_linear", "llama_rope_llama3", "qwen2_rope_yarn"}
+OWN_FORWARD_ARCHITECTURES = NATIVE_ARCHITECTURES | {"llama_rope_dynamic"}
+# Norm weights and biases drawn at random rather than all equal (biases: zero), so that a forward
+# pass applying one of a layer's norms in another's place, or as 1 + weight wrongly, or a bias
+# to the wrong projection, differs from transformers. (Not for all: tests of the others rely on
+# their greedy outputs as they are.)
+RANDOM_NORM_ARCHITECTURES = {"gemma3", "llama_bias", "qwen2_sliding", "qwen3_bias"}
 
 
 def build_tiny_model(directory: Path, architecture: str, seed: int = 0) -> Path:

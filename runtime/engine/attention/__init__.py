@@ -1,4 +1,5 @@
-"""Attention backends over the paged KV cache, registered with transformers by name."""
+"""Attention backends over the paged KV cache; for transformers' models, registered with its
+attention-function registry by name."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import logging
 import os
 
 import torch
-from transformers import AttentionInterface
 
 from .cpu_kernels import CPP_BACKEND, load_decode_kernel
 from .layer import paged_attention, paged_attention_forward
@@ -15,10 +15,18 @@ from .torch_backend import TORCH_BACKEND
 
 logger = logging.getLogger(__name__)
 
-# The name models are loaded with (`attn_implementation=...`).
+# The name transformers' models are loaded with (`attn_implementation=...`).
 PAGED_ATTENTION = "kserve_paged"
 
-AttentionInterface.register(PAGED_ATTENTION, paged_attention_forward)
+
+def register_paged_attention() -> str:
+    """Registers our paged attention with transformers (again is harmless) and returns the name
+    to load a model with. Called by the transformers load path only: importing transformers
+    costs the natively read checkpoints more than a second of start-up."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(PAGED_ATTENTION, paged_attention_forward)
+    return PAGED_ATTENTION
 
 
 def select_attention_backend(name: str, device: torch.device, dtype: torch.dtype) -> AttentionBackend:
@@ -69,5 +77,6 @@ __all__ = [
     "PrefillChunk",
     "paged_attention",
     "paged_attention_forward",
+    "register_paged_attention",
     "select_attention_backend",
 ]

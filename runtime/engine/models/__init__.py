@@ -2,6 +2,6 @@
 than running transformers' modules; every other architecture runs transformers' classes
 on our paged attention through its attention-function registry."""
 
-from .llama_family import LLAMA_FAMILY_TYPES, LlamaFamilyForward
+from .llama_family import LLAMA_FAMILY_TYPES, LlamaFamilyForward, ModelWeights
 
-__all__ = ["LLAMA_FAMILY_TYPES", "LlamaFamilyForward"]
+__all__ = ["LLAMA_FAMILY_TYPES", "LlamaFamilyForward", "ModelWeights"]

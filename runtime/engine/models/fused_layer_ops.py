@@ -62,8 +62,9 @@ class FusedLayerOps(TorchLayerOps):
 def _cos_sin_tables(
     rotary_emb: torch.nn.Module, max_positions: int, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """transformers' own cos and sin for positions 0 .. max_positions - 1, [max_positions, head_dim]
-    in the model's dtype: the values its forward would compute for those positions."""
+    """The rotary embedding's own cos and sin (transformers' or ours, rotary.py) for positions
+    0 .. max_positions - 1, [max_positions, head_dim] in the model's dtype: the values its forward
+    would compute for those positions."""
     device = rotary_emb.inv_freq.device
     positions = torch.arange(max_positions, device=device).unsqueeze(0)
     with torch.no_grad():

@@ -23,13 +23,22 @@ order, which differs from Gemma's in half precision.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
 
 from ..attention import AttentionMetadata
-from .layer_ops import Norm, TorchLayerOps, normalised_rms
-from .llama_family import DecoderLayer, LlamaFamilyForward, has_llama_layout
+from .layer_ops import Norm, NormWeights, TorchLayerOps, normalised_rms
+from .llama_family import (
+    DecoderLayer,
+    LayerWeights,
+    LlamaFamilyForward,
+    ModelWeights,
+    has_llama_layout,
+    layer_weights_from_transformers,
+    norm_weights,
+)
 
 GEMMA3_TYPE = "gemma3_text"
 
@@ -42,20 +51,40 @@ class Gemma3LayerOps(TorchLayerOps):
         against 47.2 at batch 8 (2 threads; benchmarks/gemma3_forward.py has the whole steps)."""
         return linear
 
-    def norm(self, module: torch.nn.Module) -> Norm:
-        return 1.0 + module.weight.float(), module.eps
+    def norm(self, weights: NormWeights) -> Norm:
+        weight, eps = weights
+        return 1.0 + weight.float(), eps
 
     def rms_norm(self, hidden: torch.Tensor, norm: Norm) -> torch.Tensor:
         unit_offset_weight, eps = norm
         return (normalised_rms(hidden, eps) * unit_offset_weight).to(hidden.dtype)
 
 
+@dataclass(slots=True, kw_only=True)
+class Gemma3LayerWeights(LayerWeights):
+    """A llama layer's weights and Gemma 3's: its attention type (sliding or full), its MLP's own norms."""
+
+    layer_type: str
+    pre_feedforward_norm: NormWeights
+    post_feedforward_norm: NormWeights
+
+
+def gemma3_layer_weights(hf_layer: torch.nn.Module) -> Gemma3LayerWeights:
+    weights = layer_weights_from_transformers(hf_layer)
+    return Gemma3LayerWeights(
+        **{field.name: getattr(weights, field.name) for field in fields(LayerWeights)},
+        layer_type=hf_layer.self_attn.layer_type,
+        pre_feedforward_norm=norm_weights(hf_layer.pre_feedforward_layernorm),
+        post_feedforward_norm=norm_weights(hf_layer.post_feedforward_layernorm),
+    )
+
+
 class Gemma3DecoderLayer(DecoderLayer):
-    def __init__(self, hf_layer: torch.nn.Module, ops: TorchLayerOps) -> None:
-        super().__init__(hf_layer, ops)
-        self.layer_type = hf_layer.self_attn.layer_type
-        self.pre_feedforward_norm = ops.norm(hf_layer.pre_feedforward_layernorm)
-        self.post_feedforward_norm = ops.norm(hf_layer.post_feedforward_layernorm)
+    def __init__(self, weights: Gemma3LayerWeights, ops: TorchLayerOps) -> None:
+        super().__init__(weights, ops)
+        self.layer_type = weights.layer_type
+        self.pre_feedforward_norm = ops.norm(weights.pre_feedforward_norm)
+        self.post_feedforward_norm = ops.norm(weights.post_feedforward_norm)
 
     def forward(
         self, hidden: torch.Tensor, residual: torch.Tensor | None, rope: Any, meta: AttentionMetadata
@@ -71,10 +100,11 @@ class Gemma3Forward(LlamaFamilyForward):
     """LlamaFamilyForward's interface; `fused_kernels` is ignored (see the module's note)."""
 
     layer_class = Gemma3DecoderLayer
+    layer_weights_from_transformers = staticmethod(gemma3_layer_weights)
 
     @staticmethod
-    def make_layer_ops(hf_model: torch.nn.Module, fused_kernels: bool) -> TorchLayerOps:
-        return Gemma3LayerOps(hf_model.model.rotary_emb)
+    def make_layer_ops(weights: ModelWeights, fused_kernels: bool) -> TorchLayerOps:
+        return Gemma3LayerOps(weights.rotary_emb)
 
     @classmethod
     def supports(cls, hf_model: torch.nn.Module) -> bool:

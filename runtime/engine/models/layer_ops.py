@@ -16,7 +16,9 @@ from ..cpu_linear import cpu_linear_if_cpu
 # transformers' RoPE variants that choose frequencies from the batch's longest position
 # (with a host-side comparison in some transformers versions).
 LONGEST_POSITION_ROPE_TYPES = ("dynamic", "longrope")
-# (weight, eps) of one RMSNorm.
+# (weight, eps) of one RMSNorm as the checkpoint has it.
+NormWeights = tuple[torch.Tensor, float]
+# What the ops' rms_norm() takes: NormWeights, or a form derived from them (Gemma's 1 + weight).
 Norm = tuple[torch.Tensor, float]
 
 
@@ -28,9 +30,9 @@ class TorchLayerOps:
         """The module that runs one of the layer's projections."""
         return cpu_linear_if_cpu(linear)
 
-    def norm(self, module: torch.nn.Module) -> Norm:
-        """What rms_norm() needs of one of the model's RMSNorm modules."""
-        return module.weight, module.variance_epsilon
+    def norm(self, weights: NormWeights) -> Norm:
+        """What rms_norm() needs of one of the model's RMSNorms."""
+        return weights
 
     def rms_norm(self, hidden: torch.Tensor, norm: Norm) -> torch.Tensor:
         """transformers' RMSNorm: normalise in float32, scale in the input dtype."""

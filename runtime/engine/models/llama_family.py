@@ -1,24 +1,77 @@
 """One forward pass for Llama, Mistral, Qwen2 and Qwen3 checkpoints over the packed batch.
 
-Built from the transformers model after it loaded the checkpoint (so loading, configs and
-rotary scaling stay transformers'), with q/k/v and gate/up fused into single matmuls and
-without transformers' per-layer wrappers: fewer, larger kernels per step, which is what
-a CPU decode step at small batch is bound by. The small ops between the matmuls come from
-layer_ops.py: torch's, or fused Triton kernels on CUDA.
+Built from the layers' weights with q/k/v and gate/up fused into single matmuls and without
+transformers' per-layer wrappers: fewer, larger kernels per step, which is what a CPU decode
+step at small batch is bound by. The weights come from our own checkpoint reader
+(llama_checkpoint.py: no transformers import at start-up) or, for what it does not cover, from
+the transformers model after it loaded the checkpoint (`LlamaFamilyForward.from_transformers`).
+The small ops between the matmuls come from layer_ops.py: torch's, or fused Triton kernels on CUDA.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from ..attention import AttentionMetadata, paged_attention
-from .layer_ops import TorchLayerOps, rope_depends_on_longest_position
+from .layer_ops import NormWeights, TorchLayerOps, rope_depends_on_longest_position
 
 LLAMA_FAMILY_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+
+
+@dataclass(slots=True)
+class LayerWeights:
+    """One decoder layer as DecoderLayer computes it, whichever reader loaded it. The fused
+    projections hold the one copy of their weights (q, k, v rows; gate, up rows)."""
+
+    layer_index: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    scaling: float
+    sliding_window: int | None
+    qkv_proj: torch.nn.Linear
+    o_proj: torch.nn.Linear
+    gate_up_proj: torch.nn.Linear
+    down_proj: torch.nn.Linear
+    act_fn: Callable[[torch.Tensor], torch.Tensor]
+    input_norm: NormWeights
+    post_attention_norm: NormWeights
+    # Qwen3's per-head query and key norms.
+    head_norms: tuple[NormWeights, NormWeights] | None = None
+
+
+@dataclass(slots=True)
+class ModelWeights:
+    """A whole llama-family model: what LlamaFamilyForward is built from."""
+
+    embed_tokens: torch.nn.Embedding
+    layers: list[LayerWeights]
+    norm: NormWeights
+    lm_head: torch.nn.Module
+    # forward(hidden, positions [1, tokens]) -> (cos, sin), each [1, tokens, head_dim]: transformers'
+    # rotary embedding, or ours (rotary.py) for the checkpoints we read.
+    rotary_emb: torch.nn.Module
+    max_position_embeddings: int
+    hidden_act: str
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed_tokens.weight.dtype
+
+
+def linear(weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.nn.Linear:
+    """A Linear over the given tensors as they are (no copy, no random initialisation)."""
+    out_features, in_features = weight.shape
+    layer = torch.nn.Linear(in_features, out_features, bias=bias is not None, device="meta", dtype=weight.dtype)
+    layer.weight = torch.nn.Parameter(weight, requires_grad=False)
+    if bias is not None:
+        layer.bias = torch.nn.Parameter(bias, requires_grad=False)
+    return layer
 
 
 def _fuse_linears(*linears: torch.nn.Linear) -> torch.nn.Linear:
@@ -26,31 +79,29 @@ def _fuse_linears(*linears: torch.nn.Linear) -> torch.nn.Linear:
 
     Its weight is the one copy: each given Linear's weight (and bias) becomes a view of its rows,
     so the transformers modules still work and the model's memory does not grow by the fused
-    layers. The fused Linear is made on the meta device, so no random initialisation is paid
-    for weights that are then overwritten."""
-    first = linears[0]
-    has_bias = any(linear.bias is not None for linear in linears)
-    out_features = sum(linear.out_features for linear in linears)
-    fused = torch.nn.Linear(first.in_features, out_features, bias=has_bias, device="meta", dtype=first.weight.dtype)
+    layers."""
+    has_bias = any(layer.bias is not None for layer in linears)
     with torch.no_grad():
-        fused.weight = torch.nn.Parameter(torch.cat([linear.weight for linear in linears]), requires_grad=False)
+        weight = torch.cat([layer.weight for layer in linears])
+        bias = None
         if has_bias:
-            fused.bias = torch.nn.Parameter(torch.cat([
-                linear.bias if linear.bias is not None else linear.weight.new_zeros(linear.out_features)
-                for linear in linears
-            ]), requires_grad=False)
+            bias = torch.cat([
+                layer.bias if layer.bias is not None else layer.weight.new_zeros(layer.out_features)
+                for layer in linears
+            ])
+    fused = linear(weight, bias)
     start = 0
-    for linear in linears:
-        rows = slice(start, start + linear.out_features)
-        linear.weight = torch.nn.Parameter(fused.weight[rows], requires_grad=False)
-        if linear.bias is not None:
-            linear.bias = torch.nn.Parameter(fused.bias[rows], requires_grad=False)
+    for layer in linears:
+        rows = slice(start, start + layer.out_features)
+        layer.weight = torch.nn.Parameter(fused.weight[rows], requires_grad=False)
+        if layer.bias is not None:
+            layer.bias = torch.nn.Parameter(fused.bias[rows], requires_grad=False)
         start = rows.stop
     return fused
 
 
 def has_llama_layout(hf_layer: torch.nn.Module) -> bool:
-    """Whether a transformers decoder layer has the modules DecoderLayer reads."""
+    """Whether a transformers decoder layer has the modules layer_weights_from_transformers reads."""
     attention, mlp = hf_layer.self_attn, hf_layer.mlp
     return all(hasattr(attention, name) for name in ("q_proj", "k_proj", "v_proj", "o_proj", "scaling")) and all(
         hasattr(mlp, name) for name in ("gate_proj", "up_proj", "down_proj", "act_fn")
@@ -66,28 +117,56 @@ def _sliding_window(attention: torch.nn.Module) -> int | None:
     return None
 
 
+def norm_weights(module: torch.nn.Module) -> NormWeights:
+    """(weight, eps) of a transformers RMSNorm (Llama's names its eps variance_epsilon, Gemma's eps)."""
+    return module.weight, getattr(module, "variance_epsilon", None) or module.eps
+
+
+def layer_weights_from_transformers(hf_layer: torch.nn.Module) -> LayerWeights:
+    attention, mlp = hf_layer.self_attn, hf_layer.mlp
+    head_dim = attention.head_dim
+    head_norms = None
+    if getattr(attention, "q_norm", None) is not None:
+        head_norms = (norm_weights(attention.q_norm), norm_weights(attention.k_norm))
+    return LayerWeights(
+        layer_index=attention.layer_idx,
+        num_heads=attention.q_proj.out_features // head_dim,
+        num_kv_heads=attention.k_proj.out_features // head_dim,
+        head_dim=head_dim,
+        scaling=attention.scaling,
+        sliding_window=_sliding_window(attention),
+        qkv_proj=_fuse_linears(attention.q_proj, attention.k_proj, attention.v_proj),
+        o_proj=attention.o_proj,
+        gate_up_proj=_fuse_linears(mlp.gate_proj, mlp.up_proj),
+        down_proj=mlp.down_proj,
+        act_fn=mlp.act_fn,
+        input_norm=norm_weights(hf_layer.input_layernorm),
+        post_attention_norm=norm_weights(hf_layer.post_attention_layernorm),
+        head_norms=head_norms,
+    )
+
+
 class DecoderLayer(torch.nn.Module):
-    def __init__(self, hf_layer: torch.nn.Module, ops: TorchLayerOps) -> None:
+    def __init__(self, weights: LayerWeights, ops: TorchLayerOps) -> None:
         super().__init__()
         self.ops = ops
-        attention, mlp = hf_layer.self_attn, hf_layer.mlp
-        self.layer_index = attention.layer_idx
-        self.head_dim = attention.head_dim
-        self.num_heads = attention.q_proj.out_features // self.head_dim
-        self.num_kv_heads = attention.k_proj.out_features // self.head_dim
-        self.scaling = attention.scaling
-        self.sliding_window = _sliding_window(attention)
-        self.qkv_proj = ops.linear(_fuse_linears(attention.q_proj, attention.k_proj, attention.v_proj))
-        self.o_proj = ops.linear(attention.o_proj)
+        self.layer_index = weights.layer_index
+        self.head_dim = weights.head_dim
+        self.num_heads = weights.num_heads
+        self.num_kv_heads = weights.num_kv_heads
+        self.scaling = weights.scaling
+        self.sliding_window = weights.sliding_window
+        self.qkv_proj = ops.linear(weights.qkv_proj)
+        self.o_proj = ops.linear(weights.o_proj)
         # Qwen3 RMS-normalises each query and key head before RoPE.
         self.head_norms = None
-        if getattr(attention, "q_norm", None) is not None:
-            self.head_norms = (ops.norm(attention.q_norm), ops.norm(attention.k_norm))
-        self.gate_up_proj = ops.linear(_fuse_linears(mlp.gate_proj, mlp.up_proj))
-        self.down_proj = ops.linear(mlp.down_proj)
-        self.act_fn = mlp.act_fn
-        self.input_norm = ops.norm(hf_layer.input_layernorm)
-        self.post_attention_norm = ops.norm(hf_layer.post_attention_layernorm)
+        if weights.head_norms is not None:
+            self.head_norms = tuple(ops.norm(norm) for norm in weights.head_norms)
+        self.gate_up_proj = ops.linear(weights.gate_up_proj)
+        self.down_proj = ops.linear(weights.down_proj)
+        self.act_fn = weights.act_fn
+        self.input_norm = ops.norm(weights.input_norm)
+        self.post_attention_norm = ops.norm(weights.post_attention_norm)
 
     def forward(
         self, hidden: torch.Tensor, residual: torch.Tensor | None, rope: Any, meta: AttentionMetadata
@@ -132,31 +211,48 @@ class LlamaFamilyForward(torch.nn.Module):
 
     layer_class = DecoderLayer
 
-    def __init__(self, hf_model: torch.nn.Module, fused_kernels: bool = False) -> None:
+    def __init__(self, weights: ModelWeights, fused_kernels: bool = False) -> None:
         super().__init__()
-        decoder = hf_model.model
-        self.embed_tokens = decoder.embed_tokens
-        self.rotary_emb = decoder.rotary_emb
-        self.ops = self.make_layer_ops(hf_model, fused_kernels)
-        self.layers = torch.nn.ModuleList(self.layer_class(layer, self.ops) for layer in decoder.layers)
-        self.norm = self.ops.norm(decoder.norm)
-        self.lm_head = hf_model.get_output_embeddings()
+        self.embed_tokens = weights.embed_tokens
+        self.rotary_emb = weights.rotary_emb
+        self.ops = self.make_layer_ops(weights, fused_kernels)
+        self.layers = torch.nn.ModuleList(self.layer_class(layer, self.ops) for layer in weights.layers)
+        self.norm = self.ops.norm(weights.norm)
+        self.lm_head = weights.lm_head
+
+    @classmethod
+    def from_transformers(cls, hf_model: torch.nn.Module, fused_kernels: bool = False) -> LlamaFamilyForward:
+        """Over a loaded transformers model (one that `supports`), sharing its weights."""
+        return cls(cls.weights_from_transformers(hf_model), fused_kernels)
+
+    @classmethod
+    def weights_from_transformers(cls, hf_model: torch.nn.Module) -> ModelWeights:
+        decoder, config = hf_model.model, hf_model.config
+        return ModelWeights(
+            embed_tokens=decoder.embed_tokens,
+            layers=[cls.layer_weights_from_transformers(layer) for layer in decoder.layers],
+            norm=norm_weights(decoder.norm),
+            lm_head=hf_model.get_output_embeddings(),
+            rotary_emb=decoder.rotary_emb,
+            max_position_embeddings=config.max_position_embeddings,
+            hidden_act=getattr(config, "hidden_act", "silu"),
+        )
+
+    layer_weights_from_transformers = staticmethod(layer_weights_from_transformers)
 
     @staticmethod
-    def make_layer_ops(hf_model: torch.nn.Module, fused_kernels: bool) -> TorchLayerOps:
+    def make_layer_ops(weights: ModelWeights, fused_kernels: bool) -> TorchLayerOps:
         """Triton kernels with `fused_kernels` (the caller has checked that Triton runs here), else torch."""
-        rotary_emb = hf_model.model.rotary_emb
         if not fused_kernels:
-            return TorchLayerOps(rotary_emb)
+            return TorchLayerOps(weights.rotary_emb)
         # Imported here: it imports triton, which the torch path must not need.
         from .fused_layer_ops import FusedLayerOps
 
-        config = hf_model.config
-        return FusedLayerOps(rotary_emb, config.max_position_embeddings, hf_model.dtype,
-                             getattr(config, "hidden_act", "silu"))
+        return FusedLayerOps(weights.rotary_emb, weights.max_position_embeddings, weights.dtype, weights.hidden_act)
 
     @classmethod
     def supports(cls, hf_model: torch.nn.Module) -> bool:
+        """Whether a transformers model is one this forward computes."""
         config = hf_model.config
         decoder = getattr(hf_model, "model", None)
         if config.model_type not in LLAMA_FAMILY_TYPES or decoder is None:
