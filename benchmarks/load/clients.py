@@ -110,8 +110,10 @@ class Clients:
             # Token ids, so both servers see prompts of one length; ignore_eos, so both make max_tokens.
             body = {"prompt": request.prompt_ids, "max_tokens": max_tokens, "temperature": 0, "stream": True,
                     "ignore_eos": True, "stream_options": {"include_usage": True}}
+            # A fresh connection each: llama-server drops idle kept-alive ones after 5 s, and a request
+            # sent on one as it closes fails (RemoteProtocolError). Connecting costs TTFT ~0.1 ms here.
             await self._stream_sse(f"{self.endpoints.llamacpp_url}/v1/completions", body, _record_openai_event,
-                                   sample, started)
+                                   sample, started, {"connection": "close"})
         else:
             model, base = {ROUTER: (AUTO_MODEL, self.endpoints.router_url),
                            GATEWAY: (AUTO_MODEL, self.endpoints.gateway_url)}.get(
