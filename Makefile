@@ -77,7 +77,7 @@ bench: install
 
 # llama.cpp's llama-server, the load benchmark's peer (serve_load.py --targets ...,llamacpp), built from
 # the llama-cpp-python source distribution, and the demo models as float32 GGUFs, in the cache:
-# about 10 minutes on 2 cores, once. Not part of `make test`.
+# 10-30 minutes on 2 cores, once. Not part of `make test`.
 llama-cpp: install
 	$(VENV_PYTHON) benchmarks/peers/llama_cpp.py --sizes small,large $(LLAMA_CPP_ARGS)
 

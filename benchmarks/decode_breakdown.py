@@ -27,8 +27,6 @@ from runtime.engine.models import llama_family
 # A prompt of fixed ids: the demo vocabulary's ordinary tokens.
 FIRST_ORDINARY_ID = 5
 WARM_UP_STEPS = 8
-FORWARD_PARTS = ("matmuls (q/k/v, o, gate/up, down)", "LM head", "attention (KV write, paged decode)",
-                 "norms and residual adds", "RoPE tables", "RoPE apply", "SiLU x up", "embedding")
 
 
 class NestedClock:
@@ -118,14 +116,14 @@ def decode_steps(engine: LLMEngine, args: argparse.Namespace, batch: int, tag: s
 
 
 def instrument(engine: LLMEngine) -> NestedClock:
-    """Time every part of the step and of the forward by category (see FORWARD_PARTS)."""
+    """Time every part of the step and of the forward by category."""
     clock = NestedClock()
     model = engine.runner.fast_forward  # the llama-family forward the runner runs
     ops = model.ops
     for layer in model.layers:
         for name in ("qkv_proj", "o_proj", "gate_up_proj", "down_proj"):
             module = getattr(layer, name)
-            module.forward = clock.wrap(FORWARD_PARTS[0], module.forward)
+            module.forward = clock.wrap("matmuls (q/k/v, o, gate/up, down)", module.forward)
     model.lm_head.forward = clock.wrap("LM head", model.lm_head.forward)
     model.embed_tokens.forward = clock.wrap("embedding", model.embed_tokens.forward)
     llama_family.paged_attention = clock.wrap("attention (KV write, paged decode)", llama_family.paged_attention)

@@ -5,7 +5,7 @@ only, and a demo model converted to a float32 GGUF, both in the cache. A second 
     .venv/bin/python benchmarks/peers/llama_cpp.py            # or: make llama-cpp
     .venv/bin/python benchmarks/peers/llama_cpp.py --sizes small,large --jobs 2
 
-The build takes about 10 minutes on 2 cores. cmake comes from PATH (Debian's cmake 3.25 here; the
+The build takes 10-30 minutes on 2 cores (31 with other work beside it). cmake comes from PATH (Debian's cmake 3.25 here; the
 `cmake` PyPI package provides one where it is missing).
 """
 
@@ -90,7 +90,7 @@ def build_server(jobs: int) -> Path:
             raise SystemExit("cmake is missing: apt-get install cmake, or pip install cmake")
         logger.info("configuring llama.cpp with %s ...", cmake)
         subprocess.run([cmake, "-S", str(fetch_source()), "-B", str(build), *CMAKE_OPTIONS], check=True)
-        logger.info("building llama-server with %d jobs (about 10 minutes on 2 cores) ...", jobs)
+        logger.info("building llama-server with %d jobs (10-30 minutes on 2 cores) ...", jobs)
         subprocess.run([cmake, "--build", str(build), "--target", "llama-server", "-j", str(jobs)], check=True)
     return server_path()
 
