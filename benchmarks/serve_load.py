@@ -3,11 +3,12 @@
 Requests arrive at Poisson rates, all at once, or from a fixed number of clients, against the
 predictor alone (`direct`, its generate_stream), through the transformer (`transformer`: OpenAI
 completions over server-sent events; `websocket`) and through the router's OpenAI edge
-(`router`, `model: "auto"`), in one run. Reports TTFT, TPOT, inter-token and end-to-end latency
-(mean, p50, p90, p99), request and token throughput, errors (503s apart), goodput at the SLOs
-and, per level, the predictor's prefix-cache hit rate; a table on stdout and, with --json, a
-file. Given no URLs it starts the small demo model's predictor, transformer and router as
-`make serve` does.
+(`router`, `model: "auto"`), in one run; beside them, as a peer, llama.cpp's llama-server on the
+same model and threads (`llamacpp`, skipped with a message until `make llama-cpp` has built it).
+Reports TTFT, TPOT, inter-token and end-to-end latency (mean, p50, p90, p99), request and token
+throughput, errors (503s apart), goodput at the SLOs and, per level, the predictor's prefix-cache
+hit rate; a table on stdout and, with --json, a file. Given no URLs it starts the small (or
+--size large) demo model's predictor, transformer and router as `make serve` does.
 
 Each level runs the targets one after another, on the same arrival times and fresh prompts of the
 same shape (no run finds its prompts cached by another); --interleave instead sends request i to
@@ -23,6 +24,8 @@ cost over the direct path.
     .venv/bin/python benchmarks/serve_load.py --find_max_rate --slo_ttft_p99 1.0   # sustained rate per target
     .venv/bin/python benchmarks/serve_load.py --targets direct,transformer,websocket --interleave
     .venv/bin/python benchmarks/serve_load.py --targets direct,router,gateway --idle_requests 1200 --requests 32  # the gateway
+    .venv/bin/python benchmarks/serve_load.py --targets transformer,llamacpp --size large --num_threads 2 \\
+        --concurrency 1,4 --workload fixed --prompt_tokens 64 --output_tokens 64 --idle_requests 0  # llama.cpp
     .venv/bin/python benchmarks/serve_load.py --predictor_url http://127.0.0.1:9003 \\
         --transformer_url http://127.0.0.1:9001 --router_url http://127.0.0.1:8000  # `make serve`'s stack
 """
@@ -42,13 +45,24 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from benchmarks.load.clients import DIRECT, GATEWAY, ROUTER, TARGETS, TRANSFORMER, WEBSOCKET, Endpoints  # noqa: E402
+from benchmarks.load.clients import (  # noqa: E402
+    DIRECT,
+    GATEWAY,
+    LLAMACPP,
+    PEERS,
+    ROUTER,
+    TARGETS,
+    TRANSFORMER,
+    WEBSOCKET,
+    Endpoints,
+)
 from benchmarks.load.metrics import SLO, distribution_ms, paired_ttft_differences, summarise  # noqa: E402
 from benchmarks.load.report import print_idle, print_levels, print_max_rates, write_json  # noqa: E402
 from benchmarks.load.runner import Level, RunSettings, run_idle, run_level  # noqa: E402
 from benchmarks.load.search import RateSearch, SearchBounds  # noqa: E402
 from benchmarks.load.workload import WORKLOADS, RequestSource, WorkloadSpec  # noqa: E402
-from runtime.demo import build_demo_model  # noqa: E402
+from benchmarks.peers import llama_cpp  # noqa: E402
+from runtime.demo import DEMO_SIZES, build_demo_model  # noqa: E402
 from devstack.local_stack import model_name  # noqa: E402
 from transformer.tokenizer import TextTokenizer  # noqa: E402
 
@@ -70,8 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
     servers.add_argument("--router_url", help="a running router whose small target is that transformer")
     servers.add_argument("--gateway_url", help="a running router with the gateway on, in front of that transformer")
     servers.add_argument("--gateway_key", help="a tenant's API key at --gateway_url")
+    servers.add_argument("--llamacpp_url", help="a running llama-server on the same model (llamacpp target)")
     servers.add_argument("--model_name", help=f"the model the running servers serve (unset: {model_name('small')})")
-    servers.add_argument("--num_threads", type=int, default=1, help="torch threads of a predictor started here")
+    servers.add_argument("--size", choices=tuple(DEMO_SIZES), default="small", help="the demo model started here")
+    servers.add_argument("--num_threads", type=int, default=1,
+                         help="torch threads of a predictor started here (and llama-server's threads)")
+    servers.add_argument("--llamacpp_slots", type=int,
+                         help="llama-server's parallel sequences (unset: the highest --concurrency, else 16)")
     parser.add_argument("--targets", type=_list_of(str), default=",".join((DIRECT, TRANSFORMER, ROUTER)),
                         help=f"comma-separated, of {', '.join(TARGETS)}")
     load = parser.add_argument_group("load (a comma-separated list is a sweep, a level each)")
@@ -131,6 +150,11 @@ def parse_args() -> argparse.Namespace:
             parser.error(f"with running servers, the targets need {', '.join(missing)} too")
     elif args.model_name:
         parser.error("--model_name names the model of running servers: give their URLs too")
+    elif LLAMACPP in args.targets and unbuilt_peer_message(args.size):
+        print(unbuilt_peer_message(args.size), flush=True)
+        args.targets = tuple(target for target in args.targets if target != LLAMACPP)
+        if not args.targets:
+            parser.exit(1, "no target left to measure\n")
     if args.find_max_rate and args.interleave:
         parser.error("--find_max_rate searches each target alone: drop --interleave")
     try:
@@ -138,7 +162,18 @@ def parse_args() -> argparse.Namespace:
     except ValueError as exc:
         parser.error(str(exc))
     args.slo = SLO(args.slo_ttft, args.slo_tpot)
+    if args.llamacpp_slots is None:
+        args.llamacpp_slots = max(args.concurrency) if args.concurrency else 16
     return args
+
+
+def unbuilt_peer_message(size: str) -> str | None:
+    """Why the llamacpp target is skipped, naming the build command; None when it is built."""
+    missing = llama_cpp.missing_parts(size)
+    if not missing:
+        return None
+    return (f"skipping {LLAMACPP}: llama.cpp is not built here (missing {', '.join(map(str, missing))}); "
+            f"build it with: {llama_cpp.BUILD_COMMAND}")
 
 
 def missing_urls(args: argparse.Namespace) -> list[str]:
@@ -146,7 +181,7 @@ def missing_urls(args: argparse.Namespace) -> list[str]:
     needed = {"predictor_url": True,
               "transformer_url": bool({TRANSFORMER, WEBSOCKET, ROUTER, GATEWAY} & set(args.targets)),
               "router_url": ROUTER in args.targets, "gateway_url": GATEWAY in args.targets,
-              "gateway_key": GATEWAY in args.targets}
+              "gateway_key": GATEWAY in args.targets, "llamacpp_url": LLAMACPP in args.targets}
     return [f"--{name}" for name, need in needed.items() if need and not getattr(args, name)]
 
 
@@ -163,14 +198,15 @@ def levels_of(args: argparse.Namespace) -> list[Level]:
 
 def endpoints_of(args: argparse.Namespace, stack: ExitStack) -> Endpoints:
     if args.predictor_url:
-        return Endpoints(args.model_name or model_name("small"), args.predictor_url, args.transformer_url,
-                         args.router_url, args.gateway_url, args.gateway_key)
+        return Endpoints(args.model_name or model_name(args.size), args.predictor_url, args.transformer_url,
+                         args.router_url, args.gateway_url, args.gateway_key, args.llamacpp_url)
     from benchmarks.load.servers import start_servers  # the suite's port helper; only needed here
 
     log_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="serve_load-")))
-    print(f"starting the small demo model's servers for {', '.join(args.targets)} (logs in {log_dir}) ...",
+    print(f"starting the {args.size} demo model's servers for {', '.join(args.targets)} (logs in {log_dir}) ...",
           flush=True)
-    return start_servers(stack, args.targets, args.num_threads, log_dir)
+    return start_servers(stack, args.targets, args.num_threads, log_dir, size=args.size,
+                         llamacpp_slots=args.llamacpp_slots)
 
 
 def run_levels(args: argparse.Namespace, settings: RunSettings, source: RequestSource) -> list[dict]:
@@ -208,7 +244,7 @@ def run_idle_phase(args: argparse.Namespace, endpoints: Endpoints, source: Reque
             for target in targets}
     if DIRECT in targets:
         for target in targets:
-            if target != DIRECT:
+            if target not in (DIRECT, *PEERS):
                 differences = paired_ttft_differences(samples, len(targets), target, DIRECT)
                 idle[target]["paired_hop_ttft_ms"] = distribution_ms(differences)
     if {GATEWAY, ROUTER} <= set(targets):
@@ -220,7 +256,7 @@ def run_idle_phase(args: argparse.Namespace, endpoints: Endpoints, source: Reque
 
 def main() -> None:
     args = parse_args()
-    source = RequestSource(TextTokenizer(build_demo_model("small")), args.workload_spec, args.seed)
+    source = RequestSource(TextTokenizer(build_demo_model(args.size)), args.workload_spec, args.seed)
     report = {"command": shlex.join([sys.executable, *sys.argv]),
               "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "targets": list(args.targets), "workload": args.workload_spec.describe(),

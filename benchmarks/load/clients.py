@@ -3,7 +3,9 @@ transformer's OpenAI completions route over server-sent events (`transformer`), 
 OpenAI edge with `model: "auto"` (`router`), the same edge behind the gateway with every feature
 on (`gateway`: a tenant's key with limits, an Idempotency-Key per request, the response cache,
 state in Redis), and the transformer's WebSocket (`websocket`, all requests multiplexed on one
-connection, as a real-time client would)."""
+connection, as a real-time client would). `llamacpp` is a peer, not a hop of ours: llama.cpp's
+`llama-server` on the same model, through its OpenAI completions route, sent the same token ids
+that the transformer makes of the prompt text."""
 
 from __future__ import annotations
 
@@ -22,7 +24,9 @@ from benchmarks.load.metrics import SERVICE_UNAVAILABLE, Sample
 from benchmarks.load.workload import Request
 
 DIRECT, TRANSFORMER, ROUTER, GATEWAY, WEBSOCKET = "direct", "transformer", "router", "gateway", "websocket"
-TARGETS = (DIRECT, TRANSFORMER, ROUTER, GATEWAY, WEBSOCKET)
+LLAMACPP = "llamacpp"
+TARGETS = (DIRECT, TRANSFORMER, ROUTER, GATEWAY, WEBSOCKET, LLAMACPP)
+PEERS = (LLAMACPP,)  # other servers of the same model: no hop of ours, so no cost over `direct`
 AUTO_MODEL = "auto"
 ROUTE_HEADER = "x-route"
 
@@ -35,6 +39,7 @@ class Endpoints:
     router_url: str | None = None
     gateway_url: str | None = None  # a router with the gateway on, in front of the same transformer
     gateway_key: str | None = None  # a tenant's API key there
+    llamacpp_url: str | None = None  # llama.cpp's llama-server on the same model
 
 
 class MultiplexedSocket:
@@ -101,6 +106,14 @@ class Clients:
                     "parameters": {"max_tokens": max_tokens, "temperature": 0, "ignore_eos": True}}
             url = f"{self.endpoints.predictor_url}/v2/models/{self.endpoints.model_name}/generate_stream"
             await self._stream_sse(url, body, _record_generate_event, sample, started)
+        elif sample.target == LLAMACPP:
+            # Token ids, so both servers see prompts of one length; ignore_eos, so both make max_tokens.
+            body = {"prompt": request.prompt_ids, "max_tokens": max_tokens, "temperature": 0, "stream": True,
+                    "ignore_eos": True, "stream_options": {"include_usage": True}}
+            # A fresh connection each: llama-server drops idle kept-alive ones after 5 s, and a request
+            # sent on one as it closes fails (RemoteProtocolError). Connecting costs TTFT ~0.1 ms here.
+            await self._stream_sse(f"{self.endpoints.llamacpp_url}/v1/completions", body, _record_openai_event,
+                                   sample, started, {"connection": "close"})
         else:
             model, base = {ROUTER: (AUTO_MODEL, self.endpoints.router_url),
                            GATEWAY: (AUTO_MODEL, self.endpoints.gateway_url)}.get(

@@ -7,7 +7,7 @@ import json
 import math
 from pathlib import Path
 
-from benchmarks.load.clients import DIRECT
+from benchmarks.load.clients import DIRECT, PEERS
 
 # (header, width, how to read the cell from a target's summary)
 COLUMNS = [
@@ -45,7 +45,7 @@ def print_idle(idle: dict[str, dict]) -> None:
               f"({row['completed']}/{row['requests']} done)")
     if DIRECT not in idle:
         return
-    for target in [target for target in idle if target != DIRECT]:
+    for target in [target for target in idle if target not in (DIRECT, *PEERS)]:
         hop_ttft = idle[target]["ttft_ms"]["p50"] - idle[DIRECT]["ttft_ms"]["p50"]
         hop_itl = idle[target]["itl_ms"]["p50"] - idle[DIRECT]["itl_ms"]["p50"]
         print(f"  {target} hop, idle: {hop_ttft:+.2f} ms TTFT p50, {hop_itl:+.2f} ms ITL p50 over direct")

@@ -1,7 +1,8 @@
 """The servers a load run needs when it is given no URLs: the small demo model's predictor, its
 transformer and the router, started as `make serve` starts them (devstack/local_stack.py), on free
 ports, with their logs in a folder; for the `gateway` target, a second router with the gateway
-on in front of the same transformer, its state in a redis-server started here."""
+on in front of the same transformer, its state in a redis-server started here; for the `llamacpp`
+peer, llama.cpp's llama-server on the same demo model (built by benchmarks/peers/llama_cpp.py)."""
 
 from __future__ import annotations
 
@@ -12,13 +13,16 @@ import subprocess
 import time
 from collections.abc import Sequence
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-from benchmarks.load.clients import DIRECT, GATEWAY, ROUTER, Endpoints
+from benchmarks.load.clients import DIRECT, GATEWAY, LLAMACPP, PEERS, ROUTER, Endpoints
+from benchmarks.peers import llama_cpp
 from devstack.local_stack import (
     ROUTER_NAME,
+    Component,
     Ports,
     Stack,
     kserve_component,
@@ -35,20 +39,34 @@ SIZE = "small"
 ROUTER_PORT_OFFSET = 15
 GATEWAY_PORT_OFFSET = 16
 REDIS_PORT_OFFSET = 20
+LLAMACPP_PORT_OFFSET = 25
+# llama-server's context per slot: the demo models' longest sequence.
+LLAMACPP_CONTEXT_PER_SLOT = 2048
 # The benchmark's tenant: every limit set (so every check runs), none of them reached.
 TENANT_LIMITS = {"requests_per_minute": 1_000_000, "tokens_per_minute": 1_000_000_000, "max_concurrent": 10_000,
                  "budget": {"tokens": 10**12, "period": "month"}}
 
 
+@dataclass
+class ServerBinary(Component):
+    """A component that is an executable, not a Python module (llama.cpp's llama-server)."""
+
+    executable: str = ""
+
+    def command(self) -> list[str]:
+        return [self.executable, *self.args]
+
+
 def start_servers(stack: ExitStack, targets: tuple[str, ...], num_threads: int, log_dir: Path,
-                  router_args: Sequence[str] = ()) -> Endpoints:
+                  router_args: Sequence[str] = (), size: str = SIZE, llamacpp_slots: int = 4) -> Endpoints:
     """The components `targets` reach, started and ready; stopped when `stack` closes.
-    `router_args`: more flags for the router (the batch benchmark's batch policy)."""
+    `router_args`: more flags for the router (the batch benchmark's batch policy). The predictor
+    and llama-server both compute with `num_threads` threads."""
     base = free_port_block(30)
     ports = Ports(base=base, router=base + ROUTER_PORT_OFFSET)
-    components = [predictor(SIZE, ports, ["--num_threads", str(num_threads)])]
-    if set(targets) - {DIRECT}:
-        components.append(transformer(SIZE, ports))
+    components = [predictor(size, ports, ["--num_threads", str(num_threads)])]
+    if set(targets) - {DIRECT, *PEERS}:
+        components.append(transformer(size, ports))
     config = _router_config(log_dir / "router.yaml", ports)
     if ROUTER in targets:
         components.append(router("router", ports.router, config, router_args))
@@ -57,11 +75,24 @@ def start_servers(stack: ExitStack, targets: tuple[str, ...], num_threads: int, 
         redis_url = _start_redis(stack, base + REDIS_PORT_OFFSET, log_dir)
         gateway_key = "sk-" + secrets.token_urlsafe(24)
         components.append(_gateway_router(base + GATEWAY_PORT_OFFSET, config, redis_url, gateway_key, log_dir))
+    if LLAMACPP in targets:
+        components.append(llama_server(size, base + LLAMACPP_PORT_OFFSET, num_threads, llamacpp_slots))
     servers = Stack(components, log_dir)
     stack.callback(servers.stop)
     servers.start()
-    return Endpoints(model_name(SIZE), local_url(ports.predictor(SIZE)), local_url(ports.transformer(SIZE)),
-                     local_url(ports.router), local_url(base + GATEWAY_PORT_OFFSET), gateway_key)
+    return Endpoints(model_name(size), local_url(ports.predictor(size)), local_url(ports.transformer(size)),
+                     local_url(ports.router), local_url(base + GATEWAY_PORT_OFFSET), gateway_key,
+                     local_url(base + LLAMACPP_PORT_OFFSET))
+
+
+def llama_server(size: str, port: int, num_threads: int, slots: int) -> ServerBinary:
+    """llama-server on the demo model's float32 GGUF: `slots` sequences batched continuously (its
+    default), each with the demo model's whole context, computing on `num_threads` threads."""
+    args = ["-m", str(llama_cpp.gguf_path(size)), "-t", str(num_threads), "-tb", str(num_threads),
+            "-np", str(slots), "-c", str(slots * LLAMACPP_CONTEXT_PER_SLOT), "--host", "127.0.0.1",
+            "--port", str(port), "--no-webui"]
+    return ServerBinary(f"llama-server-{size}", "llama-server", args, port, None, "/health",
+                        executable=str(llama_cpp.server_path()))
 
 
 def _gateway_router(port: int, config: Path, redis_url: str, key: str, log_dir: Path):
