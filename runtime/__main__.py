@@ -46,9 +46,6 @@ from serving.tracing import PREDICTOR_SERVICE
 logger = logging.getLogger("runtime")
 
 DEFAULT_MAX_QUEUE = 256
-# A served model's streams get their next token within about this long while prompts stream in
-# (EngineConfig.decode_step_target_seconds; benchmarks/serve_load.py at 128 streams measured it).
-DEFAULT_DECODE_STEP_TARGET_SECONDS = 0.15
 _ENGINE_DEFAULTS = {field.name: field.default for field in dataclasses.fields(EngineConfig)}
 
 
@@ -85,10 +82,11 @@ def _add_engine_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--gpu_memory_utilization", type=float, default=defaults["gpu_memory_utilization"])
     group.add_argument("--max_num_seqs", type=int, default=defaults["max_num_seqs"])
     group.add_argument("--max_num_batched_tokens", type=int, default=defaults["max_num_batched_tokens"])
-    group.add_argument("--decode_step_target_seconds", type=float, default=DEFAULT_DECODE_STEP_TARGET_SECONDS,
+    group.add_argument("--decode_step_target_seconds", type=float, default=0.0,
                        help="the time a step holding running streams aims to stay within: prompt chunks beside "
-                            "them are sized to fit it, keeping inter-token latency steady under load (0: off, "
-                            "every step fills --max_num_batched_tokens)")
+                            "them are sized to fit it, trading throughput and median inter-token latency for a "
+                            "lower p99 under load (see BENCHMARKS.md; 0, the default: off, every step fills "
+                            "--max_num_batched_tokens)")
     group.add_argument("--min_prefill_chunk_tokens", type=int, default=defaults["min_prefill_chunk_tokens"],
                        help="prompt tokens a step beside running streams computes at least")
     group.add_argument("--max_model_len", type=int, default=None, help="context length (unset: the model's)")

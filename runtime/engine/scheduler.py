@@ -75,8 +75,9 @@ class Scheduler:
         output = SchedulerOutput()
         budget = self._schedule_decodes(output, self.max_num_batched_tokens)
         prompt_budget = min(budget, self._prompt_budget(num_decodes=len(output.scheduled)))
-        prompt_budget = self._schedule_running_prefills(output, prompt_budget)
-        if not output.preempted:
+        prompt_budget, starved = self._schedule_running_prefills(output, prompt_budget)
+        # A running prompt short of blocks gets the next ones freed: none go to newcomers meanwhile.
+        if not output.preempted and not starved:
             self._schedule_waiting(output, prompt_budget)
         return output
 
@@ -115,9 +116,10 @@ class Scheduler:
             index += 1
         return budget
 
-    def _schedule_running_prefills(self, output: SchedulerOutput, budget: int) -> int:
+    def _schedule_running_prefills(self, output: SchedulerOutput, budget: int) -> tuple[int, bool]:
         """The next chunk of each running request's unfinished prompt, oldest first, while the
-        blocks allow (a prompt never preempts: the decodes have been served)."""
+        blocks allow (a prompt never preempts: the decodes have been served). Returns the budget
+        left and whether a prompt was left without the blocks for its chunk."""
         for seq in self.running:
             if budget <= 0:
                 break
@@ -125,11 +127,11 @@ class Scheduler:
                 continue
             num_new_tokens = min(seq.num_uncomputed_tokens, budget)
             if not self.block_manager.can_allocate(seq, num_new_tokens):
-                break
+                return budget, True
             self.block_manager.allocate_slots(seq, num_new_tokens)
             output.scheduled.append(ScheduledSequence(seq, num_new_tokens))
             budget -= num_new_tokens
-        return budget
+        return budget, False
 
     def _schedule_waiting(self, output: SchedulerOutput, budget: int) -> None:
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:

@@ -300,3 +300,16 @@ def test_the_step_cost_model_finds_the_line_through_the_steps_it_saw():
     for _ in range(20):
         same_size.observe(32, 0.01)
     assert same_size.line() is None  # every step the same size: the cost per token is unknown
+
+
+def test_a_running_prompt_short_of_blocks_is_not_overtaken_by_newcomers(monkeypatch):
+    scheduler = make_scheduler(max_num_batched_tokens=16)
+    requests = Requests(scheduler)
+    long = requests.add(40)
+    run_step(scheduler)  # its first 16 tokens
+    newcomer = requests.add(4)
+    can_allocate = scheduler.block_manager.can_allocate
+    monkeypatch.setattr(scheduler.block_manager, "can_allocate",
+                        lambda seq, *args: seq is not long and can_allocate(seq, *args))
+    assert scheduler.schedule().is_empty  # the blocks freed next go to the running prompt
+    assert newcomer.status is SequenceStatus.WAITING
