@@ -92,12 +92,18 @@ class Collector:
             self.spans.extend(received)
 
     def trace(self, trace_id: str, expected_names: set[str]) -> list[ReceivedSpan]:
-        """The spans of `trace_id`, once those named arrived (batches come every 100 ms here)."""
+        """The spans of `trace_id`, once those named arrived and no more came for half a second
+        (batches come every 100 ms here; a server span ends after the work it holds, so it may
+        come in a later batch than its children)."""
         deadline = time.monotonic() + SPANS_TIMEOUT
+        seen, settled_since = -1, time.monotonic()
         while True:
             with self.lock:
                 spans = [span for span in self.spans if span.trace_id == trace_id]
-            if expected_names <= {span.name for span in spans} or time.monotonic() > deadline:
+            if len(spans) != seen:
+                seen, settled_since = len(spans), time.monotonic()
+            complete = expected_names <= {span.name for span in spans}
+            if (complete and time.monotonic() - settled_since >= 0.5) or time.monotonic() > deadline:
                 return spans
             time.sleep(0.1)
 
@@ -234,7 +240,7 @@ async def test_a_websocket_request_continues_the_handshakes_trace_through_all_th
         while (message := json.loads(await asyncio.wait_for(socket.recv(), 60)))["type"] not in ("done", "error"):
             pass
     assert message["type"] == "done", message
-    spans = collector.trace(trace_id, {"route", PREDICTOR_REQUEST})
+    spans = collector.trace(trace_id, {"websocket generate", "route", PREDICTOR_REQUEST})
     request = by_name(spans, ROUTER_SERVICE, "websocket generate")
     assert request.parent_span_id == CLIENT_SPAN_ID
     assert request.attributes["websocket.request_id"] == "one"
