@@ -16,7 +16,9 @@ import torch.utils.cpp_extension
 
 from runtime.engine.build_cpu_kernels import CPU_KERNELS, build_all
 from runtime.engine.cpu_extensions import (
+    BUILT_KERNELS_CACHE_ENV,
     PREBUILT_KERNELS_DIR_ENV,
+    built_kernel_directory,
     detected_isa,
     extension_name,
     load_cpu_extension,
@@ -93,7 +95,66 @@ def test_a_prebuilt_kernel_loads_without_a_compiler(prebuilt: Path) -> None:
 def test_without_a_prebuilt_kernel_it_builds_as_before(tmp_path: Path, without_a_compiler, monkeypatch,
                                                        caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setenv(PREBUILT_KERNELS_DIR_ENV, str(tmp_path))
+    monkeypatch.setenv(BUILT_KERNELS_CACHE_ENV, str(tmp_path / "cache"))
     with caplog.at_level(logging.INFO, logger="runtime.engine.cpu_extensions"):
         assert load_cpu_extension(BITMASK_KERNEL_NAME, BITMASK_KERNEL_SOURCE, "grammar mask") is None
     assert "no prebuilt C++ CPU grammar mask kernel" in caplog.text
     assert "no compiler here" in caplog.text
+
+
+# A kernel once built is kept in our own cache and loaded from there by later processes, without
+# torch's build machinery (which costs about 0.1 s per start even when torch has the build).
+LOAD_FROM_THE_CACHE = """
+import json, sys
+from runtime.engine.grammar import BITMASK_KERNEL_NAME, BITMASK_KERNEL_SOURCE
+from runtime.engine.cpu_extensions import load_cpu_extension
+module = load_cpu_extension(BITMASK_KERNEL_NAME, BITMASK_KERNEL_SOURCE, "grammar mask")
+print(json.dumps({"file": module and module.__file__,
+                  "imported_the_build_machinery": "torch.utils.cpp_extension" in sys.modules}))
+"""
+
+
+@needs_toolchain
+def test_a_built_kernel_is_kept_and_later_starts_load_it_without_torch_build_machinery(tmp_path: Path) -> None:
+    env = {**os.environ, BUILT_KERNELS_CACHE_ENV: str(tmp_path)}
+    for variable in ("KSERVE_LLM_CPU_KERNELS", PREBUILT_KERNELS_DIR_ENV):
+        env.pop(variable, None)
+    # The first start builds (here: takes torch's cached build) and keeps a copy.
+    first = subprocess.run([sys.executable, "-c", "from runtime.engine.grammar import load_bitmask_kernel;"
+                            "assert load_bitmask_kernel() is not None"], cwd=REPO_ROOT, env=env,
+                           capture_output=True, text=True, timeout=300, check=False)
+    assert first.returncode == 0, first.stderr[-3000:]
+    kept = list(tmp_path.glob("*/*.so"))
+    assert len(kept) == 1
+    # The next one loads that copy without importing torch's build machinery (so nothing was built).
+    result = subprocess.run([sys.executable, "-c", LOAD_FROM_THE_CACHE], cwd=REPO_ROOT, env=env,
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    loaded = json.loads(result.stdout.strip().splitlines()[-1])
+    assert loaded == {"file": str(kept[0]), "imported_the_build_machinery": False}
+
+
+def test_the_cache_key_changes_with_what_the_build_depends_on(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv(BUILT_KERNELS_CACHE_ENV, str(tmp_path))
+    directory = built_kernel_directory("kernel_avx512", "int f() { return 1; }", "AVX512")
+    assert directory.parent == tmp_path
+    assert built_kernel_directory("kernel_avx512", "int f() { return 1; }", "AVX512") == directory
+    assert built_kernel_directory("kernel_avx512", "int f() { return 2; }", "AVX512") != directory
+    assert built_kernel_directory("kernel_avx2", "int f() { return 1; }", "AVX2") != directory
+    monkeypatch.setattr(torch, "__version__", "0.0.0")
+    assert built_kernel_directory("kernel_avx512", "int f() { return 1; }", "AVX512") != directory
+    monkeypatch.setenv(BUILT_KERNELS_CACHE_ENV, "")
+    assert built_kernel_directory("kernel_avx512", "int f() { return 1; }", "AVX512") is None
+
+
+def test_a_torn_cached_kernel_is_built_again(tmp_path: Path, without_a_compiler, monkeypatch,
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setenv(BUILT_KERNELS_CACHE_ENV, str(tmp_path))
+    monkeypatch.delenv(PREBUILT_KERNELS_DIR_ENV, raising=False)
+    directory = built_kernel_directory(extension_name(BITMASK_KERNEL_NAME, detected_isa()),
+                                       BITMASK_KERNEL_SOURCE.read_text(), detected_isa())
+    directory.mkdir(parents=True)
+    (directory / f"{extension_name(BITMASK_KERNEL_NAME, detected_isa())}.so").write_bytes(b"not an ELF file")
+    with caplog.at_level(logging.INFO, logger="runtime.engine.cpu_extensions"):
+        assert load_cpu_extension(BITMASK_KERNEL_NAME, BITMASK_KERNEL_SOURCE, "grammar mask") is None
+    assert "does not load" in caplog.text and "no compiler here" in caplog.text
