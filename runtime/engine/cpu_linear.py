@@ -28,8 +28,14 @@ about 1.5x. Same parameters in every case, so tied weights stay tied.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
+
+from .cpu_extensions import load_cpu_extension
 
 # Above this many rows the ordinary x @ W.T product is the faster one (without oneDNN).
 MAX_SKINNY_ROWS = 64
@@ -63,6 +69,20 @@ def _onednn_linear():
 
 ONEDNN_LINEAR = _onednn_linear()
 
+FEW_ROWS_KERNEL_NAME = "kserve_llm_cpu_few_rows_linear"
+FEW_ROWS_KERNEL_SOURCE = Path(__file__).parent / "csrc" / "few_rows_linear.cpp"
+# Up to this many rows the C++ kernel is faster than oneDNN (benchmarks/cpu_gemv.py).
+FEW_ROWS_MAX_ROWS = 8
+
+
+@functools.cache
+def load_few_rows_kernel() -> Callable | None:
+    """The C++ CPU kernel few_rows_linear(rows, weight, bias) -> rows @ weight.T + bias (float32,
+    weight read in place), or None where it cannot be built here or is not vectorised (the
+    portable build is no faster than oneDNN). Built on first use (cpu_extensions.py)."""
+    module = load_cpu_extension(FEW_ROWS_KERNEL_NAME, FEW_ROWS_KERNEL_SOURCE, "few-rows linear")
+    return module.few_rows_linear if module is not None and module.vectorised else None
+
 
 class CpuLinear(torch.nn.Module):
     def __init__(self, linear: torch.nn.Linear, use_onednn: bool = True) -> None:
@@ -80,6 +100,9 @@ class CpuLinear(torch.nn.Module):
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         rows = hidden.reshape(-1, hidden.shape[-1])
         num_rows = rows.shape[0]
+        if 0 < num_rows <= FEW_ROWS_MAX_ROWS and self._few_rows_kernel_applies(rows):
+            output = load_few_rows_kernel()(rows, self.weight, self.bias)
+            return output.reshape(*hidden.shape[:-1], self.out_features)
         if 0 < num_rows <= ONEDNN_MAX_ROWS and hidden.dtype is torch.float32 and self.uses_onednn:
             return self._onednn_product(rows).reshape(*hidden.shape[:-1], self.out_features)
         if num_rows > MAX_SKINNY_ROWS or rows.device.type != "cpu":
@@ -95,6 +118,16 @@ class CpuLinear(torch.nn.Module):
             output = output + self.bias
         return output.reshape(*hidden.shape[:-1], self.out_features)
 
+    def _few_rows_kernel_applies(self, rows: torch.Tensor) -> bool:
+        return (
+            rows.dtype is torch.float32
+            and self.weight.dtype is torch.float32
+            and rows.device.type == "cpu"
+            and rows.stride(-1) == 1
+            and self.weight.is_contiguous()
+            and (self.bias is None or (self.bias.dtype is torch.float32 and self.bias.is_contiguous()))
+            and load_few_rows_kernel() is not None
+        )
 
     def _onednn_product(self, rows: torch.Tensor) -> torch.Tensor:
         num_rows = rows.shape[0]
