@@ -12,12 +12,17 @@ from pathlib import Path
 
 from .attention.cpu_kernels import KERNEL_NAME, SOURCE
 from .cpu_extensions import ISAS, build_prebuilt_kernel
+from .cpu_linear import FEW_ROWS_KERNEL_NAME, FEW_ROWS_KERNEL_SOURCE
 from .grammar import BITMASK_KERNEL_NAME, BITMASK_KERNEL_SOURCE
 
 logger = logging.getLogger(__name__)
 
 # (name, source) of every C++ CPU kernel the engine loads.
-CPU_KERNELS: tuple[tuple[str, Path], ...] = ((KERNEL_NAME, SOURCE), (BITMASK_KERNEL_NAME, BITMASK_KERNEL_SOURCE))
+CPU_KERNELS: tuple[tuple[str, Path], ...] = (
+    (KERNEL_NAME, SOURCE),
+    (BITMASK_KERNEL_NAME, BITMASK_KERNEL_SOURCE),
+    (FEW_ROWS_KERNEL_NAME, FEW_ROWS_KERNEL_SOURCE),
+)
 
 
 def build_all(directory: Path, isas: Sequence[str] = ISAS) -> list[Path]:

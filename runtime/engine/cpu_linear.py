@@ -85,13 +85,14 @@ def load_few_rows_kernel() -> Callable | None:
 
 
 class CpuLinear(torch.nn.Module):
-    def __init__(self, linear: torch.nn.Linear, use_onednn: bool = True) -> None:
+    def __init__(self, linear: torch.nn.Linear, use_onednn: bool = True, use_few_rows_kernel: bool = True) -> None:
         super().__init__()
         self.weight = linear.weight
         self.bias = linear.bias
         self.in_features = linear.in_features
         self.out_features = linear.out_features
         self.onednn = ONEDNN_LINEAR if use_onednn else None
+        self.use_few_rows_kernel = use_few_rows_kernel
 
     @property
     def uses_onednn(self) -> bool:
@@ -120,7 +121,8 @@ class CpuLinear(torch.nn.Module):
 
     def _few_rows_kernel_applies(self, rows: torch.Tensor) -> bool:
         return (
-            rows.dtype is torch.float32
+            self.use_few_rows_kernel
+            and rows.dtype is torch.float32
             and self.weight.dtype is torch.float32
             and rows.device.type == "cpu"
             and rows.stride(-1) == 1
@@ -140,19 +142,22 @@ class CpuLinear(torch.nn.Module):
 
 
 def warm_up_cpu_linears(model: torch.nn.Module, max_rows: int = WARM_UP_MAX_ROWS) -> int:
-    """Have oneDNN compile each weight shape's kernel at every row bucket up to `max_rows` now,
-    so that small batches never wait for a compile. Returns the number of (shape, bucket)
-    kernels run."""
-    buckets = [bucket for bucket in ROW_BUCKETS if bucket <= max_rows]
+    """Load the few-rows kernel and have oneDNN compile each weight shape's kernel at every row
+    bucket up to `max_rows` that the few-rows kernel does not cover, now, so that small batches
+    never wait for a compile. Returns the number of (shape, bucket) kernels run."""
+    few_rows_kernel = load_few_rows_kernel()
     shapes = {}
     for module in model.modules():
         if isinstance(module, CpuLinear) and module.uses_onednn:
             shapes.setdefault((module.in_features, module.out_features, module.bias is not None), module)
+    num_run = 0
     with torch.inference_mode():
         for layer in shapes.values():
-            for bucket in buckets:
+            skipped = FEW_ROWS_MAX_ROWS if few_rows_kernel is not None and layer.use_few_rows_kernel else 0
+            for bucket in (bucket for bucket in ROW_BUCKETS if skipped < bucket <= max_rows):
                 layer(torch.zeros(bucket, layer.in_features))
-    return len(shapes) * len(buckets)
+                num_run += 1
+    return num_run
 
 
 def cpu_linear_if_cpu(linear: torch.nn.Linear) -> torch.nn.Module:

@@ -16,9 +16,9 @@ namespace {
 
 // Rows of x multiplied per pass over a block of weight rows (more are done in passes of this many).
 constexpr int kRowsPerPass = 8;
-// Output rows per parallel task (at least), and per chunk whose weights stay in cache while
-// every pass of rows reads them: 64 rows of 1376 floats are 352 KiB.
-constexpr int64_t kOutputsPerTask = 64;
+// Output rows per chunk, the unit of parallel work, whose weights stay in cache while every pass
+// of rows reads them (48 rows of 1376 floats are 264 KiB); a multiple of every block's outputs.
+constexpr int64_t kOutputsPerChunk = 48;
 
 #ifdef __AVX512F__
 constexpr bool kVectorised = true;
@@ -100,7 +100,7 @@ void product_range(const float* x, int64_t x_stride, const float* weight, int64_
 // Weight rows in flight per block: R * U accumulators and U weight vectors within the 32 registers.
 template <int R>
 constexpr int outputs_per_block() {
-  return R == 1 ? 8 : R == 2 ? 6 : R <= 4 ? 4 : 2;
+  return R <= 3 ? 8 : R == 4 ? 6 : R <= 6 ? 4 : 3;
 }
 
 template <int R>
@@ -138,9 +138,10 @@ torch::Tensor few_rows_linear(const torch::Tensor& input, const torch::Tensor& w
   const float* b = has_bias ? bias->data_ptr<float>() : nullptr;
   float* out = output.data_ptr<float>();
   const int64_t x_stride = input.stride(0);
-  at::parallel_for(0, n, kOutputsPerTask, [&](int64_t begin, int64_t end) {
-    for (int64_t start = begin; start < end; start += kOutputsPerTask) {
-      const int64_t stop = std::min(start + kOutputsPerTask, end);
+  const int64_t num_chunks = (n + kOutputsPerChunk - 1) / kOutputsPerChunk;
+  at::parallel_for(0, num_chunks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t chunk = begin; chunk < end; ++chunk) {
+      const int64_t start = chunk * kOutputsPerChunk, stop = std::min(start + kOutputsPerChunk, n);
       for (int64_t first = 0; first < rows; first += kRowsPerPass) {
         const int64_t pass_rows = std::min<int64_t>(kRowsPerPass, rows - first);
         kProductOfRows[pass_rows - 1](x + first * x_stride, x_stride, w, k, b, out + first * n, n, start, stop);
