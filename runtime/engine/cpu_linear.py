@@ -20,6 +20,14 @@ compiles its own, a few ms inside a step of tens. Warming all of them took most 
 predictor's warm-up (0.7 s of 1.2 s on the 2-core VM under load), for products of up to 256 rows
 through every weight, the LM head's included (BENCHMARKS.md, Cold start).
 
+Up to FEW_ROWS_MAX_ROWS rows (a decode step at a few streams) a C++ kernel of ours does better
+still (csrc/few_rows_linear.cpp): it reads each weight row once, in place, into registers and
+multiplies it with every row at once, where oneDNN's inner product at 1-16 rows streams the
+weights well below the memory's rate. Measured on the same products (benchmarks/cpu_gemv.py,
+1 thread): 1 row 0.72x oneDNN's time, 4 rows 0.6x, 8 rows 0.6x, 16 rows 0.85-0.9x, 24 rows
+1.2x (there oneDNN's blocking wins). It is built on first use, at the engine's warm-up
+(`warm_up_cpu_linears`), and only used as its AVX-512 build: elsewhere oneDNN keeps those rows.
+
 Without oneDNN (a torch build lacking it) or for other dtypes (its CPU half-precision support
 depends on the processor), few rows are computed as W @ x.T in row slices of W, which streams
 the weights better than MKL's x @ W.T: 12-18 % faster per decode step, the 32000-row LM head
@@ -72,7 +80,7 @@ ONEDNN_LINEAR = _onednn_linear()
 FEW_ROWS_KERNEL_NAME = "kserve_llm_cpu_few_rows_linear"
 FEW_ROWS_KERNEL_SOURCE = Path(__file__).parent / "csrc" / "few_rows_linear.cpp"
 # Up to this many rows the C++ kernel is faster than oneDNN (benchmarks/cpu_gemv.py).
-FEW_ROWS_MAX_ROWS = 8
+FEW_ROWS_MAX_ROWS = 16
 
 
 @functools.cache
