@@ -13,11 +13,16 @@ from pathlib import Path
 from .attention.cpu_kernels import KERNEL_NAME, SOURCE
 from .cpu_extensions import ISAS, build_prebuilt_kernel
 from .grammar import BITMASK_KERNEL_NAME, BITMASK_KERNEL_SOURCE
+from .models.cpu_layer_ops import LAYER_OPS_KERNEL_NAME, LAYER_OPS_KERNEL_SOURCE
 
 logger = logging.getLogger(__name__)
 
 # (name, source) of every C++ CPU kernel the engine loads.
-CPU_KERNELS: tuple[tuple[str, Path], ...] = ((KERNEL_NAME, SOURCE), (BITMASK_KERNEL_NAME, BITMASK_KERNEL_SOURCE))
+CPU_KERNELS: tuple[tuple[str, Path], ...] = (
+    (KERNEL_NAME, SOURCE),
+    (BITMASK_KERNEL_NAME, BITMASK_KERNEL_SOURCE),
+    (LAYER_OPS_KERNEL_NAME, LAYER_OPS_KERNEL_SOURCE),
+)
 
 
 def build_all(directory: Path, isas: Sequence[str] = ISAS) -> list[Path]:
