@@ -13,33 +13,25 @@ from runtime.engine.models.cpu_layer_ops import CpuFusedLayerOps, load_layer_ops
 from runtime.engine.models.gemma3 import Gemma3Forward
 from runtime.engine.models.layer_ops import TorchLayerOps
 
+from .layer_ops_cases import (
+    DYNAMIC_ROPE,
+    EPS,
+    LLAMA3_ROPE,
+    MAX_POSITIONS,
+    TOLERANCE,
+    TORCH_OPS,
+    assert_add_rms_norm_matches_torch_in_place,
+    assert_close,
+    assert_rotation_matches_torch,
+    fused_qkv,
+    random,
+    rotary,
+)
+
 needs_kernel = pytest.mark.skipif(load_layer_ops_kernel() is None, reason="no C++ toolchain to build the kernel")
 
 DTYPES = [torch.float32, torch.bfloat16]
-# float32: summation order and fused multiply-adds; bfloat16: RoPE rounds once, torch three times.
-TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
 TOKEN_COUNTS = [1, 3, 17, 300]
-EPS = 1e-6
-MAX_POSITIONS = 512
-TORCH_OPS = TorchLayerOps(rotary_emb=None)
-
-
-def random(*shape, dtype, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randn(shape, generator=generator).to(dtype)
-
-
-def assert_close(actual, expected):
-    assert actual.dtype == expected.dtype and actual.shape == expected.shape
-    tolerance = TOLERANCE[expected.dtype]
-    torch.testing.assert_close(actual.float(), expected.float(), atol=tolerance, rtol=tolerance)
-
-
-def rotary(head_dim, rope_parameters=None):
-    extra = {} if rope_parameters is None else {"rope_parameters": rope_parameters}
-    config = transformers.LlamaConfig(hidden_size=64, num_attention_heads=64 // head_dim, head_dim=head_dim,
-                                      max_position_embeddings=MAX_POSITIONS, **extra)
-    return transformers.models.llama.modeling_llama.LlamaRotaryEmbedding(config)
 
 
 def cpu_ops(rotary_emb=None, dtype=torch.float32, hidden_act="silu"):
@@ -70,14 +62,7 @@ def test_rms_norm_of_heads_inside_a_wider_row_leaves_the_row_alone():
 @pytest.mark.parametrize("num_tokens", TOKEN_COUNTS)
 @pytest.mark.parametrize("hidden_size", [64, 67])
 def test_add_rms_norm_matches_torch_in_place(hidden_size, num_tokens, dtype):
-    hidden = random(num_tokens, hidden_size, dtype=dtype)
-    residual = random(num_tokens, hidden_size, dtype=dtype, seed=1)
-    weight = random(hidden_size, dtype=dtype, seed=2)
-    expected_normed, expected_residual = TORCH_OPS.add_rms_norm(hidden, residual, (weight, EPS))
-    normed, summed = cpu_ops(dtype=dtype).add_rms_norm(hidden, residual, (weight, EPS))
-    assert normed.data_ptr() == hidden.data_ptr() and summed.data_ptr() == residual.data_ptr()
-    assert_close(summed, expected_residual)
-    assert_close(normed, expected_normed)
+    assert_add_rms_norm_matches_torch_in_place(cpu_ops(dtype=dtype).add_rms_norm, hidden_size, num_tokens, dtype)
 
 
 @needs_kernel
@@ -103,32 +88,6 @@ def test_silu_and_mul_matches_torch(intermediate_size, num_tokens, dtype):
     torch.testing.assert_close(actual.float(), expected.float(), atol=TOLERANCE[dtype], rtol=TOLERANCE[dtype])
 
 
-def fused_qkv(num_tokens, num_heads, num_kv_heads, head_dim, dtype):
-    """Views of queries and keys into one [tokens, (heads + 2 * kv_heads) * head_dim] output, as
-    the layer has them, and that output."""
-    qkv = random(num_tokens, (num_heads + 2 * num_kv_heads) * head_dim, dtype=dtype)
-    queries = qkv[:, : num_heads * head_dim].view(num_tokens, num_heads, head_dim)
-    keys = qkv[:, num_heads * head_dim : (num_heads + num_kv_heads) * head_dim].view(num_tokens, num_kv_heads, head_dim)
-    return qkv, queries, keys
-
-
-def assert_rotation_matches_torch(rotary_emb, num_tokens, num_heads, num_kv_heads, head_dim, dtype, head_norms):
-    ops, torch_ops = cpu_ops(rotary_emb, dtype), TorchLayerOps(rotary_emb)
-    qkv, queries, keys = fused_qkv(num_tokens, num_heads, num_kv_heads, head_dim, dtype)
-    positions = torch.randint(MAX_POSITIONS, (num_tokens,), generator=torch.Generator().manual_seed(3))
-    positions[0] = MAX_POSITIONS - 1
-    values_before = qkv[:, (num_heads + num_kv_heads) * head_dim :].clone()
-    expected_queries, expected_keys = torch_ops.rotate(
-        queries.clone(), keys.clone(), torch_ops.rope_for_step(qkv, positions), head_norms
-    )
-    rotated_queries, rotated_keys = ops.rotate(queries, keys, ops.rope_for_step(qkv, positions), head_norms)
-    if ops.cos_sin_tables is not None:
-        assert rotated_queries.data_ptr() == queries.data_ptr() and rotated_keys.data_ptr() == keys.data_ptr()
-    assert_close(rotated_queries, expected_queries)
-    assert_close(rotated_keys, expected_keys)
-    assert torch.equal(qkv[:, (num_heads + num_kv_heads) * head_dim :], values_before), "values must stay as they were"
-
-
 @needs_kernel
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("num_tokens", TOKEN_COUNTS)
@@ -138,21 +97,19 @@ def test_rotary_matches_torch_in_place(with_head_norms, head_dim, num_tokens, dt
     head_norms = None
     if with_head_norms:
         head_norms = ((random(head_dim, dtype=dtype, seed=4), EPS), (random(head_dim, dtype=dtype, seed=5), 1e-5))
-    assert_rotation_matches_torch(rotary(head_dim), num_tokens, 8, 4, head_dim, dtype, head_norms)
+    assert_rotation_matches_torch(cpu_ops(rotary(head_dim), dtype), num_tokens, 8, 4, head_dim, dtype, head_norms)
 
 
 @needs_kernel
 def test_rotary_with_llama3_scaling_matches_torch():
-    rope = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-            "original_max_position_embeddings": 16, "rope_theta": 10000.0}
-    assert_rotation_matches_torch(rotary(16, rope), 5, 4, 1, 16, torch.float32, None)
+    assert_rotation_matches_torch(cpu_ops(rotary(16, LLAMA3_ROPE)), 5, 4, 1, 16, torch.float32, None)
 
 
 @needs_kernel
 def test_rope_that_reads_the_batch_keeps_torchs_rotation():
-    rotary_emb = rotary(16, {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0})
-    assert cpu_ops(rotary_emb).cos_sin_tables is None
-    assert_rotation_matches_torch(rotary_emb, 5, 4, 2, 16, torch.float32, None)
+    ops = cpu_ops(rotary(16, DYNAMIC_ROPE))
+    assert ops.cos_sin_tables is None
+    assert_rotation_matches_torch(ops, 5, 4, 2, 16, torch.float32, None)
 
 
 @needs_kernel
