@@ -14,6 +14,7 @@ from .attention.cpu_kernels import KERNEL_NAME, SOURCE
 from .cpu_extensions import ISAS, build_prebuilt_kernel
 from .cpu_linear import FEW_ROWS_KERNEL_NAME, FEW_ROWS_KERNEL_SOURCE
 from .grammar import BITMASK_KERNEL_NAME, BITMASK_KERNEL_SOURCE
+from .models.cpu_layer_ops import LAYER_OPS_KERNEL_NAME, LAYER_OPS_KERNEL_SOURCE
 
 logger = logging.getLogger(__name__)
 
@@ -22,6 +23,7 @@ CPU_KERNELS: tuple[tuple[str, Path], ...] = (
     (KERNEL_NAME, SOURCE),
     (BITMASK_KERNEL_NAME, BITMASK_KERNEL_SOURCE),
     (FEW_ROWS_KERNEL_NAME, FEW_ROWS_KERNEL_SOURCE),
+    (LAYER_OPS_KERNEL_NAME, LAYER_OPS_KERNEL_SOURCE),
 )
 
 

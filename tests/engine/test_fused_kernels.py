@@ -4,6 +4,8 @@ on CUDA when there is a GPU, otherwise under Triton's CPU interpreter (tiny shap
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 import transformers
@@ -13,32 +15,29 @@ from .triton_interpreter import ON_CUDA, needs_kernels, rerun_in_fresh_process, 
 # After .triton_interpreter, which must set up the interpreter before triton is imported.
 from runtime.engine.kernels import add_rms_norm, rms_norm, rotary_embedding, silu_and_mul
 from runtime.engine.models.fused_layer_ops import FusedLayerOps
-from runtime.engine.models.layer_ops import TorchLayerOps
+
+from . import layer_ops_cases
+from .layer_ops_cases import (
+    DYNAMIC_ROPE,
+    EPS,
+    LLAMA3_ROPE,
+    MAX_POSITIONS,
+    TORCH_OPS,
+    assert_add_rms_norm_matches_torch_in_place,
+    assert_close,
+    assert_rotation_matches_torch,
+    rotary,
+)
 
 DEVICE = torch.device("cuda" if ON_CUDA else "cpu")
 DTYPES = [torch.float32, torch.bfloat16, torch.float16] if ON_CUDA else [torch.float32, torch.bfloat16]
-# bfloat16 gets about two units in the last place: the interpreter rounds casts toward zero.
-TOLERANCE = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}
 TOKEN_COUNTS = [1, 7]
-EPS = 1e-6
-TORCH_OPS = TorchLayerOps(rotary_emb=None)
-MAX_POSITIONS = 64
+random = functools.partial(layer_ops_cases.random, device=DEVICE)
 
 
 @runs_in_fresh_process
 def test_kernels_in_a_fresh_interpreter_process():
     rerun_in_fresh_process(__file__)
-
-
-def random(*shape, dtype, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randn(shape, generator=generator).to(dtype).to(DEVICE)
-
-
-def assert_close(actual, expected):
-    assert actual.dtype == expected.dtype and actual.shape == expected.shape
-    tolerance = TOLERANCE[expected.dtype]
-    torch.testing.assert_close(actual.float(), expected.float(), atol=tolerance, rtol=tolerance)
 
 
 @needs_kernels
@@ -55,14 +54,9 @@ def test_rms_norm_matches_torch(hidden_size, num_tokens, dtype):
 @pytest.mark.parametrize("num_tokens", TOKEN_COUNTS)
 @pytest.mark.parametrize("hidden_size", [64, 67])
 def test_add_rms_norm_matches_torch_in_place(hidden_size, num_tokens, dtype):
-    hidden = random(num_tokens, hidden_size, dtype=dtype)
-    residual = random(num_tokens, hidden_size, dtype=dtype, seed=1)
-    weight = random(hidden_size, dtype=dtype, seed=2)
-    expected_normed, expected_residual = TORCH_OPS.add_rms_norm(hidden, residual, (weight, EPS))
-    normed, summed = add_rms_norm(hidden, residual, weight, EPS)
-    assert normed.data_ptr() == hidden.data_ptr() and summed.data_ptr() == residual.data_ptr()
-    assert_close(summed, expected_residual)
-    assert_close(normed, expected_normed)
+    assert_add_rms_norm_matches_torch_in_place(
+        lambda hidden, residual, norm: add_rms_norm(hidden, residual, *norm), hidden_size, num_tokens, dtype, DEVICE
+    )
 
 
 @needs_kernels
@@ -86,36 +80,8 @@ def test_silu_and_mul_matches_torch(intermediate_size, num_tokens, dtype):
     assert_close(silu_and_mul(gate_up), TORCH_OPS.gated_activation(torch.nn.SiLU(), gate_up))
 
 
-def rotary(head_dim, rope_parameters=None):
-    extra = {} if rope_parameters is None else {"rope_parameters": rope_parameters}
-    config = transformers.LlamaConfig(hidden_size=64, num_attention_heads=64 // head_dim, head_dim=head_dim,
-                                      max_position_embeddings=MAX_POSITIONS, **extra)
-    return transformers.models.llama.modeling_llama.LlamaRotaryEmbedding(config).to(DEVICE)
-
-
-def fused_qkv(num_tokens, num_heads, num_kv_heads, head_dim, dtype):
-    """Views of queries and keys into one [tokens, (heads + 2 * kv_heads) * head_dim] output, as
-    the layer has them, and that output."""
-    qkv = random(num_tokens, (num_heads + 2 * num_kv_heads) * head_dim, dtype=dtype)
-    queries = qkv[:, : num_heads * head_dim].view(num_tokens, num_heads, head_dim)
-    keys = qkv[:, num_heads * head_dim : (num_heads + num_kv_heads) * head_dim].view(num_tokens, num_kv_heads, head_dim)
-    return qkv, queries, keys
-
-
-def assert_rotation_matches_torch(rotary_emb, num_tokens, num_heads, num_kv_heads, head_dim, dtype, head_norms):
-    fused_ops = FusedLayerOps(rotary_emb, MAX_POSITIONS, dtype, "silu")
-    torch_ops = TorchLayerOps(rotary_emb)
-    qkv, queries, keys = fused_qkv(num_tokens, num_heads, num_kv_heads, head_dim, dtype)
-    positions = torch.randperm(MAX_POSITIONS, generator=torch.Generator().manual_seed(3))[:num_tokens].to(DEVICE)
-    positions[0] = MAX_POSITIONS - 1
-    values_before = qkv[:, (num_heads + num_kv_heads) * head_dim :].clone()
-    expected_queries, expected_keys = torch_ops.rotate(
-        queries.clone(), keys.clone(), torch_ops.rope_for_step(qkv, positions), head_norms
-    )
-    rotated_queries, rotated_keys = fused_ops.rotate(queries, keys, fused_ops.rope_for_step(qkv, positions), head_norms)
-    assert_close(rotated_queries, expected_queries)
-    assert_close(rotated_keys, expected_keys)
-    assert torch.equal(qkv[:, (num_heads + num_kv_heads) * head_dim :], values_before), "values must stay as they were"
+def fused_ops(rotary_emb, dtype=torch.float32, hidden_act="silu"):
+    return FusedLayerOps(rotary_emb, MAX_POSITIONS, dtype, hidden_act)
 
 
 @needs_kernels
@@ -127,25 +93,24 @@ def test_rotary_matches_torch_in_place(with_head_norms, head_dim, num_tokens, dt
     head_norms = None
     if with_head_norms:
         head_norms = ((random(head_dim, dtype=dtype, seed=4), EPS), (random(head_dim, dtype=dtype, seed=5), 1e-5))
-    assert_rotation_matches_torch(rotary(head_dim), num_tokens, 4, 2, head_dim, dtype, head_norms)
+    assert_rotation_matches_torch(fused_ops(rotary(head_dim, device=DEVICE), dtype), num_tokens, 4, 2, head_dim, dtype,
+                                  head_norms)
 
 
 @needs_kernels
 def test_rotary_with_llama3_scaling_matches_torch():
-    rope = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-            "original_max_position_embeddings": 16, "rope_theta": 10000.0}
-    assert_rotation_matches_torch(rotary(16, rope), 5, 4, 1, 16, torch.float32, None)
+    assert_rotation_matches_torch(fused_ops(rotary(16, LLAMA3_ROPE, DEVICE)), 5, 4, 1, 16, torch.float32, None)
 
 
 @needs_kernels
 def test_rope_that_reads_the_batch_keeps_torchs_rotation():
-    rotary_emb = rotary(16, {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0})
-    assert FusedLayerOps(rotary_emb, MAX_POSITIONS, torch.float32, "silu").cos_sin_tables is None
-    assert_rotation_matches_torch(rotary_emb, 5, 4, 2, 16, torch.float32, None)
+    ops = fused_ops(rotary(16, DYNAMIC_ROPE, DEVICE))
+    assert ops.cos_sin_tables is None
+    assert_rotation_matches_torch(ops, 5, 4, 2, 16, torch.float32, None)
 
 
 def test_activations_other_than_silu_keep_torchs():
-    ops = FusedLayerOps(rotary(16), MAX_POSITIONS, torch.float32, "gelu_pytorch_tanh")
+    ops = fused_ops(rotary(16, device=DEVICE), hidden_act="gelu_pytorch_tanh")
     gate_up = random(3, 2 * 8, dtype=torch.float32)
     act_fn = transformers.activations.ACT2FN["gelu_pytorch_tanh"]
     assert torch.equal(ops.gated_activation(act_fn, gate_up), TORCH_OPS.gated_activation(act_fn, gate_up))

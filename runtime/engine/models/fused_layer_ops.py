@@ -9,21 +9,10 @@ from typing import Any
 import torch
 
 from ..kernels import add_rms_norm, rms_norm, rotary_embedding, silu_and_mul
-from .layer_ops import Norm, TorchLayerOps, rope_depends_on_longest_position
+from .layer_ops import Norm, TableRopeLayerOps
 
 
-class FusedLayerOps(TorchLayerOps):
-    """RoPE runs from a cos/sin table over every position the model allows, built once; RoPE
-    types that choose frequencies per batch (dynamic, longrope) keep torch's rotation, and
-    activations other than SiLU keep torch's."""
-
-    def __init__(self, rotary_emb: torch.nn.Module, max_positions: int, dtype: torch.dtype, hidden_act: str) -> None:
-        super().__init__(rotary_emb)
-        self.fused_activation = hidden_act == "silu"
-        self.cos_sin_tables = None
-        if not rope_depends_on_longest_position(rotary_emb):
-            self.cos_sin_tables = _cos_sin_tables(rotary_emb, max_positions, dtype)
-
+class FusedLayerOps(TableRopeLayerOps):
     def linear(self, linear: torch.nn.Linear) -> torch.nn.Module:
         """Always the plain Linear: the kernels read rows with unit stride, and the CPU linear's
         row-sliced fallback (which the interpreter could get) returns column-major outputs."""
@@ -43,12 +32,6 @@ class FusedLayerOps(TorchLayerOps):
             return super().gated_activation(act_fn, gate_up)
         return silu_and_mul(gate_up)
 
-    def rope_for_step(self, hidden: torch.Tensor, positions: torch.Tensor) -> Any:
-        """The positions themselves: the kernel looks up their rows of the table."""
-        if self.cos_sin_tables is None:
-            return super().rope_for_step(hidden, positions)
-        return positions
-
     def rotate(
         self, queries: torch.Tensor, keys: torch.Tensor, rope: Any, head_norms: tuple[Norm, Norm] | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,15 +41,3 @@ class FusedLayerOps(TorchLayerOps):
         rotary_embedding(queries, keys, rope, *self.cos_sin_tables, head_norms=head_norms)
         return queries, keys
 
-
-def _cos_sin_tables(
-    rotary_emb: torch.nn.Module, max_positions: int, dtype: torch.dtype
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The rotary embedding's own cos and sin (transformers' or ours, rotary.py) for positions
-    0 .. max_positions - 1, [max_positions, head_dim] in the model's dtype: the values its forward
-    would compute for those positions."""
-    device = rotary_emb.inv_freq.device
-    positions = torch.arange(max_positions, device=device).unsqueeze(0)
-    with torch.no_grad():
-        cos, sin = rotary_emb(torch.empty(0, dtype=dtype, device=device), positions)
-    return cos[0].contiguous(), sin[0].contiguous()

@@ -1,8 +1,9 @@
 """The small operations between a llama-family layer's matmuls: RMSNorm (with the residual add
 before it), RoPE (with Qwen3's per-head q/k norms before it) and the gated activation.
 
-`TorchLayerOps` computes them as transformers does, op by op: the path on the CPU and wherever
-Triton does not run. On CUDA, `FusedLayerOps` (fused_layer_ops.py) runs each as one Triton kernel.
+`TorchLayerOps` computes them as transformers does, op by op: the path wherever no fused kernel
+runs. On CUDA, `FusedLayerOps` (fused_layer_ops.py) runs each as one Triton kernel; on the CPU,
+`CpuFusedLayerOps` (cpu_layer_ops.py) as one call into a C++ extension.
 """
 
 from __future__ import annotations
@@ -68,6 +69,26 @@ class TorchLayerOps:
         return _rotate_half_embedding(queries, cos, sin), _rotate_half_embedding(keys, cos, sin)
 
 
+class TableRopeLayerOps(TorchLayerOps):
+    """The base of the fused ops (Triton's, the CPU's C++ ones): RoPE from a cos/sin table over
+    every position the model allows, built once, so a step's RoPE is only its positions. RoPE
+    types that choose frequencies per batch (dynamic, longrope) keep torch's rotation, and
+    activations other than SiLU keep torch's."""
+
+    def __init__(self, rotary_emb: torch.nn.Module, max_positions: int, dtype: torch.dtype, hidden_act: str) -> None:
+        super().__init__(rotary_emb)
+        self.fused_activation = hidden_act == "silu"
+        self.cos_sin_tables = None
+        if not rope_depends_on_longest_position(rotary_emb):
+            self.cos_sin_tables = cos_sin_tables(rotary_emb, max_positions, dtype)
+
+    def rope_for_step(self, hidden: torch.Tensor, positions: torch.Tensor, *rotary_args: Any) -> Any:
+        """The positions themselves: the kernel looks up their rows of the table."""
+        if self.cos_sin_tables is None:
+            return super().rope_for_step(hidden, positions, *rotary_args)
+        return positions
+
+
 def normalised_rms(hidden: torch.Tensor, eps: float) -> torch.Tensor:
     """`hidden` in float32 divided by its root mean square over the last dimension."""
     hidden = hidden.float()
@@ -86,3 +107,15 @@ def rope_depends_on_longest_position(rotary_emb: torch.nn.Module) -> bool:
     rope_type = str(getattr(rotary_emb, "rope_type", "default"))
     return any(name in rope_type for name in LONGEST_POSITION_ROPE_TYPES)
 
+
+def cos_sin_tables(
+    rotary_emb: torch.nn.Module, max_positions: int, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rotary embedding's own cos and sin (transformers' or ours, rotary.py) for positions
+    0 .. max_positions - 1, [max_positions, head_dim] in the model's dtype: the values its forward
+    would compute for those positions."""
+    device = rotary_emb.inv_freq.device
+    positions = torch.arange(max_positions, device=device).unsqueeze(0)
+    with torch.no_grad():
+        cos, sin = rotary_emb(torch.empty(0, dtype=dtype, device=device), positions)
+    return cos[0].contiguous(), sin[0].contiguous()

@@ -5,7 +5,8 @@ transformers' per-layer wrappers: fewer, larger kernels per step, which is what 
 step at small batch is bound by. The weights come from our own checkpoint reader
 (llama_checkpoint.py: no transformers import at start-up) or, for what it does not cover, from
 the transformers model after it loaded the checkpoint (`LlamaFamilyForward.from_transformers`).
-The small ops between the matmuls come from layer_ops.py: torch's, or fused Triton kernels on CUDA.
+The small ops between the matmuls come from layer_ops.py: torch's, fused Triton kernels on CUDA,
+or a C++ extension on the CPU (cpu_layer_ops.py).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 import torch
 
 from ..attention import AttentionMetadata, paged_attention
+from .cpu_layer_ops import cpu_fused_layer_ops
 from .layer_ops import NormWeights, TorchLayerOps, rope_depends_on_longest_position
 
 LLAMA_FAMILY_TYPES = ("llama", "mistral", "qwen2", "qwen3")
@@ -62,6 +64,14 @@ class ModelWeights:
     @property
     def dtype(self) -> torch.dtype:
         return self.embed_tokens.weight.dtype
+
+    @property
+    def norms(self) -> list[NormWeights]:
+        """Every RMSNorm of the model, the per-head ones included."""
+        layer_norms = (
+            (layer.input_norm, layer.post_attention_norm, *(layer.head_norms or ())) for layer in self.layers
+        )
+        return [self.norm, *itertools.chain.from_iterable(layer_norms)]
 
 
 def linear(weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.nn.Linear:
@@ -242,13 +252,18 @@ class LlamaFamilyForward(torch.nn.Module):
 
     @staticmethod
     def make_layer_ops(weights: ModelWeights, fused_kernels: bool) -> TorchLayerOps:
-        """Triton kernels with `fused_kernels` (the caller has checked that Triton runs here), else torch."""
-        if not fused_kernels:
-            return TorchLayerOps(weights.rotary_emb)
-        # Imported here: it imports triton, which the torch path must not need.
-        from .fused_layer_ops import FusedLayerOps
+        """Triton kernels with `fused_kernels` (the caller has checked that Triton runs here); on
+        the CPU the C++ ones where they build and cover the model's dtype; else torch."""
+        if fused_kernels:
+            # Imported here: it imports triton, which the torch path must not need.
+            from .fused_layer_ops import FusedLayerOps
 
-        return FusedLayerOps(weights.rotary_emb, weights.max_position_embeddings, weights.dtype, weights.hidden_act)
+            return FusedLayerOps(weights.rotary_emb, weights.max_position_embeddings, weights.dtype, weights.hidden_act)
+        if weights.embed_tokens.weight.device.type == "cpu":
+            cpu_ops = cpu_fused_layer_ops(weights)
+            if cpu_ops is not None:
+                return cpu_ops
+        return TorchLayerOps(weights.rotary_emb)
 
     @classmethod
     def supports(cls, hf_model: torch.nn.Module) -> bool:
