@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     servers.add_argument("--llamacpp_url", help="a running llama-server on the same model (llamacpp target)")
     servers.add_argument("--model_name", help=f"the model the running servers serve (unset: {model_name('small')})")
     servers.add_argument("--size", choices=tuple(DEMO_SIZES), default="small", help="the demo model started here")
+    servers.add_argument("--predictor_args", default="",
+                         help="more flags for the predictor started here, as one string "
+                              "(e.g. '--decode_step_target_seconds 0.25')")
     servers.add_argument("--num_threads", type=int, default=1,
                          help="torch threads of a predictor started here (and llama-server's threads)")
     servers.add_argument("--llamacpp_slots", type=int,
@@ -206,7 +209,7 @@ def endpoints_of(args: argparse.Namespace, stack: ExitStack) -> Endpoints:
     print(f"starting the {args.size} demo model's servers for {', '.join(args.targets)} (logs in {log_dir}) ...",
           flush=True)
     return start_servers(stack, args.targets, args.num_threads, log_dir, size=args.size,
-                         llamacpp_slots=args.llamacpp_slots)
+                         llamacpp_slots=args.llamacpp_slots, predictor_args=shlex.split(args.predictor_args))
 
 
 def run_levels(args: argparse.Namespace, settings: RunSettings, source: RequestSource) -> list[dict]:

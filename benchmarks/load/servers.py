@@ -58,13 +58,15 @@ class ServerBinary(Component):
 
 
 def start_servers(stack: ExitStack, targets: tuple[str, ...], num_threads: int, log_dir: Path,
-                  router_args: Sequence[str] = (), size: str = SIZE, llamacpp_slots: int = 4) -> Endpoints:
+                  router_args: Sequence[str] = (), size: str = SIZE, llamacpp_slots: int = 4,
+                  predictor_args: Sequence[str] = ()) -> Endpoints:
     """The components `targets` reach, started and ready; stopped when `stack` closes.
-    `router_args`: more flags for the router (the batch benchmark's batch policy). The predictor
+    `router_args`: more flags for the router (the batch benchmark's batch policy), `predictor_args`
+    for the predictor (a scheduler setting under test). The predictor
     and llama-server both compute with `num_threads` threads."""
     base = free_port_block(30)
     ports = Ports(base=base, router=base + ROUTER_PORT_OFFSET)
-    components = [predictor(size, ports, ["--num_threads", str(num_threads)])]
+    components = [predictor(size, ports, ["--num_threads", str(num_threads), *predictor_args])]
     if set(targets) - {DIRECT, *PEERS}:
         components.append(transformer(size, ports))
     config = _router_config(log_dir / "router.yaml", ports)
