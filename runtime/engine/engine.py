@@ -86,8 +86,8 @@ class LLMEngine:
             keep_freed_memory_mapped()
         self.vocab_size = loaded.vocab_size
         self.eos_token_ids = loaded.eos_token_ids
-        self.runner = ModelRunner(loaded, config.block_size, config.attention_backend)
         self.max_model_len = self._resolve_max_model_len(loaded.max_position_embeddings)
+        self.runner = ModelRunner(loaded, config.block_size, config.attention_backend, self.max_model_len)
         graph_capture = self._decode_graph_capture()
         uses_graphs = graph_capture is not None
         with STARTUP.phase("kv_cache"):

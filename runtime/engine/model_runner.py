@@ -46,7 +46,11 @@ MAX_DECODE_ROWS_CHUNK = 16
 
 
 class ModelRunner:
-    def __init__(self, loaded: LoadedModel, block_size: int, attention_backend: str = "auto") -> None:
+    def __init__(self, loaded: LoadedModel, block_size: int, attention_backend: str = "auto",
+                 max_positions: int | None = None) -> None:
+        """`max_positions`: no sequence goes past this many tokens (the engine's max_model_len);
+        tables indexed by position (the fused ops' RoPE) are built that long, not as long as the
+        model's whole context."""
         self.model = loaded.model
         self.device = loaded.device
         self.dtype = loaded.dtype
@@ -55,7 +59,9 @@ class ModelRunner:
         # Triton runs the attention, it runs the norms, RoPE and activation too.
         self.fast_forward = None
         if loaded.weights is not None:
-            self.fast_forward = LlamaFamilyForward(loaded.weights, fused_kernels=self.attention_backend.name == "triton")
+            self.fast_forward = LlamaFamilyForward(
+                loaded.weights, fused_kernels=self.attention_backend.name == "triton", max_positions=max_positions
+            )
         self.block_size = block_size
         self.num_layers = loaded.num_layers
         self.num_kv_heads = loaded.num_kv_heads

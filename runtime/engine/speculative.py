@@ -101,7 +101,7 @@ class SpeculativeDecoder:
         self.max_model_len = max_model_len
         self.target_runner = target_runner
         self.target_blocks = target_blocks
-        self.runner = ModelRunner(draft, config.block_size, config.attention_backend)
+        self.runner = ModelRunner(draft, config.block_size, config.attention_backend, max_model_len)
         self.runner.allocate_kv_cache(target_blocks.num_blocks)
         self.runner.warm_up(min(config.max_num_batched_tokens, max_model_len))
         self.block_manager = BlockManager(target_blocks.num_blocks, config.block_size, enable_prefix_caching=False)

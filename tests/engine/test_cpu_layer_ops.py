@@ -7,7 +7,7 @@ import pytest
 import torch
 import transformers
 
-from runtime.engine import EngineConfig, LLMEngine
+from runtime.engine import EngineConfig, LLMEngine, SamplingParams
 from runtime.engine.cpu_extensions import CPU_KERNELS_ENV
 from runtime.engine.models.cpu_layer_ops import CpuFusedLayerOps, load_layer_ops_kernel
 from runtime.engine.models.gemma3 import Gemma3Forward
@@ -146,6 +146,20 @@ def ops_of_engine(model_dir, dtype="float32"):
 @needs_kernel
 def test_the_runner_picks_the_cpp_ops_on_the_cpu(tiny_model_factory, fresh_kernel_loader):
     assert type(ops_of_engine(tiny_model_factory("qwen3"))) is CpuFusedLayerOps
+
+
+@needs_kernel
+def test_the_rope_table_is_as_long_as_max_model_len_not_the_models_whole_context(tiny_model_factory,
+                                                                                 fresh_kernel_loader):
+    model_dir = tiny_model_factory("llama")
+    context = LLMEngine(EngineConfig(model=str(model_dir), device="cpu", num_kv_blocks=64)).max_model_len
+    engine = LLMEngine(EngineConfig(model=str(model_dir), device="cpu", num_kv_blocks=64, max_model_len=context // 2))
+    cos, sin = engine.runner.fast_forward.ops.cos_sin_tables
+    assert cos.shape[0] == sin.shape[0] == context // 2
+    # A request that fills max_model_len, its last token decoded, reads the table's last rows.
+    prompt = [3 + index % 50 for index in range(context // 2 - 2)]
+    outputs = engine.generate([prompt], SamplingParams(max_tokens=2, temperature=0.0))
+    assert len(outputs[0].output_token_ids) == 2
 
 
 def test_the_runner_keeps_torchs_ops_with_cpu_kernels_off(tiny_model_factory, fresh_kernel_loader, monkeypatch):

@@ -71,14 +71,15 @@ class CpuFusedLayerOps(TableRopeLayerOps):
         return queries, keys
 
 
-def cpu_fused_layer_ops(weights: ModelWeights) -> CpuFusedLayerOps | None:
-    """The C++ ops for the model, or None where they do not apply: a dtype the kernels lack (or norm
-    weights in another dtype than the model's), or no extension."""
+def cpu_fused_layer_ops(weights: ModelWeights, table_positions: int) -> CpuFusedLayerOps | None:
+    """The C++ ops for the model (RoPE from a table of `table_positions` positions), or None where
+    they do not apply: a dtype the kernels lack (or norm weights in another dtype than the
+    model's), or no extension."""
     if weights.dtype not in KERNEL_DTYPES or any(weight.dtype != weights.dtype for weight, _ in weights.norms):
         return None
     kernels = load_layer_ops_kernel()
     if kernels is None:
         return None
     return CpuFusedLayerOps(
-        kernels, weights.rotary_emb, weights.max_position_embeddings, weights.dtype, weights.hidden_act
+        kernels, weights.rotary_emb, table_positions, weights.dtype, weights.hidden_act
     )

@@ -103,7 +103,7 @@ class Gemma3Forward(LlamaFamilyForward):
     layer_weights_from_transformers = staticmethod(gemma3_layer_weights)
 
     @staticmethod
-    def make_layer_ops(weights: ModelWeights, fused_kernels: bool) -> TorchLayerOps:
+    def make_layer_ops(weights: ModelWeights, fused_kernels: bool, table_positions: int) -> TorchLayerOps:
         return Gemma3LayerOps(weights.rotary_emb)
 
     @classmethod

@@ -221,11 +221,13 @@ class LlamaFamilyForward(torch.nn.Module):
 
     layer_class = DecoderLayer
 
-    def __init__(self, weights: ModelWeights, fused_kernels: bool = False) -> None:
+    def __init__(self, weights: ModelWeights, fused_kernels: bool = False, max_positions: int | None = None) -> None:
         super().__init__()
         self.embed_tokens = weights.embed_tokens
         self.rotary_emb = weights.rotary_emb
-        self.ops = self.make_layer_ops(weights, fused_kernels)
+        # A model whose context is 128k positions would otherwise get RoPE tables of 128 MiB.
+        table_positions = min(weights.max_position_embeddings, max_positions or weights.max_position_embeddings)
+        self.ops = self.make_layer_ops(weights, fused_kernels, table_positions)
         self.layers = torch.nn.ModuleList(self.layer_class(layer, self.ops) for layer in weights.layers)
         self.norm = self.ops.norm(weights.norm)
         self.lm_head = weights.lm_head
@@ -251,16 +253,17 @@ class LlamaFamilyForward(torch.nn.Module):
     layer_weights_from_transformers = staticmethod(layer_weights_from_transformers)
 
     @staticmethod
-    def make_layer_ops(weights: ModelWeights, fused_kernels: bool) -> TorchLayerOps:
+    def make_layer_ops(weights: ModelWeights, fused_kernels: bool, table_positions: int) -> TorchLayerOps:
         """Triton kernels with `fused_kernels` (the caller has checked that Triton runs here); on
-        the CPU the C++ ones where they build and cover the model's dtype; else torch."""
+        the CPU the C++ ones where they build and cover the model's dtype; else torch. The fused
+        ops' RoPE tables cover positions 0 .. table_positions - 1."""
         if fused_kernels:
             # Imported here: it imports triton, which the torch path must not need.
             from .fused_layer_ops import FusedLayerOps
 
-            return FusedLayerOps(weights.rotary_emb, weights.max_position_embeddings, weights.dtype, weights.hidden_act)
+            return FusedLayerOps(weights.rotary_emb, table_positions, weights.dtype, weights.hidden_act)
         if weights.embed_tokens.weight.device.type == "cpu":
-            cpu_ops = cpu_fused_layer_ops(weights)
+            cpu_ops = cpu_fused_layer_ops(weights, table_positions)
             if cpu_ops is not None:
                 return cpu_ops
         return TorchLayerOps(weights.rotary_emb)
