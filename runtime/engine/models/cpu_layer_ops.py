@@ -9,15 +9,13 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 
 from ..cpu_extensions import load_cpu_extension
 from .layer_ops import Norm, TableRopeLayerOps
-
-if TYPE_CHECKING:
-    from .llama_family import ModelWeights
 
 LAYER_OPS_KERNEL_SOURCE = Path(__file__).parents[1] / "csrc" / "layer_ops.cpp"
 LAYER_OPS_KERNEL_NAME = "kserve_llm_cpu_layer_ops"
@@ -71,15 +69,16 @@ class CpuFusedLayerOps(TableRopeLayerOps):
         return queries, keys
 
 
-def cpu_fused_layer_ops(weights: ModelWeights, table_positions: int) -> CpuFusedLayerOps | None:
-    """The C++ ops for the model (RoPE from a table of `table_positions` positions), or None where
-    they do not apply: a dtype the kernels lack (or norm weights in another dtype than the
-    model's), or no extension."""
-    if weights.dtype not in KERNEL_DTYPES or any(weight.dtype != weights.dtype for weight, _ in weights.norms):
+def cpu_fused_layer_ops(
+    rotary_emb: torch.nn.Module, table_positions: int, dtype: torch.dtype, hidden_act: str,
+    norm_weights: Iterable[torch.Tensor],
+) -> CpuFusedLayerOps | None:
+    """The C++ ops for a model in `dtype` (RoPE from a table of `table_positions` positions), or
+    None where they do not apply: a dtype the kernels lack (or norm weights in another dtype than
+    the model's), or no extension."""
+    if dtype not in KERNEL_DTYPES or any(weight.dtype != dtype for weight in norm_weights):
         return None
     kernels = load_layer_ops_kernel()
     if kernels is None:
         return None
-    return CpuFusedLayerOps(
-        kernels, weights.rotary_emb, table_positions, weights.dtype, weights.hidden_act
-    )
+    return CpuFusedLayerOps(kernels, rotary_emb, table_positions, dtype, hidden_act)

@@ -263,7 +263,8 @@ class LlamaFamilyForward(torch.nn.Module):
 
             return FusedLayerOps(weights.rotary_emb, table_positions, weights.dtype, weights.hidden_act)
         if weights.embed_tokens.weight.device.type == "cpu":
-            cpu_ops = cpu_fused_layer_ops(weights, table_positions)
+            cpu_ops = cpu_fused_layer_ops(weights.rotary_emb, table_positions, weights.dtype, weights.hidden_act,
+                                          (weight for weight, _ in weights.norms))
             if cpu_ops is not None:
                 return cpu_ops
         return TorchLayerOps(weights.rotary_emb)
