@@ -100,7 +100,13 @@ class CpuLinear(torch.nn.Module):
         self.in_features = linear.in_features
         self.out_features = linear.out_features
         self.onednn = ONEDNN_LINEAR if use_onednn else None
-        self.use_few_rows_kernel = use_few_rows_kernel
+        # What of the kernel's conditions the layer itself decides, once: its rows are checked per call.
+        self.use_few_rows_kernel = (
+            use_few_rows_kernel
+            and self.weight.dtype is torch.float32
+            and self.weight.is_contiguous()
+            and (self.bias is None or (self.bias.dtype is torch.float32 and self.bias.is_contiguous()))
+        )
 
     @property
     def uses_onednn(self) -> bool:
@@ -131,11 +137,8 @@ class CpuLinear(torch.nn.Module):
         return (
             self.use_few_rows_kernel
             and rows.dtype is torch.float32
-            and self.weight.dtype is torch.float32
             and rows.device.type == "cpu"
             and rows.stride(-1) == 1
-            and self.weight.is_contiguous()
-            and (self.bias is None or (self.bias.dtype is torch.float32 and self.bias.is_contiguous()))
             and load_few_rows_kernel() is not None
         )
 
